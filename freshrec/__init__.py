@@ -1,0 +1,1 @@
+"""freshrec tooling: settings, local Kafka stack, CLIs (produce, tail, replay, run)."""

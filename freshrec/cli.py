@@ -1,0 +1,52 @@
+"""The ``freshrec`` command. Each subcommand lives in its own module with a ``register``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from freshrec.settings import Settings, SettingsError, load_settings
+
+# Subcommand modules; each exposes register(subparsers) that sets ``func(args, settings)``.
+_COMMANDS = (
+    "freshrec.local_kafka",
+    "freshrec.produce",
+    "freshrec.tail",
+    "freshrec.replay",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="freshrec", description="Real-time recommendations: Kafka -> PyFlink -> Kafka."
+    )
+    parser.add_argument("--config", help="TOML settings file (see freshrec/default_settings.toml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set job.parallelism=2 (repeatable)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in _COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings: Settings = load_settings(args.config, overrides=args.overrides)
+    except SettingsError as exc:
+        print(f"freshrec: bad setting: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args, settings) or 0)
+    except KeyboardInterrupt:
+        print("freshrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
