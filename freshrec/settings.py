@@ -70,6 +70,9 @@ class JobSettings:
     state_backend: str
     checkpoint_dir: str
     refresh_interval_ms: int
+    refresh_batch_delay_ms: int
+    refresh_max_batch: int
+    item_publish_interval_ms: int
     dedup_window_s: int
     user_state_ttl_days: int
     max_payload_bytes: int
@@ -133,7 +136,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 _POSITIVE = {
     "local.port", "local.controller_port", "topics.partitions", "job.parallelism",
-    "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.dedup_window_s",
+    "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.refresh_batch_delay_ms",
+    "job.refresh_max_batch", "job.item_publish_interval_ms", "job.dedup_window_s",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",
     "job.transaction_timeout_ms", "model.dim", "model.top_k", "model.learning_rate",
     "model.history_len", "local.start_timeout_s",

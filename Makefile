@@ -1,0 +1,37 @@
+# freshrec developer entry points. Everything is installed into .venv and .cache, once.
+#   make demo   install everything, start a local Kafka broker and the job, send demo
+#               traffic and print live recommendations (Ctrl-C stops it all)
+#   make test   install everything and run the whole test suite (unit, integration, e2e)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-unit lint bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "freshrec needs Python >= 3.11"'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+	$(BIN)/freshrec setup
+
+demo: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/freshrec demo
+
+test: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	-$(BIN)/freshrec kafka down
+	rm -rf .freshrec

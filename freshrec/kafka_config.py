@@ -1,0 +1,171 @@
+"""The one place where Kafka client settings are turned into client configuration.
+
+Every kafka-python admin client, producer and consumer in freshrec is built from
+:func:`client_kwargs` (or the :func:`admin_client` / :func:`producer` / :func:`consumer`
+shortcuts), and the Flink job's Java Kafka clients from :func:`java_client_properties`, so
+bootstrap servers and security (``kafka.security_protocol``, ``kafka.sasl_*``,
+``kafka.ssl_cafile``, ``kafka.client_id``) are read the same way everywhere.
+
+No ``api_version`` is ever forced: Kafka 4.x removed the old protocol versions, and
+kafka-python negotiates the right ones with the broker.
+
+>>> from freshrec.settings import load_settings
+>>> s = load_settings(env={}, overrides=["local.port=19092"])
+>>> kw = client_kwargs(s)
+>>> kw["bootstrap_servers"], kw["security_protocol"], "api_version" in kw
+(['127.0.0.1:19092'], 'PLAINTEXT', False)
+>>> s = load_settings(env={}, overrides=[
+...     "kafka.bootstrap_servers=b1:9093, b2:9093", "kafka.security_protocol=SASL_SSL",
+...     "kafka.sasl_mechanism=SCRAM-SHA-512", "kafka.sasl_username=app",
+...     "kafka.sasl_password=secret", "kafka.ssl_cafile=/etc/ca.pem"])
+>>> kw = client_kwargs(s, client_id="freshrec-tail")
+>>> kw["bootstrap_servers"], kw["client_id"], kw["sasl_plain_username"], kw["ssl_cafile"]
+(['b1:9093', 'b2:9093'], 'freshrec-tail', 'app', '/etc/ca.pem')
+>>> java_client_properties(s)["sasl.jaas.config"].split()[0]
+'org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule'
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient
+
+    from freshrec.settings import Settings
+
+# The shaded Flink SQL connector jar relocates the Kafka client classes under this prefix;
+# JAAS login modules named in sasl.jaas.config must use the relocated names.
+FLINK_SHADED_KAFKA_PREFIX = "org.apache.flink.kafka.shaded."
+
+_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+class KafkaConfigError(ValueError):
+    """The kafka.* settings do not describe a usable client; the message names the key."""
+
+
+def bootstrap_list(servers: str) -> list[str]:
+    """``"a:1, b:2"`` -> ``["a:1", "b:2"]``.
+
+    >>> bootstrap_list(" a:1,b:2 ,")
+    ['a:1', 'b:2']
+    """
+    return [s.strip() for s in servers.split(",") if s.strip()]
+
+
+def _check(settings: Settings) -> None:
+    k = settings.kafka
+    if not bootstrap_list(k.bootstrap_servers):
+        raise KafkaConfigError("kafka.bootstrap_servers: empty, expected host:port[,host:port]")
+    if k.security_protocol.startswith("SASL_"):
+        if not k.sasl_mechanism:
+            raise KafkaConfigError(
+                f"kafka.sasl_mechanism: required with kafka.security_protocol={k.security_protocol}"
+            )
+        if not k.sasl_username:
+            raise KafkaConfigError(
+                f"kafka.sasl_username: required with kafka.sasl_mechanism={k.sasl_mechanism}"
+            )
+    elif k.sasl_mechanism:
+        raise KafkaConfigError(
+            f"kafka.sasl_mechanism: {k.sasl_mechanism!r} needs kafka.security_protocol"
+            f" SASL_PLAINTEXT or SASL_SSL, got {k.security_protocol}"
+        )
+
+
+def client_kwargs(
+    settings: Settings, *, bootstrap_servers: str | None = None, client_id: str | None = None
+) -> dict[str, Any]:
+    """kafka-python keyword arguments (admin, producer or consumer) from ``settings.kafka``.
+
+    ``bootstrap_servers`` overrides the configured servers (the security settings still
+    apply); ``client_id`` overrides ``kafka.client_id`` (e.g. ``"freshrec-produce"``).
+    Empty settings are left out so kafka-python's defaults apply.
+    """
+    if bootstrap_servers is not None:
+        settings = settings.replace("kafka", bootstrap_servers=bootstrap_servers)
+    _check(settings)
+    k = settings.kafka
+    kw: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_list(k.bootstrap_servers),
+        "client_id": client_id or k.client_id,
+        "security_protocol": k.security_protocol,
+    }
+    if k.sasl_mechanism:
+        kw["sasl_mechanism"] = k.sasl_mechanism
+        kw["sasl_plain_username"] = k.sasl_username
+        kw["sasl_plain_password"] = k.sasl_password
+    if k.ssl_cafile:
+        kw["ssl_cafile"] = k.ssl_cafile
+    return kw
+
+
+def local_broker_kwargs(settings: Settings, *, client_id: str | None = None) -> dict[str, Any]:
+    """kafka-python keyword arguments for the local broker of ``freshrec kafka up``.
+
+    That broker listens in PLAINTEXT on ``local.host:local.port`` whatever ``kafka.*`` says
+    (which may point at a remote cluster).
+    """
+    s = settings.replace(
+        "kafka",
+        bootstrap_servers=f"{settings.local.host}:{settings.local.port}",
+        security_protocol="PLAINTEXT",
+        sasl_mechanism="",
+        sasl_username="",
+        sasl_password="",
+        ssl_cafile="",
+    )
+    return client_kwargs(s, client_id=client_id)
+
+
+def java_client_properties(settings: Settings, *, shaded: bool = True) -> dict[str, str]:
+    """The same settings as Java Kafka client properties (Flink KafkaSource / KafkaSink).
+
+    ``shaded`` names the JAAS login module as relocated inside
+    ``flink-sql-connector-kafka`` (the jar freshrec loads); pass False for plain
+    ``kafka-clients``. A CA file is given as a PEM trust store.
+    """
+    _check(settings)
+    k = settings.kafka
+    props = {
+        "bootstrap.servers": ",".join(bootstrap_list(k.bootstrap_servers)),
+        "client.id": k.client_id,
+        "security.protocol": k.security_protocol,
+    }
+    if k.sasl_mechanism:
+        module = (FLINK_SHADED_KAFKA_PREFIX if shaded else "") + _LOGIN_MODULES[k.sasl_mechanism]
+        user = k.sasl_username.replace("\\", "\\\\").replace('"', '\\"')
+        password = k.sasl_password.replace("\\", "\\\\").replace('"', '\\"')
+        props["sasl.mechanism"] = k.sasl_mechanism
+        props["sasl.jaas.config"] = f'{module} required username="{user}" password="{password}";'
+    if k.ssl_cafile:
+        props["ssl.truststore.type"] = "PEM"
+        props["ssl.truststore.location"] = k.ssl_cafile
+    return props
+
+
+def admin_client(settings: Settings, **extra: Any) -> KafkaAdminClient:
+    """A connected ``KafkaAdminClient``; ``extra`` adds or overrides kafka-python options."""
+    from kafka.admin import KafkaAdminClient
+
+    return KafkaAdminClient(**{**client_kwargs(settings), **extra})
+
+
+def producer(settings: Settings, **extra: Any) -> KafkaProducer:
+    """A ``KafkaProducer``; ``extra`` adds or overrides options (e.g. ``acks="all"``)."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(**{**client_kwargs(settings), **extra})
+
+
+def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
+    """A ``KafkaConsumer`` subscribed to ``topics`` (none: assign partitions yourself)."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(*topics, **{**client_kwargs(settings), **extra})

@@ -1,0 +1,139 @@
+"""Integration fixtures: a real Apache Kafka broker started by the suite itself.
+
+``kafka_broker`` (session) starts one single-node KRaft broker on free loopback ports (never
+9092, so a developer's own ``freshrec kafka up`` broker is left alone) with its state in a
+temp dir, through the same functions as ``freshrec kafka up``, and stops it at the end.
+``fresh_topic`` creates a uniquely named topic per test and deletes it afterwards.
+
+The jars come from ``local.cache_dir``: ``FRESHREC_LOCAL_CACHE_DIR`` if set, else the
+repository's ``.cache`` (fetched by Maven on the first run, offline afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freshrec import kafka_config
+from freshrec.local_kafka import BrokerInfo, LocalKafkaError, broker_down, broker_up, create_topic
+from freshrec.settings import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago (not 9092/9093)."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            port = s.getsockname()[1]
+            if port not in (9092, 9093):
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def local_broker_overrides(state_dir: Path) -> list[str]:
+    """``--set`` overrides for a test broker on free ports with its state in ``state_dir``.
+
+    The kafka.* client settings are pinned to that broker (PLAINTEXT), whatever the
+    environment says, so tests never talk to another cluster.
+    """
+    port, controller_port = free_ports(2)
+    overrides = [
+        f"local.port={port}",
+        f"local.controller_port={controller_port}",
+        "local.host=127.0.0.1",
+        f"local.state_dir={state_dir}",
+        f"kafka.bootstrap_servers=127.0.0.1:{port}",
+        "kafka.security_protocol=PLAINTEXT",
+        "kafka.sasl_mechanism=",
+        "kafka.sasl_username=",
+        "kafka.sasl_password=",
+        "kafka.ssl_cafile=",
+        "kafka.client_id=freshrec-tests",
+    ]
+    if "FRESHREC_LOCAL_CACHE_DIR" not in os.environ:
+        overrides.append(f"local.cache_dir={REPO_ROOT / '.cache'}")
+    return overrides
+
+
+def local_broker_settings(state_dir: Path, extra: Sequence[str] = ()) -> Settings:
+    """Settings for a test broker on free ports with its state in ``state_dir``."""
+    return load_settings(overrides=[*local_broker_overrides(state_dir), *extra])
+
+
+@dataclass(frozen=True)
+class KafkaBroker:
+    """A running test broker: its settings (kafka.* point at it) and bootstrap address."""
+
+    settings: Settings
+    bootstrap: str
+    info: BrokerInfo
+
+    def admin(self, **extra: Any):
+        return kafka_config.admin_client(self.settings, **extra)
+
+    def producer(self, **extra: Any):
+        return kafka_config.producer(self.settings, **extra)
+
+    def consumer(self, *topics: str, **extra: Any):
+        return kafka_config.consumer(self.settings, *topics, **extra)
+
+
+def start_broker(settings: Settings) -> BrokerInfo:
+    try:
+        return broker_up(settings)
+    except LocalKafkaError as exc:  # missing Java/Maven, port clash: fail loudly, never skip
+        pytest.fail(f"could not start the test Kafka broker: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    settings = local_broker_settings(tmp_path_factory.mktemp("kafka-state"))
+    info = start_broker(settings)
+    try:
+        yield KafkaBroker(settings=settings, bootstrap=info.bootstrap, info=info)
+    finally:
+        broker_down(settings)
+
+
+@pytest.fixture
+def fresh_topic(
+    kafka_broker: KafkaBroker, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., str]]:
+    """Factory: ``fresh_topic(partitions=1, configs=None, prefix=None) -> name``.
+
+    Each call creates a new topic named after the test, deleted when the test ends.
+    """
+    created: list[str] = []
+    base = re.sub(r"[^a-zA-Z0-9._-]+", "-", request.node.name)[:80].strip("-.")
+
+    def make(
+        partitions: int = 1, configs: Mapping[str, str] | None = None, prefix: str | None = None
+    ) -> str:
+        name = f"test.{prefix or base}.{uuid.uuid4().hex[:10]}"
+        create_topic(kafka_broker.settings, name, partitions=partitions, configs=configs)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        admin = kafka_broker.admin()
+        try:
+            admin.delete_topics(created, raise_errors=False)
+        finally:
+            admin.close()

@@ -1,0 +1,224 @@
+"""Local Kafka helpers that need no JVM and no broker: prerequisites, jar cache, pid files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from freshrec import local_kafka as lk
+from freshrec.settings import load_settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return load_settings(
+        env={},
+        overrides=[
+            f"local.state_dir={tmp_path / 'state'}",
+            f"local.cache_dir={tmp_path / 'cache'}",
+            "local.port=29092",
+            "local.controller_port=29093",
+        ],
+    )
+
+
+@pytest.fixture
+def no_tools(monkeypatch, tmp_path: Path):
+    """A PATH with nothing on it, and no JAVA_HOME."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    lk._java_major.cache_clear()
+    return empty
+
+
+def _fake_java(bin_dir: Path, version_line: str) -> None:
+    java = bin_dir / "java"
+    java.write_text(f"#!/bin/sh\necho '{version_line}' >&2\n")
+    java.chmod(0o755)
+
+
+def test_missing_java_names_the_package_to_install(no_tools):
+    with pytest.raises(lk.LocalKafkaError) as exc:
+        lk.check_java()
+    msg = str(exc.value)
+    assert "Java 17+" in msg
+    assert "apt-get install openjdk-17-jre-headless" in msg
+    assert "JAVA_HOME" in msg
+
+
+def test_old_java_is_refused_with_its_version(no_tools):
+    _fake_java(no_tools, 'openjdk version "11.0.20" 2023-07-18')
+    with pytest.raises(lk.LocalKafkaError) as exc:
+        lk.check_java()
+    assert "found Java 11" in str(exc.value)
+    assert "openjdk-17-jre-headless" in str(exc.value)
+
+
+def test_java_17_from_java_home_is_accepted(no_tools, tmp_path, monkeypatch):
+    home = tmp_path / "jdk"
+    (home / "bin").mkdir(parents=True)
+    _fake_java(home / "bin", 'openjdk version "17.0.15" 2025-04-15')
+    monkeypatch.setenv("JAVA_HOME", str(home))
+    assert lk.check_java() == str(home / "bin" / "java")
+
+
+def test_missing_maven_names_the_package_to_install(no_tools):
+    with pytest.raises(lk.LocalKafkaError) as exc:
+        lk.check_maven()
+    assert "apt-get install maven" in str(exc.value)
+
+
+def _fill_cache(settings, stamp: dict | None) -> lk.JarPaths:
+    jars = lk._jar_paths(settings)
+    jars.kafka_libs.mkdir(parents=True)
+    (jars.kafka_libs / f"kafka_2.13-{settings.local.kafka_version}.jar").write_bytes(b"")
+    jars.connector_jar.parent.mkdir(parents=True)
+    jars.connector_jar.write_bytes(b"")
+    if stamp is not None:
+        (jars.kafka_libs.parent / ".fetched").write_text(json.dumps(stamp))
+    return jars
+
+
+def test_cached_jars_need_no_maven(settings, no_tools):
+    jars = _fill_cache(settings, lk._stamp_content(settings))
+    messages: list[str] = []
+    got = lk.ensure_jars(settings, log=messages.append)
+    assert got == jars
+    assert messages == []  # no Maven run, nothing to report
+    assert got.kafka_libs == Path(settings.local.cache_dir) / "kafka-4.3.1" / "libs"
+    assert got.connector_jar.name == "flink-sql-connector-kafka-5.0.0-2.2.jar"
+    assert got.kafka_classpath.endswith("/libs/*")
+    assert got.connector_url.startswith("file:///")
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [None, {"pom_sha256": "0" * 64, "kafka_version": "4.3.1", "flink_connector": "5.0.0-2.2"}],
+    ids=["no-stamp", "pom-changed"],
+)
+def test_stale_or_missing_stamp_fetches_again(settings, no_tools, stamp):
+    _fill_cache(settings, stamp)
+    with pytest.raises(lk.LocalKafkaError, match="Maven"):
+        lk.ensure_jars(settings, log=lambda _m: None)
+
+
+def test_pom_pins_versions_and_names_no_registry_host():
+    pom = lk.POM.read_text()
+    assert "<kafka.version>4.3.1</kafka.version>" in pom
+    assert "<dependency.plugin.version>3.8.1</dependency.plugin.version>" in pom
+    assert "<flink.connector.version>5.0.0-2.2</flink.connector.version>" in pom
+    assert "log4j-slf4j2-impl" in pom and "log4j-core" in pom
+    assert "<repositories>" not in pom and "<url>" not in pom
+    assert lk.LOG4J2_CONFIG.is_file()
+
+
+def test_server_properties_single_node_on_loopback(settings, tmp_path):
+    text = lk.render_server_properties(settings, tmp_path / "data")
+    props = dict(
+        line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29092"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:29093"
+    assert props["log.dirs"] == str(tmp_path / "data")
+    for key, value in {
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+    }.items():
+        assert props[key] == value
+    assert "0.0.0.0" not in text
+
+
+def test_default_topics_and_their_configs(settings):
+    assert lk.default_topics(settings) == {
+        "freshrec.events": {},
+        "freshrec.events.dlq": {},
+        "freshrec.recommendations": {"cleanup.policy": "compact"},
+        "freshrec.item-embeddings": {"cleanup.policy": "compact"},
+    }
+
+
+def test_cluster_ids_are_unique_kraft_ids():
+    ids = {lk.new_cluster_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+def test_no_pid_file_means_stopped(settings):
+    paths = lk._Paths.of(settings)
+    assert lk._running_pid(paths) == (None, "")
+    st = lk.broker_status(settings)
+    assert (st.running, st.pid, st.bootstrap) == (False, None, "127.0.0.1:29092")
+
+
+def test_pid_file_of_a_dead_process_is_stale(settings):
+    paths = lk._Paths.of(settings)
+    paths.state.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    paths.pid.write_text(f"{dead.pid}\n")
+    pid, note = lk._running_pid(paths)
+    assert pid is None and "is gone" in note
+    messages: list[str] = []
+    assert lk.broker_down(settings, log=messages.append) is False
+    assert messages == [
+        f"kafka: was not running (stale pid file (process {dead.pid} is gone), removed)"
+    ]
+    assert not paths.pid.exists()
+
+
+def test_pid_file_of_another_program_is_stale_and_left_alone(settings):
+    paths = lk._Paths.of(settings)
+    paths.state.mkdir(parents=True)
+    paths.pid.write_text(f"{os.getpid()}\n")  # this pytest process: alive, not a broker
+    pid, note = lk._running_pid(paths)
+    assert pid is None and "another program" in note
+    assert lk.broker_down(settings, log=lambda _m: None) is False  # and we are still here
+
+
+def test_garbage_pid_file_is_ignored(settings):
+    paths = lk._Paths.of(settings)
+    paths.state.mkdir(parents=True)
+    paths.pid.write_text("not a pid\n")
+    pid, note = lk._running_pid(paths)
+    assert pid is None and "unreadable" in note
+
+
+def test_cli_registers_kafka_subcommands():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    lk.register(parser.add_subparsers(dest="command"))
+    for cmd in ("up", "down", "status", "jars"):
+        args = parser.parse_args(["kafka", cmd])
+        assert callable(args.func)
+
+
+def test_status_command_exit_code_when_stopped(settings, capsys):
+    import argparse
+
+    assert lk._cmd_status(argparse.Namespace(), settings) == 3
+    assert capsys.readouterr().out.startswith("kafka: stopped")
+
+
+def test_up_without_java_fails_before_starting_anything(settings, no_tools):
+    with pytest.raises(lk.LocalKafkaError, match="openjdk-17-jre-headless"):
+        lk.broker_up(settings, log=lambda _m: None)
+    assert not lk._Paths.of(settings).pid.exists()
+
+
+def test_up_without_maven_and_without_cached_jars_names_maven(settings, no_tools):
+    _fake_java(no_tools, 'openjdk version "17.0.15" 2025-04-15')
+    with pytest.raises(lk.LocalKafkaError, match="apt-get install maven"):
+        lk.broker_up(settings, log=lambda _m: None)
+    assert not lk._Paths.of(settings).pid.exists()
