@@ -20,7 +20,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import date
 from typing import Any
 
 from schemas.loader import load_schema
@@ -49,10 +49,24 @@ _CTX = _PROPS["context"]
 _KNOWN_FIELDS = frozenset(_PROPS)
 _ID_FIELDS = ("event_id", "user_id", "item_id", "session_id")
 _LABEL_FIELDS = ("category", "brand")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_SEARCH = re.compile(r"[\x00-\x1f\x7f]").search
+# RFC 3339 date-time exactly as JSON Schema's "date-time" format (ASCII digits only, 'T'
+# separator, any fraction length, hours 00-23, no leap second); \Z, not $, because Python's
+# $ also matches before a trailing newline.
 _RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+    r"([0-9]{4})-(0[1-9]|1[0-2])-([0-9]{2})[Tt]([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])"
+    r"(?:\.([0-9]+))?(?:[Zz]|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))\Z"
 )
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_EVENT_TYPE_SET = frozenset(EVENT_TYPES)
+_QUANTITY_MAX: int = _PROPS["quantity"]["maximum"]
+_PRICE_MAX: float = _PROPS["price"]["maximum"]
+_TITLE_MAX: int = _PROPS["title"]["maxLength"]
+_CTX_MAX_KEYS: int = _CTX["maxProperties"]
+_CTX_KEY_MAX: int = _CTX["propertyNames"]["maxLength"]
+_CTX_STR_MAX: int = _CTX["additionalProperties"]["oneOf"][0]["maxLength"]
+_LABEL_MAX: int = EVENT_SCHEMA["$defs"]["label"]["maxLength"]
+_ABSENT = object()
 DEFAULT_MAX_PAYLOAD_BYTES = 65536
 
 
@@ -105,131 +119,235 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for all calls: json.loads(..., parse_constant=...) builds a new one each time.
+_DECODE_JSON = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _err(code: str, field: str, message: str) -> DecodeError:
     return DecodeError(code, field, message)
 
 
 def parse_ts(value: Any) -> int | DecodeError:
-    """Epoch ms from an integer or an RFC 3339 string, within the schema's bounds."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        return _err("wrong_type", "$.ts", "ts must be epoch milliseconds (integer) or RFC 3339")
-    if isinstance(value, str):
-        if len(value) > _TS_STR_MAX or not _RFC3339.match(value):
-            return _err("bad_timestamp", "$.ts", f"ts {value[:40]!r} is not an RFC 3339 date-time")
-        try:
-            ms = int(datetime.fromisoformat(value.replace("z", "Z")).timestamp() * 1000)
-        except ValueError:
-            return _err("bad_timestamp", "$.ts", f"ts {value!r} is not a valid date-time")
-    else:
+    """Epoch ms from an integer or an RFC 3339 string, within the schema's bounds.
+
+    JSON Schema counts ``1.7e12`` as an integer, so integral floats are accepted too.
+    Strings keep millisecond precision exactly (no float round trip).
+
+    >>> parse_ts("2023-11-14T22:13:20.001Z"), parse_ts(1.7e12)
+    (1700000000001, 1700000000000)
+    >>> parse_ts("2023-11-14 22:13:20Z").code
+    'bad_timestamp'
+    """
+    kind = type(value)
+    if kind is int:
         ms = value
+    elif kind is float and value.is_integer():
+        ms = int(value)
+    elif kind is str:
+        m = _RFC3339.match(value) if len(value) <= _TS_STR_MAX else None
+        if m is None:
+            return _err("bad_timestamp", "$.ts", f"ts {value[:40]!r} is not an RFC 3339 date-time")
+        year, month, day, hh, mm, ss, frac, sign, oh, om = m.groups()
+        try:
+            days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
+        except ValueError:
+            return _err("bad_timestamp", "$.ts", f"ts {value!r} is not a valid calendar date")
+        ms = ((days * 24 + int(hh)) * 60 + int(mm)) * 60_000 + int(ss) * 1000
+        if frac:
+            ms += int((frac + "00")[:3])
+        if sign:
+            offset = (int(oh) * 60 + int(om)) * 60_000
+            ms += -offset if sign == "+" else offset
+    else:
+        return _err("wrong_type", "$.ts", "ts must be epoch milliseconds (integer) or RFC 3339")
     if not TS_MIN_MS <= ms <= TS_MAX_MS:
         return _err("bad_timestamp", "$.ts", "ts must fall between 1990-01-01 and 2100-01-01")
     return ms
 
 
-def _check_id(doc: dict[str, Any], name: str, max_len: int) -> str | None | DecodeError:
-    value = doc.get(name)
-    if value is None:
-        if name in doc:
-            return _err("wrong_type", f"$.{name}", f"{name} must be a string, not null")
-        return None
+def _check_str(value: Any, name: str, max_len: int) -> str | DecodeError:
+    """An id or label: a non-empty string without control characters."""
     if type(value) is not str:
-        return _err("wrong_type", f"$.{name}", f"{name} must be a string")
-    if not value or len(value) > max_len:
+        what = "null" if value is None else type(value).__name__
+        return _err("wrong_type", f"$.{name}", f"{name} must be a string, not {what}")
+    if not 0 < len(value) <= max_len:
         return _err("bad_length", f"$.{name}", f"{name} must be 1..{max_len} characters")
-    if _CONTROL.search(value):
+    if _CONTROL_SEARCH(value):
         return _err("bad_id", f"$.{name}", f"{name} contains control characters")
     return value
 
 
 def _check_context(ctx: Any) -> dict[str, Any] | DecodeError:
-    if not isinstance(ctx, dict):
+    if type(ctx) is not dict:
         return _err("wrong_type", "$.context", "context must be an object")
-    if len(ctx) > _CTX["maxProperties"]:
-        return _err("too_many_fields", "$.context", "context has more than 32 keys")
+    if len(ctx) > _CTX_MAX_KEYS:
+        return _err("too_many_fields", "$.context", f"context has more than {_CTX_MAX_KEYS} keys")
     for key, value in ctx.items():
-        if len(key) > _CTX["propertyNames"]["maxLength"]:
-            return _err("bad_length", "$.context", "context key longer than 64 characters")
-        if isinstance(value, dict | list):
-            return _err("too_deep", f"$.context.{key[:64]}", "context values must be scalars")
-        if isinstance(value, str) and len(value) > 256:
-            return _err("bad_length", f"$.context.{key[:64]}", "context string over 256 chars")
+        if len(key) > _CTX_KEY_MAX:
+            return _err("bad_length", "$.context",
+                        f"context key longer than {_CTX_KEY_MAX} characters")
+        kind = type(value)
+        if kind is str:
+            if len(value) > _CTX_STR_MAX:
+                return _err("bad_length", f"$.context.{key}",
+                            f"context string over {_CTX_STR_MAX} characters")
+        elif kind is float:
+            if not math.isfinite(value):  # 1e400 parses to inf: not representable in JSON
+                return _err("out_of_range", f"$.context.{key}", "context number is not finite")
+        elif kind is dict or kind is list:
+            return _err("too_deep", f"$.context.{key}", "context values must be scalars")
+        elif not (kind is int or kind is bool or value is None):
+            return _err("wrong_type", f"$.context.{key}", "context values must be JSON scalars")
     return ctx
 
 
+def _first_missing(doc: dict[str, Any], names: tuple[str, ...], why: str) -> DecodeError:
+    name = next(n for n in names if n not in doc)
+    return _err("missing_field", f"$.{name}", f"{name} is required{why}")
+
+
 def validate_event(doc: Any, max_id_length: int = ID_MAX_LENGTH) -> Event | DecodeError:
-    """Validate a parsed JSON value against event v1."""
-    if not isinstance(doc, dict):
+    """Validate a parsed JSON value against event v1.
+
+    Returns the :class:`Event`, or a :class:`DecodeError` for the first rule broken.
+
+    >>> validate_event({"event_id": "e", "event_type": "buy", "ts": 1}).code
+    'unknown_event_type'
+    """
+    if type(doc) is not dict:
         return _err("not_an_object", "$", "an event must be a JSON object")
-    for name in _REQUIRED_TOP:
-        if name not in doc:
-            return _err("missing_field", f"$.{name}", f"{name} is required")
-    extra = doc.keys() - _KNOWN_FIELDS
-    if extra:
-        name = sorted(extra)[0][:64]
+    try:
+        event_id = doc["event_id"]
+        event_type = doc["event_type"]
+        raw_ts = doc["ts"]
+    except KeyError:
+        return _first_missing(doc, _REQUIRED_TOP, "")
+    if not doc.keys() <= _KNOWN_FIELDS:
+        name = min(doc.keys() - _KNOWN_FIELDS)[:64]
         return _err("unknown_field", f"$.{name}", f"field {name!r} is not in event v1")
-    if "schema_version" in doc and (
-        type(doc["schema_version"]) is not int or doc["schema_version"] != 1
-    ):
+    get = doc.get
+    version = get("schema_version", 1)
+    if version != 1 or type(version) not in (int, float):  # const 1: 1.0 equals, true doesn't
         return _err("bad_version", "$.schema_version", "schema_version must be 1")
-    event_type = doc["event_type"]
     if type(event_type) is not str:
         return _err("wrong_type", "$.event_type", "event_type must be a string")
-    if event_type not in EVENT_TYPES:
+    if event_type not in _EVENT_TYPE_SET:
         return _err(
             "unknown_event_type", "$.event_type",
             f"event_type {event_type[:40]!r} is not one of {', '.join(EVENT_TYPES)}",
         )
-    ids: dict[str, Any] = {}
-    for name in _ID_FIELDS:
-        checked = _check_id(doc, name, max_id_length)
-        if isinstance(checked, DecodeError):
-            return checked
-        ids[name] = checked
-    for name in _REQUIRED_BY_TYPE.get(event_type, ()):
-        if ids[name] is None:
-            return _err("missing_field", f"$.{name}", f"{name} is required for {event_type}")
-    labels: dict[str, Any] = {}
-    for name in _LABEL_FIELDS:
-        checked = _check_id(doc, name, ID_MAX_LENGTH)
-        if isinstance(checked, DecodeError):
-            return checked
-        labels[name] = checked
-    ts = parse_ts(doc["ts"])
-    if isinstance(ts, DecodeError):
+    event_id = _check_str(event_id, "event_id", max_id_length)
+    if type(event_id) is DecodeError:
+        return event_id
+    # The three optional ids, checked only when present (absent -> None).
+    user_id = get("user_id", _ABSENT)
+    if user_id is not _ABSENT:
+        user_id = _check_str(user_id, "user_id", max_id_length)
+        if type(user_id) is DecodeError:
+            return user_id
+    item_id = get("item_id", _ABSENT)
+    if item_id is not _ABSENT:
+        item_id = _check_str(item_id, "item_id", max_id_length)
+        if type(item_id) is DecodeError:
+            return item_id
+    session_id = get("session_id", _ABSENT)
+    if session_id is not _ABSENT:
+        session_id = _check_str(session_id, "session_id", max_id_length)
+        if type(session_id) is DecodeError:
+            return session_id
+    needs = _REQUIRED_BY_TYPE.get(event_type, ())
+    if needs and not all(n in doc for n in needs):
+        return _first_missing(doc, needs, f" for {event_type}")
+    ts = parse_ts(raw_ts)
+    if type(ts) is DecodeError:
         return ts
-    quantity = doc.get("quantity")
-    if quantity is not None and (
-        type(quantity) is not int or not 1 <= quantity <= _PROPS["quantity"]["maximum"]
+    if len(doc) > 3 + (user_id is not _ABSENT) + (item_id is not _ABSENT) + (
+        session_id is not _ABSENT
     ):
-        return _err("out_of_range", "$.quantity", "quantity must be an integer in 1..100000")
-    price = doc.get("price")
-    if price is not None:
-        if isinstance(price, bool) or not isinstance(price, int | float):
+        return _validate_optional(doc, event_id, event_type, ts,  # type: ignore[arg-type]
+                                  _opt(user_id), _opt(item_id), _opt(session_id))
+    return Event(event_id, event_type, ts, _opt(user_id), _opt(item_id),  # type: ignore[arg-type]
+                 _opt(session_id))
+
+
+def _opt(value: Any) -> Any:
+    return None if value is _ABSENT else value
+
+
+def _validate_optional(
+    doc: dict[str, Any], event_id: str, event_type: str, ts: int,
+    user_id: str | None, item_id: str | None, session_id: str | None,
+) -> Event | DecodeError:
+    """The rarer fields: quantity, price, labels, title, available, context."""
+    get = doc.get
+    labels: dict[str, str | None] = {}
+    for name in _LABEL_FIELDS:
+        value = get(name, _ABSENT)
+        if value is _ABSENT:
+            labels[name] = None
+            continue
+        checked = _check_str(value, name, _LABEL_MAX)
+        if type(checked) is DecodeError:
+            return checked
+        labels[name] = checked  # type: ignore[assignment]
+    quantity = get("quantity", _ABSENT)
+    if quantity is _ABSENT:
+        quantity = None
+    else:
+        kind = type(quantity)
+        if kind is float and quantity.is_integer():
+            quantity = int(quantity)  # JSON Schema: 2.0 is an integer
+        elif kind is not int:
+            return _err("wrong_type", "$.quantity", "quantity must be an integer")
+        if not 1 <= quantity <= _QUANTITY_MAX:
+            return _err("out_of_range", "$.quantity", f"quantity must be in 1..{_QUANTITY_MAX}")
+    price = get("price", _ABSENT)
+    if price is _ABSENT:
+        price = None
+    else:
+        kind = type(price)
+        if kind is not float and kind is not int:
             return _err("wrong_type", "$.price", "price must be a number")
-        if not (math.isfinite(price) and 0 <= price <= _PROPS["price"]["maximum"]):
-            return _err("out_of_range", "$.price", "price must be in 0..1e9")
+        if not (math.isfinite(price) and 0 <= price <= _PRICE_MAX):
+            return _err("out_of_range", "$.price", f"price must be a number in 0..{_PRICE_MAX:g}")
         price = float(price)
-    title = doc.get("title")
-    if title is not None and (type(title) is not str or len(title) > 512):
-        return _err("wrong_type", "$.title", "title must be a string of at most 512 characters")
-    available = doc.get("available")
-    if available is not None and type(available) is not bool:
+    title = get("title", _ABSENT)
+    if title is _ABSENT:
+        title = None
+    elif type(title) is not str:
+        return _err("wrong_type", "$.title", "title must be a string")
+    elif len(title) > _TITLE_MAX:
+        return _err("bad_length", "$.title", f"title must be at most {_TITLE_MAX} characters")
+    available = get("available", _ABSENT)
+    if available is _ABSENT:
+        available = None
+    elif type(available) is not bool:
         return _err("wrong_type", "$.available", "available must be true or false")
-    context = doc.get("context")
-    if context is not None:
+    context = get("context", _ABSENT)
+    if context is _ABSENT:
+        context = None
+    else:
         context = _check_context(context)
-        if isinstance(context, DecodeError):
+        if type(context) is DecodeError:
             return context
-    for name in ("quantity", "price", "title", "available", "context"):
-        if name in doc and doc[name] is None:
-            return _err("wrong_type", f"$.{name}", f"{name} must not be null")
     return Event(
-        event_id=ids["event_id"], event_type=event_type, ts_ms=ts,
-        user_id=ids["user_id"], item_id=ids["item_id"], session_id=ids["session_id"],
+        event_id=event_id, event_type=event_type, ts_ms=ts,
+        user_id=user_id, item_id=item_id, session_id=session_id,
         quantity=quantity, price=price, category=labels["category"], brand=labels["brand"],
         title=title, available=available, context=context,
     )
+
+
+def _unencodable_field(doc: dict[str, Any]) -> str | None:
+    """Path of the first string holding a lone surrogate (from a ``\\ud800`` escape)."""
+    for key, value in doc.items():
+        for text in (key, value) if not isinstance(value, dict) else (key, *value, *value.values()):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"$.{key[:64]!s}".encode("utf-8", "replace").decode()
+    return None
 
 
 def decode_event(
@@ -237,9 +355,17 @@ def decode_event(
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     max_id_length: int = ID_MAX_LENGTH,
 ) -> Event | DecodeError:
-    """Decode one Kafka record value. Never raises, whatever the bytes."""
+    """Decode one Kafka record value. Never raises, whatever the bytes.
+
+    >>> decode_event(b'\\xff').code, decode_event(None).code, decode_event(b'[]').code
+    ('invalid_utf8', 'null_payload', 'not_an_object')
+    """
     if payload is None:
         return _err("null_payload", "$", "record value is null")
+    if type(payload) is not bytes:
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            return _err("wrong_type", "$", f"record value must be bytes, not {type(payload)}")
+        payload = bytes(payload)
     if len(payload) > max_payload_bytes:
         return _err(
             "payload_too_large", "$",
@@ -250,12 +376,18 @@ def decode_event(
     except UnicodeDecodeError as exc:
         return _err("invalid_utf8", "$", f"not valid UTF-8 at byte {exc.start}")
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)
+        doc = _DECODE_JSON(text)
     except RecursionError:
         return _err("too_deep", "$", "JSON nesting is too deep")
     except ValueError as exc:  # JSONDecodeError, huge integers, NaN/Infinity
         return _err("invalid_json", "$", f"invalid JSON: {str(exc)[:200]}")
+    if "\\u" in text and ("\\ud" in text.lower()) and type(doc) is dict:
+        # A lone surrogate escape decodes to a str that cannot be encoded back to UTF-8
+        # (nor used as a Kafka key): refuse it here rather than crash a producer later.
+        bad = _unencodable_field(doc)
+        if bad is not None:
+            return _err("invalid_unicode", bad, "string holds a lone UTF-16 surrogate")
     try:
         return validate_event(doc, max_id_length)
-    except RecursionError:
+    except RecursionError:  # pragma: no cover - validation does not recurse; belt and braces
         return _err("too_deep", "$", "JSON nesting is too deep")

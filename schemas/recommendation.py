@@ -38,6 +38,7 @@ class Recommendation:
     last_event_id: str
     seq: int
     cold_start: bool = False
+    events_applied: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class Recommendation:
             "last_event_id": self.last_event_id,
             "seq": self.seq,
             "cold_start": self.cold_start,
+            **({} if self.events_applied is None else {"events_applied": self.events_applied}),
         }
 
     def to_bytes(self) -> bytes:
@@ -74,6 +76,7 @@ class Recommendation:
                 generated_at=int(doc["generated_at"]), last_event_ts=int(doc["last_event_ts"]),
                 last_event_id=str(doc["last_event_id"]), seq=int(doc["seq"]),
                 cold_start=bool(doc.get("cold_start", False)),
+                events_applied=doc.get("events_applied"),
             )
         except KeyError as exc:
             raise ValueError(f"recommendation v1: missing field {exc.args[0]!r}") from None
