@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from pyflink.common import Configuration
@@ -29,13 +31,52 @@ def flink_configuration(settings: Settings, restart_attempts: int = 3) -> Config
     conf.set_string("restart-strategy.fixed-delay.attempts", str(restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
     conf.set_string("python.fn-execution.bundle.time", "20")
+    # Workers use this interpreter (the venv), whatever PATH says.
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    if job.metrics_port > 0:
+        conf.set_string("metrics.reporter.prom.factory.class",
+                        "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
+        conf.set_string("metrics.reporter.prom.port", str(job.metrics_port))
     return conf
+
+
+def prometheus_reporter_jar() -> Path:
+    """Flink's Prometheus reporter, shipped in the apache-flink wheel as a plugin."""
+    import pyflink
+
+    plugin_dir = Path(pyflink.__file__).parent / "plugins" / "metrics-prometheus"
+    jars = sorted(plugin_dir.glob("flink-metrics-prometheus-*.jar"))
+    if not jars:
+        raise RuntimeError(f"Flink's Prometheus reporter jar is missing from {plugin_dir}")
+    return jars[0]
+
+
+def _put_interpreter_on_path() -> None:
+    # Thread mode embeds the interpreter found on PATH in the JVM this process launches;
+    # without the venv first it misses pyflink/pemja ("No module named 'pemja'").
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if path.split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, path])
+
+
+def _put_reporter_on_gateway_classpath() -> None:
+    # The local MiniCluster ignores plugins/; the reporter loads only from the JVM classpath,
+    # and PyFlink's gateway launcher appends HADOOP_CLASSPATH to it.
+    jar = str(prometheus_reporter_jar())
+    current = os.environ.get("HADOOP_CLASSPATH", "")
+    if jar not in current.split(os.pathsep):
+        os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(p for p in (current, jar) if p)
 
 
 def make_environment(
     settings: Settings, jars: list[Path], restart_attempts: int = 3
 ) -> StreamExecutionEnvironment:
     """A StreamExecutionEnvironment with checkpointing, parallelism and jars from settings."""
+    _put_interpreter_on_path()
+    if settings.job.metrics_port > 0:
+        _put_reporter_on_gateway_classpath()
     env = StreamExecutionEnvironment.get_execution_environment(
         flink_configuration(settings, restart_attempts)
     )

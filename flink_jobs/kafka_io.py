@@ -25,10 +25,10 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 
+from freshrec.kafka_config import java_client_properties
 from freshrec.settings import Settings
 
 JAVA_SOURCES = Path(__file__).parent / "java"
-_SHADED = "org.apache.flink.kafka.shaded.org.apache.kafka.common.security"
 
 # Row(topic, partition, offset, timestamp, key, value) made by RecordWithMetadataDeserializer.
 RAW_RECORD_TYPE: TypeInformation = Types.ROW_NAMED(
@@ -82,22 +82,9 @@ def build_glue_jar(connector_jar: Path, cache_dir: Path) -> Path:
     return jar
 
 
-def client_properties(settings: Settings) -> dict[str, str]:
-    """Kafka client properties for the Java clients inside Flink (security included)."""
-    kafka = settings.kafka
-    props = {"client.id": kafka.client_id, "security.protocol": kafka.security_protocol}
-    if kafka.security_protocol.startswith("SASL"):
-        module = "plain.PlainLoginModule" if kafka.sasl_mechanism == "PLAIN" else (
-            "scram.ScramLoginModule"
-        )
-        props["sasl.mechanism"] = kafka.sasl_mechanism
-        props["sasl.jaas.config"] = (
-            f'{_SHADED}.{module} required username="{kafka.sasl_username}" '
-            f'password="{kafka.sasl_password}";'
-        )
-    if kafka.ssl_cafile and kafka.security_protocol in ("SSL", "SASL_SSL"):
-        props["ssl.truststore.type"] = "PEM"
-        props["ssl.truststore.location"] = kafka.ssl_cafile
+def _client_properties(settings: Settings) -> dict[str, str]:
+    props = java_client_properties(settings)
+    props.pop("bootstrap.servers")  # set through the builders
     return props
 
 
@@ -119,7 +106,9 @@ def raw_source(
         .set_topics(topic)
         .set_group_id(group_id)
         .set_starting_offsets(_starting_offsets(starting_offsets))
-        .set_properties(client_properties(settings))
+        .set_properties(_client_properties(settings))
+        # Our own exactly-once output (the item changelog) must be read committed-only.
+        .set_property("isolation.level", "read_committed")
         # New partitions of the events topic are picked up without a restart.
         .set_property("partition.discovery.interval.ms", "30000")
     )
@@ -140,7 +129,7 @@ def keyed_bytes_sink(settings: Settings, topic: str, name: str) -> KafkaSink:
             DeliveryGuarantee.EXACTLY_ONCE if exactly_once else DeliveryGuarantee.AT_LEAST_ONCE
         )
     )
-    for key, value in client_properties(settings).items():
+    for key, value in _client_properties(settings).items():
         builder.set_property(key, value)
     builder.set_property("linger.ms", "5")
     if exactly_once:

@@ -6,6 +6,7 @@ leave for Kafka are Row(key, value) bytes (see ``flink_jobs.kafka_io``).
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from online_models.core import (
     recommend_for_user,
     user_step,
 )
-from online_models.replica import ItemReplica
+from online_models.replica import LN2, NEW_ITEM_TREND, ItemReplica
 from online_models.state import ItemGradient, ItemState, UserState
 from schemas.dlq import DeadLetter, encode_dead_letter
 from schemas.events import DecodeError, Event, decode_event
@@ -160,9 +161,12 @@ class _ReplicaMixin:
     def _apply_embedding(self, emb: ItemEmbedding) -> None:
         meta = {"category": emb.category, "brand": emb.brand, "price": emb.price,
                 "available": emb.available, "title": emb.title}
+        # The changelog carries the log trend as of updated_at; rebase it on the replica's
+        # own forward-decay origin so all items stay comparable.
+        trend = None if emb.trend is None else emb.trend + self.replica.log_time(emb.updated_at)
         self.replica.upsert(
             emb.item_id, np.asarray(emb.vector, dtype=np.float32), meta, bias=emb.bias,
-            trend=emb.trend if emb.trend is not None else None, acc=emb.acc,
+            trend=trend, acc=emb.acc,
         )
 
     def process_broadcast_element(self, value: tuple[str, bytes], ctx: Any) -> list[Any]:
@@ -308,6 +312,7 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
                 model_version=self.model_version, generated_at=generated,
                 last_event_ts=req.last_event_ts, last_event_id=req.last_event_id, seq=req.seq,
                 cold_start=n_events[req.user_id] < self.config.cold_events,
+                events_applied=n_events[req.user_id],
             )
             self._published.inc()
             yield Row(key, rec.to_bytes())
@@ -321,6 +326,7 @@ class ItemUpdate(KeyedProcessFunction):
         self.config = config
         self.publish_interval_ms = publish_interval_ms
         self.dedup_window_s = dedup_window_s
+        self._decay_per_ms = LN2 / (config.trend_half_life_s * 1000.0)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.item_state = runtime_context.get_state(
@@ -361,9 +367,13 @@ class ItemUpdate(KeyedProcessFunction):
         if blob is None:
             return
         item = ItemState.from_bytes(blob)
+        # ItemState.trend is forward-decayed from the epoch; publish it as of last_ts. An item
+        # without interactions gets the new-listing trend, as the in-memory replica does.
+        trend = (item.trend - item.last_ts * self._decay_per_ms
+                 if math.isfinite(item.trend) else math.log(NEW_ITEM_TREND))
         emb = ItemEmbedding(
             item_id=item.item_id, vector=tuple(float(x) for x in item.vector), bias=item.bias,
-            trend=item.trend, n_events=item.n_events, updated_at=item.last_ts, acc=item.acc,
+            trend=trend, n_events=item.n_events, updated_at=item.last_ts, acc=item.acc,
             category=item.category, brand=item.brand, title=item.title, price=item.price,
             available=item.available,
         )

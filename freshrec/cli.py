@@ -15,6 +15,7 @@ _COMMANDS = (
     "freshrec.produce",
     "freshrec.tail",
     "freshrec.replay",
+    "freshrec.run_cmd",
 )
 
 

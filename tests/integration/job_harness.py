@@ -1,0 +1,160 @@
+"""Run the real freshrec job (Flink MiniCluster in a child process) against the test broker.
+
+Each job gets its own topics, consumer group and checkpoint directory, so tests never see
+each other's records. The child is killed with its whole process group at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from freshrec import kafka_config
+from freshrec.local_kafka import create_topic
+from freshrec.settings import Settings, load_settings
+from schemas.events import Event, encode_event
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    def json(self) -> Any:
+        return None if self.value is None else json.loads(self.value)
+
+
+@dataclass
+class JobProcess:
+    """A running job and the topics it owns."""
+
+    settings: Settings
+    overrides: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _producer: Any = field(default=None, repr=False)
+
+    def start(self) -> JobProcess:
+        log = self.log_path.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flink_jobs.recommender_job",
+             *[arg for o in self.overrides for arg in ("--set", o)]],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
+            start_new_session=True,
+        )
+        return self
+
+    def assert_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the job exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text("utf-8", "replace").splitlines()
+        causes = [line for line in text if "Caused by" in line or "Error" in line]
+        return "\n".join(causes[-10:] + text[-lines:])
+
+    def stop(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    # -- traffic ----------------------------------------------------------------------
+    def send_events(self, events: Iterable[Event]) -> int:
+        n = 0
+        for event in events:
+            key = event.item_id if event.event_type == "item_upsert" else event.user_id
+            self.send_raw((key or "").encode(), encode_event(event))
+            n += 1
+        self.flush()
+        return n
+
+    def send_raw(self, key: bytes | None, value: bytes | None) -> None:
+        if self._producer is None:
+            self._producer = kafka_config.producer(self.settings, acks="all", linger_ms=5)
+        self._producer.send(self.settings.topics.events, key=key, value=value)
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=30)
+
+    # -- output -------------------------------------------------------------------------
+    def read_topic(self, topic: str) -> list[Record]:
+        """Every record of ``topic`` so far, committed ones only, in (partition, offset) order."""
+        consumer = kafka_config.consumer(
+            self.settings, topic, auto_offset_reset="earliest", enable_auto_commit=False,
+            isolation_level="read_committed", consumer_timeout_ms=1500,
+        )
+        try:
+            out = [Record(m.partition, m.offset, m.key, m.value) for m in consumer]
+        finally:
+            consumer.close()
+        return sorted(out, key=lambda r: (r.partition, r.offset))
+
+    def wait_for(self, topic: str, done: Callable[[list[Record]], bool], timeout_s: float = 120,
+                 what: str = "records") -> list[Record]:
+        """Poll ``topic`` until ``done(records)``; fail with the job log on timeout."""
+        deadline = time.monotonic() + timeout_s
+        records: list[Record] = []
+        while time.monotonic() < deadline:
+            self.assert_alive()
+            records = self.read_topic(topic)
+            if done(records):
+                return records
+            time.sleep(1.0)
+        raise AssertionError(
+            f"timed out after {timeout_s:.0f}s waiting for {what} on {topic} "
+            f"({len(records)} records so far)\n{self.log_tail()}")
+
+
+def job_settings(broker_settings: Settings, tmp: Path, extra: Iterable[str] = ()
+                 ) -> tuple[Settings, list[str]]:
+    """Overrides for a job on the test broker with fresh, uniquely named topics."""
+    tag = uuid.uuid4().hex[:8]
+    base = [
+        f"kafka.bootstrap_servers={broker_settings.kafka.bootstrap_servers}",
+        f"local.cache_dir={broker_settings.local.cache_dir}",
+        f"topics.events=it-{tag}.events",
+        f"topics.dlq=it-{tag}.dlq",
+        f"topics.recommendations=it-{tag}.recommendations",
+        f"topics.item_embeddings=it-{tag}.item-embeddings",
+        f"job.group_id=it-{tag}",
+        f"job.checkpoint_dir={tmp / 'checkpoints'}",
+        "job.starting_offsets=earliest",
+        "job.checkpoint_interval_ms=2000",
+        "job.metrics_port=0",
+        *extra,
+    ]
+    settings = load_settings(overrides=base)
+    topics = settings.topics
+    compact = {"cleanup.policy": "compact"}
+    create_topic(settings, topics.events, partitions=topics.partitions)
+    create_topic(settings, topics.dlq, partitions=1)
+    create_topic(settings, topics.recommendations, partitions=topics.partitions, configs=compact)
+    create_topic(settings, topics.item_embeddings, partitions=topics.partitions, configs=compact)
+    return settings, base
+
+
+def latest_by_key(records: Iterable[Record]) -> dict[str, Record]:
+    out: dict[str, Record] = {}
+    for rec in records:
+        if rec.key is not None:
+            out[rec.key.decode()] = rec
+    return out
