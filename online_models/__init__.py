@@ -1,0 +1,68 @@
+"""freshrec's online model core: pure numpy / torch / river, no pyflink, kafka or prometheus.
+
+Pure functions on plain state for the PyFlink job (:func:`user_step`,
+:func:`apply_item_gradient`, :func:`recommend_for_user`), the in-memory
+:class:`FreshRecModel` composed of the same functions, baselines, and prequential
+evaluation.
+
+>>> from online_models import FreshRecModel, ModelConfig
+>>> FreshRecModel(ModelConfig(dim=8)).n_items
+0
+"""
+
+from online_models.baselines import (
+    MODEL_NAMES,
+    BPRModel,
+    PopularityModel,
+    RiverMFModel,
+    make_model,
+)
+from online_models.config import ModelConfig
+from online_models.core import (
+    adagrad_rows,
+    apply_gradients_to_replica,
+    apply_item_gradient,
+    lr_schedule,
+    new_item_state,
+    query_vector,
+    recommend_for_user,
+    user_step,
+    user_step_arrays,
+)
+from online_models.evaluate import ModelResult, prequential
+from online_models.model import FreshRecModel, Recommender
+from online_models.replica import ItemReplica
+from online_models.state import ItemGradient, ItemState, UserState
+from online_models.streaming import DriftMonitor, RollingMetrics, UserClusters
+from online_models.tables import EmbeddingTable, content_vector
+
+__all__ = [
+    "MODEL_NAMES",
+    "BPRModel",
+    "DriftMonitor",
+    "EmbeddingTable",
+    "FreshRecModel",
+    "ItemGradient",
+    "ItemReplica",
+    "ItemState",
+    "ModelConfig",
+    "ModelResult",
+    "PopularityModel",
+    "Recommender",
+    "RiverMFModel",
+    "RollingMetrics",
+    "UserClusters",
+    "UserState",
+    "adagrad_rows",
+    "apply_gradients_to_replica",
+    "apply_item_gradient",
+    "content_vector",
+    "lr_schedule",
+    "make_model",
+    "new_item_state",
+    "prequential",
+    "query_vector",
+    "recommend_for_user",
+    "user_step",
+    "user_step_arrays",
+]

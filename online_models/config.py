@@ -1,0 +1,149 @@
+"""Model configuration: a plain frozen dataclass, free of any freshrec/pyflink import.
+
+The first fields mirror ``freshrec.settings.ModelSettings`` one to one, so the job and
+the CLI build a config with ``ModelConfig(**dataclasses.asdict(settings.model))``; the
+remaining fields are model internals with defaults.
+
+>>> cfg = ModelConfig(dim=8, seed=1)
+>>> cfg.event_weight("purchase"), cfg.event_weight("unfavorite"), cfg.event_weight("item_upsert")
+(5.0, -1.0, 0.0)
+>>> ModelConfig(exclude="everything")
+Traceback (most recent call last):
+...
+ValueError: exclude must be one of purchased, seen, none; got 'everything'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+EXCLUDE_CHOICES = ("purchased", "seen", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Hyper-parameters of the freshrec model and its streaming helpers.
+
+    Parameters
+    ----------
+    dim : int
+        Embedding dimensions of user and item vectors.
+    top_k : int
+        Default list length.
+    learning_rate : float
+        Base step size of the row-wise Adagrad updates.
+    l2 : float
+        L2 regularisation applied to every touched row.
+    negatives : int
+        Sampled negatives per positive (popularity-aware sampling).
+    history_len : int
+        Recent interactions kept per user.
+    exclude : str
+        ``purchased`` (default), ``seen`` (anything interacted with) or ``none``.
+    exploration : float
+        Share of each list given to trending items the model would not have shown.
+    seed : int
+        Seed of every random choice (initialisation, negatives, exploration).
+    weight_view, weight_click, weight_favorite, weight_add_to_cart, weight_purchase : float
+        Positive weight of each interaction type in the pairwise loss.
+    weight_unfavorite, weight_remove_from_cart : float
+        Weights (<= 0) of negative feedback: the item is pushed below the negatives.
+    context_len : int
+        How many of the most recent items form the sequence part of the query.
+    context_decay : float
+        Weight ratio between consecutive context positions (most recent = 1).
+    user_weight : float
+        Weight of the long-term user vector in the query.
+    recency_boost : float
+        Score bonus of an item in the user's recent history (repeat views are common).
+    recency_half_life_s : float
+        Half-life of that bonus in event time (it never falls below half).
+    recency_position_decay : float
+        Factor of that bonus per step back in the history (most recent = 1).
+    pop_weight : float
+        Weight of the time-decayed log popularity in the score.
+    trend_half_life_s : float
+        Half-life of the trending counters.
+    init_scale : float
+        Norm scale of initial (content) vectors.
+    neg_pop_alpha : float
+        Negatives are drawn proportionally to ``trend ** alpha`` (0 = uniform).
+    lr_decay_events : float
+        Global learning-rate schedule ``lr / sqrt(1 + t / lr_decay_events)``, reset on drift.
+    min_lr_scale : float
+        Floor of that schedule.
+    cold_events : int
+        Users with fewer events get the cold-start blend (trending + cluster-popular).
+    n_clusters : int
+        Clusters of the streaming user clustering (``river.cluster.KMeans``).
+    cluster_weight : float
+        Score bonus scale of cluster-popular items for cold users.
+    diversity_cap : int
+        At most this many items of one category per list (0 = no cap).
+    """
+
+    dim: int = 32
+    top_k: int = 20
+    learning_rate: float = 0.05
+    l2: float = 1e-4
+    negatives: int = 4
+    history_len: int = 20
+    exclude: str = "purchased"
+    exploration: float = 0.1
+    seed: int = 42
+    weight_view: float = 1.0
+    weight_click: float = 1.0
+    weight_favorite: float = 2.0
+    weight_add_to_cart: float = 3.0
+    weight_purchase: float = 5.0
+    weight_unfavorite: float = -1.0
+    weight_remove_from_cart: float = -1.0
+    context_len: int = 5
+    context_decay: float = 0.6
+    user_weight: float = 0.5
+    recency_boost: float = 5.0
+    recency_half_life_s: float = 3600.0
+    recency_position_decay: float = 0.95
+    pop_weight: float = 0.3
+    trend_half_life_s: float = 3600.0
+    init_scale: float = 0.3
+    neg_pop_alpha: float = 0.5
+    lr_decay_events: float = 100_000.0
+    min_lr_scale: float = 0.1
+    cold_events: int = 3
+    n_clusters: int = 8
+    cluster_weight: float = 0.5
+    diversity_cap: int = 0
+
+    def __post_init__(self) -> None:
+        if self.exclude not in EXCLUDE_CHOICES:
+            raise ValueError(
+                f"exclude must be one of {', '.join(EXCLUDE_CHOICES)}; got {self.exclude!r}"
+            )
+        for name in ("dim", "top_k", "history_len", "context_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
+        if self.negatives < 1:
+            raise ValueError(f"negatives must be >= 1; got {self.negatives!r}")
+        if not 0.0 <= self.exploration <= 1.0:
+            raise ValueError(f"exploration must be in [0, 1]; got {self.exploration!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}")
+
+    def event_weight(self, event_type: str) -> float:
+        """Loss weight of an event type (0 for non-interactions such as ``item_upsert``)."""
+        return float(getattr(self, f"weight_{event_type}", 0.0))
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> ModelConfig:
+        """Build from a mapping or dataclass (e.g. ``ModelSettings``), ignoring unknown keys."""
+        if dataclasses.is_dataclass(values) and not isinstance(values, type):
+            values = dataclasses.asdict(values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(values).items() if k in known})

@@ -1,0 +1,355 @@
+"""The item replica: all item vectors as one numpy matrix, plus metadata and trending.
+
+Every job instance keeps one read-only copy of the item side (fed by the
+item-embedding changelog); the in-memory model owns one and applies gradients to it
+directly. Scoring is a matrix-vector product plus a per-item static term (bias and
+time-decayed log popularity), then ``argpartition``.
+
+>>> from online_models.config import ModelConfig
+>>> rep = ItemReplica(ModelConfig(dim=4, seed=0))
+>>> for i in range(5):
+...     _ = rep.upsert(f"i{i}", meta={"category": "c" + str(i % 2)})
+>>> rep.record_trend(rep.row("i3"), 5.0, 1_000)
+>>> [rep.ids[r] for r in rep.trending_rows(2, now_ms=1_000)][:1]
+['i3']
+>>> rows, scores = rep.top_k(np.ones(4, dtype=np.float32), 3)
+>>> len(set(rows.tolist())), bool(np.all(np.diff(scores) <= 0))
+(3, True)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from online_models.config import ModelConfig
+from online_models.tables import EmbeddingTable, content_vector
+
+LN2 = math.log(2.0)
+# Trending weight a brand-new item starts with (a small "new listing" bonus).
+NEW_ITEM_TREND = 0.1
+_NEG_BUFFER = 4096
+_TREND_CACHE_EVERY = 256
+
+
+def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
+    if n <= arr.shape[0]:
+        return arr
+    new = np.full(max(n, int(arr.shape[0] * 1.25) + 16), fill, dtype=arr.dtype)
+    new[: arr.shape[0]] = arr
+    return new
+
+
+class ItemReplica:
+    """Item vectors, biases, trending counters and metadata, indexed by row.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Supplies ``dim``, ``seed``, ``pop_weight``, ``trend_half_life_s``, ``init_scale``.
+    capacity : int
+        Initial rows.
+    """
+
+    def __init__(self, config: ModelConfig, capacity: int = 1024) -> None:
+        self.config = config
+        self.table = EmbeddingTable(config.dim, capacity, config.seed, config.init_scale)
+        self.bias = np.zeros(capacity, dtype=np.float32)
+        self.trend = np.full(capacity, -np.inf, dtype=np.float64)
+        self.static = np.zeros(capacity, dtype=np.float32)
+        self.blocked = np.zeros(capacity, dtype=bool)
+        self.category_code = np.full(capacity, -1, dtype=np.int32)
+        self.categories: list[str] = []
+        self._category_index: dict[str, int] = {}
+        self.category_rows: dict[int, list[int]] = {}
+        self.meta: list[dict[str, Any]] = []
+        self._k = LN2 / (config.trend_half_life_s * 1000.0)  # per ms
+        self._t0: float | None = None
+        self._neg: np.ndarray = np.zeros(0, dtype=np.int64)
+        self._neg_pos = 0
+        self._version = 0
+        self._trend_cache: dict[Any, tuple[int, np.ndarray]] = {}
+
+    # -- ids and rows -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.table.index
+
+    @property
+    def ids(self) -> list[str]:
+        """Row -> item id."""
+        return self.table.ids
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """``len x dim`` float32 view of the item vectors."""
+        return self.table.vectors
+
+    def row(self, item_id: str) -> int:
+        """Row of an item, or ``-1`` if unknown."""
+        return self.table.index.get(item_id, -1)
+
+    def _log_time(self, ts_ms: int) -> float:
+        if self._t0 is None:
+            self._t0 = float(ts_ms)
+        return (ts_ms - self._t0) * self._k
+
+    def _category_code(self, category: str | None) -> int:
+        if category is None:
+            return -1
+        code = self._category_index.get(category)
+        if code is None:
+            code = len(self.categories)
+            self.categories.append(category)
+            self._category_index[category] = code
+        return code
+
+    def _refresh_static(self, row: int) -> None:
+        t = self.trend[row]
+        self.static[row] = self.bias[row] + self.config.pop_weight * (t if t > -1e300 else -50.0)
+
+    def upsert(
+        self,
+        item_id: str,
+        vector: np.ndarray | None = None,
+        meta: Mapping[str, Any] | None = None,
+        bias: float | None = None,
+        trend: float | None = None,
+        acc: float | None = None,
+        ts_ms: int | None = None,
+    ) -> int:
+        """Insert or update one item; returns its row.
+
+        A new item without ``vector`` gets its content vector from ``meta`` (category,
+        brand, price), and a small new-listing trend so it can surface before any
+        interaction. Metadata keys given in ``meta`` replace the stored ones.
+        """
+        row = self.table.index.get(item_id, -1)
+        new = row < 0
+        if new:
+            m = dict(meta or {})
+            if vector is None:
+                vector = self.cold_item_vector(item_id, m)
+            row = self.table.add(item_id, vector, 0.0 if acc is None else acc)
+            n = row + 1
+            self.bias = _grow(self.bias, n, 0.0)
+            self.trend = _grow(self.trend, n, -np.inf)
+            self.static = _grow(self.static, n, 0.0)
+            self.blocked = _grow(self.blocked, n, False)
+            self.category_code = _grow(self.category_code, n, -1)
+            self.meta.append({})
+            if trend is None and ts_ms is not None:
+                trend = math.log(NEW_ITEM_TREND) + self._log_time(ts_ms)
+        else:
+            if vector is not None:
+                self.table.vectors[row] = vector
+            if acc is not None:
+                self.table.accumulators[row] = acc
+        if meta:
+            stored = self.meta[row]
+            stored.update({k: v for k, v in meta.items() if v is not None})
+            code = self._category_code(stored.get("category"))
+            old = int(self.category_code[row])
+            if code != old:
+                if old >= 0:
+                    self.category_rows[old].remove(row)
+                if code >= 0:
+                    self.category_rows.setdefault(code, []).append(row)
+                self.category_code[row] = code
+            self.blocked[row] = stored.get("available") is False
+        if bias is not None:
+            self.bias[row] = bias
+        if trend is not None:
+            self.trend[row] = trend
+        self._refresh_static(row)
+        self._version += 1
+        return row
+
+    def cold_item_vector(self, item_id: str, meta: Mapping[str, Any] | None = None
+                         ) -> np.ndarray:
+        """Vector of a new item from its metadata: the hashed content vector plus the mean
+        learned vector of its category's items (so it lives where its category's items
+        have moved), before any interaction. The job's item operator uses this too."""
+        m = meta or {}
+        cfg = self.config
+        vec = content_vector(item_id, cfg.dim, cfg.seed, m.get("category"), m.get("brand"),
+                             m.get("price"), cfg.init_scale)
+        code = self._category_index.get(m.get("category"), -1)  # type: ignore[arg-type]
+        rows = self.category_rows.get(code, []) if code >= 0 else []
+        if rows:
+            sample = np.asarray(rows[-64:], dtype=np.int64)
+            vec = (vec + self.table.vectors[sample].mean(axis=0)).astype(np.float32)
+        return vec
+
+    def ensure(self, item_id: str, meta: Mapping[str, Any] | None = None,
+               ts_ms: int | None = None) -> int:
+        """Row of an item, creating it from ``meta`` on first use (unseen ids get vectors)."""
+        row = self.table.index.get(item_id, -1)
+        if row >= 0:
+            if meta and not self.meta[row]:
+                self.upsert(item_id, meta=meta)
+            return row
+        return self.upsert(item_id, meta=meta, ts_ms=ts_ms)
+
+    # -- item-side learning (in-process owner) --------------------------------------------
+    def record_trend(self, row: int, weight: float, ts_ms: int) -> None:
+        """Add ``weight`` at event time ``ts_ms`` to an item's forward-decayed counter."""
+        if weight <= 0:
+            return
+        self.trend[row] = np.logaddexp(self.trend[row], math.log(weight) + self._log_time(ts_ms))
+        self._refresh_static(row)
+        self._version += 1
+
+    def trend_value(self, row: int, now_ms: int) -> float:
+        """Current decayed count of an item."""
+        t = float(self.trend[row])
+        return 0.0 if t == -math.inf else math.exp(t - self._log_time(now_ms))
+
+    def log_time(self, ts_ms: int) -> float:
+        """``ts_ms`` in the forward-decay log scale (``ln2 * (t - t0) / half_life``)."""
+        return self._log_time(ts_ms)
+
+    # -- negatives ----------------------------------------------------------------------
+    def sample_negatives(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` rows drawn proportionally to ``trend ** alpha`` blended with uniform.
+
+        Draws come from a buffer refilled in bulk (cheap per event, deterministic for a
+        given generator and call sequence).
+        """
+        if self._neg_pos + n > self._neg.shape[0]:
+            self._refill_negatives(rng)
+        out = self._neg[self._neg_pos: self._neg_pos + n]
+        self._neg_pos += n
+        return out
+
+    def _refill_negatives(self, rng: np.random.Generator) -> None:
+        size = len(self)
+        alpha = self.config.neg_pop_alpha
+        if size == 0:
+            self._neg = np.zeros(_NEG_BUFFER, dtype=np.int64)
+        elif alpha <= 0:
+            self._neg = rng.integers(0, size, _NEG_BUFFER)
+        else:
+            t = self.trend[:size]
+            finite = np.isfinite(t)
+            w = np.zeros(size)
+            if finite.any():
+                w[finite] = np.exp(alpha * (t[finite] - t[finite].max()))
+            w = w / w.sum() if w.sum() > 0 else w
+            p = 0.5 * w + 0.5 / size if w.sum() > 0 else np.full(size, 1.0 / size)
+            cdf = np.cumsum(p)
+            self._neg = np.minimum(np.searchsorted(cdf, rng.random(_NEG_BUFFER) * cdf[-1]),
+                                   size - 1).astype(np.int64)
+        self._neg_pos = 0
+
+    # -- trending -------------------------------------------------------------------------
+    def trending_rows(self, n: int, category: str | None = None,
+                      now_ms: int | None = None) -> np.ndarray:
+        """Up to ``n`` available rows with the highest decayed count (overall or in a category).
+
+        Cached and recomputed after every 256 replica changes.
+        """
+        del now_ms  # ranking by forward-decayed counts does not depend on the clock
+        key = (n, category)
+        hit = self._trend_cache.get(key)
+        if hit is not None and self._version - hit[0] < _TREND_CACHE_EVERY:
+            return hit[1]
+        if category is None:
+            cand = np.arange(len(self))
+        else:
+            code = self._category_index.get(category, -1)
+            cand = np.asarray(self.category_rows.get(code, []), dtype=np.int64)
+        if cand.size:
+            t = self.trend[cand]
+            t = np.where(self.blocked[cand] | ~np.isfinite(t), -np.inf, t)
+            m = min(n, cand.size)
+            part = np.argpartition(-t, m - 1)[:m] if m < cand.size else np.arange(cand.size)
+            part = part[np.argsort(-t[part], kind="stable")]
+            rows = cand[part][np.isfinite(t[part])]
+        else:
+            rows = cand
+        self._trend_cache[key] = (self._version, rows)
+        return rows
+
+    # -- scoring --------------------------------------------------------------------------
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """``V @ query + static`` for every row (a new float32 array)."""
+        n = len(self)
+        s = self.table.vectors @ query
+        s += self.static[:n]
+        return s
+
+    def top_k(
+        self,
+        query: np.ndarray,
+        k: int,
+        exclude_rows: Iterable[int] = (),
+        boost_rows: np.ndarray | None = None,
+        boost: np.ndarray | None = None,
+        diversity_cap: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` rows and scores for one query, best first.
+
+        Unavailable and excluded rows never appear; ``boost`` is added at ``boost_rows``;
+        ``diversity_cap`` > 0 keeps at most that many items per category.
+        """
+        s = self.scores(query)
+        return self.select(s, k, exclude_rows, boost_rows, boost, diversity_cap)
+
+    def select(
+        self,
+        s: np.ndarray,
+        k: int,
+        exclude_rows: Iterable[int] = (),
+        boost_rows: np.ndarray | None = None,
+        boost: np.ndarray | None = None,
+        diversity_cap: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of a score vector (modified in place) with boosts and exclusions."""
+        n = s.shape[0]
+        if boost_rows is not None and boost is not None and len(boost_rows):
+            np.add.at(s, boost_rows, boost)
+        if self.blocked[:n].any():
+            s[self.blocked[:n]] = -np.inf
+        ex = np.fromiter(exclude_rows, dtype=np.int64)
+        if ex.size:
+            s[ex[(ex >= 0) & (ex < n)]] = -np.inf
+        pool = k if diversity_cap <= 0 else min(n, 4 * k + 32)
+        cand = np.argpartition(-s, pool - 1)[:pool] if pool < n else np.arange(n)
+        cand = cand[np.argsort(-s[cand], kind="stable")]
+        cand = cand[np.isfinite(s[cand])]
+        if diversity_cap > 0:
+            cand = self._cap(cand, k, diversity_cap)
+        cand = cand[:k]
+        return cand, s[cand]
+
+    def _cap(self, cand: np.ndarray, k: int, cap: int) -> np.ndarray:
+        counts: dict[int, int] = {}
+        kept: list[int] = []
+        for r in cand.tolist():
+            c = int(self.category_code[r])
+            if c >= 0:
+                if counts.get(c, 0) >= cap:
+                    continue
+                counts[c] = counts.get(c, 0) + 1
+            kept.append(r)
+            if len(kept) == k:
+                break
+        return np.asarray(kept, dtype=np.int64)
+
+    def scores_many(self, queries: np.ndarray) -> Any:
+        """``Q @ V.T + static`` as a torch tensor (one matrix product for many users)."""
+        import torch
+
+        n = len(self)
+        v = torch.from_numpy(self.table.vectors)
+        out = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)) @ v.T
+        out += torch.from_numpy(self.static[:n])
+        if self.blocked[:n].any():
+            out[:, torch.from_numpy(self.blocked[:n])] = -math.inf
+        return out

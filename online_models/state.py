@@ -1,0 +1,257 @@
+"""Plain per-key state of the model, as the PyFlink job keeps it: users and items.
+
+States are frozen: every update returns a new object, and ``to_bytes``/``from_bytes``
+round-trip them for Flink ``ValueState[bytes]``.
+
+>>> import numpy as np
+>>> u = UserState.new("u1", dim=4, seed=0)
+>>> u2 = UserState.from_bytes(u.to_bytes())
+>>> u2 == u, u2.user_id, u2.n_events
+(True, 'u1', 0)
+>>> it = ItemState.new("i1", dim=4, seed=0, category="shoes", price=20.0)
+>>> ItemState.from_bytes(it.to_bytes()) == it
+True
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from online_models.tables import content_vector, hashed_vector
+
+# (item_id, ts_ms, weight, event_type)
+HistoryEntry = tuple[str, int, float, str]
+
+_USER_MAGIC = b"FU1"
+_ITEM_MAGIC = b"FI1"
+_USER_HEAD = struct.Struct("<3sHqqd")  # magic, dim, n_events, last_ts, acc
+_ITEM_HEAD = struct.Struct("<3sHqdddqd")  # magic, dim, n_events, acc, bias, trend, ts, price
+
+
+def _arr_eq(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class UserState:
+    """Everything the user-keyed operator keeps for one user.
+
+    Attributes
+    ----------
+    user_id : str
+        The key.
+    vector : numpy.ndarray
+        Long-term user vector ``p_u`` (float32, read-only).
+    acc : float
+        Row-wise Adagrad accumulator of ``vector``.
+    history : tuple[HistoryEntry, ...]
+        Most recent interactions, oldest first: ``(item_id, ts_ms, weight, event_type)``,
+        at most ``history_len``.
+    purchased, seen : frozenset[str]
+        Items bought / interacted with (for exclusions).
+    n_events : int
+        Interactions learned from.
+    last_ts : int
+        Event time of the last interaction (ms), 0 if none.
+    """
+
+    user_id: str
+    vector: np.ndarray
+    acc: float = 0.0
+    history: tuple[HistoryEntry, ...] = ()
+    purchased: frozenset[str] = field(default_factory=frozenset)
+    seen: frozenset[str] = field(default_factory=frozenset)
+    n_events: int = 0
+    last_ts: int = 0
+
+    @classmethod
+    def new(cls, user_id: str, dim: int, seed: int, scale: float = 0.05) -> UserState:
+        """A fresh user: a small deterministic vector, empty history."""
+        vec = (hashed_vector("user:" + user_id, dim, seed) * np.float32(scale)).astype(np.float32)
+        vec.setflags(write=False)
+        return cls(user_id, vec)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UserState):
+            return NotImplemented
+        return (
+            self.user_id == other.user_id and _arr_eq(self.vector, other.vector)
+            and self.acc == other.acc and self.history == other.history
+            and self.purchased == other.purchased and self.seen == other.seen
+            and self.n_events == other.n_events and self.last_ts == other.last_ts
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def replace(self, **changes: Any) -> UserState:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_bytes(self) -> bytes:
+        """Compact binary form: a fixed header, the float32 vector, then JSON for the ids."""
+        head = _USER_HEAD.pack(_USER_MAGIC, self.vector.shape[0], self.n_events, self.last_ts,
+                               self.acc)
+        tail = json.dumps(
+            [self.user_id, [list(h) for h in self.history], sorted(self.purchased),
+             sorted(self.seen)],
+            separators=(",", ":"), ensure_ascii=False,
+        ).encode("utf-8")
+        return head + self.vector.astype(np.float32, copy=False).tobytes() + tail
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> UserState:
+        """Inverse of :meth:`to_bytes`; raises ``ValueError`` on foreign bytes."""
+        if blob[:3] != _USER_MAGIC:
+            raise ValueError("not a freshrec user state (bad magic)")
+        _, dim, n_events, last_ts, acc = _USER_HEAD.unpack_from(blob)
+        off = _USER_HEAD.size
+        vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=off)
+        user_id, hist, purchased, seen = json.loads(blob[off + 4 * dim:])
+        return cls(
+            user_id, vec, acc, tuple((h[0], int(h[1]), float(h[2]), h[3]) for h in hist),
+            frozenset(purchased), frozenset(seen), n_events, last_ts,
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ItemState:
+    """Everything the item-keyed operator keeps for one item.
+
+    Attributes
+    ----------
+    item_id : str
+        The key.
+    vector : numpy.ndarray
+        Item vector ``q_i`` (float32), used both as scoring target and as sequence context.
+    acc : float
+        Row-wise Adagrad accumulator.
+    bias : float
+        Learned item bias.
+    trend : float
+        Forward-decayed log count: ``log(sum_e w_e * 2 ** (t_e / half_life))``; the
+        current trending count is ``exp(trend - t_now * ln2 / half_life)``.
+    n_events : int
+        Positive interactions seen.
+    last_ts : int
+        Event time of the last update (ms).
+    category, brand, title : str | None
+        Metadata.
+    price : float | None
+        Price.
+    available : bool
+        Unavailable items are never recommended.
+    """
+
+    item_id: str
+    vector: np.ndarray
+    acc: float = 0.0
+    bias: float = 0.0
+    trend: float = float("-inf")
+    n_events: int = 0
+    last_ts: int = 0
+    category: str | None = None
+    brand: str | None = None
+    price: float | None = None
+    available: bool = True
+    title: str | None = None
+
+    @classmethod
+    def new(cls, item_id: str, dim: int, seed: int, category: str | None = None,
+            brand: str | None = None, price: float | None = None, available: bool = True,
+            title: str | None = None, scale: float = 0.3) -> ItemState:
+        """A new item with its content vector (hashed from category, brand, price bucket)."""
+        vec = content_vector(item_id, dim, seed, category, brand, price, scale)
+        vec.setflags(write=False)
+        return cls(item_id, vec, category=category, brand=brand, price=price,
+                   available=available, title=title)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ItemState):
+            return NotImplemented
+        return all(
+            _arr_eq(getattr(self, f), getattr(other, f)) if f == "vector"
+            else getattr(self, f) == getattr(other, f)
+            for f in self.__slots__
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def replace(self, **changes: Any) -> ItemState:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Metadata as a dict (what the replica stores beside the vector)."""
+        return {"category": self.category, "brand": self.brand, "price": self.price,
+                "available": self.available, "title": self.title}
+
+    def to_bytes(self) -> bytes:
+        """Compact binary form: header, float32 vector, JSON metadata."""
+        head = _ITEM_HEAD.pack(
+            _ITEM_MAGIC, self.vector.shape[0], self.n_events, self.acc, self.bias, self.trend,
+            self.last_ts, -1.0 if self.price is None else self.price,
+        )
+        tail = json.dumps([self.item_id, self.category, self.brand, self.available, self.title],
+                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return head + self.vector.astype(np.float32, copy=False).tobytes() + tail
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> ItemState:
+        """Inverse of :meth:`to_bytes`."""
+        if blob[:3] != _ITEM_MAGIC:
+            raise ValueError("not a freshrec item state (bad magic)")
+        _, dim, n_events, acc, bias, trend, last_ts, price = _ITEM_HEAD.unpack_from(blob)
+        off = _ITEM_HEAD.size
+        vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=off)
+        item_id, category, brand, available, title = json.loads(blob[off + 4 * dim:])
+        return cls(item_id, vec, acc, bias, trend, n_events, last_ts, category, brand,
+                   None if price < 0 else price, available, title)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ItemGradient:
+    """A message from the user-side step to the owner of one item (route by ``item_id``).
+
+    Attributes
+    ----------
+    item_id : str
+        Target item.
+    grad : numpy.ndarray | None
+        Gradient of the loss w.r.t. the item vector (already including L2), or ``None``.
+    bias_grad : float
+        Gradient w.r.t. the item bias.
+    lr_scale : float
+        Global schedule factor the sender used.
+    trend_weight : float
+        Positive interaction weight to add to the item's trending counter (0 if none).
+    ts_ms : int
+        Event time of the originating event.
+    category, brand, price : str | None, str | None, float | None
+        Metadata carried by the event, for items first seen through an interaction.
+    """
+
+    item_id: str
+    grad: np.ndarray | None
+    bias_grad: float = 0.0
+    lr_scale: float = 1.0
+    trend_weight: float = 0.0
+    ts_ms: int = 0
+    category: str | None = None
+    brand: str | None = None
+    price: float | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ItemGradient):
+            return NotImplemented
+        same_grad = (self.grad is None and other.grad is None) or (
+            self.grad is not None and other.grad is not None and _arr_eq(self.grad, other.grad))
+        return same_grad and all(
+            getattr(self, f) == getattr(other, f) for f in self.__slots__ if f != "grad")
+
+    __hash__ = None  # type: ignore[assignment]

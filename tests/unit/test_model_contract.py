@@ -1,0 +1,240 @@
+"""Contract tests every model passes, plus state round trips and job/replay equivalence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from freshrec.generator import Storefront, generate_events
+from online_models import (
+    FreshRecModel,
+    ItemReplica,
+    ItemState,
+    ModelConfig,
+    UserState,
+    apply_item_gradient,
+    make_model,
+    new_item_state,
+    user_step,
+)
+from online_models.baselines import MODEL_NAMES
+from online_models.core import user_step_arrays
+from schemas.events import Event
+
+CFG = ModelConfig(dim=16, seed=3, exploration=0.0)
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Event]:
+    return list(generate_events(2000, seed=11, n_users=80, n_items=300, n_categories=6))
+
+
+def _user_at(events: list[Event], n: int) -> str:
+    """The user of the last interaction at or before index ``n``."""
+    return next(e.user_id for e in reversed(events[: n + 1]) if e.user_id is not None)
+
+
+def _fresh(name: str, events: list[Event], cfg: ModelConfig = CFG) -> object:
+    model = make_model(name, cfg)
+    for ev in events:
+        model.learn_one(ev)  # type: ignore[attr-defined]
+    return model
+
+
+_CACHE: dict[tuple[str, int, ModelConfig], object] = {}
+
+
+def _trained(name: str, events: list[Event], cfg: ModelConfig = CFG) -> object:
+    """A trained model shared by read-only tests (do not mutate it)."""
+    key = (name, len(events), cfg)
+    if key not in _CACHE:
+        _CACHE[key] = _fresh(name, events, cfg)
+    return _CACHE[key]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_recommends_k_distinct_known_items_without_nan(name: str, events: list[Event]) -> None:
+    model = _trained(name, events)
+    users = sorted({e.user_id for e in events if e.user_id})[:10]
+    known = {e.item_id for e in events if e.item_id}
+    for u in users:
+        recs = model.recommend(u, k=15)  # type: ignore[attr-defined]
+        ids = [r.item_id for r in recs]
+        assert len(ids) == 15 and len(set(ids)) == 15
+        assert set(ids) <= known
+        assert all(math.isfinite(r.score) for r in recs)
+        assert all(isinstance(r.reason, str) and r.reason for r in recs)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_respects_exclusions_and_purchases(name: str, events: list[Event]) -> None:
+    model = _trained(name, events)
+    buyer = next(e.user_id for e in events if e.event_type == "purchase")
+    bought = {e.item_id for e in events if e.user_id == buyer and e.event_type == "purchase"}
+    first = [r.item_id for r in model.recommend(buyer, k=10)]  # type: ignore[attr-defined]
+    assert not set(first) & bought
+    again = [r.item_id for r in model.recommend(buyer, k=10, exclude=first[:5])]  # type: ignore[attr-defined]
+    assert not set(again) & set(first[:5])
+    assert len(again) == 10
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_deterministic_under_seed(name: str, events: list[Event]) -> None:
+    a = _trained(name, events[:1000])
+    b = _fresh(name, events[:1000])
+    u = _user_at(events, 900)
+    assert [r.item_id for r in a.recommend(u, k=10)] == [  # type: ignore[attr-defined]
+        r.item_id for r in b.recommend(u, k=10)]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_unseen_users_and_items(name: str, events: list[Event]) -> None:
+    model = _fresh(name, events[:500])
+    assert len(model.recommend("never-seen-user", k=5)) == 5  # type: ignore[attr-defined]
+    model.learn_one(Event("x1", "add_to_cart", events[499].ts_ms + 1, user_id="brand-new",  # type: ignore[attr-defined]
+                          item_id="brand-new-item", category="c1"))
+    recs = model.recommend("brand-new", k=5)  # type: ignore[attr-defined]
+    assert len(recs) == 5 and all(math.isfinite(r.score) for r in recs)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_learning_changes_the_list(name: str, events: list[Event]) -> None:
+    model = make_model(name, CFG)
+    for ev in events[:300]:
+        model.learn_one(ev)  # type: ignore[attr-defined]
+    u = _user_at(events, 299)
+    before = [r.item_id for r in model.recommend(u, k=10)]  # type: ignore[attr-defined]
+    for ev in events[300:1200]:
+        model.learn_one(ev)  # type: ignore[attr-defined]
+    after = [r.item_id for r in model.recommend(u, k=10)]  # type: ignore[attr-defined]
+    assert before != after
+
+
+def test_learn_many_matches_the_interface(events: list[Event]) -> None:
+    model = FreshRecModel(CFG)
+    for i in range(0, 1500, 256):
+        model.learn_many(events[i:i + 256])
+    assert model.n_items > 100
+    assert np.isfinite(model.replica.vectors).all()
+    u = _user_at(events, 1499)
+    assert len({r.item_id for r in model.recommend(u, k=10)}) == 10
+    many = model.recommend_many([u, "nobody"], k=10)
+    assert [len(x) for x in many] == [10, 10]
+
+
+def test_recommend_many_agrees_with_recommend(events: list[Event]) -> None:
+    model = _trained("freshrec", events, CFG.replace(cold_events=1))
+    users = sorted({e.user_id for e in events if e.user_id})[:20]
+    batch = model.recommend_many(users, k=10)  # type: ignore[attr-defined]
+    for u, lst in zip(users, batch, strict=True):
+        single = [r.item_id for r in model.recommend(u, k=10)]  # type: ignore[attr-defined]
+        assert [r.item_id for r in lst][:5] == single[:5]
+
+
+def test_user_state_round_trip_after_learning(events: list[Event]) -> None:
+    model = _trained("freshrec", events[:800])
+    for state in list(model.users.values())[:20]:  # type: ignore[attr-defined]
+        again = UserState.from_bytes(state.to_bytes())
+        assert again == state
+        assert again.history and again.n_events == state.n_events
+    with pytest.raises(ValueError, match="magic"):
+        UserState.from_bytes(b"nope")
+
+
+def test_item_state_round_trip_and_update() -> None:
+    it = new_item_state("i9", CFG, {"category": "shoes", "brand": "acme", "price": 12.5})
+    assert ItemState.from_bytes(it.to_bytes()) == it
+    assert it.category == "shoes" and it.price == 12.5
+    changed = it.replace(available=False, title="Red shoe ✓")
+    assert ItemState.from_bytes(changed.to_bytes()) == changed != it
+
+
+def test_job_split_equals_in_memory_model(events: list[Event]) -> None:
+    """user_step + apply_item_gradient on plain states == FreshRecModel.learn_one."""
+    cfg = CFG.replace(cold_events=0)
+    model = FreshRecModel(cfg)
+    replica = ItemReplica(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    users: dict[str, UserState] = {}
+    items: dict[str, ItemState] = {}
+    for ev in events[:600]:
+        model.learn_one(ev)
+        if ev.event_type == "item_upsert":
+            meta = {"category": ev.category, "brand": ev.brand, "price": ev.price,
+                    "available": ev.available, "title": ev.title}
+            replica.upsert(ev.item_id, meta=meta, ts_ms=ev.ts_ms)  # type: ignore[arg-type]
+            continue
+        if ev.user_id is None:
+            continue
+        user = users.get(ev.user_id) or UserState.new(ev.user_id, cfg.dim, cfg.seed)
+        from online_models.core import lr_schedule
+
+        scale = lr_schedule(model.step - 1, cfg)
+        users[ev.user_id], grads = user_step(user, ev, replica, cfg, rng, scale)
+        for g in grads:  # the item-keyed operator, then the changelog back to the replica
+            r = replica.row(g.item_id)
+            state = items.get(g.item_id) or ItemState(
+                g.item_id, replica.vectors[r].copy(), float(replica.table.accumulators[r]),
+                float(replica.bias[r]), float(replica.trend[r]))
+            state = apply_item_gradient(state, g, cfg, replica)
+            items[g.item_id] = state
+            replica.upsert(g.item_id, state.vector, bias=state.bias, trend=state.trend,
+                           acc=state.acc)
+    assert replica.ids == model.replica.ids
+    np.testing.assert_allclose(replica.vectors, model.replica.vectors, rtol=1e-5, atol=1e-6)
+    for uid, u in users.items():
+        np.testing.assert_allclose(u.vector, model.users[uid].vector, rtol=1e-5, atol=1e-6)
+        assert u.history == model.users[uid].history
+
+
+def test_user_step_is_pure(events: list[Event]) -> None:
+    replica = ItemReplica(CFG)
+    user = UserState.new("u", CFG.dim, CFG.seed)
+    before = user.to_bytes()
+    new, rows, grads, _, _ = user_step_arrays(
+        user, Event("e", "favorite", 5, user_id="u", item_id="i1"), replica, CFG,
+        np.random.default_rng(0))
+    assert user.to_bytes() == before and new is not user
+    assert not new.vector.flags.writeable
+    assert rows[0] == replica.row("i1") and grads.shape == (rows.shape[0], CFG.dim)
+
+
+def test_negative_feedback_lowers_affinity() -> None:
+    cfg = CFG.replace(cold_events=0, recency_boost=0.0, pop_weight=0.0)
+    model = FreshRecModel(cfg)
+    for i in range(50):
+        model.learn_one(Event(f"u{i}", "item_upsert", 0, item_id=f"i{i}", category="c"))
+    model.learn_one(Event("a", "add_to_cart", 10, user_id="u", item_id="i7"))
+    q = model.replica.vectors[model.replica.row("i7")].copy()
+    s_before = float(model.replica.scores(q)[model.replica.row("i7")])
+    for n in range(20):
+        model.learn_one(Event(f"r{n}", "remove_from_cart", 20 + n, user_id="u", item_id="i7"))
+    assert not any(h[0] == "i7" for h in model.users["u"].history)
+    s_after = float(model.replica.scores(q)[model.replica.row("i7")])
+    assert s_after < s_before
+
+
+def test_forget_user_and_unavailable_items(events: list[Event]) -> None:
+    model = _fresh("freshrec", events[:500])
+    u = _user_at(events, 499)
+    top = model.recommend(u, k=3)[0].item_id  # type: ignore[attr-defined]
+    model.learn_one(Event("x", "item_upsert", events[499].ts_ms, item_id=top,  # type: ignore[attr-defined]
+                          available=False))
+    assert top not in [r.item_id for r in model.recommend(u, k=20)]  # type: ignore[attr-defined]
+    model.learn_one(Event("y", "forget_user", events[499].ts_ms, user_id=u))  # type: ignore[attr-defined]
+    assert u not in model.users  # type: ignore[attr-defined]
+
+
+def test_diversity_cap_limits_categories(events: list[Event]) -> None:
+    model = _trained("freshrec", events, CFG.replace(diversity_cap=2))
+    u = _user_at(events, len(events) - 1)
+    cats = [model.replica.meta[model.replica.row(r.item_id)].get("category")  # type: ignore[attr-defined]
+            for r in model.recommend(u, k=10)]  # type: ignore[attr-defined]
+    assert max(cats.count(c) for c in set(cats)) <= 2
+
+
+def test_storefront_fixture_has_truth() -> None:
+    shop = Storefront(seed=1, n_users=5, n_items=20, n_categories=2)
+    assert list(shop.events(10))
