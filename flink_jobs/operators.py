@@ -36,7 +36,7 @@ from online_models.core import (
     apply_item_gradient,
     lr_schedule,
     new_item_state,
-    recommend_for_user,
+    recommend_for_users,
     user_step,
 )
 from online_models.replica import LN2, NEW_ITEM_TREND, ItemReplica
@@ -164,10 +164,10 @@ class _ReplicaMixin:
         # The changelog carries the log trend as of updated_at; rebase it on the replica's
         # own forward-decay origin so all items stay comparable.
         trend = None if emb.trend is None else emb.trend + self.replica.log_time(emb.updated_at)
-        self.replica.upsert(
-            emb.item_id, np.asarray(emb.vector, dtype=np.float32), meta, bias=emb.bias,
-            trend=trend, acc=emb.acc,
-        )
+        # Until its first interaction an item lives where its category's items have moved.
+        vector = (self.replica.cold_item_vector(emb.item_id, meta) if emb.n_events == 0
+                  else np.asarray(emb.vector, dtype=np.float32))
+        self.replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)
 
     def process_broadcast_element(self, value: tuple[str, bytes], ctx: Any) -> list[Any]:
         item_id, blob = value
@@ -299,7 +299,7 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
         scored = [r for r in latest.values() if not r.forget]
         users = [UserState.from_bytes(r.user_state) for r in scored if r.user_state]
         lists = dict(zip([r.user_id for r in scored],
-                         [recommend_for_user(u, self.replica, self.config) for u in users], strict=True))
+                         recommend_for_users(users, self.replica, self.config), strict=True))
         n_events = {u.user_id: u.n_events for u in users}
         generated = now_ms()
         for req in latest.values():

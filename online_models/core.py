@@ -35,7 +35,7 @@ log trend_i``, plus a recency bonus for items in the recent history.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -462,4 +462,54 @@ def recommend_for_user(
         for r in explore_rows:
             cat = replica.meta[r].get("category")
             out.append(ScoredItem(ids[r], floor, f"trending in {cat}" if cat else "popular now"))
+    return out
+
+
+def recommend_for_users(
+    users: Sequence[UserState],
+    replica: ItemReplica,
+    config: ModelConfig,
+    k: int | None = None,
+    now_ms: int = 0,
+    bonuses: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
+    reasons: bool = True,
+) -> list[list[ScoredItem]]:
+    """Top-``k`` lists for many users with one matrix product (``Q @ V.T``) and one ``topk``.
+
+    Per-user recency boosts, optional extra ``bonuses`` (rows, values) and exclusions are
+    applied sparsely to the score matrix; no exploration and no diversity cap. ``now_ms`` is
+    a floor for each user's "now" (their last event time otherwise).
+    """
+    import torch
+
+    k = config.top_k if k is None else k
+    if not users or len(replica) == 0 or k <= 0:
+        return [[] for _ in users]
+    queries = np.stack([query_vector(u, replica, config) for u in users])
+    scores = replica.scores_many(queries)
+    index = replica.table.index
+    recent: list[np.ndarray] = []
+    for j, user in enumerate(users):
+        rows, boost = recency_bonus(user, replica, config, max(user.last_ts, now_ms))
+        recent.append(rows)
+        if rows.size:
+            scores[j, torch.from_numpy(rows)] += torch.from_numpy(boost)
+        if bonuses is not None:
+            b_rows, b_vals = bonuses[j]
+            if b_rows is not None and b_vals is not None and len(b_rows):
+                scores[j].index_add_(0, torch.from_numpy(b_rows), torch.from_numpy(b_vals))
+        excluded = [index[i] for i in excluded_items(user, config) if i in index]
+        if excluded:
+            scores[j, torch.tensor(excluded)] = -math.inf
+    top_s, top_r = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    ids = replica.ids
+    out = []
+    for j, user in enumerate(users):
+        s, r = top_s[j].numpy(), top_r[j].numpy()
+        finite = np.isfinite(s)
+        s, r = s[finite], r[finite]
+        why = (explain(user, replica, r, queries[j], recent[j]) if reasons
+               else [""] * r.shape[0])
+        out.append([ScoredItem(ids[a], float(b), c)
+                    for a, b, c in zip(r.tolist(), s.tolist(), why, strict=True)])
     return out

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,12 +28,10 @@ from online_models.core import (
     _updated_user,
     apply_gradients_to_replica,
     context_rows,
-    excluded_items,
-    explain,
     lr_schedule,
     query_vector,
-    recency_bonus,
     recommend_for_user,
+    recommend_for_users,
     user_step_arrays,
 )
 from online_models.replica import ItemReplica
@@ -287,38 +284,8 @@ class FreshRecModel:
 
     def recommend_many(self, user_ids: Sequence[str], k: int = 20, reasons: bool = True
                        ) -> list[list[ScoredItem]]:
-        """Lists for many users with one matrix product (``Q @ V.T`` in torch) and one
-        ``topk``; per-user boosts and exclusions are applied sparsely. No exploration."""
-        import torch
-
-        if not user_ids or len(self.replica) == 0:
-            return [[] for _ in user_ids]
-        cfg = self.config
+        """Lists for many users with one matrix product (see
+        :func:`~online_models.core.recommend_for_users`). No exploration."""
         users = [self.user(u) for u in user_ids]
-        Q = np.stack([query_vector(u, self.replica, cfg) for u in users])
-        S = self.replica.scores_many(Q)
-        index = self.replica.table.index
-        bonus: list[np.ndarray] = []
-        for j, u in enumerate(users):
-            r, b = recency_bonus(u, self.replica, cfg, max(u.last_ts, self.now_ms))
-            bonus.append(r)
-            if r.size:
-                S[j, torch.from_numpy(r)] += torch.from_numpy(b)
-            cr, cb = self._cold_bonus(u)
-            if cr is not None and cb is not None:
-                S[j].index_add_(0, torch.from_numpy(cr), torch.from_numpy(cb))
-            ex = [index[i] for i in excluded_items(u, cfg) if i in index]
-            if ex:
-                S[j, torch.tensor(ex)] = -math.inf
-        kk = min(k, S.shape[1])
-        top_s, top_r = torch.topk(S, kk, dim=1)
-        out = []
-        ids = self.replica.ids
-        for j, u in enumerate(users):
-            s, r = top_s[j].numpy(), top_r[j].numpy()
-            ok = np.isfinite(s)
-            s, r = s[ok], r[ok]
-            why = (explain(u, self.replica, r, Q[j], bonus[j]) if reasons else [""] * r.shape[0])
-            out.append([ScoredItem(ids[a], float(b), c)
-                        for a, b, c in zip(r.tolist(), s.tolist(), why, strict=True)])
-        return out
+        return recommend_for_users(users, self.replica, self.config, k, self.now_ms,
+                                   [self._cold_bonus(u) for u in users], reasons)

@@ -1,4 +1,5 @@
-"""Marks each test by its layer (unit / integration / e2e) from the folder it lives in."""
+"""Marks each test by its layer (unit / integration / e2e) from the folder it lives in;
+doctests in the packages are unit tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ _LAYERS = ("unit", "integration", "e2e")
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        if isinstance(item, pytest.DoctestItem):
+            item.add_marker(pytest.mark.unit)
+            continue
         parts = Path(str(item.fspath)).parts
         for layer in _LAYERS:
             if layer in parts:

@@ -1,0 +1,177 @@
+"""The whole job on a Flink MiniCluster against a real broker: content, DLQ, dedup, forget.
+
+One storefront scenario per parallelism (1 and 2), in phases: catalogue, user tastes with
+duplicates and malformed records, a new item announced by item_upsert, forget_user.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.dlq import DeadLetter
+from schemas.events import Event
+from schemas.recommendation import Recommendation
+from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
+
+CATEGORIES = ["shoes", "books", "garden", "audio"]
+ITEMS_PER_CATEGORY = 15
+USERS_PER_CATEGORY = 3
+BASE_TS = 1_760_000_000_000
+
+MALFORMED: list[tuple[bytes | None, str]] = [
+    (b"\xff\xfe\x00garbage", "invalid_utf8"),
+    (None, "null_payload"),
+    (b'{"event_id": "x1", "event_type": "view"', "invalid_json"),
+    (b'{"event_id":"x2","event_type":"teleport","user_id":"u","item_id":"i","ts":1760000000000}',
+     "unknown_event_type"),
+    (b'{"event_id":"x3","event_type":"view","user_id":"u","ts":1760000000000}', "missing_field"),
+]
+
+
+def item_id(category: str, n: int) -> str:
+    return f"{category}-{n:02d}"
+
+
+def users() -> Iterator[tuple[str, str]]:
+    for c, category in enumerate(CATEGORIES):
+        for k in range(USERS_PER_CATEGORY):
+            yield f"user-{c}-{k}", category
+
+
+def catalogue() -> list[Event]:
+    return [
+        Event(f"up-{item_id(cat, n)}", "item_upsert", BASE_TS, item_id=item_id(cat, n),
+              category=cat, brand=f"brand-{n % 3}", price=10.0 + n, title=f"{cat} {n}")
+        for cat in CATEGORIES for n in range(ITEMS_PER_CATEGORY)
+    ]
+
+
+def taste_events() -> tuple[list[Event], dict[str, int], dict[str, set[str]]]:
+    """Each user views 8 and buys 2 items of their category; returns events, counts, buys."""
+    events: list[Event] = []
+    counts: dict[str, int] = {}
+    bought: dict[str, set[str]] = {}
+    for u, (user, category) in enumerate(users()):
+        ts = BASE_TS + 1000
+        for j in range(8):
+            n = (u * 3 + j) % ITEMS_PER_CATEGORY
+            events.append(Event(f"{user}-v{j}", "view", ts + j, user_id=user,
+                                item_id=item_id(category, n)))
+        buys = {item_id(category, (u * 3 + j) % ITEMS_PER_CATEGORY) for j in (1, 4)}
+        for j, item in enumerate(sorted(buys)):
+            events.append(Event(f"{user}-p{j}", "purchase", ts + 20 + j, user_id=user,
+                                item_id=item))
+        counts[user] = 10
+        bought[user] = buys
+    return events, counts, bought
+
+
+def recs_of(records: list[Record], user: str) -> list[Recommendation | None]:
+    key = user.encode()
+    return [None if r.value is None else Recommendation.from_json(r.value)
+            for r in records if r.key == key]
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int) -> None:
+    settings, overrides = job_settings(
+        kafka_broker.settings, tmp_path, [f"job.parallelism={parallelism}", "model.top_k=20",
+                                          "model.exploration=0.0"])
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    topics = settings.topics
+    try:
+        # Phase 1: the catalogue reaches the item changelog (and so every replica).
+        job.send_events(catalogue())
+        n_items = len(CATEGORIES) * ITEMS_PER_CATEGORY
+        job.wait_for(topics.item_embeddings, lambda rs: len(latest_by_key(rs)) >= n_items,
+                     timeout_s=180, what="the catalogue's item embeddings")
+
+        # Phase 2: tastes, with a duplicate of every purchase and malformed records between.
+        events, counts, bought = taste_events()
+        job.send_events(events[: len(events) // 2])
+        for value, _ in MALFORMED:
+            job.send_raw(b"bad-key", value)
+        job.send_events(events[len(events) // 2:])
+        job.send_events([e for e in events if e.event_type == "purchase"])  # duplicates
+
+        def every_user_current(rs: list[Record]) -> bool:
+            latest = latest_by_key(rs)
+            return all(
+                u in latest and latest[u].value is not None
+                and Recommendation.from_json(latest[u].value).events_applied == counts[u]
+                for u, _ in users())
+
+        records = job.wait_for(topics.recommendations, every_user_current,
+                               what="lists reflecting every user's events")
+        for user, category in users():
+            history = [r for r in recs_of(records, user) if r is not None]
+            seqs = [r.seq for r in history]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), (user, seqs)
+            final = history[-1]
+            # Duplicates were applied once: 10 distinct events, not 12.
+            assert final.events_applied == counts[user]
+            ids = [it.item_id for it in final.items]
+            assert len(ids) == 20 and len(set(ids)) == 20
+            assert not bought[user] & set(ids), f"{user} was recommended a purchased item"
+            # Chance is 1/4 (four equally large categories).
+            top10 = sum(i.startswith(category) for i in ids[:10]) / 10
+            top20 = sum(i.startswith(category) for i in ids) / len(ids)
+            assert top10 >= 0.5 and top20 > 0.25, f"{user}: {ids} vs {category}"
+            assert all(it.reason for it in final.items)
+
+        # Malformed records are in the DLQ with their reason and exact bytes.
+        dlq = job.wait_for(topics.dlq, lambda rs: len(rs) >= len(MALFORMED), what="DLQ")
+        letters = [DeadLetter.from_json(r.value) for r in dlq if r.value is not None]
+        assert sorted(d.error_code for d in letters) == sorted(code for _, code in MALFORMED)
+        for letter in letters:
+            original = next(v for v, code in MALFORMED if code == letter.error_code)
+            assert letter.original_bytes() == original
+            assert letter.topic == topics.events and letter.offset >= 0
+            assert letter.key == base64.b64encode(b"bad-key").decode()
+
+        # Phase 3: a new item announced by item_upsert reaches users of its category.
+        new_item = "audio-new"
+        job.send_events([Event("up-new", "item_upsert", BASE_TS + 5000, item_id=new_item,
+                               category="audio", brand="brand-0", price=12.0, title="new")])
+        job.wait_for(topics.item_embeddings,
+                     lambda rs: new_item.encode() in {r.key for r in rs}, what="new item")
+        audio_users = [u for u, c in users() if c == "audio"]
+        job.send_events([
+            Event(f"{u}-late", "view", BASE_TS + 6000, user_id=u, item_id=item_id("audio", 0))
+            for u in audio_users])
+        records = job.wait_for(
+            topics.recommendations,
+            lambda rs: all(
+                latest_by_key(rs)[u].value is not None
+                and Recommendation.from_json(latest_by_key(rs)[u].value).events_applied == 11
+                for u in audio_users),
+            what="lists after the new item")
+        latest = latest_by_key(records)
+        got_new = [u for u in audio_users
+                   if new_item in {it.item_id for it in Recommendation.from_json(
+                       latest[u].value).items}]
+        assert got_new, "the new audio item reached no audio user's list"
+
+        # Phase 4: forget_user leaves a tombstone, and the user starts cold afterwards.
+        gone = "user-0-0"
+        job.send_events([Event("forget-1", "forget_user", BASE_TS + 7000, user_id=gone)])
+        records = job.wait_for(topics.recommendations,
+                               lambda rs: latest_by_key(rs)[gone].value is None,
+                               what="the tombstone")
+        time.sleep(1.0)
+        job.send_events([Event(f"{gone}-again", "view", BASE_TS + 8000, user_id=gone,
+                               item_id=item_id("books", 1))])
+        records = job.wait_for(topics.recommendations,
+                               lambda rs: latest_by_key(rs)[gone].value is not None,
+                               what="a list after forgetting")
+        after = Recommendation.from_json(latest_by_key(records)[gone].value)
+        assert after.events_applied == 1, "state of the forgotten user survived"
+        assert after.cold_start
+        job.assert_alive()
+    finally:
+        job.stop()
