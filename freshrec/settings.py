@@ -8,10 +8,10 @@ an error names the key and where the bad value came from.
 >>> s = load_settings(env={"FRESHREC_JOB_PARALLELISM": "2"}, overrides=["local.port=19092"])
 >>> s.job.parallelism, s.local.port, s.kafka.bootstrap_servers
 (2, 19092, '127.0.0.1:19092')
->>> load_settings(env={"FRESHREC_JOB_PARALLELISM": "zero"})
+>>> load_settings(env={"FRESHREC_JOB_PARALLELISM": "zero"})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-freshrec.settings.SettingsError: job.parallelism: expected an integer, got 'zero' (from FRESHREC_JOB_PARALLELISM)
+freshrec.settings.SettingsError: job.parallelism: expected an integer, got 'zero' (from ...
 """
 
 from __future__ import annotations
@@ -256,6 +256,6 @@ def _validate(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{key}: must be > 0, got {value!r}{where}")
     if key == "model.exploration" and not 0.0 <= value <= 1.0:
         raise SettingsError(f"{key}: must be in [0, 1], got {value!r}{where}")
-    if key.startswith("model.weight_") and key.endswith(("unfavorite", "remove_from_cart")):
-        if value > 0:
-            raise SettingsError(f"{key}: negative feedback needs a weight <= 0, got {value}{where}")
+    negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")
+    if negative and value > 0:
+        raise SettingsError(f"{key}: negative feedback needs a weight <= 0, got {value}{where}")
