@@ -26,6 +26,9 @@ def flink_configuration(settings: Settings, restart_attempts: int = 3) -> Config
     conf.set_string("state.backend.type", job.state_backend)
     conf.set_string("execution.checkpointing.dir", Path(job.checkpoint_dir).resolve().as_uri())
     conf.set_string("execution.checkpointing.num-retained", "2")
+    restore = resolve_restore_path(job.checkpoint_dir, job.restore_from)
+    if restore is not None:
+        conf.set_string("execution.state-recovery.path", restore.resolve().as_uri())
     # A bounded restart strategy: a Python exception must surface instead of restarting forever.
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(restart_attempts))
@@ -39,6 +42,23 @@ def flink_configuration(settings: Settings, restart_attempts: int = 3) -> Config
                         "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
         conf.set_string("metrics.reporter.prom.port", str(job.metrics_port))
     return conf
+
+
+def resolve_restore_path(checkpoint_dir: str, restore_from: str) -> Path | None:
+    """The checkpoint/savepoint to start from; "latest" is the newest completed checkpoint."""
+    if not restore_from:
+        return None
+    if restore_from != "latest":
+        path = Path(restore_from)
+        if not (path / "_metadata").exists():
+            raise ValueError(f"job.restore_from: {path} is not a checkpoint or savepoint "
+                             "(no _metadata file in it)")
+        return path
+    completed = sorted(Path(checkpoint_dir).glob("*/chk-*/_metadata"),
+                       key=lambda p: p.stat().st_mtime)
+    if not completed:
+        raise ValueError(f"job.restore_from=latest: no completed checkpoint under {checkpoint_dir}")
+    return completed[-1].parent
 
 
 def prometheus_reporter_jar() -> Path:

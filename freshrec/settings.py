@@ -69,6 +69,7 @@ class JobSettings:
     delivery: str
     state_backend: str
     checkpoint_dir: str
+    restore_from: str
     refresh_interval_ms: int
     refresh_batch_delay_ms: int
     refresh_max_batch: int

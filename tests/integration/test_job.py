@@ -77,11 +77,17 @@ def recs_of(records: list[Record], user: str) -> list[Recommendation | None]:
             for r in records if r.key == key]
 
 
-@pytest.mark.parametrize("parallelism", [1, 2])
-def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int) -> None:
+@pytest.mark.parametrize(
+    ("parallelism", "delivery", "backend"),
+    [(1, "at-least-once", "hashmap"), (2, "at-least-once", "hashmap"),
+     (2, "exactly-once", "rocksdb")],
+)
+def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery: str,
+                        backend: str) -> None:
     settings, overrides = job_settings(
-        kafka_broker.settings, tmp_path, [f"job.parallelism={parallelism}", "model.top_k=20",
-                                          "model.exploration=0.0"])
+        kafka_broker.settings, tmp_path,
+        [f"job.parallelism={parallelism}", f"job.delivery={delivery}",
+         f"job.state_backend={backend}", "model.top_k=20", "model.exploration=0.0"])
     job = JobProcess(settings, overrides, tmp_path / "job.log").start()
     topics = settings.topics
     try:
@@ -175,3 +181,51 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int) -> None:
         job.assert_alive()
     finally:
         job.stop()
+
+
+def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> None:
+    """Kill the job, start it from its latest checkpoint: user state, the item replica
+    (broadcast state) and sequence numbers carry on where they were."""
+    settings, overrides = job_settings(
+        kafka_broker.settings, tmp_path, ["model.top_k=20", "model.exploration=0.0"])
+    topics = settings.topics
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    events, counts, _ = taste_events()
+    try:
+        job.send_events(catalogue())
+        job.wait_for(topics.item_embeddings,
+                     lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
+                     timeout_s=180, what="the catalogue")
+        job.send_events(events)
+        records = job.wait_for(
+            topics.recommendations,
+            lambda rs: all(u in latest_by_key(rs) and Recommendation.from_json(
+                latest_by_key(rs)[u].value).events_applied == counts[u] for u, _ in users()),
+            what="lists reflecting every user's events")
+        seq_before = {u: Recommendation.from_json(latest_by_key(records)[u].value).seq
+                      for u, _ in users()}
+        # Two checkpoint intervals: a checkpoint now covers everything above.
+        time.sleep(5.0)
+    finally:
+        job.stop()
+    assert list(tmp_path.glob("checkpoints/*/chk-*/_metadata")), "no checkpoint was completed"
+
+    restarted = JobProcess(settings, [*overrides, "job.restore_from=latest"],
+                           tmp_path / "job-restarted.log").start()
+    try:
+        restarted.send_events([
+            Event(f"{u}-after", "view", BASE_TS + 9000, user_id=u, item_id=item_id(c, 14))
+            for u, c in users()])
+        records = restarted.wait_for(
+            topics.recommendations,
+            lambda rs: all(Recommendation.from_json(latest_by_key(rs)[u].value).events_applied
+                           == counts[u] + 1 for u, _ in users()),
+            what="lists after the restart counting on from the restored state")
+        for user, category in users():
+            rec = Recommendation.from_json(latest_by_key(records)[user].value)
+            assert rec.seq > seq_before[user]
+            top10 = [it.item_id for it in rec.items[:10]]
+            assert sum(i.startswith(category) for i in top10) >= 5, (user, top10)
+        restarted.assert_alive()
+    finally:
+        restarted.stop()
