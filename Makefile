@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 	$(BIN)/freshrec setup
+	@sh deploy/prometheus/install.sh
 
 demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/freshrec demo

@@ -13,6 +13,7 @@ from pyflink.datastream import (
     StreamExecutionEnvironment,
 )
 
+from flink_jobs.glue import build_metrics_jar
 from freshrec.settings import Settings
 
 
@@ -24,7 +25,8 @@ def flink_configuration(settings: Settings, restart_attempts: int = 3) -> Config
     # mode with keyed state on these machines.
     conf.set_string("python.execution-mode", "thread")
     conf.set_string("state.backend.type", job.state_backend)
-    conf.set_string("execution.checkpointing.dir", Path(job.checkpoint_dir).resolve().as_uri())
+    conf.set_string("state.backend.rocksdb.log.dir", str(flink_log_dir(settings)))
+    conf.set_string("execution.checkpointing.dir", storage_uri(job.checkpoint_dir))
     conf.set_string("execution.checkpointing.num-retained", "2")
     restore = resolve_restore_path(job.checkpoint_dir, job.restore_from)
     if restore is not None:
@@ -41,7 +43,25 @@ def flink_configuration(settings: Settings, restart_attempts: int = 3) -> Config
         conf.set_string("metrics.reporter.prom.factory.class",
                         "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
         conf.set_string("metrics.reporter.prom.port", str(job.metrics_port))
+        # Keep label values as they are: histogram buckets need le="0.5" and le="+Inf".
+        conf.set_string("metrics.reporter.prom.filterLabelValueCharacters", "false")
     return conf
+
+
+def storage_uri(path: str) -> str:
+    """A local directory as a file:// URI; a URI (s3://, hdfs://, file://) is kept as is, so
+    a job on a real cluster can checkpoint to shared storage.
+
+    >>> storage_uri("s3://bucket/checkpoints")
+    's3://bucket/checkpoints'
+    >>> storage_uri("/tmp/chk")
+    'file:///tmp/chk'
+    """
+    return path if "://" in path else Path(path).resolve().as_uri()
+
+
+def flink_log_dir(settings: Settings) -> Path:
+    return (Path(settings.job.checkpoint_dir).parent / "flink-logs").resolve()
 
 
 def resolve_restore_path(checkpoint_dir: str, restore_from: str) -> Path | None:
@@ -81,13 +101,15 @@ def _put_interpreter_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([bin_dir, path])
 
 
-def _put_reporter_on_gateway_classpath() -> None:
-    # The local MiniCluster ignores plugins/; the reporter loads only from the JVM classpath,
-    # and PyFlink's gateway launcher appends HADOOP_CLASSPATH to it.
-    jar = str(prometheus_reporter_jar())
-    current = os.environ.get("HADOOP_CLASSPATH", "")
-    if jar not in current.split(os.pathsep):
-        os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(p for p in (current, jar) if p)
+def _put_on_jvm_classpath(jars: list[Path]) -> None:
+    # PyFlink's gateway launcher appends HADOOP_CLASSPATH to the JVM classpath: the local
+    # MiniCluster ignores plugins/ (the Prometheus reporter) and thread mode looks classes up
+    # in the JVM's own class loader (the metrics glue).
+    current = [p for p in os.environ.get("HADOOP_CLASSPATH", "").split(os.pathsep) if p]
+    for jar in map(str, jars):
+        if jar not in current:
+            current.append(jar)
+    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(current)
 
 
 def make_environment(
@@ -95,8 +117,12 @@ def make_environment(
 ) -> StreamExecutionEnvironment:
     """A StreamExecutionEnvironment with checkpointing, parallelism and jars from settings."""
     _put_interpreter_on_path()
+    # Each job logs beside its checkpoints, not into the shared site-packages folder.
+    os.environ.setdefault("FLINK_LOG_DIR", str(flink_log_dir(settings)))
+    classpath = [build_metrics_jar(Path(settings.local.cache_dir) / "flink")]
     if settings.job.metrics_port > 0:
-        _put_reporter_on_gateway_classpath()
+        classpath.append(prometheus_reporter_jar())
+    _put_on_jvm_classpath(classpath)
     env = StreamExecutionEnvironment.get_execution_environment(
         flink_configuration(settings, restart_attempts)
     )

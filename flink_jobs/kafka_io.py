@@ -1,18 +1,12 @@
 """Kafka sources and sinks of the job, built from settings.
 
-Records cross the Java/Python boundary as raw bytes: a small Java glue jar (compiled here
-once from ``flink_jobs/java``, cached) turns each Kafka record into
+Records cross the Java/Python boundary as raw bytes: a small Java glue jar
+(``flink_jobs.glue``) turns each Kafka record into
 Row(topic, partition, offset, timestamp, key, value) so that no record, null or not UTF-8,
 can fail the source, and writes Row(key, value) rows back (a null value is a tombstone).
 """
 
 from __future__ import annotations
-
-import hashlib
-import shutil
-import subprocess
-import zipfile
-from pathlib import Path
 
 from pyflink.common import Types
 from pyflink.common.typeinfo import TypeInformation
@@ -28,8 +22,6 @@ from pyflink.java_gateway import get_gateway
 from freshrec.kafka_config import java_client_properties
 from freshrec.settings import Settings
 
-JAVA_SOURCES = Path(__file__).parent / "java"
-
 # Row(topic, partition, offset, timestamp, key, value) made by RecordWithMetadataDeserializer.
 RAW_RECORD_TYPE: TypeInformation = Types.ROW_NAMED(
     ["topic", "partition", "offset", "timestamp", "key", "value"],
@@ -40,46 +32,6 @@ RAW_RECORD_TYPE: TypeInformation = Types.ROW_NAMED(
 KEYED_BYTES_TYPE: TypeInformation = Types.ROW_NAMED(
     ["key", "value"], [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.PRIMITIVE_ARRAY(Types.BYTE())]
 )
-
-
-def pyflink_home() -> Path:
-    import pyflink
-
-    return Path(pyflink.__file__).parent
-
-
-def build_glue_jar(connector_jar: Path, cache_dir: Path) -> Path:
-    """Compile the Java glue against Flink and the connector; cached by source hash."""
-    sources = sorted(JAVA_SOURCES.rglob("*.java"))
-    digest = hashlib.sha256()
-    for src in sources:
-        digest.update(src.read_bytes())
-    digest.update(connector_jar.name.encode())
-    jar = cache_dir / f"freshrec-flink-glue-{digest.hexdigest()[:12]}.jar"
-    if jar.exists():
-        return jar
-    javac = shutil.which("javac")
-    if javac is None:
-        raise RuntimeError(
-            "javac not found: freshrec compiles a small Flink glue jar and needs a JDK 17+ "
-            "(Debian: apt-get install openjdk-17-jdk-headless)"
-        )
-    home = pyflink_home()
-    classpath = ":".join([str(home / "lib" / "*"), str(home / "opt" / "*"), str(connector_jar)])
-    classes = cache_dir / "glue-classes"
-    shutil.rmtree(classes, ignore_errors=True)
-    classes.mkdir(parents=True)
-    subprocess.run(
-        [javac, "--release", "17", "-nowarn", "-cp", classpath, "-d", str(classes),
-         *map(str, sources)],
-        check=True,
-    )
-    tmp = jar.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w") as zf:
-        for cls in sorted(classes.rglob("*.class")):
-            zf.write(cls, cls.relative_to(classes).as_posix())
-    tmp.rename(jar)
-    return jar
 
 
 def _client_properties(settings: Settings) -> dict[str, str]:

@@ -6,6 +6,7 @@ leave for Kafka are Row(key, value) bytes (see ``flink_jobs.kafka_io``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import zlib
@@ -31,16 +32,19 @@ from pyflink.datastream.state import (
 )
 
 from flink_jobs.kafka_io import KEYED_BYTES_TYPE
+from flink_jobs.metrics import JobMetrics
+from freshrec.privacy import load_key, pseudonymize
 from online_models.config import ModelConfig
 from online_models.core import (
     apply_item_gradient,
     lr_schedule,
     new_item_state,
     recommend_for_users,
-    user_step,
+    user_step_with_loss,
 )
 from online_models.replica import LN2, NEW_ITEM_TREND, ItemReplica
 from online_models.state import ItemGradient, ItemState, UserState
+from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMetrics
 from schemas.dlq import DeadLetter, encode_dead_letter
 from schemas.events import DecodeError, Event, decode_event
 from schemas.item_embedding import ItemEmbedding
@@ -61,6 +65,31 @@ def now_ms() -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """Events applied since the user's last list: for latency and test-then-learn metrics."""
+
+    items: tuple[str, ...] = ()
+    event_ts: tuple[int, ...] = ()
+    ingest_ts: tuple[int, ...] = ()
+
+    def add(self, event: Event, ingest_ts: int) -> Pending:
+        items = self.items + ((event.item_id,) if event.item_id is not None else ())
+        return Pending(items, (*self.event_ts, event.ts_ms), (*self.ingest_ts, ingest_ts))
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshState:
+    """Per-user bookkeeping of list refreshes (kept in keyed state)."""
+
+    seq: int = 0
+    last_refresh_ms: int = 0
+    timer_pending: bool = False
+    last_event_ts: int = 0
+    last_event_id: str = ""
+    pending: Pending = Pending()
+
+
+@dataclass(frozen=True, slots=True)
 class RefreshRequest:
     """A user's list is owed: score it (or, with ``forget``, publish a tombstone)."""
 
@@ -69,6 +98,7 @@ class RefreshRequest:
     seq: int
     last_event_ts: int
     last_event_id: str
+    pending: Pending = Pending()
     forget: bool = False
 
 
@@ -78,31 +108,29 @@ def refresh_shard(user_id: str, shards: int) -> int:
 
 
 class ParseEvents(ProcessFunction):
-    """Decode raw Kafka records; invalid ones go to the DLQ side output with their reason."""
+    """Decode raw Kafka records; invalid ones go to the DLQ side output with their reason.
 
-    def __init__(self, max_payload_bytes: int, max_id_length: int) -> None:
+    Valid user events leave as ``(event, kafka_append_ms)`` for ingestion-time latency.
+    """
+
+    def __init__(self, max_payload_bytes: int, max_id_length: int,
+                 pseudonym_key_file: str | None = None) -> None:
         self.max_payload_bytes = max_payload_bytes
         self.max_id_length = max_id_length
+        # None: keep user ids; else pseudonymise with the key read in open(), so the key is
+        # never part of the job graph.
+        self.pseudonym_key_file = pseudonym_key_file
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        group = runtime_context.get_metrics_group().add_group("freshrec")
-        self._group = group
-        self._consumed: dict[str, Any] = {}
-        self._invalid: dict[str, Any] = {}
-        self._dlq_writes = group.counter("dlq_writes_total")
-
-    def _count(self, table: dict[str, Any], name: str, label: str, value: str) -> None:
-        counter = table.get(value)
-        if counter is None:
-            # Label values are bounded: event types and error codes come from the schema.
-            counter = self._group.add_group(label, value).counter(name)
-            table[value] = counter
-        counter.inc()
+        self.metrics = JobMetrics(runtime_context)
+        self._dlq_writes = self.metrics.counter("freshrec_job_dlq_writes_total")
+        self._key = (None if self.pseudonym_key_file is None
+                     else load_key(self.pseudonym_key_file))
 
     def process_element(self, row: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         result = decode_event(row[5], self.max_payload_bytes, self.max_id_length)
         if isinstance(result, DecodeError):
-            self._count(self._invalid, "events_invalid_total", "reason", result.code)
+            self.metrics.counter("freshrec_job_events_invalid_total", result.code).inc()
             self._dlq_writes.inc()
             dead = DeadLetter.build(
                 row[5], row[4], result.code, result.field, result.message,
@@ -110,11 +138,13 @@ class ParseEvents(ProcessFunction):
             )
             yield DLQ_TAG, Row(row[4], encode_dead_letter(dead))
             return
-        self._count(self._consumed, "events_consumed_total", "event_type", result.event_type)
+        self.metrics.counter("freshrec_job_events_consumed_total", result.event_type).inc()
         if result.event_type == "item_upsert":
             yield ITEM_UPSERT_TAG, result
-        else:
-            yield result
+            return
+        if self._key is not None and result.user_id is not None:
+            result = dataclasses.replace(result, user_id=pseudonymize(self._key, result.user_id))
+        yield result, row[3]
 
 
 def _ttl(days: int) -> StateTtlConfig:
@@ -169,11 +199,15 @@ class _ReplicaMixin:
                   else np.asarray(emb.vector, dtype=np.float32))
         self.replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)
 
-    def process_broadcast_element(self, value: tuple[str, bytes], ctx: Any) -> list[Any]:
-        item_id, blob = value
+    def process_broadcast_element(self, value: tuple[str, bytes, int], ctx: Any) -> list[Any]:
+        item_id, blob, published_ms = value
         ctx.get_broadcast_state(ITEMS_DESCRIPTOR).put(item_id, blob)
         self._apply_embedding(ItemEmbedding.from_bytes(blob))
+        self._on_replica_update(published_ms)
         return []
+
+    def _on_replica_update(self, published_ms: int) -> None:
+        """Hook for replica metrics."""
 
 
 class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
@@ -188,73 +222,105 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._init_replica()
+        # One value per user: (UserState bytes, RefreshState); one read and one write/event.
         user_desc = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
-        meta_desc = ValueStateDescriptor("refresh", Types.PICKLED_BYTE_ARRAY())
         seen_desc = MapStateDescriptor("event-ids", Types.STRING(), Types.BOOLEAN())
         user_desc.enable_time_to_live(_ttl(self.user_ttl_days))
-        meta_desc.enable_time_to_live(_ttl(self.user_ttl_days))
         seen_desc.enable_time_to_live(_seconds_ttl(self.dedup_window_s))
         self.user_state = runtime_context.get_state(user_desc)
-        self.refresh_state = runtime_context.get_state(meta_desc)
         self.seen_ids = runtime_context.get_map_state(seen_desc)
         self.rng = np.random.default_rng(self.config.seed)
-        group = runtime_context.get_metrics_group().add_group("freshrec")
-        self._duplicates = group.counter("duplicates_dropped_total")
-        self._coalesced = group.counter("refreshes_coalesced_total")
+        metrics = JobMetrics(runtime_context)
+        self._duplicates = metrics.counter("freshrec_job_duplicates_dropped_total")
+        self._coalesced = metrics.counter("freshrec_job_refreshes_coalesced_total")
+        self._users = metrics.gauge("freshrec_job_users_in_state")
+        self._items = metrics.gauge("freshrec_job_items_in_replica")
+        self._staleness = metrics.gauge("freshrec_job_item_replica_staleness_seconds")
+        self._loss_gauge = metrics.gauge("freshrec_job_model_loss")
+        self._loss = RollingMetrics(1000)
+        self._n_users = 0
         self._applied = 0
 
-    def process_element(self, event: Event, ctx: Any) -> Iterator[Any]:
+    def _on_replica_update(self, published_ms: int) -> None:
+        self._staleness.set(max(now_ms() - published_ms, 0) / 1000.0)
+        self._items.set(float(len(self.replica)))
+
+    def process_element(self, value: tuple[Event, int], ctx: Any) -> Iterator[Any]:
+        event, ingest_ms = value
         self._ensure_replica(ctx)
         if self.seen_ids.contains(event.event_id):
             self._duplicates.inc()
             return
         self.seen_ids.put(event.event_id, True)
         user_id = ctx.get_current_key()
-        # (seq of the last published list, time of the last refresh, timer pending, last event)
-        seq, last_refresh, pending, _, _ = self.refresh_state.value() or (0, 0, False, 0, "")
+        blob, state = self.user_state.value() or (None, RefreshState())
         if event.event_type == "forget_user":
+            if blob is not None:
+                self._n_users -= 1
+                self._users.set(float(self._n_users))
             self.user_state.clear()
-            self.refresh_state.clear()
             self.seen_ids.clear()
-            yield RefreshRequest(user_id, None, seq + 1, event.ts_ms, event.event_id, forget=True)
+            yield RefreshRequest(user_id, None, state.seq + 1, event.ts_ms, event.event_id,
+                                 forget=True)
             return
-        blob = self.user_state.value()
-        user = UserState.from_bytes(blob) if blob else UserState.new(
-            user_id, self.config.dim, self.config.seed)
+        if blob is None:
+            user = UserState.new(user_id, self.config.dim, self.config.seed)
+            self._n_users += 1
+            self._users.set(float(self._n_users))
+        else:
+            user = UserState.from_bytes(blob)
         self._applied += 1
-        new_user, grads = user_step(
+        new_user, grads, loss = user_step_with_loss(
             user, event, self.replica, self.config, self.rng,
             lr_schedule(self._applied, self.config),
         )
-        self.user_state.update(new_user.to_bytes())
+        if loss is not None:
+            self._loss.update(loss)
+            if self._applied % 64 == 0:  # a gauge write crosses into Java
+                self._loss_gauge.set(self._loss.hit_rate)
+        new_blob = new_user.to_bytes()
         for grad in grads:
             yield ITEM_GRADIENT_TAG, grad
+        state = dataclasses.replace(state, last_event_ts=event.ts_ms,
+                                    last_event_id=event.event_id,
+                                    pending=state.pending.add(event, ingest_ms))
         now = ctx.timer_service().current_processing_time()
-        if pending:
+        if state.timer_pending:
             self._coalesced.inc()
-            self.refresh_state.update((seq, last_refresh, True, event.ts_ms, event.event_id))
-        elif now - last_refresh >= self.refresh_interval_ms:
-            self.refresh_state.update((seq + 1, now, False, event.ts_ms, event.event_id))
-            yield RefreshRequest(user_id, new_user.to_bytes(), seq + 1, event.ts_ms,
-                                 event.event_id)
+        elif now - state.last_refresh_ms >= self.refresh_interval_ms:
+            state, request = self._refresh(user_id, new_blob, state, now)
+            yield request
         else:
             self._coalesced.inc()
             ctx.timer_service().register_processing_time_timer(
-                last_refresh + self.refresh_interval_ms)
-            self.refresh_state.update((seq, last_refresh, True, event.ts_ms, event.event_id))
+                state.last_refresh_ms + self.refresh_interval_ms)
+            state = dataclasses.replace(state, timer_pending=True)
+        self.user_state.update((new_blob, state))
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[RefreshRequest]:
-        state = self.refresh_state.value()
-        blob = self.user_state.value()
-        if state is None or blob is None or not state[2]:
+        stored = self.user_state.value()
+        if stored is None or not stored[1].timer_pending:
             return
-        seq, _, _, last_ts, last_id = state
-        self.refresh_state.update((seq + 1, timestamp, False, last_ts, last_id))
-        yield RefreshRequest(ctx.get_current_key(), blob, seq + 1, last_ts, last_id)
+        blob, state = stored
+        state, request = self._refresh(ctx.get_current_key(), blob, state, timestamp)
+        self.user_state.update((blob, state))
+        yield request
+
+    @staticmethod
+    def _refresh(user_id: str, blob: bytes, state: RefreshState, now: int
+                 ) -> tuple[RefreshState, RefreshRequest]:
+        request = RefreshRequest(user_id, blob, state.seq + 1, state.last_event_ts,
+                                 state.last_event_id, state.pending)
+        return RefreshState(state.seq + 1, now, False, state.last_event_ts,
+                            state.last_event_id), request
 
 
 class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
-    """Keyed by shard: buffers owed refreshes in state and scores them in one batch."""
+    """Keyed by shard: buffers owed refreshes in state and scores them in one batch.
+
+    It also keeps each user's last published item ids, so events that arrive later are
+    scored test-then-learn against the list the user was actually shown.
+    """
 
     def __init__(self, config: ModelConfig, model_version: str, batch_delay_ms: int,
                  max_batch: int) -> None:
@@ -269,8 +335,23 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
             ListStateDescriptor("owed-refreshes", Types.PICKLED_BYTE_ARRAY()))
         self.waiting = runtime_context.get_state(
             ValueStateDescriptor("waiting", Types.INT()))
-        group = runtime_context.get_metrics_group().add_group("freshrec")
-        self._published = group.counter("recommendations_published_total")
+        self.shown = runtime_context.get_map_state(
+            MapStateDescriptor("last-lists", Types.STRING(), Types.PICKLED_BYTE_ARRAY()))
+        metrics = JobMetrics(runtime_context)
+        self._published = metrics.counter("freshrec_job_recommendations_published_total")
+        self._cold = metrics.counter("freshrec_job_recommendations_cold_start_total")
+        self._tombstones = metrics.counter("freshrec_job_tombstones_published_total")
+        self._drifts = metrics.counter("freshrec_job_drift_detections_total")
+        self._batch_size = metrics.gauge("freshrec_job_refresh_batch_size")
+        self._hit_rate = metrics.gauge("freshrec_job_prequential_hit_rate")
+        self._recall10 = metrics.gauge("freshrec_job_prequential_recall_at_10")
+        self._ndcg = metrics.gauge("freshrec_job_prequential_ndcg")
+        self._event_latency = metrics.histogram(
+            "freshrec_job_event_to_recommendation_latency_seconds")
+        self._ingest_latency = metrics.histogram(
+            "freshrec_job_ingest_to_recommendation_latency_seconds")
+        self._rolling = PrequentialWindow(self.config.top_k)
+        self._drift = DriftMonitor()
 
     def process_element(self, request: RefreshRequest, ctx: Any) -> Iterator[Row]:
         self._ensure_replica(ctx)
@@ -288,38 +369,69 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
         self._ensure_replica(ctx)
         yield from self._flush()
 
+    def _evaluate(self, request: RefreshRequest) -> None:
+        """Test-then-learn: were the new events' items in the list shown before them?"""
+        shown = self.shown.get(request.user_id)
+        if shown is None:
+            return
+        for item in request.pending.items:
+            hit = self._rolling.update(shown, item)
+            if self._drift.update(hit):
+                self._drifts.inc()
+        self._hit_rate.set(self._rolling.hit_rate)
+        self._recall10.set(self._rolling.recall_at_10)
+        self._ndcg.set(self._rolling.ndcg)
+
     def _flush(self) -> Iterator[Row]:
         requests: list[RefreshRequest] = list(self.buffer.get())
         self.buffer.clear()
         self.waiting.clear()
-        # Only the newest request per user matters; a forget supersedes what came before.
+        # Only the newest request per user is scored; a forget supersedes what came before.
         latest: dict[str, RefreshRequest] = {}
         for req in requests:
+            if not req.forget:
+                self._evaluate(req)
             latest[req.user_id] = req
-        scored = [r for r in latest.values() if not r.forget]
-        users = [UserState.from_bytes(r.user_state) for r in scored if r.user_state]
-        lists = dict(zip([r.user_id for r in scored],
-                         recommend_for_users(users, self.replica, self.config), strict=True))
-        n_events = {u.user_id: u.n_events for u in users}
+        scored = [r for r in latest.values() if not r.forget and r.user_state is not None]
+        users = [UserState.from_bytes(r.user_state) for r in scored]  # type: ignore[arg-type]
+        lists = recommend_for_users(users, self.replica, self.config)
+        self._batch_size.set(float(len(users)))
+        by_user = {r.user_id: (u, items) for r, u, items in zip(scored, users, lists,
+                                                               strict=True)}
         generated = now_ms()
         for req in latest.values():
             key = req.user_id.encode()
-            if req.forget:
+            if req.user_id not in by_user:
+                self.shown.remove(req.user_id)
+                self._tombstones.inc()
                 yield Row(key, None)
                 continue
+            user, items = by_user[req.user_id]
             rec = Recommendation(
-                user_id=req.user_id, items=tuple(lists[req.user_id]),
-                model_version=self.model_version, generated_at=generated,
-                last_event_ts=req.last_event_ts, last_event_id=req.last_event_id, seq=req.seq,
-                cold_start=n_events[req.user_id] < self.config.cold_events,
-                events_applied=n_events[req.user_id],
+                user_id=req.user_id, items=tuple(items), model_version=self.model_version,
+                generated_at=generated, last_event_ts=req.last_event_ts,
+                last_event_id=req.last_event_id, seq=req.seq,
+                cold_start=user.n_events < self.config.cold_events,
+                events_applied=user.n_events,
             )
+            self.shown.put(req.user_id, tuple(it.item_id for it in items))
             self._published.inc()
+            if rec.cold_start:
+                self._cold.inc()
+            for ts in req.pending.event_ts:
+                self._event_latency.observe((generated - ts) / 1000.0)
+            for ts in req.pending.ingest_ts:
+                self._ingest_latency.observe((generated - ts) / 1000.0)
             yield Row(key, rec.to_bytes())
 
 
 class ItemUpdate(KeyedProcessFunction):
-    """Keyed by item: applies gradients and upserts, publishes at most once per interval."""
+    """Keyed by item: applies gradients and upserts, publishes at most once per interval.
+
+    Messages are only appended to a list in state as they come (cheap); on the item's next
+    publish tick they are applied in arrival order, so the item state is decoded and encoded
+    once per tick instead of once per gradient.
+    """
 
     def __init__(self, config: ModelConfig, publish_interval_ms: int, dedup_window_s: int
                  ) -> None:
@@ -331,42 +443,55 @@ class ItemUpdate(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.item_state = runtime_context.get_state(
             ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY()))
-        self.pending = runtime_context.get_state(ValueStateDescriptor("publish-at", Types.LONG()))
+        self.inbox = runtime_context.get_list_state(
+            ListStateDescriptor("inbox", Types.PICKLED_BYTE_ARRAY()))
         seen_desc = MapStateDescriptor("upsert-ids", Types.STRING(), Types.BOOLEAN())
         seen_desc.enable_time_to_live(_seconds_ttl(self.dedup_window_s))
         self.seen_ids = runtime_context.get_map_state(seen_desc)
-
-    def _current(self, item_id: str, meta: dict[str, Any] | None) -> ItemState:
-        blob = self.item_state.value()
-        return ItemState.from_bytes(blob) if blob else new_item_state(item_id, self.config, meta)
+        metrics = JobMetrics(runtime_context)
+        self._published = metrics.counter("freshrec_job_item_updates_published_total")
+        self._duplicates = metrics.counter("freshrec_job_duplicates_dropped_total")
 
     def process_element(self, value: ItemGradient | Event, ctx: Any) -> list[Any]:
-        item_id = ctx.get_current_key()
         if isinstance(value, Event):
             if self.seen_ids.contains(value.event_id):
+                self._duplicates.inc()
                 return []
             self.seen_ids.put(value.event_id, True)
-            meta = {"category": value.category, "brand": value.brand, "price": value.price,
-                    "title": value.title, "available": value.available}
-            item = self._current(item_id, meta)
-            item = item.replace(**{k: v for k, v in meta.items() if v is not None},
-                                last_ts=max(item.last_ts, value.ts_ms))
-        else:
-            meta = {"category": value.category, "brand": value.brand, "price": value.price}
-            item = apply_item_gradient(self._current(item_id, meta), value, self.config)
-        self.item_state.update(item.to_bytes())
-        if self.pending.value() is None:
-            at = ctx.timer_service().current_processing_time() + self.publish_interval_ms
-            ctx.timer_service().register_processing_time_timer(at)
-            self.pending.update(at)
+        self.inbox.add(value)
+        # Ticks are aligned, so re-registering the same tick is a no-op for Flink.
+        now = ctx.timer_service().current_processing_time()
+        interval = self.publish_interval_ms
+        ctx.timer_service().register_processing_time_timer((now // interval + 1) * interval)
         return []
 
+    def _apply(self, item: ItemState | None, item_id: str, message: ItemGradient | Event
+               ) -> ItemState:
+        if isinstance(message, Event):
+            meta = {"category": message.category, "brand": message.brand,
+                    "price": message.price, "title": message.title,
+                    "available": message.available}
+            item = item or new_item_state(item_id, self.config, meta)
+            return item.replace(**{k: v for k, v in meta.items() if v is not None},
+                                last_ts=max(item.last_ts, message.ts_ms))
+        if item is None:
+            meta = {"category": message.category, "brand": message.brand,
+                    "price": message.price}
+            item = new_item_state(item_id, self.config, meta)
+        return apply_item_gradient(item, message, self.config)
+
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
-        self.pending.clear()
-        blob = self.item_state.value()
-        if blob is None:
+        messages = list(self.inbox.get())
+        if not messages:
             return
-        item = ItemState.from_bytes(blob)
+        self.inbox.clear()
+        item_id = ctx.get_current_key()
+        blob = self.item_state.value()
+        item = ItemState.from_bytes(blob) if blob else None
+        for message in messages:
+            item = self._apply(item, item_id, message)
+        assert item is not None
+        self.item_state.update(item.to_bytes())
         # ItemState.trend is forward-decayed from the epoch; publish it as of last_ts. An item
         # without interactions gets the new-listing trend, as the in-memory replica does.
         trend = (item.trend - item.last_ts * self._decay_per_ms
@@ -377,11 +502,12 @@ class ItemUpdate(KeyedProcessFunction):
             category=item.category, brand=item.brand, title=item.title, price=item.price,
             available=item.available,
         )
+        self._published.inc()
         yield Row(item.item_id.encode(), emb.to_bytes())
 
 
-def parse_item_record(row: Row) -> tuple[str, bytes] | None:
-    """(item_id, item-embedding bytes) from a changelog record; tombstones are skipped."""
+def parse_item_record(row: Row) -> tuple[str, bytes, int] | None:
+    """(item_id, item-embedding bytes, publish time) of a changelog record; no tombstones."""
     if row[4] is None or row[5] is None:
         return None
-    return row[4].decode("utf-8", "replace"), bytes(row[5])
+    return row[4].decode("utf-8", "replace"), bytes(row[5]), row[3]

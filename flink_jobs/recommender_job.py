@@ -19,6 +19,7 @@ from pyflink.datastream.connectors.kafka import KafkaSink, KafkaSource
 
 from flink_jobs import kafka_io
 from flink_jobs.environment import make_environment
+from flink_jobs.glue import build_glue_jar
 from flink_jobs.operators import (
     DLQ_TAG,
     ITEM_GRADIENT_TAG,
@@ -31,13 +32,12 @@ from flink_jobs.operators import (
     parse_item_record,
     refresh_shard,
 )
+from freshrec.privacy import load_key
 from freshrec.settings import Settings, load_settings
 from online_models.config import ModelConfig
 
 MODEL_NAME = "freshrec-fpmc"
 JOB_NAME = "freshrec"
-# Scorer shards per unit of parallelism: enough to spread over subtasks, few enough to batch.
-SHARDS_PER_SLOT = 4
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,16 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     """Add the freshrec dataflow to ``env``; every operator has a stable uid."""
     job = settings.job
     config = model_config(settings)
-    shards = max(1, job.parallelism * SHARDS_PER_SLOT)
+    shards = job.refresh_shards
 
     raw = env.from_source(io.events, WatermarkStrategy.no_watermarks(), "kafka-events",
                           kafka_io.RAW_RECORD_TYPE).uid("source-events")
+    key_file = None
+    if settings.privacy.pseudonymize_users:
+        load_key(settings.privacy.key_file)  # fail at submission, naming what is missing
+        key_file = settings.privacy.key_file
     parsed = (
-        raw.process(ParseEvents(job.max_payload_bytes, job.max_id_length))
+        raw.process(ParseEvents(job.max_payload_bytes, job.max_id_length, key_file))
         .name("parse-validate").uid("parse-validate")
     )
     parsed.get_side_output(DLQ_TAG).sink_to(io.dead_letters).name("sink-dlq").uid("sink-dlq")
@@ -98,7 +102,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     replica_feed = changelog.broadcast(ITEMS_DESCRIPTOR)
 
     users = (
-        parsed.key_by(lambda ev: ev.user_id, Types.STRING())
+        parsed.key_by(lambda msg: msg[0].user_id, Types.STRING())
         .connect(replica_feed)
         .process(
             UserUpdate(config, job.refresh_interval_ms, job.dedup_window_s,
@@ -137,7 +141,7 @@ def job_jars(settings: Settings) -> list[Path]:
     from freshrec.local_kafka import ensure_jars
 
     connector = ensure_jars(settings).connector_jar
-    glue = kafka_io.build_glue_jar(connector, Path(settings.local.cache_dir) / "flink")
+    glue = build_glue_jar(connector, Path(settings.local.cache_dir) / "flink")
     return [connector, glue]
 
 

@@ -16,6 +16,9 @@ _COMMANDS = (
     "freshrec.tail",
     "freshrec.replay",
     "freshrec.run_cmd",
+    "freshrec.privacy",
+    "freshrec.cluster",
+    "freshrec.prometheus_local",
 )
 
 

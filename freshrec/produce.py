@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from freshrec.metrics import PROCESS_METRICS
 from freshrec.settings import Settings
 from schemas.adapters import FORMATS, RowError, read_events
 from schemas.events import DecodeError, Event, decode_event, encode_event
@@ -147,18 +148,17 @@ class _Metrics:
     def __init__(self, port: int) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+        def counter(name: str) -> Any:
+            spec = PROCESS_METRICS[name]  # prometheus-client appends _total itself
+            return Counter(name.removesuffix("_total"), spec.help, registry=self.registry)
+
         self.registry = CollectorRegistry()
-        self.sent = Counter("freshrec_produce_events_sent", "Records handed to the producer",
-                            registry=self.registry)
-        self.acked = Counter("freshrec_produce_events_acked", "Records acknowledged (acks=all)",
-                             registry=self.registry)
-        self.failed = Counter("freshrec_produce_events_failed", "Records that failed to send",
-                              registry=self.registry)
-        self.refused = Counter("freshrec_produce_rows_refused",
-                               "Input rows refused (invalid or unmappable)",
-                               registry=self.registry)
-        self.rate = Gauge("freshrec_produce_rate_events_per_second", "Achieved send rate",
-                          registry=self.registry)
+        self.sent = counter("freshrec_produce_events_sent_total")
+        self.acked = counter("freshrec_produce_events_acked_total")
+        self.failed = counter("freshrec_produce_events_failed_total")
+        self.refused = counter("freshrec_produce_rows_refused_total")
+        rate = PROCESS_METRICS["freshrec_produce_rate_events_per_second"]
+        self.rate = Gauge(rate.name, rate.help, registry=self.registry)
         self._seen = (0, 0, 0, 0)
         start_http_server(port, registry=self.registry)
 

@@ -54,6 +54,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tune-fraction", type=float, default=0.3,
                    help="share of the log (time-ordered) used for tuning (default 0.3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve Prometheus /metrics (freshrec_replay_*) on this port")
     p.set_defaults(func=run)
 
 
@@ -191,10 +193,15 @@ def run(args: argparse.Namespace, settings: Any) -> int:
               f"(on the first {prefix:,} events; the replay tests only the rest)")
         warmup = prefix
     models = {n: make_model(n, cfg) for n in names}
-    bar = Progress(len(events), "replay")
+    bar: Any = Progress(len(events), "replay")
+    if args.metrics_port:
+        from freshrec.prometheus_local import ReplayMetrics
+        bar = ReplayMetrics(args.metrics_port, bar)
     results = prequential(models, events, k=args.k, progress=bar, eval_every=args.eval_every,
                           warmup=warmup)
     bar.close()
+    if args.metrics_port:
+        bar.report(results)
     print(format_table(results))
     if args.json_out:
         doc = {name: r.summary() for name, r in results.items()}

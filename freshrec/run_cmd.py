@@ -29,12 +29,14 @@ def _settings_args(args: argparse.Namespace) -> list[str]:
 
 def setup(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch and build everything the job needs, once (cached)."""
-    from flink_jobs.kafka_io import build_glue_jar
+    from flink_jobs.glue import build_glue_jar, build_metrics_jar
 
     jars = ensure_jars(settings)
-    glue = build_glue_jar(jars.connector_jar, Path(settings.local.cache_dir) / "flink")
+    flink_cache = Path(settings.local.cache_dir) / "flink"
+    glue = build_glue_jar(jars.connector_jar, flink_cache)
+    metrics = build_metrics_jar(flink_cache)
     print(f"setup: Kafka broker jars in {jars.kafka_libs}")
-    print(f"setup: Flink jars {jars.connector_jar.name}, {glue.name}")
+    print(f"setup: Flink jars {jars.connector_jar.name}, {glue.name}, {metrics.name}")
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class JobSettings:
     refresh_interval_ms: int
     refresh_batch_delay_ms: int
     refresh_max_batch: int
+    refresh_shards: int
     item_publish_interval_ms: int
     dedup_window_s: int
     user_state_ttl_days: int
@@ -82,6 +84,12 @@ class JobSettings:
     starting_offsets: str
     transaction_timeout_ms: int
     metrics_port: int
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    pseudonymize_users: bool
+    key_file: str
 
 
 @dataclass(frozen=True)
@@ -105,12 +113,31 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    state_dir: str
+    host: str
+    rest_port: int
+    rpc_port: int
+    taskmanagers: int
+    slots_per_taskmanager: int
+    jobmanager_memory: str
+    taskmanager_memory: str
+    managed_memory_fraction: float
+    metrics_ports: str
+    parallelism: int
+    savepoint_dir: str
+    start_timeout_s: float
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings
     local: LocalSettings
     topics: TopicSettings
     job: JobSettings
     model: ModelSettings
+    privacy: PrivacySettings
+    cluster: ClusterSettings
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, section: str, **values: Any) -> Settings:
@@ -125,6 +152,8 @@ _SECTIONS: dict[str, type] = {
     "topics": TopicSettings,
     "job": JobSettings,
     "model": ModelSettings,
+    "privacy": PrivacySettings,
+    "cluster": ClusterSettings,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -138,10 +167,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _POSITIVE = {
     "local.port", "local.controller_port", "topics.partitions", "job.parallelism",
     "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.refresh_batch_delay_ms",
-    "job.refresh_max_batch", "job.item_publish_interval_ms", "job.dedup_window_s",
+    "job.refresh_max_batch", "job.refresh_shards", "job.item_publish_interval_ms",
+    "job.dedup_window_s",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",
     "job.transaction_timeout_ms", "model.dim", "model.top_k", "model.learning_rate",
     "model.history_len", "local.start_timeout_s",
+    "cluster.rest_port", "cluster.rpc_port", "cluster.taskmanagers",
+    "cluster.slots_per_taskmanager", "cluster.parallelism", "cluster.start_timeout_s",
 }
 # The broker's default transaction.max.timeout.ms is 15 minutes.
 _MAX_TRANSACTION_TIMEOUT_MS = 900_000
@@ -255,8 +287,14 @@ def _validate(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{key}: must be one of {choices}, got {value!r}{where}")
     if key in _POSITIVE and value <= 0:
         raise SettingsError(f"{key}: must be > 0, got {value!r}{where}")
-    if key == "model.exploration" and not 0.0 <= value <= 1.0:
+    if key in ("model.exploration", "cluster.managed_memory_fraction") and not 0.0 <= value <= 1.0:
         raise SettingsError(f"{key}: must be in [0, 1], got {value!r}{where}")
+    if key in ("cluster.jobmanager_memory", "cluster.taskmanager_memory") and not re.fullmatch(
+            r"\d+[kmg]", value):
+        raise SettingsError(f"{key}: expected a size like 1536m or 2g, got {value!r}{where}")
+    if key == "cluster.metrics_ports" and not re.fullmatch(r"\d+(-\d+)?", value):
+        raise SettingsError(
+            f"{key}: expected a port or a range like 9250-9260, got {value!r}{where}")
     negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")
     if negative and value > 0:
         raise SettingsError(f"{key}: negative feedback needs a weight <= 0, got {value}{where}")

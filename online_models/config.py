@@ -82,6 +82,9 @@ class ModelConfig:
         Score bonus scale of cluster-popular items for cold users.
     diversity_cap : int
         At most this many items of one category per list (0 = no cap).
+    min_step_ratio : float
+        An item gradient whose Adagrad step would move the item's vector by less than
+        this share of its norm is not sent (0 = send all); cuts messages, not learning.
     """
 
     dim: int = 32
@@ -116,6 +119,7 @@ class ModelConfig:
     n_clusters: int = 8
     cluster_weight: float = 0.5
     diversity_cap: int = 0
+    min_step_ratio: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.exclude not in EXCLUDE_CHOICES:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from online_models.config import ModelConfig
-from online_models.replica import LN2, ItemReplica
+from online_models.replica import LN2, ItemReplica, logaddexp
 from online_models.state import HistoryEntry, ItemGradient, ItemState, UserState
 from schemas.events import Event
 from schemas.recommendation import ScoredItem
@@ -140,6 +140,153 @@ def _updated_user(user: UserState, event: Event, weight: float, config: ModelCon
                      max(user.last_ts, event.ts_ms))
 
 
+_WEIGHTS: dict[int, tuple[ModelConfig, dict[str, float]]] = {}
+
+
+def _event_weight(config: ModelConfig, event_type: str) -> float:
+    """``config.event_weight`` through a per-config table (the getattr costs ~1 us)."""
+    hit = _WEIGHTS.get(id(config))
+    if hit is None or hit[0] is not config:
+        if len(_WEIGHTS) > 64:
+            _WEIGHTS.clear()
+        names = ("view", "click", "favorite", "add_to_cart", "purchase", "unfavorite",
+                 "remove_from_cart")
+        hit = _WEIGHTS[id(config)] = (config, {t: config.event_weight(t) for t in names})
+    w = hit[1].get(event_type)
+    return config.event_weight(event_type) if w is None else w
+
+
+def _context(user: UserState, index: Mapping[str, int], n_max: int) -> list[int]:
+    """Rows of the last ``n_max`` positive history items, oldest first."""
+    rows: list[int] = []
+    for entry in reversed(user.history):
+        if entry[2] > 0:
+            r = index.get(entry[0], -1)
+            if r >= 0:
+                rows.append(r)
+                if len(rows) == n_max:
+                    break
+    rows.reverse()
+    return rows
+
+
+def _user_step(
+    user: UserState,
+    event: Event,
+    replica: ItemReplica,
+    config: ModelConfig,
+    rng: np.random.Generator,
+    lr_scale: float,
+) -> tuple[UserState, list[int], np.ndarray, list[float], float, float]:
+    """The user-side step; item gradients as ``(rows, grads, bias_grads)`` with ``rows`` a
+    list of distinct rows (positive first) and ``grads`` one row each; last, the mean
+    pairwise (BPR) loss over the sampled negatives before the step.
+
+    At dims 16-64 numpy's per-call overhead dominates, so the per-negative math runs on
+    Python floats and every item gradient (a combination of the query and of the query's
+    gradient, plus L2) comes from one small matrix product over the merged rows.
+    """
+    weight = _event_weight(config, event.event_type)
+    item = event.item_id
+    assert item is not None
+    index = replica.table.index
+    pos = index.get(item, -1)
+    if pos < 0 or not replica.meta[pos]:
+        pos = replica.ensure(item, _event_meta(event), event.ts_ms)
+    V = replica.table._data  # rows < len(replica) only are read
+    ctx = _context(user, index, config.context_len)
+    negs = [r for r in replica.sample_negatives(rng, config.negatives).tolist() if r != pos]
+    m = 1 + len(negs)
+    T = V[[pos, *negs, *ctx]]
+    p = user.vector
+    uw = config.user_weight
+    if ctx:
+        cw = context_weights(len(ctx), config.context_decay)
+        q = cw @ T[m:]
+        q += uw * p
+    else:
+        cw = None
+        q = uw * p
+    s = (T[:m] @ q).tolist()
+    bias = replica.bias
+    sign = 1.0 if weight >= 0 else -1.0
+    # L = -|w| * mean_k log sigmoid(sign * (s_pos - s_neg_k)); g_k = dL/ds_neg_k
+    coef = -0.5 * abs(weight) * sign / max(m - 1, 1)
+    s0 = s[0] + float(bias[pos])
+    tanh = math.tanh
+    c = [0.0]
+    loss = 0.0
+    for j in range(1, m):
+        x = sign * (s0 - s[j] - float(bias[negs[j - 1]]))
+        g = coef * (1.0 - tanh(0.5 * x))
+        c[0] += g
+        c.append(-g)
+        loss += _softplus(-x)
+    grad_q = np.array(c, dtype=np.float32) @ T[:m]
+    lr = config.learning_rate * lr_scale
+    l2 = config.l2
+    grad_p = uw * grad_q
+    grad_p += l2 * p
+    acc = user.acc + float(grad_p @ grad_p) / p.shape[0]
+    new_p = p - np.float32(lr / math.sqrt(acc + EPS)) * grad_p
+    # Merge repeated rows (a negative drawn twice, a context item that is also a target):
+    # row r gets a_r * q + b_r * grad_q + l2 * V[r].
+    slot: dict[int, int] = {}
+    coefs: list[list[float]] = []
+    first: list[int] = []
+    for j, r in enumerate((pos, *negs)):
+        k = slot.get(r)
+        if k is None:
+            slot[r] = len(coefs)
+            coefs.append([c[j], 0.0])
+            first.append(j)
+        else:
+            coefs[k][0] += c[j]
+    if cw is not None:
+        for j, (r, w) in enumerate(zip(ctx, cw.tolist(), strict=True)):
+            k = slot.get(r)
+            if k is None:
+                slot[r] = len(coefs)
+                coefs.append([0.0, w])
+                first.append(m + j)
+            else:
+                coefs[k][1] += w
+    qg = np.empty((2, q.shape[0]), dtype=np.float32)
+    qg[0] = q
+    qg[1] = grad_q
+    rows = list(slot)
+    tol = config.min_step_ratio
+    if tol > 0 and len(rows) > 1:
+        # Skip rows whose Adagrad step (with the accumulator the replica last saw) would
+        # move the vector by less than ``tol`` of its norm: fewer messages, same model.
+        # Row r's gradient is a_r q + b_r grad_q (+ a negligible L2 term), so its norm
+        # comes from the 2 x 2 Gram matrix of (q, grad_q).
+        (qq, qgq), (_, gg) = (qg @ qg.T).tolist()
+        acc_r = replica.table._acc[rows].tolist()
+        vn = np.einsum("ij,ij->i", T, T).tolist()
+        lr2, tol2, inv_d = lr * lr, tol * tol, 1.0 / q.shape[0]
+        keep = [0]
+        for j in range(1, len(rows)):
+            a, b = coefs[j]
+            g2 = a * a * qq + 2.0 * a * b * qgq + b * b * gg
+            if lr2 * g2 >= tol2 * vn[first[j]] * (acc_r[j] + g2 * inv_d + EPS):
+                keep.append(j)
+        if len(keep) < len(rows):
+            rows = [rows[j] for j in keep]
+            coefs = [coefs[j] for j in keep]
+            first = [first[j] for j in keep]
+    grads = np.array(coefs, dtype=np.float32) @ qg
+    grads += np.float32(l2) * (T[first] if len(first) < T.shape[0] else T)
+    bias_grads = [a for a, _ in coefs]
+    new_user = _updated_user(user, event, weight, config, new_p, acc)
+    return new_user, rows, grads, bias_grads, max(weight, 0.0), loss / max(m - 1, 1)
+
+
+def _softplus(x: float) -> float:
+    """``log(1 + e^x)`` without overflow."""
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
 def user_step_arrays(
     user: UserState,
     event: Event,
@@ -162,50 +309,10 @@ def user_step_arrays(
     trend_weight : float
         Weight to add to the positive item's trending counter.
     """
-    weight = config.event_weight(event.event_type)
-    pos = replica.ensure(event.item_id, _event_meta(event), event.ts_ms)  # type: ignore[arg-type]
-    V = replica.table.vectors
-    ctx, cw = context_rows(user, replica, config)
-    p = user.vector
-    q = config.user_weight * p
-    if ctx.size:
-        q = q + cw @ V[ctx]
-    negs = replica.sample_negatives(rng, config.negatives)
-    negs = negs[negs != pos]
-    target = np.concatenate(([pos], negs))
-    T = V[target]
-    s = T @ q + replica.bias[target]
-    sign = 1.0 if weight >= 0 else -1.0
-    x = sign * (s[0] - s[1:])
-    # L = -|w| * mean_k log sigmoid(sign * (s_pos - s_neg_k))
-    g = (-0.5 * abs(weight) * sign / max(len(negs), 1)) * (1.0 - np.tanh(0.5 * x))
-    c = np.empty(target.shape[0], dtype=np.float32)
-    c[0] = g.sum()
-    c[1:] = -g
-    grad_q = c @ T
-    lr = config.learning_rate * lr_scale
-    l2 = config.l2
-    grad_p = config.user_weight * grad_q + l2 * p
-    acc = user.acc + float(np.dot(grad_p, grad_p)) / p.shape[0]
-    new_p = (p - (lr / math.sqrt(acc + EPS)) * grad_p).astype(np.float32)
-    grads = np.outer(c, q)
-    if ctx.size:
-        rows = np.concatenate((target, ctx))
-        grads = np.concatenate((grads, np.outer(cw, grad_q)))
-        bias_grads = np.concatenate((c, np.zeros(ctx.shape[0], dtype=np.float32)))
-    else:
-        rows, bias_grads = target, c
-    if len(set(rows.tolist())) != rows.shape[0]:  # merge duplicate rows
-        uniq, first, inv = np.unique(rows, return_index=True, return_inverse=True)
-        merged = np.zeros((uniq.shape[0], grads.shape[1]), dtype=np.float32)
-        np.add.at(merged, inv, grads)
-        mb = np.zeros(uniq.shape[0], dtype=np.float32)
-        np.add.at(mb, inv, bias_grads)
-        order = np.argsort(first, kind="stable")  # keep first-appearance order
-        rows, grads, bias_grads = uniq[order], merged[order], mb[order]
-    grads = (grads + l2 * V[rows]).astype(np.float32, copy=False)
-    new_user = _updated_user(user, event, weight, config, new_p, acc)
-    return new_user, rows, grads, bias_grads.astype(np.float32, copy=False), max(weight, 0.0)
+    new_user, rows, grads, bias_grads, trend_w, _ = _user_step(
+        user, event, replica, config, rng, lr_scale)
+    return (new_user, np.array(rows, dtype=np.int64), grads,
+            np.array(bias_grads, dtype=np.float32), trend_w)
 
 
 def user_step(
@@ -239,21 +346,31 @@ def user_step(
         The new user state and one message per touched item (positive first); route
         each by ``item_id`` to :func:`apply_item_gradient`.
     """
-    if event.item_id is None or config.event_weight(event.event_type) == 0:
-        return user, []
-    new_user, rows, grads, bias_grads, trend_w = user_step_arrays(
+    new_user, out, _ = user_step_with_loss(user, event, replica, config, rng, lr_scale)
+    return new_user, out
+
+
+def user_step_with_loss(
+    user: UserState,
+    event: Event,
+    replica: ItemReplica,
+    config: ModelConfig,
+    rng: np.random.Generator,
+    lr_scale: float = 1.0,
+) -> tuple[UserState, list[ItemGradient], float | None]:
+    """:func:`user_step`, plus the event's pairwise (BPR) loss before the step (``None``
+    when nothing was learned), for monitoring."""
+    if event.item_id is None or _event_weight(config, event.event_type) == 0:
+        return user, [], None
+    new_user, rows, grads, bias_grads, trend_w, loss = _user_step(
         user, event, replica, config, rng, lr_scale)
     ids = replica.ids
-    out = []
-    for j, r in enumerate(rows.tolist()):
-        first = j == 0
-        out.append(ItemGradient(
-            ids[r], grads[j], float(bias_grads[j]), lr_scale,
-            trend_w if first else 0.0, event.ts_ms,
-            event.category if first else None, event.brand if first else None,
-            event.price if first else None,
-        ))
-    return new_user, out
+    ts = event.ts_ms
+    out = [ItemGradient(ids[rows[0]], grads[0], bias_grads[0], lr_scale, trend_w, ts,
+                        event.category, event.brand, event.price)]
+    for j in range(1, len(rows)):
+        out.append(ItemGradient(ids[rows[j]], grads[j], bias_grads[j], lr_scale, 0.0, ts))
+    return new_user, out, loss
 
 
 def adagrad_rows(vectors: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: np.ndarray,
@@ -286,18 +403,19 @@ def apply_item_gradient(item: ItemState, gradient: ItemGradient, config: ModelCo
     """
     lr = config.learning_rate * gradient.lr_scale
     vec, acc = item.vector, item.acc
-    if gradient.grad is not None:
-        v = vec.astype(np.float32, copy=True)[None, :]
-        a = np.array([acc], dtype=np.float32)
-        adagrad_rows(v, a, np.zeros(1, dtype=np.int64), gradient.grad[None, :], lr)
-        vec, acc = v[0], float(a[0])
+    grad = gradient.grad
+    if grad is not None:
+        # float32 accumulator arithmetic, as the replica's row-wise Adagrad does
+        acc = float(np.float32(acc + float(grad @ grad) / grad.shape[0]))
+        vec = vec - np.float32(lr / math.sqrt(acc + EPS)) * grad
         vec.setflags(write=False)
-    bias = float(np.float32(item.bias) - np.float32(lr) * np.float32(gradient.bias_grad))
+    bias = float(np.float32(item.bias - lr * gradient.bias_grad))
     trend, n_events = item.trend, item.n_events
-    if gradient.trend_weight > 0:
+    tw = gradient.trend_weight
+    if tw > 0:
         log_t = (replica.log_time(gradient.ts_ms) if replica is not None
                  else gradient.ts_ms * LN2 / (config.trend_half_life_s * 1000.0))
-        trend = float(np.logaddexp(trend, math.log(gradient.trend_weight) + log_t))
+        trend = logaddexp(trend, math.log(tw) + log_t)
         n_events += 1
     return ItemState(
         item.item_id, vec, acc, bias, trend, n_events, max(item.last_ts, gradient.ts_ms),
@@ -311,15 +429,14 @@ def apply_gradients_to_replica(replica: ItemReplica, rows: np.ndarray, grads: np
                                config: ModelConfig, lr_scale: float = 1.0) -> None:
     """The in-process owner's version of :func:`apply_item_gradient` for many rows at once."""
     lr = config.learning_rate * lr_scale
-    n = len(replica)
-    adagrad_rows(replica.table._data, replica.table._acc, rows, grads, lr)
-    replica.bias[rows] = replica.bias[rows] - np.float32(lr) * bias_grads
+    table = replica.table
+    adagrad_rows(table._data, table._acc, rows, grads, lr)
+    b = replica.bias[rows] - np.float32(lr) * bias_grads
+    replica.bias[rows] = b
     if trend_weight > 0:
-        replica.record_trend(int(rows[0]), trend_weight, ts_ms)
-    st = replica.static
+        replica.record_trend(int(rows[0]), trend_weight, ts_ms)  # refreshes static of row 0
     t = replica.trend[rows]
-    st[rows] = replica.bias[rows] + config.pop_weight * np.where(np.isfinite(t), t, -50.0)
-    del n
+    replica.static[rows] = b + config.pop_weight * np.where(np.isfinite(t), t, -50.0)
 
 
 # -- recommendation ---------------------------------------------------------------------
@@ -392,6 +509,7 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray, query: np.n
 
 
 _CTX_ALL = ModelConfig(context_len=5)
+_SCORE_CHUNK = 64  # users per score block in recommend_for_users
 
 
 def recommend_for_user(
@@ -486,26 +604,41 @@ def recommend_for_users(
     if not users or len(replica) == 0 or k <= 0:
         return [[] for _ in users]
     queries = np.stack([query_vector(u, replica, config) for u in users])
-    scores = replica.scores_many(queries)
+    tq = torch.from_numpy(queries)
+    vt = replica.vectors_tensor().T
+    static = replica.static_tensor()  # -inf for unavailable rows
+    kk = min(k, static.shape[0])
     index = replica.table.index
     recent: list[np.ndarray] = []
-    for j, user in enumerate(users):
-        rows, boost = recency_bonus(user, replica, config, max(user.last_ts, now_ms))
-        recent.append(rows)
-        if rows.size:
-            scores[j, torch.from_numpy(rows)] += torch.from_numpy(boost)
-        if bonuses is not None:
-            b_rows, b_vals = bonuses[j]
-            if b_rows is not None and b_vals is not None and len(b_rows):
-                scores[j].index_add_(0, torch.from_numpy(b_rows), torch.from_numpy(b_vals))
-        excluded = [index[i] for i in excluded_items(user, config) if i in index]
-        if excluded:
-            scores[j, torch.tensor(excluded)] = -math.inf
-    top_s, top_r = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    top_s: list[Any] = []
+    top_r: list[Any] = []
+    # Users go through in chunks: a chunk's score block stays cache-sized, where one
+    # users x items matrix (400 MB at 1,000 x 100k) is bound by memory bandwidth.
+    for lo in range(0, len(users), _SCORE_CHUNK):
+        chunk = users[lo:lo + _SCORE_CHUNK]
+        scores = torch.addmm(static, tq[lo:lo + len(chunk)], vt)
+        for j, user in enumerate(chunk):
+            row = scores[j]
+            rows, boost = recency_bonus(user, replica, config, max(user.last_ts, now_ms))
+            recent.append(rows)
+            if rows.size:
+                row.index_add_(0, torch.from_numpy(rows), torch.from_numpy(boost))
+            if bonuses is not None:
+                b_rows, b_vals = bonuses[lo + j]
+                if b_rows is not None and b_vals is not None and len(b_rows):
+                    row.index_add_(0, torch.from_numpy(np.asarray(b_rows, dtype=np.int64)),
+                                   torch.from_numpy(np.asarray(b_vals, dtype=np.float32)))
+            excluded = [index[i] for i in excluded_items(user, config) if i in index]
+            if excluded:
+                row[torch.tensor(excluded)] = -math.inf
+        s, r = torch.topk(scores, kk, dim=1)
+        top_s.append(s.numpy())
+        top_r.append(r.numpy())
+    all_s, all_r = np.concatenate(top_s), np.concatenate(top_r)
     ids = replica.ids
     out = []
     for j, user in enumerate(users):
-        s, r = top_s[j].numpy(), top_r[j].numpy()
+        s, r = all_s[j], all_r[j]
         finite = np.isfinite(s)
         s, r = s[finite], r[finite]
         why = (explain(user, replica, r, queries[j], recent[j]) if reasons

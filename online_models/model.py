@@ -167,7 +167,7 @@ class FreshRecModel:
             ctx, cw = context_rows(user, self.replica, cfg)
             negs = self.replica.sample_negatives(self.rng, cfg.negatives)
             batch.append((ev, user, pos, ctx, cw, negs, w))
-            work[ev.user_id] = _updated_user(user, ev, w, cfg, user.vector.copy(), user.acc)
+            work[ev.user_id] = _updated_user(user, ev, w, cfg, user.vector, user.acc)
         self._flush_batch(batch, work, torch)
 
     def _flush_batch(self, batch: list[Any], work: dict[str, UserState], torch: Any) -> None:

@@ -35,6 +35,19 @@ _NEG_BUFFER = 4096
 _TREND_CACHE_EVERY = 256
 
 
+def logaddexp(a: float, b: float) -> float:
+    """``log(exp(a) + exp(b))`` on Python floats (either may be ``-inf``).
+
+    >>> round(logaddexp(0.0, 0.0), 6), logaddexp(float("-inf"), 2.0)
+    (0.693147, 2.0)
+    """
+    if a < b:
+        a, b = b, a
+    if b == -math.inf:
+        return a
+    return a + math.log1p(math.exp(b - a))
+
+
 def _grow(arr: np.ndarray, n: int, fill: Any) -> np.ndarray:
     if n <= arr.shape[0]:
         return arr
@@ -177,13 +190,15 @@ class ItemReplica:
         have moved), before any interaction. The job's item operator uses this too."""
         m = meta or {}
         cfg = self.config
-        vec = content_vector(item_id, cfg.dim, cfg.seed, m.get("category"), m.get("brand"),
-                             m.get("price"), cfg.init_scale)
+        vec = content = content_vector(item_id, cfg.dim, cfg.seed, m.get("category"),
+                                       m.get("brand"), m.get("price"), cfg.init_scale)
         code = self._category_index.get(m.get("category"), -1)  # type: ignore[arg-type]
         rows = self.category_rows.get(code, []) if code >= 0 else []
         if rows:
             sample = np.asarray(rows[-64:], dtype=np.int64)
-            vec = (vec + self.table.vectors[sample].mean(axis=0)).astype(np.float32)
+            vec = self.table._data[sample].sum(axis=0)
+            vec *= np.float32(1.0 / sample.shape[0])
+            vec += content
         return vec
 
     def ensure(self, item_id: str, meta: Mapping[str, Any] | None = None,
@@ -201,7 +216,8 @@ class ItemReplica:
         """Add ``weight`` at event time ``ts_ms`` to an item's forward-decayed counter."""
         if weight <= 0:
             return
-        self.trend[row] = np.logaddexp(self.trend[row], math.log(weight) + self._log_time(ts_ms))
+        self.trend[row] = logaddexp(float(self.trend[row]),
+                                    math.log(weight) + self._log_time(ts_ms))
         self._refresh_static(row)
         self._version += 1
 
@@ -278,11 +294,18 @@ class ItemReplica:
 
     # -- scoring --------------------------------------------------------------------------
     def scores(self, query: np.ndarray) -> np.ndarray:
-        """``V @ query + static`` for every row (a new float32 array)."""
+        """``V @ query + static`` for every row (a new float32 array).
+
+        The product runs in torch (one thread's matrix-vector kernel is several times
+        faster than numpy's here, and ``topk`` beats ``argpartition``).
+        """
+        import torch
+
         n = len(self)
-        s = self.table.vectors @ query
-        s += self.static[:n]
-        return s
+        s = torch.mv(torch.from_numpy(self.table._data[:n]),
+                     torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)))
+        s += torch.from_numpy(self.static[:n])
+        return s.numpy()
 
     def top_k(
         self,
@@ -320,7 +343,12 @@ class ItemReplica:
         if ex.size:
             s[ex[(ex >= 0) & (ex < n)]] = -np.inf
         pool = k if diversity_cap <= 0 else min(n, 4 * k + 32)
-        cand = np.argpartition(-s, pool - 1)[:pool] if pool < n else np.arange(n)
+        if pool < n:
+            import torch
+
+            cand = torch.topk(torch.from_numpy(s), pool, sorted=False).indices.numpy()
+        else:
+            cand = np.arange(n)
         cand = cand[np.argsort(-s[cand], kind="stable")]
         cand = cand[np.isfinite(s[cand])]
         if diversity_cap > 0:
@@ -343,13 +371,27 @@ class ItemReplica:
         return np.asarray(kept, dtype=np.int64)
 
     def scores_many(self, queries: np.ndarray) -> Any:
-        """``Q @ V.T + static`` as a torch tensor (one matrix product for many users)."""
+        """``Q @ V.T + static`` as a torch tensor (one matrix product for many users);
+        unavailable rows score ``-inf``."""
+        import torch
+
+        return torch.addmm(self.static_tensor(), torch.from_numpy(
+            np.ascontiguousarray(queries, dtype=np.float32)), self.vectors_tensor().T)
+
+    def vectors_tensor(self) -> Any:
+        """The used rows of the item matrix as a torch tensor (shares memory)."""
+        import torch
+
+        return torch.from_numpy(self.table._data[: len(self)])
+
+    def static_tensor(self) -> Any:
+        """Per-row static score (bias + pop term) as a new torch tensor, ``-inf`` for
+        unavailable rows."""
         import torch
 
         n = len(self)
-        v = torch.from_numpy(self.table.vectors)
-        out = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)) @ v.T
-        out += torch.from_numpy(self.static[:n])
-        if self.blocked[:n].any():
-            out[:, torch.from_numpy(self.blocked[:n])] = -math.inf
-        return out
+        st = torch.from_numpy(self.static[:n].copy())
+        blocked = self.blocked[:n]
+        if blocked.any():
+            st[torch.from_numpy(blocked)] = -math.inf
+        return st

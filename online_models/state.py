@@ -27,10 +27,33 @@ from online_models.tables import content_vector, hashed_vector
 # (item_id, ts_ms, weight, event_type)
 HistoryEntry = tuple[str, int, float, str]
 
+# Version 1 (JSON for the ids) is still read, and written when an id contains NUL.
 _USER_MAGIC = b"FU1"
 _ITEM_MAGIC = b"FI1"
 _USER_HEAD = struct.Struct("<3sHqqd")  # magic, dim, n_events, last_ts, acc
 _ITEM_HEAD = struct.Struct("<3sHqdddqd")  # magic, dim, n_events, acc, bias, trend, ts, price
+# Version 2: header, float32 vector, history columns, then all ids NUL-joined (UTF-8).
+_USER_MAGIC2 = b"FU2"
+_ITEM_MAGIC2 = b"FI2"
+# magic, dim, n_events, last_ts, acc, n_history, n_purchased, n_seen
+_USER_HEAD2 = struct.Struct("<3sHqqdIII")
+# magic, flags, dim, n_events, acc, bias, trend, last_ts, price
+_ITEM_HEAD2 = struct.Struct("<3sBHqdddqd")
+_NUL = "\x00"
+# History event types by code (append only: the codes are stored in state).
+HISTORY_TYPES = ("view", "click", "favorite", "add_to_cart", "purchase", "unfavorite",
+                 "remove_from_cart")
+_TYPE_CODE = {t: i for i, t in enumerate(HISTORY_TYPES)}
+_HIST_COLS: dict[int, struct.Struct] = {}
+# ItemState flags
+_F_AVAILABLE, _F_PRICE, _F_CATEGORY, _F_BRAND, _F_TITLE = 1, 2, 4, 8, 16
+
+
+def _hist_struct(n: int) -> struct.Struct:
+    st = _HIST_COLS.get(n)
+    if st is None:
+        st = _HIST_COLS[n] = struct.Struct(f"<{n}q{n}d{n}B")
+    return st
 
 
 def _arr_eq(a: np.ndarray, b: np.ndarray) -> bool:
@@ -93,7 +116,34 @@ class UserState:
         return replace(self, **changes)
 
     def to_bytes(self) -> bytes:
-        """Compact binary form: a fixed header, the float32 vector, then JSON for the ids."""
+        """Compact binary form: a fixed header, the float32 vector, the history's times,
+        weights and type codes, then every id NUL-joined in UTF-8.
+
+        The order of the ``purchased`` / ``seen`` ids in the bytes is unspecified (they
+        are sets); :meth:`from_bytes` restores equal states.
+        """
+        hist = self.history
+        n = len(hist)
+        purchased, seen = self.purchased, self.seen
+        try:
+            if n:
+                ids, ts, ws, types = zip(*hist, strict=True)
+                cols = _hist_struct(n).pack(*ts, *ws, *map(_TYPE_CODE.__getitem__, types))
+            else:
+                ids, cols = (), b""
+        except (KeyError, struct.error):  # a custom event type or an odd field: v1
+            return self._to_bytes_v1()
+        text = _NUL.join((self.user_id, *ids, *purchased, *seen))
+        if text.count(_NUL) != n + len(purchased) + len(seen):  # an id contains NUL
+            return self._to_bytes_v1()
+        vec = self.vector
+        return b"".join((
+            _USER_HEAD2.pack(_USER_MAGIC2, vec.shape[0], self.n_events, self.last_ts, self.acc,
+                             n, len(purchased), len(seen)),
+            vec.astype(np.float32, copy=False).tobytes(), cols, text.encode("utf-8"),
+        ))
+
+    def _to_bytes_v1(self) -> bytes:
         head = _USER_HEAD.pack(_USER_MAGIC, self.vector.shape[0], self.n_events, self.last_ts,
                                self.acc)
         tail = json.dumps(
@@ -105,8 +155,26 @@ class UserState:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> UserState:
-        """Inverse of :meth:`to_bytes`; raises ``ValueError`` on foreign bytes."""
-        if blob[:3] != _USER_MAGIC:
+        """Inverse of :meth:`to_bytes` (reads both layouts); raises ``ValueError`` on
+        foreign bytes."""
+        magic = blob[:3]
+        if magic == _USER_MAGIC2:
+            _, dim, n_events, last_ts, acc, n, n_p, n_s = _USER_HEAD2.unpack_from(blob)
+            off = _USER_HEAD2.size
+            vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=off)
+            off += 4 * dim
+            parts = blob[off + 17 * n:].decode("utf-8").split(_NUL)
+            if len(parts) != 1 + n + n_p + n_s:
+                raise ValueError("corrupt freshrec user state (id count)")
+            if n:
+                cols = _hist_struct(n).unpack_from(blob, off)
+                history = tuple(zip(parts[1:n + 1], cols[:n], cols[n:2 * n],
+                                    map(HISTORY_TYPES.__getitem__, cols[2 * n:]), strict=True))
+            else:
+                history = ()
+            return cls(parts[0], vec, acc, history, frozenset(parts[n + 1:n + 1 + n_p]),
+                       frozenset(parts[n + 1 + n_p:]), n_events, last_ts)
+        if magic != _USER_MAGIC:
             raise ValueError("not a freshrec user state (bad magic)")
         _, dim, n_events, last_ts, acc = _USER_HEAD.unpack_from(blob)
         off = _USER_HEAD.size
@@ -192,7 +260,24 @@ class ItemState:
                 "available": self.available, "title": self.title}
 
     def to_bytes(self) -> bytes:
-        """Compact binary form: header, float32 vector, JSON metadata."""
+        """Compact binary form: header (numbers and flags), float32 vector, then the id and
+        the string metadata NUL-joined in UTF-8."""
+        cat, brand, title, price = self.category, self.brand, self.title, self.price
+        flags = ((_F_AVAILABLE if self.available else 0) | (0 if price is None else _F_PRICE)
+                 | (0 if cat is None else _F_CATEGORY) | (0 if brand is None else _F_BRAND)
+                 | (0 if title is None else _F_TITLE))
+        text = _NUL.join((self.item_id, cat or "", brand or "", title or ""))
+        if text.count(_NUL) != 3 or not isinstance(self.available, bool):
+            return self._to_bytes_v1()
+        vec = self.vector
+        return b"".join((
+            _ITEM_HEAD2.pack(_ITEM_MAGIC2, flags, vec.shape[0], self.n_events, self.acc,
+                             self.bias, self.trend, self.last_ts,
+                             0.0 if price is None else price),
+            vec.astype(np.float32, copy=False).tobytes(), text.encode("utf-8"),
+        ))
+
+    def _to_bytes_v1(self) -> bytes:
         head = _ITEM_HEAD.pack(
             _ITEM_MAGIC, self.vector.shape[0], self.n_events, self.acc, self.bias, self.trend,
             self.last_ts, -1.0 if self.price is None else self.price,
@@ -203,8 +288,20 @@ class ItemState:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ItemState:
-        """Inverse of :meth:`to_bytes`."""
-        if blob[:3] != _ITEM_MAGIC:
+        """Inverse of :meth:`to_bytes` (reads both layouts)."""
+        magic = blob[:3]
+        if magic == _ITEM_MAGIC2:
+            (_, flags, dim, n_events, acc, bias, trend, last_ts,
+             price) = _ITEM_HEAD2.unpack_from(blob)
+            off = _ITEM_HEAD2.size
+            vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=off)
+            item_id, cat, brand, title = blob[off + 4 * dim:].decode("utf-8").split(_NUL)
+            return cls(item_id, vec, acc, bias, trend, n_events, last_ts,
+                       cat if flags & _F_CATEGORY else None,
+                       brand if flags & _F_BRAND else None,
+                       price if flags & _F_PRICE else None, bool(flags & _F_AVAILABLE),
+                       title if flags & _F_TITLE else None)
+        if magic != _ITEM_MAGIC:
             raise ValueError("not a freshrec item state (bad magic)")
         _, dim, n_events, acc, bias, trend, last_ts, price = _ITEM_HEAD.unpack_from(blob)
         off = _ITEM_HEAD.size
@@ -255,3 +352,16 @@ class ItemGradient:
             getattr(self, f) == getattr(other, f) for f in self.__slots__ if f != "grad")
 
     __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Compact, fast pickling (the job's side output is PICKLED_BYTE_ARRAY): the
+        # gradient travels as raw float32 bytes instead of a pickled ndarray.
+        grad = None if self.grad is None else self.grad.astype(np.float32, copy=False).tobytes()
+        return _gradient, (self.item_id, grad, self.bias_grad, self.lr_scale,
+                           self.trend_weight, self.ts_ms, self.category, self.brand, self.price)
+
+
+def _gradient(item_id: str, grad: bytes | None, *rest: Any) -> ItemGradient:
+    """Unpickle an :class:`ItemGradient` (its gradient is a read-only float32 view)."""
+    return ItemGradient(item_id, None if grad is None else np.frombuffer(grad, np.float32),
+                        *rest)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from river import cluster, drift, stats, utils
+
+from online_models.replica import logaddexp
 
 LN2 = math.log(2.0)
 
@@ -81,7 +83,7 @@ class UserClusters:
             lt = math.log(weight) + (ts_ms - self._t0) * self._k
             d = self.counts[c]
             old = d.get(item_id)
-            d[item_id] = lt if old is None else float(np.logaddexp(old, lt))
+            d[item_id] = lt if old is None else logaddexp(old, lt)
             self._version[c] += 1
             if len(d) > 20 * self.top_n:  # keep memory bounded: drop the coldest half
                 keep = sorted(d.items(), key=lambda kv: kv[1], reverse=True)[: 10 * self.top_n]
@@ -177,3 +179,45 @@ def rolling_series(values: Iterable[float], window: int) -> list[float]:
             s -= buf.pop(0)
         out.append(s / len(buf))
     return out
+
+
+class PrequentialWindow:
+    """Rolling Recall@k, Recall@10 and NDCG@k of shown lists against the next item.
+
+    Test-then-learn: call :meth:`update` with the list a user was shown and the item of the
+    event that followed it, before the model learns from that event.
+
+    >>> w = PrequentialWindow(k=20, window=100)
+    >>> w.update(("a", "b", "c"), "b"), w.update(("a", "b"), "z")
+    (True, False)
+    >>> w.hit_rate, w.recall_at_10, round(w.ndcg, 3)
+    (0.5, 0.5, 0.315)
+    """
+
+    def __init__(self, k: int, window: int = 1000) -> None:
+        self.k = k
+        self._hits = RollingMetrics(window)
+        self._top10 = RollingMetrics(window)
+        self._ndcg = RollingMetrics(window)
+
+    def update(self, shown: Sequence[str], item: str) -> bool:
+        """Score one event against the list shown before it; returns whether it was a hit."""
+        top = shown[: self.k]
+        rank = top.index(item) if item in top else -1
+        hit = rank >= 0
+        self._hits.update(hit)
+        self._top10.update(0 <= rank < 10)
+        self._ndcg.update(1.0 / math.log2(rank + 2) if hit else 0.0)
+        return hit
+
+    @property
+    def hit_rate(self) -> float:
+        return self._hits.hit_rate
+
+    @property
+    def recall_at_10(self) -> float:
+        return self._top10.hit_rate
+
+    @property
+    def ndcg(self) -> float:
+        return self._ndcg.hit_rate

@@ -111,8 +111,8 @@ def content_vector(
             v = v + 0.25 * token_vector(f"price:{category}:{bucket}", dim, seed)
     if brand is not None:
         v = v + 0.35 * token_vector("brand:" + brand, dim, seed)
-    norm = float(np.linalg.norm(v))
-    return (v * np.float32(scale / norm if norm > 0 else 0.0)).astype(np.float32)
+    norm = math.sqrt(float(v @ v))
+    return (v * np.float32(scale / norm if norm > 0 else 0.0)).astype(np.float32, copy=False)
 
 
 class EmbeddingTable:

@@ -49,7 +49,8 @@ class JobProcess:
 
     def start(self) -> JobProcess:
         log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "FLINK_LOG_DIR": str(self.log_path.parent / "flink-logs")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flink_jobs.recommender_job",
              *[arg for o in self.overrides for arg in ("--set", o)]],
@@ -63,10 +64,14 @@ class JobProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"the job exited with {self.proc.returncode}:\n{self.log_tail()}")
 
-    def log_tail(self, lines: int = 60) -> str:
+    def log_tail(self, lines: int = 40) -> str:
+        """The job's output and the causes of failures in its Flink log."""
         text = self.log_path.read_text("utf-8", "replace").splitlines()
-        causes = [line for line in text if "Caused by" in line or "Error" in line]
-        return "\n".join(causes[-10:] + text[-lines:])
+        flink_logs = sorted(self.log_path.parent.glob("flink-logs/*.log"))
+        flink = [line for path in flink_logs
+                 for line in path.read_text("utf-8", "replace").splitlines()
+                 if "Caused by" in line or "Exception:" in line]
+        return "\n".join(flink[-12:] + text[-lines:])
 
     def stop(self) -> None:
         if self._producer is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from freshrec.privacy import pseudonymize
 from schemas.dlq import DeadLetter
 from schemas.events import Event
 from schemas.recommendation import Recommendation
@@ -229,3 +230,36 @@ def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> Non
         restarted.assert_alive()
     finally:
         restarted.stop()
+
+
+def test_job_pseudonymizes_user_ids(kafka_broker, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With privacy.pseudonymize_users, no raw user id reaches state or the output topic."""
+    key = b"integration-test-key-0123456789"
+    monkeypatch.setenv("FRESHREC_PSEUDONYM_KEY", key.decode())
+    settings, overrides = job_settings(kafka_broker.settings, tmp_path,
+                                       ["privacy.pseudonymize_users=true"])
+    topics = settings.topics
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    raw_users = ["alice@example.com", "bob@example.com"]
+    expected = {pseudonymize(key, u) for u in raw_users}
+    try:
+        job.send_events(catalogue()[:ITEMS_PER_CATEGORY])
+        job.send_events([
+            Event(f"{u}-{j}", "view", BASE_TS + j, user_id=u, item_id=item_id("shoes", j))
+            for u in raw_users for j in range(3)])
+        records = job.wait_for(topics.recommendations,
+                               lambda rs: expected <= set(latest_by_key(rs)),
+                               what="lists for both pseudonyms")
+        keys = {r.key.decode() for r in records if r.key is not None}
+        assert keys == expected
+        for rec in records:
+            doc = Recommendation.from_json(rec.value)
+            assert doc.user_id in expected and doc.user_id == rec.key.decode()
+        job.send_events([Event("forget-alice", "forget_user", BASE_TS + 100,
+                               user_id="alice@example.com")])
+        alice = pseudonymize(key, "alice@example.com")
+        job.wait_for(topics.recommendations, lambda rs: latest_by_key(rs)[alice].value is None,
+                     what="alice's tombstone under her pseudonym")
+    finally:
+        job.stop()

@@ -1,0 +1,70 @@
+"""The job's two small Java jars, compiled here once from ``flink_jobs/java`` and cached.
+
+- ``freshrec-flink-glue``: Kafka record (de)serializers against the shaded connector; it
+  goes with the job (``pipeline.jars``).
+- ``freshrec-flink-metrics``: a double-valued gauge for Python metrics. Thread mode looks
+  classes up in the TaskManager's own class loader, so this jar goes on the JVM classpath.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+JAVA_SOURCES = Path(__file__).parent / "java"
+
+
+def pyflink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).parent
+
+
+def build_glue_jar(connector_jar: Path, cache_dir: Path) -> Path:
+    """The Kafka glue, compiled against Flink and the shaded connector."""
+    return _build_jar("freshrec-flink-glue", JAVA_SOURCES / "kafka", [connector_jar], cache_dir)
+
+
+def build_metrics_jar(cache_dir: Path) -> Path:
+    """The metrics glue (DoubleGauge), compiled against Flink."""
+    return _build_jar("freshrec-flink-metrics", JAVA_SOURCES / "metrics", [], cache_dir)
+
+
+def _build_jar(name: str, source_dir: Path, extra_classpath: list[Path], cache_dir: Path
+               ) -> Path:
+    sources = sorted(source_dir.rglob("*.java"))
+    digest = hashlib.sha256()
+    for src in sources:
+        digest.update(src.read_bytes())
+    for jar in extra_classpath:
+        digest.update(jar.name.encode())
+    jar = cache_dir / f"{name}-{digest.hexdigest()[:12]}.jar"
+    if jar.exists():
+        return jar
+    javac = shutil.which("javac")
+    if javac is None:
+        raise RuntimeError(
+            "javac not found: freshrec compiles two small Flink glue jars and needs a JDK 17+ "
+            "(Debian: apt-get install openjdk-17-jdk-headless)"
+        )
+    home = pyflink_home()
+    classpath = ":".join(
+        [str(home / "lib" / "*"), str(home / "opt" / "*"), *map(str, extra_classpath)])
+    classes = cache_dir / f"{name}-classes"
+    shutil.rmtree(classes, ignore_errors=True)
+    classes.mkdir(parents=True)
+    subprocess.run(
+        [javac, "--release", "17", "-nowarn", "-cp", classpath, "-d", str(classes),
+         *map(str, sources)],
+        check=True,
+    )
+    tmp = jar.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w") as zf:
+        for cls in sorted(classes.rglob("*.class")):
+            zf.write(cls, cls.relative_to(classes).as_posix())
+    tmp.rename(jar)
+    shutil.rmtree(classes, ignore_errors=True)
+    return jar

@@ -1,0 +1,124 @@
+"""Every metric freshrec exports, in one table: names, types, labels and meaning.
+
+Names follow ``freshrec_<subsystem>_<name>_<unit>``; counters end in ``_total``; label values
+are bounded (event types, error codes, histogram buckets), never user or item ids.
+
+Job metrics are registered on Flink's metric groups (group ``freshrec``) and exported by
+Flink's Prometheus reporter, which prefixes the operator scope:
+``flink_taskmanager_job_task_operator_<name>`` (see :func:`exported_names`). Metrics of our
+other processes (``freshrec produce``, ``freshrec replay``) use prometheus-client directly
+under their plain names.
+
+>>> exported_names(JOB_METRICS["freshrec_job_dlq_writes_total"])
+['flink_taskmanager_job_task_operator_freshrec_job_dlq_writes_total']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FLINK_OPERATOR_PREFIX = "flink_taskmanager_job_task_operator_"
+# Event-to-recommendation latency buckets (seconds), Prometheus-histogram style.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # counter, gauge or histogram
+    help: str
+    labels: tuple[str, ...] = ()
+    operator: str = ""  # Flink operator that reports it; "" for our own processes
+
+
+def exported_names(spec: MetricSpec) -> list[str]:
+    """The series names Prometheus stores for a metric.
+
+    Flink's reporter prefixes the operator scope and puts the key of a key/value metric
+    group (a job metric's one bounded label) into the name too: a labelled job counter is
+    ``..._freshrec_<label>_job_<rest>``; a histogram is ``..._freshrec_le_job_<rest>_bucket``
+    plus ``_count`` and ``_sum_ms`` counters without ``le``.
+
+    >>> exported_names(JOB_METRICS["freshrec_job_events_consumed_total"])
+    ['flink_taskmanager_job_task_operator_freshrec_event_type_job_events_consumed_total']
+    """
+    if not spec.operator:
+        return [spec.name]
+    rest = spec.name.removeprefix("freshrec_")
+    prefix = f"{FLINK_OPERATOR_PREFIX}freshrec_"
+    if spec.kind == "histogram":
+        return [f"{prefix}le_{rest}_bucket", f"{prefix}{rest}_count", f"{prefix}{rest}_sum_ms"]
+    if spec.labels:
+        return [f"{prefix}{spec.labels[0]}_{rest}"]
+    return [f"{prefix}{rest}"]
+
+
+_JOB = [
+    MetricSpec("freshrec_job_events_consumed_total", "counter",
+               "Valid events read from the events topic.", ("event_type",), "parse-validate"),
+    MetricSpec("freshrec_job_events_invalid_total", "counter",
+               "Invalid records, by decode error code.", ("reason",), "parse-validate"),
+    MetricSpec("freshrec_job_dlq_writes_total", "counter",
+               "Records written to the dead-letter topic.", (), "parse-validate"),
+    MetricSpec("freshrec_job_duplicates_dropped_total", "counter",
+               "Events (or item upserts) whose event_id was seen within the dedup window.", (),
+               "user-update, item-update"),
+    MetricSpec("freshrec_job_refreshes_coalesced_total", "counter",
+               "Events whose list refresh was merged into a pending one.", (), "user-update"),
+    MetricSpec("freshrec_job_model_loss", "gauge",
+               "Rolling mean pairwise (BPR) loss of the user-side steps.", (), "user-update"),
+    MetricSpec("freshrec_job_prequential_hit_rate", "gauge",
+               "Rolling share of events whose item was in the user's last published list "
+               "(Recall@top_k, test-then-learn).", (), "refresh-score"),
+    MetricSpec("freshrec_job_prequential_recall_at_10", "gauge",
+               "Rolling Recall@10 of the last published lists (test-then-learn).", (),
+               "refresh-score"),
+    MetricSpec("freshrec_job_prequential_ndcg", "gauge",
+               "Rolling NDCG@top_k of the last published lists (test-then-learn).", (),
+               "refresh-score"),
+    MetricSpec("freshrec_job_drift_detections_total", "counter",
+               "ADWIN drift detections on the prequential hit stream.", (), "refresh-score"),
+    MetricSpec("freshrec_job_users_in_state", "gauge",
+               "Users with state on this subtask (created minus forgotten since start).", (),
+               "user-update"),
+    MetricSpec("freshrec_job_items_in_replica", "gauge",
+               "Items in this subtask's item replica.", (), "user-update"),
+    MetricSpec("freshrec_job_item_replica_staleness_seconds", "gauge",
+               "Delay from an item vector's publication to its arrival in the replica.", (),
+               "user-update"),
+    MetricSpec("freshrec_job_item_updates_published_total", "counter",
+               "Item vectors published to the item-embedding changelog.", (), "item-update"),
+    MetricSpec("freshrec_job_recommendations_published_total", "counter",
+               "Recommendation lists published.", (), "refresh-score"),
+    MetricSpec("freshrec_job_recommendations_cold_start_total", "counter",
+               "Lists published for cold-start users (trending/cluster fallbacks).", (),
+               "refresh-score"),
+    MetricSpec("freshrec_job_tombstones_published_total", "counter",
+               "Tombstones published for forgotten users.", (), "refresh-score"),
+    MetricSpec("freshrec_job_refresh_batch_size", "gauge",
+               "Users scored in the last batched refresh (one matrix product).", (),
+               "refresh-score"),
+    MetricSpec("freshrec_job_event_to_recommendation_latency_seconds", "histogram",
+               "From an event's own timestamp (ts) to its list's publication.", ("le",),
+               "refresh-score"),
+    MetricSpec("freshrec_job_ingest_to_recommendation_latency_seconds", "histogram",
+               "From the event's Kafka append time to its list's publication.", ("le",),
+               "refresh-score"),
+]
+JOB_METRICS: dict[str, MetricSpec] = {m.name: m for m in _JOB}
+
+_PROCESSES = [
+    MetricSpec("freshrec_produce_events_sent_total", "counter", "Events handed to Kafka."),
+    MetricSpec("freshrec_produce_events_acked_total", "counter",
+               "Events acknowledged by the broker (acks=all)."),
+    MetricSpec("freshrec_produce_events_failed_total", "counter", "Events that failed to send."),
+    MetricSpec("freshrec_produce_rows_refused_total", "counter",
+               "Input rows refused by --validate."),
+    MetricSpec("freshrec_produce_rate_events_per_second", "gauge", "Achieved send rate."),
+    MetricSpec("freshrec_replay_events_total", "counter", "Events replayed (test-then-learn)."),
+    MetricSpec("freshrec_replay_rate_events_per_second", "gauge", "Achieved replay rate."),
+    MetricSpec("freshrec_replay_recall", "gauge",
+               "Prequential Recall@k of each model, set when the replay ends.", ("model", "k")),
+]
+PROCESS_METRICS: dict[str, MetricSpec] = {m.name: m for m in _PROCESSES}

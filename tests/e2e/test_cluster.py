@@ -1,0 +1,211 @@
+"""The job on a real Flink standalone session cluster (1 JobManager + 2 TaskManagers started
+from the apache-flink wheel's scripts, as `freshrec cluster up` does) against the test broker.
+
+One scenario: cluster up, `flink run -py` at parallelism 2 on fresh topics, catalogue and
+user tastes in, recommendations with content out, subtasks on both TaskManagers (REST API),
+Prometheus reporters serving the job's metrics, stop-with-savepoint, resume from the
+savepoint, more events, state counted on. The cluster is always torn down.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from freshrec import cluster
+from freshrec.settings import Settings
+from schemas.events import Event
+from schemas.recommendation import Recommendation
+from tests.integration.conftest import free_ports
+from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
+from tests.integration.test_job import (
+    BASE_TS,
+    CATEGORIES,
+    ITEMS_PER_CATEGORY,
+    catalogue,
+    item_id,
+    taste_events,
+    users,
+)
+
+PARALLELISM = 2
+TOP_K = 20
+
+
+@dataclass
+class ClusterJob(JobProcess):
+    """A job on the cluster; "alive" means RUNNING there (the harness's traffic/read helpers
+    are reused as they are)."""
+
+    job_id: str = ""
+
+    def assert_alive(self) -> None:
+        state = cluster.job_detail(self.settings, self.job_id)["state"]
+        if state not in ("RUNNING", "CREATED", "INITIALIZING"):
+            raise AssertionError(f"job {self.job_id} is {state}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        out = []
+        try:
+            hist = cluster.rest_get(self.settings, f"/jobs/{self.job_id}/exceptions")
+            for entry in hist.get("exceptionHistory", {}).get("entries", [])[:2]:
+                trace = entry.get("stacktrace", "").splitlines()
+                out += [t for t in trace if "Caused by" in t or "Exception" in t][:8]
+        except OSError as exc:
+            out.append(f"(REST API unreachable: {exc})")
+        logs = cluster_log_errors(self.settings)
+        return "\n".join([*out, *logs[-lines:]])
+
+    def stop(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+
+def cluster_log_errors(settings: Settings) -> list[str]:
+    lines: list[str] = []
+    for log in sorted(cluster.ClusterPaths.of(settings).log.glob("*.log")):
+        text = log.read_text("utf-8", "replace").splitlines()
+        lines += [f"{log.name}: {t}" for t in text if " ERROR " in t or "Caused by" in t][-6:]
+    return lines
+
+
+def wait_running(settings: Settings, job_id: str, timeout_s: float = 120) -> dict:
+    """Until the job and every vertex are RUNNING (the Python operators have opened)."""
+    deadline = time.monotonic() + timeout_s
+    detail: dict = {}
+    while time.monotonic() < deadline:
+        detail = cluster.job_detail(settings, job_id)
+        if detail["state"] in ("FAILED", "CANCELED", "FINISHED"):
+            break
+        if detail["state"] == "RUNNING" and all(
+                v["status"] == "RUNNING" for v in detail["vertices"]):
+            return detail
+        time.sleep(1.0)
+    job = ClusterJob(settings, [], Path("/dev/null"), job_id=job_id)
+    raise AssertionError(f"job {job_id} not running after {timeout_s:.0f}s: state"
+                         f" {detail.get('state')}\n{job.log_tail()}")
+
+
+def events_applied(records: list[Record], user: str) -> int:
+    rec = latest_by_key(records).get(user)
+    if rec is None or rec.value is None:
+        return -1
+    return Recommendation.from_json(rec.value).events_applied
+
+
+@pytest.fixture
+def cluster_settings(kafka_broker, tmp_path: Path) -> Iterator[tuple[Settings, list[str]]]:
+    """Fresh topics on the test broker and a cluster on free ports with its state in
+    tmp_path; the cluster is stopped at the end whatever happened."""
+    rest_port, rpc_port = free_ports(2)
+    settings, overrides = job_settings(kafka_broker.settings, tmp_path, [
+        f"model.top_k={TOP_K}", "model.exploration=0.0",
+        f"cluster.state_dir={tmp_path / 'cluster'}",
+        f"cluster.rest_port={rest_port}", f"cluster.rpc_port={rpc_port}",
+        f"cluster.savepoint_dir={tmp_path / 'savepoints'}",
+        f"cluster.parallelism={PARALLELISM}",
+    ])
+    try:
+        yield settings, overrides
+    finally:
+        cluster.cluster_down(settings, log=lambda _: None)
+        assert not cluster.running_processes(settings), "cluster processes survived down"
+
+
+def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> None:
+    settings, overrides = cluster_settings
+    passthrough = [arg for o in overrides for arg in ("--set", o)]
+    topics = settings.topics
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+
+    info = cluster.cluster_up(settings, log=lambda _: None)
+    assert info.taskmanagers == 2 and info.slots_total == 2 * settings.cluster.slots_per_taskmanager
+    timings["up"] = time.monotonic() - t0
+    # Idempotent: a second `up` finds it running and starts nothing.
+    again = cluster.cluster_up(settings, log=lambda _: None)
+    assert again.already_running
+    assert {p.pid for p in again.processes} == {p.pid for p in info.processes}
+
+    first = cluster.submit(settings, PARALLELISM, passthrough=passthrough, log=lambda _: None)
+    job = ClusterJob(settings, overrides, tmp_path / "unused.log", job_id=first.job_id)
+    try:
+        detail = wait_running(settings, first.job_id)
+        timings["submit+start"] = time.monotonic() - t0
+
+        # Every vertex runs at parallelism 2 with one subtask on each TaskManager.
+        tm_ids = {tm["id"] for tm in cluster.rest_get(settings, "/taskmanagers")["taskmanagers"]}
+        assert len(tm_ids) == 2
+        hosts = cluster.subtask_hosts(settings, first.job_id)
+        assert all(v["parallelism"] == PARALLELISM for v in detail["vertices"])
+        for name, on in hosts.items():
+            assert on == tm_ids, f"{name}: subtasks on {on}, TaskManagers {tm_ids}"
+
+        # Catalogue, then tastes: every user gets a list with content.
+        job.send_events(catalogue())
+        n_items = len(CATEGORIES) * ITEMS_PER_CATEGORY
+        job.wait_for(topics.item_embeddings, lambda rs: len(latest_by_key(rs)) >= n_items,
+                     timeout_s=120, what="the catalogue's item embeddings")
+        events, counts, bought = taste_events()
+        job.send_events(events)
+        records = job.wait_for(
+            topics.recommendations,
+            lambda rs: all(events_applied(rs, u) == counts[u] for u, _ in users()),
+            timeout_s=120, what="lists reflecting every user's events")
+        timings["first lists"] = time.monotonic() - t0
+        seq_before: dict[str, int] = {}
+        for user, category in users():
+            rec = Recommendation.from_json(latest_by_key(records)[user].value)
+            ids = [it.item_id for it in rec.items]
+            assert len(ids) == TOP_K and len(set(ids)) == TOP_K
+            assert not bought[user] & set(ids), f"{user} was recommended a purchased item"
+            assert sum(i.startswith(category) for i in ids[:10]) >= 5, (user, ids)
+            assert all(it.reason for it in rec.items)
+            seq_before[user] = rec.seq
+
+        # The TaskManagers' Prometheus reporters serve the job's Python metrics.
+        ports = cluster.prometheus_ports(settings)
+        assert len(ports) == 3, f"reporters found: {ports}"
+        scraped = ""
+        for pid, port in ports.items():
+            if any(p.pid == pid and p.role == "taskmanager" for p in info.processes):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                    scraped += r.read().decode()
+        assert "flink_taskmanager_job_task_operator_freshrec_" in scraped
+
+        # Stop with a savepoint: the job finishes and the savepoint is complete.
+        jid, path = cluster.savepoint(settings, first.job_id, stop=True)
+        assert jid == first.job_id
+        assert (Path(path) / "_metadata").is_file(), path
+        assert cluster.job_detail(settings, first.job_id)["state"] == "FINISHED"
+        timings["savepoint"] = time.monotonic() - t0
+
+        # Resume from it on the same TaskManagers (a second job in the same JVMs).
+        resumed = cluster.submit(settings, PARALLELISM, from_savepoint=path,
+                                 passthrough=passthrough, log=lambda _: None)
+        assert resumed.job_id != first.job_id
+        job.job_id = resumed.job_id
+        wait_running(settings, resumed.job_id)
+        job.send_events([
+            Event(f"{u}-after", "view", BASE_TS + 9000, user_id=u, item_id=item_id(c, 14))
+            for u, c in users()])
+        records = job.wait_for(
+            topics.recommendations,
+            lambda rs: all(events_applied(rs, u) == counts[u] + 1 for u, _ in users()),
+            timeout_s=120, what="lists after the resume counting on from the savepoint")
+        for user, category in users():
+            rec = Recommendation.from_json(latest_by_key(records)[user].value)
+            assert rec.seq > seq_before[user], "sequence numbers restarted"
+            top10 = [it.item_id for it in rec.items[:10]]
+            assert sum(i.startswith(category) for i in top10) >= 5, (user, top10)
+        job.assert_alive()
+        timings["resumed lists"] = time.monotonic() - t0
+    finally:
+        job.stop()
+        print("timings (s since start):", {k: round(v, 1) for k, v in timings.items()})
