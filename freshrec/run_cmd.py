@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"freshrec run: no Kafka broker answers at {settings.kafka.bootstrap_servers}; "
               "start the local one with `freshrec kafka up`", file=sys.stderr)
         return 1
+    # SIGTERM ends the client with its cleanup, so the JVM it launched sees its stdin close.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     env = create_job(settings)
     print(f"freshrec run: job '{JOB_NAME}' on the local MiniCluster, parallelism "
           f"{settings.job.parallelism}, {settings.job.delivery}; reading "
@@ -149,15 +152,27 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stop_job(job: subprocess.Popen[bytes]) -> None:
-    if job.poll() is not None:
-        return
-    os.killpg(job.pid, signal.SIGTERM)
-    try:
-        job.wait(timeout=20)
-    except subprocess.TimeoutExpired:
+    """Stop the job's whole process group: the Python client and the JVM it launched."""
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            job.wait(timeout=20)
+    # The JVM may outlive the Python client while its MiniCluster shuts down.
+    deadline = time.monotonic() + 10
+    while _group_alive(job.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group_alive(job.pid):
         os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+    job.wait()
     print("demo: job stopped", flush=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def register(subparsers: Any) -> None:
