@@ -58,7 +58,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -88,10 +87,12 @@ from pyflink.common import Row, Types  # noqa: E402
 from pyflink.datastream import KeyedProcessFunction, OutputTag  # noqa: E402
 from pyflink.datastream.state import ValueStateDescriptor  # noqa: E402
 
+from flink_jobs.operators import DLQ_TAG, ITEM_UPSERT_TAG, ParseEvents  # noqa: E402
+
 # Imported here, not lazily: whichever Flink task opens first then loads torch/river/scipy.
 # A pybind11 extension (scipy.spatial) first imported from another task's thread deadlocks
 # in PyGILState_Ensure under pemja (seen when only the parse task imported them).
-from flink_jobs.operators import DLQ_TAG, ITEM_UPSERT_TAG, ParseEvents  # noqa: E402
+from freshrec.local_kafka import free_ports  # noqa: E402
 from schemas.recommendation import Recommendation, ScoredItem  # noqa: E402
 
 
@@ -272,22 +273,6 @@ class OutputConsumer:
 
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port not in (9092, 9093, 9249):
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -887,7 +872,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if started_broker is not None:
             broker_down(started_broker, log=lambda m: say(m))
-        shutil.rmtree(work, ignore_errors=True)
+        if any("error" in r for r in results):
+            say(f"kept {work} (job logs of the failed runs)")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     total_s = time.monotonic() - t_run
     out = {"machine": info, "broker": broker_desc, "command": " ".join(
         [".venv/bin/python", "bench/bench_e2e.py", *argv]),

@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+# Thread mode runs every task's Python in one interpreter, each task in its own thread.
+# Importing torch here, while this module is imported under its import lock when the first
+# task unpickles its function, keeps two tasks from initialising C extensions concurrently
+# (seen to deadlock the embedded interpreter); the model core imports torch lazily.
+import torch  # noqa: F401
 from pyflink.common import Row, Types
 from pyflink.common.time import Time
 from pyflink.datastream import (
@@ -53,8 +59,9 @@ from schemas.recommendation import Recommendation
 DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
 ITEM_UPSERT_TAG = OutputTag("item-upserts", Types.PICKLED_BYTE_ARRAY())
 ITEM_GRADIENT_TAG = OutputTag("item-gradients", Types.PICKLED_BYTE_ARRAY())
-# Broadcast state of the item replica: item_id -> item-embedding v1 bytes. State holds bytes
-# as PICKLED_BYTE_ARRAY: PyFlink's state converters turn PRIMITIVE_ARRAY(BYTE) into tuples.
+# Broadcast state of the item replica: item_id -> ItemEmbedding (pickled). State holds Python
+# values as PICKLED_BYTE_ARRAY: PyFlink's state converters turn PRIMITIVE_ARRAY(BYTE) into
+# tuples.
 ITEMS_DESCRIPTOR = MapStateDescriptor(
     "item-replica", Types.STRING(), Types.PICKLED_BYTE_ARRAY()
 )
@@ -147,20 +154,22 @@ class ParseEvents(ProcessFunction):
         yield result, row[3]
 
 
-def _ttl(days: int) -> StateTtlConfig:
-    return (
-        StateTtlConfig.new_builder(Time.days(days))
-        .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-        .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-        .build()
-    )
+# PyFlink's default background cleanup builds a 30-day java.time.Duration through a Py4J
+# gateway, which in thread mode launches a JVM from inside the TaskManager and can leave the
+# task stuck in INITIALIZING (FLINK-40628). Disabling the default and naming the same
+# strategies explicitly avoids it; the compaction-filter period is not passed to Java by the
+# embedded converter anyway.
+_UNUSED_PERIODIC_COMPACTION = object()
 
 
-def _seconds_ttl(seconds: int) -> StateTtlConfig:
+def _ttl(ttl: Time) -> StateTtlConfig:
     return (
-        StateTtlConfig.new_builder(Time.seconds(seconds))
+        StateTtlConfig.new_builder(ttl)
         .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
         .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
+        .disable_cleanup_in_background()
+        .cleanup_incrementally(10, False)
+        .cleanup_in_rocksdb_compact_filter(1000, _UNUSED_PERIODIC_COMPACTION)  # type: ignore[arg-type]
         .build()
     )
 
@@ -179,14 +188,15 @@ class _ReplicaMixin:
     def _init_replica(self) -> None:
         self.replica = ItemReplica(self.config)
         self._replica_loaded = False
+        self._replica_state: Any = None
 
     def _ensure_replica(self, ctx: Any) -> None:
         if self._replica_loaded:
             return
         self._replica_loaded = True
-        for item_id, blob in ctx.get_broadcast_state(ITEMS_DESCRIPTOR).items():
+        for item_id, emb in ctx.get_broadcast_state(ITEMS_DESCRIPTOR).items():
             if item_id not in self.replica:
-                self._apply_embedding(ItemEmbedding.from_bytes(blob))
+                self._apply_embedding(emb)
 
     def _apply_embedding(self, emb: ItemEmbedding) -> None:
         meta = {"category": emb.category, "brand": emb.brand, "price": emb.price,
@@ -199,10 +209,15 @@ class _ReplicaMixin:
                   else np.asarray(emb.vector, dtype=np.float32))
         self.replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)
 
-    def process_broadcast_element(self, value: tuple[str, bytes, int], ctx: Any) -> list[Any]:
-        item_id, blob, published_ms = value
-        ctx.get_broadcast_state(ITEMS_DESCRIPTOR).put(item_id, blob)
-        self._apply_embedding(ItemEmbedding.from_bytes(blob))
+    def process_broadcast_element(self, value: tuple[ItemEmbedding, int], ctx: Any
+                                  ) -> list[Any]:
+        emb, published_ms = value
+        if self._replica_state is None:
+            # The broadcast state of an operator instance is one object; wrapping it again for
+            # every element costs a descriptor conversion into Java each time.
+            self._replica_state = ctx.get_broadcast_state(ITEMS_DESCRIPTOR)
+        self._replica_state.put(emb.item_id, emb)
+        self._apply_embedding(emb)
         self._on_replica_update(published_ms)
         return []
 
@@ -225,8 +240,8 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
         # One value per user: (UserState bytes, RefreshState); one read and one write/event.
         user_desc = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
         seen_desc = MapStateDescriptor("event-ids", Types.STRING(), Types.BOOLEAN())
-        user_desc.enable_time_to_live(_ttl(self.user_ttl_days))
-        seen_desc.enable_time_to_live(_seconds_ttl(self.dedup_window_s))
+        user_desc.enable_time_to_live(_ttl(Time.days(self.user_ttl_days)))
+        seen_desc.enable_time_to_live(_ttl(Time.seconds(self.dedup_window_s)))
         self.user_state = runtime_context.get_state(user_desc)
         self.seen_ids = runtime_context.get_map_state(seen_desc)
         self.rng = np.random.default_rng(self.config.seed)
@@ -234,7 +249,7 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
         self._duplicates = metrics.counter("freshrec_job_duplicates_dropped_total")
         self._coalesced = metrics.counter("freshrec_job_refreshes_coalesced_total")
         self._users = metrics.gauge("freshrec_job_users_in_state")
-        self._items = metrics.gauge("freshrec_job_items_in_replica")
+        self._items_gauge = metrics.gauge("freshrec_job_items_in_replica")
         self._staleness = metrics.gauge("freshrec_job_item_replica_staleness_seconds")
         self._loss_gauge = metrics.gauge("freshrec_job_model_loss")
         self._loss = RollingMetrics(1000)
@@ -243,7 +258,7 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
 
     def _on_replica_update(self, published_ms: int) -> None:
         self._staleness.set(max(now_ms() - published_ms, 0) / 1000.0)
-        self._items.set(float(len(self.replica)))
+        self._items_gauge.set(float(len(self.replica)))
 
     def process_element(self, value: tuple[Event, int], ctx: Any) -> Iterator[Any]:
         event, ingest_ms = value
@@ -433,10 +448,11 @@ class ItemUpdate(KeyedProcessFunction):
     once per tick instead of once per gradient.
     """
 
-    def __init__(self, config: ModelConfig, publish_interval_ms: int, dedup_window_s: int
-                 ) -> None:
+    def __init__(self, config: ModelConfig, publish_interval_ms: int,
+                 background_publish_interval_ms: int, dedup_window_s: int) -> None:
         self.config = config
         self.publish_interval_ms = publish_interval_ms
+        self.background_publish_interval_ms = background_publish_interval_ms
         self.dedup_window_s = dedup_window_s
         self._decay_per_ms = LN2 / (config.trend_half_life_s * 1000.0)
 
@@ -446,7 +462,7 @@ class ItemUpdate(KeyedProcessFunction):
         self.inbox = runtime_context.get_list_state(
             ListStateDescriptor("inbox", Types.PICKLED_BYTE_ARRAY()))
         seen_desc = MapStateDescriptor("upsert-ids", Types.STRING(), Types.BOOLEAN())
-        seen_desc.enable_time_to_live(_seconds_ttl(self.dedup_window_s))
+        seen_desc.enable_time_to_live(_ttl(Time.seconds(self.dedup_window_s)))
         self.seen_ids = runtime_context.get_map_state(seen_desc)
         metrics = JobMetrics(runtime_context)
         self._published = metrics.counter("freshrec_job_item_updates_published_total")
@@ -459,9 +475,14 @@ class ItemUpdate(KeyedProcessFunction):
                 return []
             self.seen_ids.put(value.event_id, True)
         self.inbox.add(value)
-        # Ticks are aligned, so re-registering the same tick is a no-op for Flink.
+        # Interactions and upserts reach the replicas fast; an item only nudged as a sampled
+        # negative or as context waits longer: most items in a step are, and each publish
+        # is applied by every replica.
+        foreground = isinstance(value, Event) or value.trend_weight > 0
+        interval = (self.publish_interval_ms if foreground
+                    else self.background_publish_interval_ms)
         now = ctx.timer_service().current_processing_time()
-        interval = self.publish_interval_ms
+        # Ticks are aligned, so re-registering the same tick is a no-op for Flink.
         ctx.timer_service().register_processing_time_timer((now // interval + 1) * interval)
         return []
 
@@ -506,8 +527,11 @@ class ItemUpdate(KeyedProcessFunction):
         yield Row(item.item_id.encode(), emb.to_bytes())
 
 
-def parse_item_record(row: Row) -> tuple[str, bytes, int] | None:
-    """(item_id, item-embedding bytes, publish time) of a changelog record; no tombstones."""
+def parse_item_record(row: Row) -> tuple[ItemEmbedding, int] | None:
+    """The item embedding of a changelog record and its publish time; tombstones are skipped.
+
+    Decoded once here, before the broadcast, rather than once per replica.
+    """
     if row[4] is None or row[5] is None:
         return None
-    return row[4].decode("utf-8", "replace"), bytes(row[5]), row[3]
+    return ItemEmbedding.from_bytes(row[5]), row[3]

@@ -116,7 +116,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         users.get_side_output(ITEM_GRADIENT_TAG))
     items = (
         item_input.key_by(lambda msg: msg.item_id, Types.STRING())
-        .process(ItemUpdate(config, job.item_publish_interval_ms, job.dedup_window_s),
+        .process(ItemUpdate(config, job.item_publish_interval_ms,
+                            job.item_background_publish_interval_ms, job.dedup_window_s),
                  kafka_io.KEYED_BYTES_TYPE)
         .name("item-update").uid("item-update")
     )

@@ -471,6 +471,24 @@ def _running_pid(paths: _Paths) -> tuple[int | None, str]:
     return None, f"stale pid file (pid {pid} now belongs to another program)"
 
 
+def free_ports(n: int, avoid: tuple[int, ...] = (9092, 9093, 9249)) -> list[int]:
+    """``n`` distinct loopback ports that were free a moment ago (never the defaults of the
+    local broker and metrics, so a developer's own stack is left alone)."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            port = s.getsockname()[1]
+            if port not in avoid and port not in ports:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)

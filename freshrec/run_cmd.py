@@ -96,6 +96,8 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     """Broker up, job started, generator traffic, live recommendations printed."""
     from freshrec.tail import format_record
 
+    # SIGTERM (e.g. from a supervisor) stops the demo like Ctrl-C: through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started_broker = not broker_status(settings).running
     try:
         broker_up(settings)

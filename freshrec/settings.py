@@ -76,6 +76,7 @@ class JobSettings:
     refresh_max_batch: int
     refresh_shards: int
     item_publish_interval_ms: int
+    item_background_publish_interval_ms: int
     dedup_window_s: int
     user_state_ttl_days: int
     max_payload_bytes: int
@@ -168,7 +169,7 @@ _POSITIVE = {
     "local.port", "local.controller_port", "topics.partitions", "job.parallelism",
     "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.refresh_batch_delay_ms",
     "job.refresh_max_batch", "job.refresh_shards", "job.item_publish_interval_ms",
-    "job.dedup_window_s",
+    "job.item_background_publish_interval_ms", "job.dedup_window_s",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",
     "job.transaction_timeout_ms", "model.dim", "model.top_k", "model.learning_rate",
     "model.history_len", "local.start_timeout_s",

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from freshrec import cluster
+from freshrec.local_kafka import free_ports
 from freshrec.settings import Settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation
-from tests.integration.conftest import free_ports
 from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
 from tests.integration.test_job import (
     BASE_TS,

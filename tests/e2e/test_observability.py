@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from freshrec.local_kafka import free_ports
 from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, exported_names
 from freshrec.prometheus_local import (
     CONFIG_TEMPLATE,
@@ -40,7 +41,7 @@ from freshrec.prometheus_local import (
     write_config,
 )
 from schemas.events import Event
-from tests.integration.conftest import free_ports, kafka_broker  # noqa: F401 (fixture)
+from tests.integration.conftest import kafka_broker  # noqa: F401 (fixture)
 from tests.integration.job_harness import REPO_ROOT, JobProcess, job_settings
 
 pytestmark = pytest.mark.timeout(480)

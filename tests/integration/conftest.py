@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,27 +22,17 @@ from typing import Any
 import pytest
 
 from freshrec import kafka_config
-from freshrec.local_kafka import BrokerInfo, LocalKafkaError, broker_down, broker_up, create_topic
+from freshrec.local_kafka import (
+    BrokerInfo,
+    LocalKafkaError,
+    broker_down,
+    broker_up,
+    create_topic,
+    free_ports,
+)
 from freshrec.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago (not 9092/9093)."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port not in (9092, 9093):
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def local_broker_overrides(state_dir: Path) -> list[str]:
