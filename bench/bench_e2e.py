@@ -92,7 +92,7 @@ from flink_jobs.operators import DLQ_TAG, ITEM_UPSERT_TAG, ParseEvents  # noqa: 
 # Imported here, not lazily: whichever Flink task opens first then loads torch/river/scipy.
 # A pybind11 extension (scipy.spatial) first imported from another task's thread deadlocks
 # in PyGILState_Ensure under pemja (seen when only the parse task imported them).
-from freshrec.local_kafka import free_ports  # noqa: E402
+from freshrec.processes import free_ports  # noqa: E402
 from schemas.recommendation import Recommendation, ScoredItem  # noqa: E402
 
 

@@ -41,12 +41,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from freshrec.processes import cmdline, locked, port_in_use, settings_args
 from freshrec.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -313,17 +314,9 @@ def script_env(settings: Settings, home: Path | None = None) -> dict[str, str]:
 # --------------------------------------------------------------------------- processes
 
 
-def _cmdline(pid: int) -> str | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return raw.replace(b"\0", b" ").decode("utf-8", "replace") if raw else ""
-
-
 def _is_ours(pid: int, paths: ClusterPaths) -> bool:
     """True when ``pid`` is a Flink process started with our conf dir (not a reused pid)."""
-    cmd = _cmdline(pid)
+    cmd = cmdline(pid)
     return bool(cmd) and f"--configDir {paths.conf}" in cmd
 
 
@@ -339,7 +332,7 @@ def _role(daemon: str) -> str:
 
 
 def _log_of(pid: int) -> Path | None:
-    m = re.search(r"-Dlog\.file=(\S+)", _cmdline(pid) or "")
+    m = re.search(r"-Dlog\.file=(\S+)", cmdline(pid) or "")
     return Path(m.group(1)) if m else None
 
 
@@ -355,7 +348,7 @@ def running_processes(settings: Settings) -> list[Process]:
                 found[int(line)] = daemon
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) not in found and _is_ours(int(proc.name), paths):
-            cmd = _cmdline(int(proc.name)) or ""
+            cmd = cmdline(int(proc.name)) or ""
             found[int(proc.name)] = _JM if "StandaloneSessionClusterEntrypoint" in cmd else _TM
     return sorted((Process(_role(d), pid, _log_of(pid)) for pid, d in found.items()),
                   key=lambda p: (p.role, p.pid))
@@ -397,14 +390,6 @@ def overview(settings: Settings) -> dict[str, Any] | None:
         return None
 
 
-def _port_in_use(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        return s.connect_ex((host, port)) == 0
-
-
 def _log_tail(paths: ClusterPaths, lines: int = 30) -> str:
     logs = sorted(paths.log.glob("*.log"), key=lambda p: p.stat().st_mtime)
     if not logs:
@@ -415,19 +400,6 @@ def _log_tail(paths: ClusterPaths, lines: int = 30) -> str:
         errors += [f"{log.name}: {t}" for t in text if " ERROR " in t or "Exception" in t][-5:]
     tail = logs[-1].read_text("utf-8", "replace").splitlines()[-lines:]
     return "\n".join([*errors[-10:], f"--- {logs[-1]}", *tail])
-
-
-@contextlib.contextmanager
-def _locked(paths: ClusterPaths) -> Iterator[None]:
-    import fcntl
-
-    paths.state.mkdir(parents=True, exist_ok=True)
-    with open(paths.state / ".lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -465,7 +437,7 @@ def cluster_up(settings: Settings, *, log: Log = _say) -> ClusterInfo:
     c = settings.cluster
     paths = ClusterPaths.of(settings)
     started = time.monotonic()
-    with _locked(paths):
+    with locked(paths.state / ".lock"):
         procs = running_processes(settings)
         _prune_pid_files(paths)
         jms = [p for p in procs if p.role == "jobmanager"]
@@ -477,11 +449,11 @@ def cluster_up(settings: Settings, *, log: Log = _say) -> ClusterInfo:
                 _stop(tms, log=log)
                 _prune_pid_files(paths)
                 tms = []
-            if _port_in_use(c.host, c.rest_port):
+            if port_in_use(c.host, c.rest_port):
                 raise ClusterError(
                     f"{c.host}:{c.rest_port} is already in use by another program (another Flink"
                     " cluster?): stop it or choose another cluster.rest_port")
-            if _port_in_use(c.host, c.rpc_port):
+            if port_in_use(c.host, c.rpc_port):
                 raise ClusterError(f"{c.host}:{c.rpc_port} is already in use: choose another"
                                    " cluster.rpc_port")
         home = flink_home()
@@ -520,14 +492,14 @@ def _stop(procs: Sequence[Process], *, timeout_s: float = 20.0, log: Log = _say)
     alive = list(procs)
     while alive and time.monotonic() < deadline:
         time.sleep(0.3)
-        alive = [p for p in alive if _cmdline(p.pid) is not None]
+        alive = [p for p in alive if cmdline(p.pid) is not None]
     for p in alive:
         log(f"cluster: {p.role} (pid {p.pid}) ignored SIGTERM for {timeout_s:.0f}s; killing it")
         with contextlib.suppress(ProcessLookupError):
             os.kill(p.pid, signal.SIGKILL)
     for p in alive:
         for _ in range(50):
-            if _cmdline(p.pid) is None:
+            if cmdline(p.pid) is None:
                 break
             time.sleep(0.1)
 
@@ -538,7 +510,7 @@ def cluster_down(settings: Settings, *, log: Log = _say) -> int:
     Running jobs are not savepointed: use ``freshrec cancel`` first to keep their state.
     """
     paths = ClusterPaths.of(settings)
-    with _locked(paths):
+    with locked(paths.state / ".lock"):
         procs = running_processes(settings)
         tms = [p for p in procs if p.role == "taskmanager"]
         jms = [p for p in procs if p.role == "jobmanager"]
@@ -611,15 +583,6 @@ def flink_cli(settings: Settings, *args: str, timeout: float = 300) -> str:
         causes = [t for t in lines if "Caused by" in t or "Error" in t or "Exception" in t]
         shown = "\n".join([*causes[-8:], "...", *lines[-25:]])
         raise ClusterError(f"flink {args[0]} failed (exit {proc.returncode}):\n{shown}")
-    return out
-
-
-def _settings_args(args: argparse.Namespace) -> list[str]:
-    out: list[str] = []
-    if getattr(args, "config", None):
-        out += ["--config", str(Path(args.config).resolve())]
-    for item in getattr(args, "overrides", []) or []:
-        out += ["--set", item]
     return out
 
 
@@ -822,7 +785,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     sub = submit(settings, args.parallelism, args.from_savepoint, args.allow_non_restored_state,
-                 _settings_args(args))
+                 settings_args(args))
     url = rest_url(settings)
     what = f" from {args.from_savepoint}" if args.from_savepoint else ""
     print(f"submit: job {sub.job_id} submitted{what} at parallelism"

@@ -25,25 +25,24 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freshrec import kafka_config
+from freshrec.processes import cmdline, locked, port_in_use
 
 if TYPE_CHECKING:
     from kafka.admin import KafkaAdminClient
@@ -232,18 +231,6 @@ def check_maven() -> str:
 # --------------------------------------------------------------------------- jars
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (concurrent `up`s, parallel test sessions)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _jar_paths(settings: Settings) -> JarPaths:
     cache = Path(settings.local.cache_dir).expanduser().resolve()
     return JarPaths(
@@ -316,7 +303,7 @@ def ensure_jars(settings: Settings, *, log: Log = _say) -> JarPaths:
     want = _stamp_content(settings)
     if _jars_ready(jars, stamp, want):
         return jars
-    with _locked(version_dir.parent / f".kafka-{settings.local.kafka_version}.lock"):
+    with locked(version_dir.parent / f".kafka-{settings.local.kafka_version}.lock"):
         if _jars_ready(jars, stamp, want):  # another process fetched while we waited
             return jars
         mvn = check_maven()
@@ -408,32 +395,6 @@ def new_cluster_id() -> str:
             return cid
 
 
-def _cmdline(pid: int) -> str | None:
-    """The command line of ``pid`` (NUL-separated args joined by spaces), None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        raw = b""
-    if raw:
-        return raw.replace(b"\0", b" ").decode("utf-8", "replace")
-    if Path("/proc").is_dir():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        state = stat.rpartition(")")[2].split()[:1]
-        return None if state in (["Z"], ["X"]) else ""  # exited-but-unreaped counts as gone
-    try:  # no procfs (macOS)
-        out = subprocess.run(
-            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
 def _reap(pid: int) -> None:
     """Collect ``pid`` if it is our own exited child (a broker started by this process)."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -446,7 +407,7 @@ def _is_our_broker(pid: int, paths: _Paths) -> bool:
     if proc is not None:  # started by this process: poll() is authoritative (and reaps)
         return proc.poll() is None
     _reap(pid)
-    cmd = _cmdline(pid)
+    cmd = cmdline(pid)
     return bool(cmd) and _MAIN_CLASS in cmd.split() and str(paths.config) in cmd
 
 
@@ -466,33 +427,9 @@ def _running_pid(paths: _Paths) -> tuple[int | None, str]:
         return None, ""
     if _is_our_broker(pid, paths):
         return pid, ""
-    if _cmdline(pid) is None:
+    if cmdline(pid) is None:
         return None, f"stale pid file (process {pid} is gone)"
     return None, f"stale pid file (pid {pid} now belongs to another program)"
-
-
-def free_ports(n: int, avoid: tuple[int, ...] = (9092, 9093, 9249)) -> list[int]:
-    """``n`` distinct loopback ports that were free a moment ago (never the defaults of the
-    local broker and metrics, so a developer's own stack is left alone)."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port not in avoid and port not in ports:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
 
 
 def _listening_address(paths: _Paths, settings: Settings) -> str:
@@ -586,7 +523,7 @@ def _wait_ready(settings: Settings, pid: int, paths: _Paths, deadline: float) ->
             raise LocalKafkaError(
                 f"the Kafka broker (pid {pid}) exited during start-up{code}:\n{_log_tail(paths)}"
             )
-        if _port_in_use(host, port):
+        if port_in_use(host, port):
             try:
                 admin = _connect_admin(settings, timeout_ms=3000)
                 try:
@@ -725,7 +662,7 @@ def broker_up(settings: Settings, *, log: Log = _say) -> BrokerInfo:
     started = time.monotonic()
     paths = _Paths.of(settings)
     paths.state.mkdir(parents=True, exist_ok=True)
-    with _locked(paths.lock):
+    with locked(paths.lock):
         pid, note = _running_pid(paths)
         if pid is not None:
             bootstrap = _listening_address(paths, settings)
@@ -757,7 +694,7 @@ def broker_up(settings: Settings, *, log: Log = _say) -> BrokerInfo:
                 (loc.port, "local.port"),
                 (loc.controller_port, "local.controller_port"),
             ):
-                if _port_in_use(loc.host, port):
+                if port_in_use(loc.host, port):
                     raise LocalKafkaError(
                         f"{loc.host}:{port} is already in use by another program (not a broker"
                         f" of {paths.state}); stop it or choose another port with --set {key}=..."
@@ -832,7 +769,7 @@ def broker_down(settings: Settings, *, timeout_s: float = 30.0, log: Log = _say)
     if not paths.state.is_dir():
         log("kafka: was not running")
         return False
-    with _locked(paths.lock):
+    with locked(paths.lock):
         pid, note = _running_pid(paths)
         if pid is None:
             paths.pid.unlink(missing_ok=True)

@@ -15,17 +15,8 @@ from typing import Any
 
 from freshrec import kafka_config
 from freshrec.local_kafka import LocalKafkaError, broker_down, broker_status, broker_up, ensure_jars
+from freshrec.processes import settings_args
 from freshrec.settings import Settings
-
-
-def _settings_args(args: argparse.Namespace) -> list[str]:
-    """The global --config/--set flags, to hand the same settings to a child process."""
-    out: list[str] = []
-    if args.config:
-        out += ["--config", args.config]
-    for item in args.overrides:
-        out += ["--set", item]
-    return out
 
 
 def setup(args: argparse.Namespace, settings: Settings) -> int:
@@ -109,7 +100,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"demo: starting the Flink job (MiniCluster); its log is {log_path}", flush=True)
     with log_path.open("ab") as log:
         job = subprocess.Popen(
-            [sys.executable, "-m", "freshrec.cli", *_settings_args(args), "run"],
+            [sys.executable, "-m", "freshrec.cli", *settings_args(args), "run"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     stop = threading.Event()

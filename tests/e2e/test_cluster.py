@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from freshrec import cluster
-from freshrec.local_kafka import free_ports
+from freshrec.processes import free_ports
 from freshrec.settings import Settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation

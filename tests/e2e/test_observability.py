@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.local_kafka import free_ports
 from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, exported_names
+from freshrec.processes import free_ports
 from freshrec.prometheus_local import (
     CONFIG_TEMPLATE,
     DASHBOARD,

@@ -28,8 +28,8 @@ from freshrec.local_kafka import (
     broker_down,
     broker_up,
     create_topic,
-    free_ports,
 )
+from freshrec.processes import free_ports
 from freshrec.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -23,13 +23,13 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from freshrec import kafka_config
 from freshrec.local_kafka import (
-    _cmdline,
     broker_down,
     broker_status,
     create_topic,
     default_topics,
     ensure_topics,
 )
+from freshrec.processes import cmdline
 from freshrec.settings import Settings, load_settings
 from tests.integration.conftest import REPO_ROOT, KafkaBroker, local_broker_overrides
 
@@ -233,9 +233,9 @@ def cli_broker(tmp_path_factory) -> Iterator[CliBroker]:
 
 def _wait_gone(pid: int, timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while _cmdline(pid) and time.monotonic() < deadline:
+    while cmdline(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _cmdline(pid), f"process {pid} still running"
+    assert not cmdline(pid), f"process {pid} still running"
 
 
 def test_up_twice_is_safe(cli_broker):

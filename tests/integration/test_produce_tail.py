@@ -13,7 +13,7 @@ import pytest
 
 from freshrec import produce, tail
 from freshrec.generator import generate_events
-from freshrec.local_kafka import free_ports
+from freshrec.processes import free_ports
 from schemas.adapters import write_jsonl
 from schemas.events import Event, decode_event, encode_event
 from schemas.recommendation import Recommendation, ScoredItem
