@@ -14,13 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+# torch must not be imported here: thread mode unpickles every task's function in its own
+# thread of one interpreter while the tasks initialise, and torch's C extension initialising
+# concurrently with other imports there was seen to hang tasks in INITIALIZING (py-spy:
+# stuck in torch/__init__ -> ExtensionFileLoader.create_module). The model core imports torch
+# lazily, at the first batched scoring, when every task is already running.
 import numpy as np
-
-# Thread mode runs every task's Python in one interpreter, each task in its own thread.
-# Importing torch here, while this module is imported under its import lock when the first
-# task unpickles its function, keeps two tasks from initialising C extensions concurrently
-# (seen to deadlock the embedded interpreter); the model core imports torch lazily.
-import torch  # noqa: F401
 from pyflink.common import Row, Types
 from pyflink.common.time import Time
 from pyflink.datastream import (
