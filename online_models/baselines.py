@@ -110,6 +110,11 @@ class _Base:
             self.learn_one(ev)
 
     def learn_one(self, event: Event) -> None:
+        if self._track(event):
+            self._learn(event, self.config.event_weight(event.event_type))
+
+    def _learn(self, event: Event, weight: float) -> None:
+        """Learn from one tracked interaction of loss weight ``weight``."""
         raise NotImplementedError
 
     def _scores(self, user_id: str) -> np.ndarray:
@@ -151,10 +156,7 @@ class PopularityModel(_Base):
             self.logc = new
         return r
 
-    def learn_one(self, event: Event) -> None:
-        if not self._track(event):
-            return
-        w = self.config.event_weight(event.event_type)
+    def _learn(self, event: Event, w: float) -> None:
         if w <= 0:
             return
         if self._t0 is None:
@@ -209,10 +211,7 @@ class RiverMFModel(_Base):
             self.V[r] = self.model.i_latents[item_id]
         return r
 
-    def learn_one(self, event: Event) -> None:
-        if not self._track(event):
-            return
-        w = self.config.event_weight(event.event_type)
+    def _learn(self, event: Event, w: float) -> None:
         if w <= 0:
             return
         self.model.learn_one(event.user_id, event.item_id, w)
@@ -245,10 +244,7 @@ class BPRModel(_Base):
         self.I.row(item_id)
         return r
 
-    def learn_one(self, event: Event) -> None:
-        if not self._track(event):
-            return
-        w = self.config.event_weight(event.event_type)
+    def _learn(self, event: Event, w: float) -> None:
         if w == 0:
             return
         cfg = self.config
