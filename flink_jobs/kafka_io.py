@@ -71,8 +71,12 @@ def raw_source(
     return builder.build()
 
 
-def keyed_bytes_sink(settings: Settings, topic: str, name: str) -> KafkaSink:
-    """A KafkaSink of KEYED_BYTES_TYPE rows, with the delivery guarantee from settings."""
+def keyed_bytes_sink(settings: Settings, topic: str, name: str,
+                     max_request_bytes: int | None = None) -> KafkaSink:
+    """A KafkaSink of KEYED_BYTES_TYPE rows, with the delivery guarantee from settings.
+
+    ``max_request_bytes`` raises the producer's record size limit (the dead letters).
+    """
     exactly_once = settings.job.delivery == "exactly-once"
     builder = (
         KafkaSink.builder()
@@ -84,6 +88,8 @@ def keyed_bytes_sink(settings: Settings, topic: str, name: str) -> KafkaSink:
     for key, value in _client_properties(settings).items():
         builder.set_property(key, value)
     builder.set_property("linger.ms", "5")
+    if max_request_bytes is not None:
+        builder.set_property("max.request.size", str(max_request_bytes))
     if exactly_once:
         # Stable per job and sink, so lingering transactions are aborted after a restart.
         builder.set_transactional_id_prefix(f"{settings.job.group_id}-{name}")

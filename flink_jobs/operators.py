@@ -36,6 +36,7 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
+from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.kafka_io import KEYED_BYTES_TYPE
 from flink_jobs.metrics import JobMetrics
 from freshrec.privacy import load_key, pseudonymize
@@ -254,6 +255,7 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
         self._loss = RollingMetrics(1000)
         self._n_users = 0
         self._applied = 0
+        self._fault = InjectedFault.from_env()
 
     def _on_replica_update(self, published_ms: int) -> None:
         self._staleness.set(max(now_ms() - published_ms, 0) / 1000.0)
@@ -284,6 +286,8 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
         else:
             user = UserState.from_bytes(blob)
         self._applied += 1
+        if self._fault is not None:
+            self._fault.check(self._applied)
         new_user, grads, loss = user_step_with_loss(
             user, event, self.replica, self.config, self.rng,
             lr_schedule(self._applied, self.config),

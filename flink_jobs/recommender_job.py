@@ -61,7 +61,8 @@ def kafka_io_from_settings(settings: Settings, bounded: bool = False) -> JobIO:
                                            f"{job.group_id}-items", "earliest"),
         recommendations=kafka_io.keyed_bytes_sink(settings, topics.recommendations, "recs"),
         item_embeddings=kafka_io.keyed_bytes_sink(settings, topics.item_embeddings, "items"),
-        dead_letters=kafka_io.keyed_bytes_sink(settings, topics.dlq, "dlq"),
+        dead_letters=kafka_io.keyed_bytes_sink(settings, topics.dlq, "dlq",
+                                               topics.dlq_max_message_bytes),
     )
 
 

@@ -553,10 +553,15 @@ def default_topics(settings: Settings) -> dict[str, dict[str, str]]:
     t = settings.topics
     return {
         t.events: {},
-        t.dlq: {},
+        t.dlq: dlq_topic_configs(settings),
         t.recommendations: {"cleanup.policy": "compact"},
         t.item_embeddings: {"cleanup.policy": "compact"},
     }
+
+
+def dlq_topic_configs(settings: Settings) -> dict[str, str]:
+    """Configs of the dead-letter topic: room for the largest rejected record, wrapped."""
+    return {"max.message.bytes": str(settings.topics.dlq_max_message_bytes)}
 
 
 def _create_topics(

@@ -61,6 +61,7 @@ class TopicSettings:
     recommendations: str
     item_embeddings: str
     partitions: int
+    dlq_max_message_bytes: int
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.exclude": ("purchased", "seen", "none"),
 }
 _POSITIVE = {
-    "local.port", "local.controller_port", "topics.partitions", "job.parallelism",
+    "local.port", "local.controller_port", "topics.partitions",
+    "topics.dlq_max_message_bytes", "job.parallelism",
     "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.refresh_batch_delay_ms",
     "job.refresh_max_batch", "job.refresh_shards", "job.item_publish_interval_ms",
     "job.item_background_publish_interval_ms", "job.dedup_window_s",

@@ -308,7 +308,8 @@ def _validate_optional(
         kind = type(price)
         if kind is not float and kind is not int:
             return _err("wrong_type", "$.price", "price must be a number")
-        if not (math.isfinite(price) and 0 <= price <= _PRICE_MAX):
+        # Bounds first: math.isfinite() of a 300-digit int raises OverflowError.
+        if not (0 <= price <= _PRICE_MAX and math.isfinite(price)):
             return _err("out_of_range", "$.price", f"price must be a number in 0..{_PRICE_MAX:g}")
         price = float(price)
     title = get("title", _ABSENT)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from freshrec import kafka_config
-from freshrec.local_kafka import create_topic
+from freshrec.local_kafka import create_topic, dlq_topic_configs
 from freshrec.settings import Settings, load_settings
 from schemas.events import Event, encode_event
 
@@ -44,13 +44,15 @@ class JobProcess:
     settings: Settings
     overrides: list[str]
     log_path: Path
+    # Extra environment of the job process (e.g. FRESHREC_INJECT_FAULT).
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     _producer: Any = field(default=None, repr=False)
 
     def start(self) -> JobProcess:
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "FLINK_LOG_DIR": str(self.log_path.parent / "flink-logs")}
+               "FLINK_LOG_DIR": str(self.log_dir), **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flink_jobs.recommender_job",
              *[arg for o in self.overrides for arg in ("--set", o)]],
@@ -64,12 +66,23 @@ class JobProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"the job exited with {self.proc.returncode}:\n{self.log_tail()}")
 
+    @property
+    def log_dir(self) -> Path:
+        return self.log_path.parent / "flink-logs"
+
+    def flink_log_lines(self) -> list[str]:
+        return [line for path in sorted(self.log_dir.glob("*.log"))
+                for line in path.read_text("utf-8", "replace").splitlines()]
+
+    def restarts(self) -> int:
+        """How often Flink restarted the job (failover), from its JobMaster log."""
+        return sum("switched from state RUNNING to RESTARTING" in line
+                   for line in self.flink_log_lines())
+
     def log_tail(self, lines: int = 40) -> str:
         """The job's output and the causes of failures in its Flink log."""
         text = self.log_path.read_text("utf-8", "replace").splitlines()
-        flink_logs = sorted(self.log_path.parent.glob("flink-logs/*.log"))
-        flink = [line for path in flink_logs
-                 for line in path.read_text("utf-8", "replace").splitlines()
+        flink = [line for line in self.flink_log_lines()
                  if "Caused by" in line or "Exception:" in line]
         return "\n".join(flink[-12:] + text[-lines:])
 
@@ -91,10 +104,12 @@ class JobProcess:
         self.flush()
         return n
 
-    def send_raw(self, key: bytes | None, value: bytes | None) -> None:
+    def send_raw(self, key: bytes | None, value: bytes | None) -> Any:
+        """Send one record as is; returns its future (``.get()`` -> partition and offset)."""
         if self._producer is None:
-            self._producer = kafka_config.producer(self.settings, acks="all", linger_ms=5)
-        self._producer.send(self.settings.topics.events, key=key, value=value)
+            self._producer = kafka_config.producer(
+                self.settings, acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024)
+        return self._producer.send(self.settings.topics.events, key=key, value=value)
 
     def flush(self) -> None:
         if self._producer is not None:
@@ -151,7 +166,7 @@ def job_settings(broker_settings: Settings, tmp: Path, extra: Iterable[str] = ()
     topics = settings.topics
     compact = {"cleanup.policy": "compact"}
     create_topic(settings, topics.events, partitions=topics.partitions)
-    create_topic(settings, topics.dlq, partitions=1)
+    create_topic(settings, topics.dlq, partitions=1, configs=dlq_topic_configs(settings))
     create_topic(settings, topics.recommendations, partitions=topics.partitions, configs=compact)
     create_topic(settings, topics.item_embeddings, partitions=topics.partitions, configs=compact)
     return settings, base

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import DecodeError, Event, decode_event, encode_event
+from tests.malformed import malformed_record
 
 FUZZ = settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -69,3 +70,12 @@ def test_valid_prefix_then_garbage(tail: bytes, cut: int) -> None:
     good = b'{"event_id":"e","event_type":"view","user_id":"u","item_id":"i","ts":1700000000000}'
     check(good[:cut] + tail)
     check(good[:-1] + tail + b"}")
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(malformed_record())
+def test_malformed_records_are_rejected_with_a_reason(record: tuple[str, bytes | None,
+                                                                    bytes | None]) -> None:
+    kind, _, value = record
+    got = check(value)
+    assert isinstance(got, DecodeError), f"{kind}: accepted {value[:200]!r}"

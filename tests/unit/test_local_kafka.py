@@ -142,7 +142,7 @@ def test_server_properties_single_node_on_loopback(settings, tmp_path):
 def test_default_topics_and_their_configs(settings):
     assert lk.default_topics(settings) == {
         "freshrec.events": {},
-        "freshrec.events.dlq": {},
+        "freshrec.events.dlq": {"max.message.bytes": "4194304"},
         "freshrec.recommendations": {"cleanup.policy": "compact"},
         "freshrec.item-embeddings": {"cleanup.policy": "compact"},
     }
