@@ -3,12 +3,16 @@ from the apache-flink wheel's scripts, as `freshrec cluster up` does) against th
 
 One scenario: cluster up, `flink run -py` at parallelism 2 on fresh topics, catalogue and
 user tastes in, recommendations with content out, subtasks on both TaskManagers (REST API),
-Prometheus reporters serving the job's metrics, stop-with-savepoint, resume from the
-savepoint, more events, state counted on. The cluster is always torn down.
+Prometheus reporters serving the job's metrics, stop-with-savepoint, an upgrade: a changed
+job (top-K 20 -> 10, rescaled 2 -> 1) resumed from the savepoint with state counted on, then
+kill -9 of the TaskManager running it: Flink restores the latest checkpoint on the other one
+and no event is lost. The cluster is always torn down.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +39,7 @@ from tests.integration.test_job import (
 
 PARALLELISM = 2
 TOP_K = 20
+UPGRADED_TOP_K = 10
 
 
 @dataclass
@@ -90,6 +95,15 @@ def wait_running(settings: Settings, job_id: str, timeout_s: float = 120) -> dic
     job = ClusterJob(settings, [], Path("/dev/null"), job_id=job_id)
     raise AssertionError(f"job {job_id} not running after {timeout_s:.0f}s: state"
                          f" {detail.get('state')}\n{job.log_tail()}")
+
+
+def taskmanager_pid(settings: Settings, tm_id: str) -> int:
+    """The process of the TaskManager with this REST id (its log names its ResourceID)."""
+    for proc in cluster.running_processes(settings):
+        if proc.role == "taskmanager" and proc.log is not None and proc.log.exists() \
+                and tm_id in proc.log.read_text("utf-8", "replace"):
+            return proc.pid
+    raise AssertionError(f"no TaskManager process logs the id {tm_id}")
 
 
 def events_applied(records: list[Record], user: str) -> int:
@@ -186,9 +200,11 @@ def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> No
         assert cluster.job_detail(settings, first.job_id)["state"] == "FINISHED"
         timings["savepoint"] = time.monotonic() - t0
 
-        # Resume from it on the same TaskManagers (a second job in the same JVMs).
-        resumed = cluster.submit(settings, PARALLELISM, from_savepoint=path,
-                                 passthrough=passthrough, log=lambda _: None)
+        # Upgrade: a changed job (shorter lists, rescaled to one subtask) resumes from the
+        # savepoint on the same TaskManagers (a second job in the same JVMs).
+        upgraded = [*passthrough, "--set", f"model.top_k={UPGRADED_TOP_K}"]
+        resumed = cluster.submit(settings, 1, from_savepoint=path, passthrough=upgraded,
+                                 log=lambda _: None)
         assert resumed.job_id != first.job_id
         job.job_id = resumed.job_id
         wait_running(settings, resumed.job_id)
@@ -202,10 +218,30 @@ def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> No
         for user, category in users():
             rec = Recommendation.from_json(latest_by_key(records)[user].value)
             assert rec.seq > seq_before[user], "sequence numbers restarted"
-            top10 = [it.item_id for it in rec.items[:10]]
-            assert sum(i.startswith(category) for i in top10) >= 5, (user, top10)
+            assert len(rec.items) == UPGRADED_TOP_K, "the upgraded job's setting is not in use"
+            top = [it.item_id for it in rec.items]
+            assert sum(i.startswith(category) for i in top) >= 5, (user, top)
         job.assert_alive()
         timings["resumed lists"] = time.monotonic() - t0
+
+        # kill -9 the TaskManager running the job: it restarts on the other one from the
+        # latest checkpoint, and the events sent meanwhile are all applied.
+        time.sleep(5.0)  # two checkpoint intervals: the resumed state is checkpointed
+        (host,) = {tm for on in cluster.subtask_hosts(settings, resumed.job_id).values()
+                   for tm in on}
+        os.kill(taskmanager_pid(settings, host), signal.SIGKILL)
+        job.send_events([
+            Event(f"{u}-after-kill", "view", BASE_TS + 9500, user_id=u, item_id=item_id(c, 13))
+            for u, c in users()])
+        records = job.wait_for(
+            topics.recommendations,
+            lambda rs: all(events_applied(rs, u) == counts[u] + 2 for u, _ in users()),
+            timeout_s=180, what="lists after a TaskManager was killed")
+        restarts = cluster.rest_get(settings, f"/jobs/{resumed.job_id}/metrics?get=numRestarts")
+        assert int(restarts[0]["value"]) >= 1, "the job did not fail over"
+        assert {tm for on in cluster.subtask_hosts(settings, resumed.job_id).values()
+                for tm in on} != {host}
+        timings["recovered from kill -9"] = time.monotonic() - t0
     finally:
         job.stop()
         print("timings (s since start):", {k: round(v, 1) for k, v in timings.items()})
