@@ -27,6 +27,10 @@ kafka-python negotiates the right ones with the broker.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,6 +52,10 @@ _LOGIN_MODULES = {
 
 class KafkaConfigError(ValueError):
     """The kafka.* settings do not describe a usable client; the message names the key."""
+
+
+class KafkaAuthError(KafkaConfigError):
+    """The broker rejected the SASL login (user, password or mechanism)."""
 
 
 def bootstrap_list(servers: str) -> list[str]:
@@ -150,22 +158,121 @@ def java_client_properties(settings: Settings, *, shaded: bool = True) -> dict[s
     return props
 
 
+class _SaslRejectionWatch(logging.Handler):
+    """Fails a client's bootstrap at once when the broker refuses its SASL login.
+
+    kafka-python 3.0 retries a bootstrap connection whose login was rejected until
+    ``bootstrap_timeout_ms`` (30 s), then raises only "Unable to bootstrap"; each failed
+    attempt is merely logged (a ``kafka.net.manager`` warning with the exception as an
+    argument). Worse, the broker sends its rejection and closes the connection right
+    after (``connection.failed.authentication.delay.ms``), and kafka-python drops bytes
+    read together with the close, so the rejection usually arrives as a bare "socket
+    disconnected". Raising from this handler, on the thread running the bootstrap, ends it:
+    on a rejection, or on :data:`DROPS_BEFORE_FAILING` such drops in a row (the TLS
+    handshake succeeded, so the broker is up and is refusing this client).
+
+    >>> from kafka.errors import KafkaConnectionError, SaslAuthenticationFailedError
+    >>> def attempt(watch, exc):
+    ...     watch.emit(logging.LogRecord("kafka.net.manager", logging.WARNING, "", 0,
+    ...                "Bootstrap connection to %s failed: %s", ("b-0", exc), None))
+    >>> kw = {"sasl_plain_username": "ann", "sasl_mechanism": "PLAIN",
+    ...       "bootstrap_servers": ["b:9093"], "client_id": "c"}
+    >>> attempt(_SaslRejectionWatch(kw), SaslAuthenticationFailedError(
+    ...     "SaslAuthenticationFailedError: Authentication failed: Invalid username or password"))
+    ... # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    Traceback (most recent call last):
+    ...
+    freshrec.kafka_config.KafkaAuthError: the broker at b:9093 rejected the SASL PLAIN login
+    of 'ann': Authentication failed: Invalid username or password; check ...
+    >>> watch = _SaslRejectionWatch(kw)
+    >>> for _ in range(watch.DROPS_BEFORE_FAILING):  # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    ...     attempt(watch, KafkaConnectionError("socket disconnected"))
+    Traceback (most recent call last):
+    ...
+    freshrec.kafka_config.KafkaAuthError: the broker at b:9093 closed the connection during
+    the SASL PLAIN login of 'ann' 3 times in a row: it rejects the login ...
+    """
+
+    DROPS_BEFORE_FAILING = 3
+
+    def __init__(self, kw: dict[str, Any]) -> None:
+        super().__init__(logging.WARNING)
+        self.kw = kw
+        self.drops = 0
+        # The bootstrap runs on the client's IO thread, or on the caller's when it has none.
+        self.threads = (f"kafka-io-{kw['client_id']}", threading.current_thread().name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from kafka.errors import KafkaConnectionError, SaslAuthenticationFailedError
+
+        if record.threadName not in self.threads or not isinstance(record.args, tuple):
+            return
+        kw = self.kw
+        login = f"the SASL {kw['sasl_mechanism']} login of {kw['sasl_plain_username']!r}"
+        at = f"the broker at {','.join(kw['bootstrap_servers'])}"
+        check = (
+            "check kafka.sasl_username, kafka.sasl_mechanism and kafka.sasl_password"
+            " (FRESHREC_KAFKA_SASL_PASSWORD)"
+        )
+        for arg in record.args:
+            if isinstance(arg, SaslAuthenticationFailedError):
+                reason = str(arg.args[0]) if arg.args else str(arg)
+                reason = reason.removeprefix("SaslAuthenticationFailedError: ")
+                raise KafkaAuthError(f"{at} rejected {login}: {reason}; {check}") from arg
+            if isinstance(arg, KafkaConnectionError) and str(arg).endswith("socket disconnected"):
+                self.drops += 1
+                if self.drops >= self.DROPS_BEFORE_FAILING:
+                    raise KafkaAuthError(
+                        f"{at} closed the connection during {login} {self.drops} times in a"
+                        " row: it rejects the login (a wrong user or password), or the"
+                        f" listener does not offer this mechanism; {check}"
+                    ) from arg
+                return
+            if isinstance(arg, BaseException):
+                self.drops = 0
+
+
+@contextlib.contextmanager
+def _sasl_rejection_fails_fast(kw: dict[str, Any]) -> Iterator[None]:
+    """While a client is built (its constructor bootstraps): see :class:`_SaslRejectionWatch`."""
+    if not kw.get("sasl_mechanism"):
+        yield
+        return
+    logger = logging.getLogger("kafka.net.manager")
+    watch = _SaslRejectionWatch(kw)
+    logger.addHandler(watch)
+    try:
+        yield
+    finally:
+        logger.removeHandler(watch)
+
+
 def admin_client(settings: Settings, **extra: Any) -> KafkaAdminClient:
-    """A connected ``KafkaAdminClient``; ``extra`` adds or overrides kafka-python options."""
+    """A connected ``KafkaAdminClient``; ``extra`` adds or overrides kafka-python options.
+
+    Like :func:`producer` and :func:`consumer`, raises :class:`KafkaAuthError` at once if
+    the broker rejects the SASL login.
+    """
     from kafka.admin import KafkaAdminClient
 
-    return KafkaAdminClient(**{**client_kwargs(settings), **extra})
+    kw = {**client_kwargs(settings), **extra}
+    with _sasl_rejection_fails_fast(kw):
+        return KafkaAdminClient(**kw)
 
 
 def producer(settings: Settings, **extra: Any) -> KafkaProducer:
     """A ``KafkaProducer``; ``extra`` adds or overrides options (e.g. ``acks="all"``)."""
     from kafka import KafkaProducer
 
-    return KafkaProducer(**{**client_kwargs(settings), **extra})
+    kw = {**client_kwargs(settings), **extra}
+    with _sasl_rejection_fails_fast(kw):
+        return KafkaProducer(**kw)
 
 
 def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
     """A ``KafkaConsumer`` subscribed to ``topics`` (none: assign partitions yourself)."""
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(*topics, **{**client_kwargs(settings), **extra})
+    kw = {**client_kwargs(settings), **extra}
+    with _sasl_rejection_fails_fast(kw):
+        return KafkaConsumer(*topics, **kw)
