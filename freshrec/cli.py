@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from freshrec.kafka_config import KafkaConfigError
 from freshrec.settings import Settings, SettingsError, load_settings
 
 # Subcommand modules; each exposes register(subparsers) that sets ``func(args, settings)``.
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args, settings) or 0)
+    except KafkaConfigError as exc:  # bad kafka.* settings, or the broker refused the login
+        print(f"freshrec: kafka: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("freshrec: interrupted", file=sys.stderr)
         return 130
