@@ -1,8 +1,10 @@
 """Speed figures of the model core, with River measured in the same run.
 
 Run: ``nice .venv/bin/python bench/bench_model.py [--quick] [--only job,learn,...]``
-(one torch thread unless ``--threads``). Prints figures and ratios; these are goals, not
-timed tests. The ``job`` section times the PyFlink job's per-event path on generated data:
+(one torch thread unless ``--threads``). Prints figures and ratios (these are goals, not
+timed tests) and writes them to ``bench/results/model.json``. ``--profile`` adds a
+pyinstrument profile of ``learn_one`` (where a learning step spends its time). The ``job``
+section times the PyFlink job's per-event path on generated data:
 ``UserState.from_bytes`` -> ``user_step`` -> ``to_bytes`` on the user side, then for every
 ``ItemGradient`` a pickle round trip (the side output is ``PICKLED_BYTE_ARRAY``),
 ``ItemState.from_bytes`` -> ``apply_item_gradient`` -> ``to_bytes`` on the item side.
@@ -11,10 +13,21 @@ timed tests. The ``job`` section times the PyFlink job's per-event path on gener
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+# Every printed figure, by section, for the JSON file.
+FIGURES: dict[str, dict[str, float | str]] = {}
+
+
+def put(section: str, **values: float | str) -> None:
+    FIGURES.setdefault(section, {}).update(
+        {k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()})
 
 
 def _rate(n: int, seconds: float) -> str:
@@ -91,6 +104,9 @@ def job_path(n_ev: int, dim: int) -> None:
     total = t_user + t_pickle + t_item
     print(f"  model+state total (no changelog)         {total * per:7.1f} us/event "
           f"= {n_inter / total:,.0f} events/s on one core")
+    put("job_path", gradient_msgs_per_event=n_msgs / n_inter, user_us=t_user * per,
+        pickle_us=t_pickle * per, item_us=t_item * per, replica_us=t_replica * per,
+        total_us=total * per, events_per_s_one_core=n_inter / total)
 
 
 def main() -> None:
@@ -100,6 +116,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--only", default="job,learn,recommend,state,memory",
                     help="comma-separated sections (default: all)")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile freshrec learn_one with pyinstrument (pip install pyinstrument)")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "model.json"))
     args = ap.parse_args()
     only = set(args.only.split(","))
     torch.set_num_threads(args.threads)
@@ -114,6 +133,33 @@ def main() -> None:
         state(args, users)
     if "memory" in only:
         memory(args)
+    if args.profile:
+        profile(args)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                               "dim": args.dim, "quick": args.quick, "figures": FIGURES},
+                              indent=2) + "\n", "utf-8")
+    print(f"JSON: {out}")
+
+
+def profile(args: argparse.Namespace) -> None:
+    """Where learn_one spends its time (wall clock, statistical)."""
+    from pyinstrument import Profiler
+
+    from freshrec.generator import generate_events
+    from online_models import FreshRecModel, ModelConfig
+
+    events = list(generate_events(20_000, seed=1, n_users=5000, n_items=20000))
+    m = FreshRecModel(ModelConfig(dim=args.dim, exploration=0.0))
+    for e in events[:2000]:  # warm: replica, clusters, trends exist
+        m.learn_one(e)
+    profiler = Profiler(interval=0.0005)
+    profiler.start()
+    for e in events[2000:]:
+        m.learn_one(e)
+    profiler.stop()
+    print(profiler.output_text(unicode=False, color=False, show_all=False))
 
 
 def learn(args: argparse.Namespace) -> None:
@@ -131,12 +177,18 @@ def learn(args: argparse.Namespace) -> None:
           "(rates in CPU time: robust to other load on the machine)")
     clock = time.process_time
 
-    river = reco.FunkMF(n_factors=args.dim, optimizer=optim.SGD(0.05), seed=1)
-    t = clock()
-    for e in inter:
-        river.learn_one(e.user_id, e.item_id, 1.0)
-    river_s = clock() - t
-    print(f"River FunkMF learn_one    {_rate(len(inter), river_s)}")
+    river_rates = {}
+    for name, model in (
+            ("FunkMF", reco.FunkMF(n_factors=args.dim, optimizer=optim.SGD(0.05), seed=1)),
+            ("BiasedMF", reco.BiasedMF(n_factors=args.dim, bias_optimizer=optim.SGD(0.05),
+                                       latent_optimizer=optim.SGD(0.05), seed=1))):
+        t = clock()
+        for e in inter:
+            model.learn_one(e.user_id, e.item_id, 1.0)
+        river_rates[name] = len(inter) / (clock() - t)
+        print(f"River {name:<8} learn_one {river_rates[name]:>12,.0f} ev/s")
+        put("learn", **{f"river_{name.lower()}_learn_one_per_s": river_rates[name]})
+    river_s = len(inter) / river_rates["FunkMF"]
 
     m = FreshRecModel(cfg)
     t = clock()
@@ -145,6 +197,9 @@ def learn(args: argparse.Namespace) -> None:
     one_s = clock() - t
     print(f"freshrec learn_one        {_rate(len(events), one_s)}   "
           f"ratio vs River {(len(events) / one_s) / (len(inter) / river_s):.2f}x (goal >= 1x)")
+    put("learn", freshrec_learn_one_per_s=len(events) / one_s,
+        ratio_vs_funkmf=(len(events) / one_s) / river_rates["FunkMF"],
+        ratio_vs_biasedmf=(len(events) / one_s) / river_rates["BiasedMF"])
 
     for bs in (256, 1024):
         m = FreshRecModel(cfg)
@@ -154,6 +209,9 @@ def learn(args: argparse.Namespace) -> None:
         many_s = clock() - t
         print(f"freshrec learn_many({bs:>4}) {_rate(len(events), many_s)}   ratio vs River "
               f"{(len(events) / many_s) / (len(inter) / river_s):.2f}x (goal >= 3x)")
+        put("learn", **{f"freshrec_learn_many_{bs}_per_s": len(events) / many_s,
+                        f"learn_many_{bs}_ratio_vs_funkmf":
+                            (len(events) / many_s) / river_rates["FunkMF"]})
 
 
 def recommend(args: argparse.Namespace) -> list:
@@ -184,6 +242,8 @@ def recommend(args: argparse.Namespace) -> list:
         lat.append((clock() - t) * 1000)
     print(f"recommend top-20 / 100k items  p50 {np.percentile(lat, 50):.2f} ms  "
           f"p99 {np.percentile(lat, 99):.2f} ms (goal p99 <= 5 ms)")
+    put("recommend", top20_100k_p50_ms=float(np.percentile(lat, 50)),
+        top20_100k_p99_ms=float(np.percentile(lat, 99)))
     ids = [f"u{u}" for u in range(1000)]
     m.recommend_many(ids[:50], k=20, reasons=False)
     for reasons in (False, True):
@@ -199,8 +259,10 @@ def recommend(args: argparse.Namespace) -> list:
             mm = (clock() - t) * 1000
             print(f"recommend_many 1,000 users x 100k items  {min(best):.0f} ms "
                   f"(bare mm+topk {mm:.0f} ms; goal <= 150 ms)")
+            put("recommend", batch_1000x100k_ms=min(best), bare_mm_topk_ms=mm)
         else:
             print(f"recommend_many 1,000 users x 100k items, with reasons  {min(best):.0f} ms")
+            put("recommend", batch_1000x100k_reasons_ms=min(best))
     return users
 
 
@@ -258,6 +320,7 @@ def memory(args: argparse.Namespace) -> None:
     raw = rows * args.dim * 4
     print(f"EmbeddingTable 1M rows: arrays {nb['arrays'] / raw:.2f}x raw float32, "
           f"with id maps {nb['total'] / raw:.2f}x (goal <= 1.5x)")
+    put("memory", arrays_vs_raw=nb["arrays"] / raw, with_id_maps_vs_raw=nb["total"] / raw)
 
 
 if __name__ == "__main__":
