@@ -229,11 +229,12 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
     """Keyed by user: dedup, the user-side SGD step, item gradients out, owed refreshes."""
 
     def __init__(self, config: ModelConfig, refresh_interval_ms: int, dedup_window_s: int,
-                 user_ttl_days: int) -> None:
+                 user_ttl_days: int, learn_items: bool = True) -> None:
         self.config = config
         self.refresh_interval_ms = refresh_interval_ms
         self.dedup_window_s = dedup_window_s
         self.user_ttl_days = user_ttl_days
+        self.learn_items = learn_items
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._init_replica()
@@ -244,7 +245,6 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
         seen_desc.enable_time_to_live(_ttl(Time.seconds(self.dedup_window_s)))
         self.user_state = runtime_context.get_state(user_desc)
         self.seen_ids = runtime_context.get_map_state(seen_desc)
-        self.rng = np.random.default_rng(self.config.seed)
         metrics = JobMetrics(runtime_context)
         self._duplicates = metrics.counter("freshrec_job_duplicates_dropped_total")
         self._coalesced = metrics.counter("freshrec_job_refreshes_coalesced_total")
@@ -288,10 +288,16 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
         self._applied += 1
         if self._fault is not None:
             self._fault.check(self._applied)
+        # The random draws and the learning rate of a step depend on the user and their
+        # event count only, so replaying a user's events after a restore repeats their steps.
+        rng = np.random.default_rng((self.config.seed, zlib.crc32(user_id.encode()),
+                                     user.n_events))
         new_user, grads, loss = user_step_with_loss(
-            user, event, self.replica, self.config, self.rng,
-            lr_schedule(self._applied, self.config),
+            user, event, self.replica, self.config, rng,
+            lr_schedule(user.n_events, self.config),
         )
+        if not self.learn_items:
+            grads = []
         if loss is not None:
             self._loss.update(loss)
             if self._applied % 64 == 0:  # a gauge write crosses into Java

@@ -107,7 +107,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         .connect(replica_feed)
         .process(
             UserUpdate(config, job.refresh_interval_ms, job.dedup_window_s,
-                       job.user_state_ttl_days),
+                       job.user_state_ttl_days, job.learn_items),
             Types.PICKLED_BYTE_ARRAY(),
         )
         .name("user-update").uid("user-update")

@@ -86,6 +86,7 @@ class JobSettings:
     starting_offsets: str
     transaction_timeout_ms: int
     metrics_port: int
+    learn_items: bool
 
 
 @dataclass(frozen=True)

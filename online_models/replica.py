@@ -81,8 +81,12 @@ class ItemReplica:
         self.meta: list[dict[str, Any]] = []
         self._k = LN2 / (config.trend_half_life_s * 1000.0)  # per ms
         self._t0: float | None = None
+        # The negatives pool, redrawn with the replica's own generator (see sample_negatives).
         self._neg: np.ndarray = np.zeros(0, dtype=np.int64)
-        self._neg_pos = 0
+        self._neg_rng = np.random.default_rng(config.seed)
+        self._neg_drawn = 0
+        self._neg_version = -1
+        self._rows_in_id_order: np.ndarray = np.zeros(0, dtype=np.int64)
         self._version = 0
         self._trend_cache: dict[Any, tuple[int, np.ndarray]] = {}
 
@@ -196,9 +200,13 @@ class ItemReplica:
         rows = self.category_rows.get(code, []) if code >= 0 else []
         if rows:
             sample = np.asarray(rows[-64:], dtype=np.int64)
-            vec = self.table._data[sample].sum(axis=0)
-            vec *= np.float32(1.0 / sample.shape[0])
-            vec += content
+            # Learned rows only (a row's Adagrad accumulator grows with its first step): cold
+            # neighbours add noise, and whichever of them arrived first would decide it.
+            sample = sample[self.table._acc[sample] > 0]
+            if sample.shape[0]:
+                vec = self.table._data[sample].sum(axis=0)
+                vec *= np.float32(1.0 / sample.shape[0])
+                vec += content
         return vec
 
     def ensure(self, item_id: str, meta: Mapping[str, Any] | None = None,
@@ -234,34 +242,53 @@ class ItemReplica:
     def sample_negatives(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` rows drawn proportionally to ``trend ** alpha`` blended with uniform.
 
-        Draws come from a buffer refilled in bulk (cheap per event, deterministic for a
-        given generator and call sequence).
+        Rows come from a pool drawn in bulk from that distribution (cheap per event); which
+        rows of the pool a call gets depends on ``rng`` alone, so a caller with its own
+        generator (one per user in the job) gets the same rows from the same pool whatever
+        other callers drew. The pool is redrawn, with the replica's own generator, once as
+        many rows as it holds were drawn and the replica changed since.
         """
-        if self._neg_pos + n > self._neg.shape[0]:
-            self._refill_negatives(rng)
-        out = self._neg[self._neg_pos: self._neg_pos + n]
-        self._neg_pos += n
-        return out
+        stale = self._neg_drawn >= _NEG_BUFFER and self._neg_version != self._version
+        if self._neg.shape[0] == 0 or stale or (self._neg_version == -1 and len(self)):
+            self._refill_negatives()
+        self._neg_drawn += n
+        return self._neg[rng.integers(0, self._neg.shape[0], n)]
 
-    def _refill_negatives(self, rng: np.random.Generator) -> None:
+    def _rows_by_id(self) -> np.ndarray:
+        """Rows in item-id order, re-sorted only after rows were added."""
+        n = len(self)
+        if self._rows_in_id_order.shape[0] != n:
+            ids = self.table.ids
+            self._rows_in_id_order = np.asarray(sorted(range(n), key=ids.__getitem__),
+                                                dtype=np.int64)
+        return self._rows_in_id_order
+
+    def _refill_negatives(self) -> None:
         size = len(self)
         alpha = self.config.neg_pop_alpha
+        rng = self._neg_rng
+        # -1 marks a pool drawn from an empty replica: redrawn as soon as rows exist.
+        self._neg_version = self._version if size else -1
+        self._neg_drawn = 0
         if size == 0:
             self._neg = np.zeros(_NEG_BUFFER, dtype=np.int64)
-        elif alpha <= 0:
-            self._neg = rng.integers(0, size, _NEG_BUFFER)
-        else:
-            t = self.trend[:size]
-            finite = np.isfinite(t)
-            w = np.zeros(size)
-            if finite.any():
-                w[finite] = np.exp(alpha * (t[finite] - t[finite].max()))
-            w = w / w.sum() if w.sum() > 0 else w
-            p = 0.5 * w + 0.5 / size if w.sum() > 0 else np.full(size, 1.0 / size)
-            cdf = np.cumsum(p)
-            self._neg = np.minimum(np.searchsorted(cdf, rng.random(_NEG_BUFFER) * cdf[-1]),
-                                   size - 1).astype(np.int64)
-        self._neg_pos = 0
+            return
+        # Drawn over the items in id order: the same items and weights give the same pool
+        # whatever order the items arrived in (and so whichever rows they got).
+        order = self._rows_by_id()
+        if alpha <= 0:
+            self._neg = order[rng.integers(0, size, _NEG_BUFFER)]
+            return
+        t = self.trend[order]
+        finite = np.isfinite(t)
+        w = np.zeros(size)
+        if finite.any():
+            w[finite] = np.exp(alpha * (t[finite] - t[finite].max()))
+        w = w / w.sum() if w.sum() > 0 else w
+        p = 0.5 * w + 0.5 / size if w.sum() > 0 else np.full(size, 1.0 / size)
+        cdf = np.cumsum(p)
+        picks = np.minimum(np.searchsorted(cdf, rng.random(_NEG_BUFFER) * cdf[-1]), size - 1)
+        self._neg = order[picks]
 
     # -- trending -------------------------------------------------------------------------
     def trending_rows(self, n: int, category: str | None = None,

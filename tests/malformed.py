@@ -64,7 +64,8 @@ def malformed_record(draw: st.DrawFn) -> tuple[str, bytes | None, bytes | None]:
     if kind == "invalid_json":
         raw = _dump(doc)
         cut = draw(st.integers(1, len(raw) - 1))
-        value = raw[:cut] + draw(st.sampled_from([b"", b"}", b",", b"'", b"{{", b"]"]))
+        # raw[:cut] never closes the object; "}}" closes it once too often.
+        value = raw[:cut] + draw(st.sampled_from([b"", b"}}", b",", b"'", b"{{", b"]"]))
     elif kind == "wrong_type":
         field = draw(st.sampled_from([*_STRING_FIELDS[:3], "ts", "price", "quantity"]))
         if field == "ts":
