@@ -184,9 +184,13 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
         job.stop()
 
 
+FORGOTTEN = "user-1-0"
+
+
 def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> None:
     """Kill the job, start it from its latest checkpoint: user state, the item replica
-    (broadcast state) and sequence numbers carry on where they were."""
+    (broadcast state) and sequence numbers carry on where they were; a user forgotten
+    before the checkpoint stays forgotten."""
     settings, overrides = job_settings(
         kafka_broker.settings, tmp_path, ["model.top_k=20", "model.exploration=0.0"])
     topics = settings.topics
@@ -205,6 +209,12 @@ def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> Non
             what="lists reflecting every user's events")
         seq_before = {u: Recommendation.from_json(latest_by_key(records)[u].value).seq
                       for u, _ in users()}
+        # One user asks to be forgotten before the checkpoint.
+        job.send_events([Event("forget-before-restore", "forget_user", BASE_TS + 8000,
+                               user_id=FORGOTTEN)])
+        job.wait_for(topics.recommendations,
+                     lambda rs: latest_by_key(rs)[FORGOTTEN].value is None,
+                     what="the tombstone of the forgotten user")
         # Two checkpoint intervals: a checkpoint now covers everything above.
         time.sleep(5.0)
     finally:
@@ -217,12 +227,18 @@ def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> Non
         restarted.send_events([
             Event(f"{u}-after", "view", BASE_TS + 9000, user_id=u, item_id=item_id(c, 14))
             for u, c in users()])
+        # The forgotten user comes back with nothing restored: one event, a cold start.
         records = restarted.wait_for(
             topics.recommendations,
-            lambda rs: all(Recommendation.from_json(latest_by_key(rs)[u].value).events_applied
-                           == counts[u] + 1 for u, _ in users()),
+            lambda rs: all(latest_by_key(rs)[u].value is not None and Recommendation.from_json(
+                latest_by_key(rs)[u].value).events_applied
+                == (1 if u == FORGOTTEN else counts[u] + 1) for u, _ in users()),
             what="lists after the restart counting on from the restored state")
+        forgotten = Recommendation.from_json(latest_by_key(records)[FORGOTTEN].value)
+        assert forgotten.cold_start and forgotten.seq == 1, "forgotten state survived a restore"
         for user, category in users():
+            if user == FORGOTTEN:
+                continue
             rec = Recommendation.from_json(latest_by_key(records)[user].value)
             assert rec.seq > seq_before[user]
             top10 = [it.item_id for it in rec.items[:10]]
