@@ -308,7 +308,7 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
         state = dataclasses.replace(state, last_event_ts=event.ts_ms,
                                     last_event_id=event.event_id,
                                     pending=state.pending.add(event, ingest_ms))
-        now = ctx.timer_service().current_processing_time()
+        now = now_ms()  # Flink's processing time is the wall clock (no call into Java)
         if state.timer_pending:
             self._coalesced.inc()
         elif now - state.last_refresh_ms >= self.refresh_interval_ms:
@@ -476,6 +476,10 @@ class ItemUpdate(KeyedProcessFunction):
         metrics = JobMetrics(runtime_context)
         self._published = metrics.counter("freshrec_job_item_updates_published_total")
         self._duplicates = metrics.counter("freshrec_job_duplicates_dropped_total")
+        # item -> earliest tick with a timer registered by this instance. Most messages find
+        # their item's tick registered already, and each registration is a call into Java.
+        # Not checkpointed: after a restore it starts empty and registers again (no-op).
+        self._ticks: dict[str, int] = {}
 
     def process_element(self, value: ItemGradient | Event, ctx: Any) -> list[Any]:
         if isinstance(value, Event):
@@ -490,9 +494,13 @@ class ItemUpdate(KeyedProcessFunction):
         foreground = isinstance(value, Event) or value.trend_weight > 0
         interval = (self.publish_interval_ms if foreground
                     else self.background_publish_interval_ms)
-        now = ctx.timer_service().current_processing_time()
-        # Ticks are aligned, so re-registering the same tick is a no-op for Flink.
-        ctx.timer_service().register_processing_time_timer((now // interval + 1) * interval)
+        # Flink's processing time is the wall clock; reading it here saves a call into Java.
+        now = now_ms()
+        tick = (now // interval + 1) * interval
+        item_id = value.item_id
+        if self._ticks.get(item_id, 0) < now or tick < self._ticks[item_id]:
+            ctx.timer_service().register_processing_time_timer(tick)
+            self._ticks[item_id] = tick
         return []
 
     def _apply(self, item: ItemState | None, item_id: str, message: ItemGradient | Event
@@ -511,11 +519,13 @@ class ItemUpdate(KeyedProcessFunction):
         return apply_item_gradient(item, message, self.config)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Row]:
+        item_id = ctx.get_current_key()
+        if self._ticks.get(item_id, 0) <= timestamp:
+            self._ticks.pop(item_id, None)
         messages = list(self.inbox.get())
         if not messages:
             return
         self.inbox.clear()
-        item_id = ctx.get_current_key()
         blob = self.item_state.value()
         item = ItemState.from_bytes(blob) if blob else None
         for message in messages:
