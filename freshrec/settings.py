@@ -113,6 +113,8 @@ class ModelSettings:
     weight_purchase: float
     weight_unfavorite: float
     weight_remove_from_cart: float
+    ann_min_items: int
+    ann_dtype: str
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "job.state_backend": ("hashmap", "rocksdb"),
     "job.starting_offsets": ("earliest", "latest", "committed"),
     "model.exclude": ("purchased", "seen", "none"),
+    "model.ann_dtype": ("f16", "f32"),
 }
 _POSITIVE = {
     "local.port", "local.controller_port", "topics.partitions",
@@ -299,6 +302,8 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key == "cluster.metrics_ports" and not re.fullmatch(r"\d+(-\d+)?", value):
         raise SettingsError(
             f"{key}: expected a port or a range like 9250-9260, got {value!r}{where}")
+    if key == "model.ann_min_items" and value < 0:
+        raise SettingsError(f"{key}: must be >= 0 (0 = always exact), got {value}{where}")
     negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")
     if negative and value > 0:
         raise SettingsError(f"{key}: negative feedback needs a weight <= 0, got {value}{where}")

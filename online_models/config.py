@@ -85,6 +85,11 @@ class ModelConfig:
     min_step_ratio : float
         An item gradient whose Adagrad step would move the item's vector by less than
         this share of its norm is not sent (0 = send all); cuts messages, not learning.
+    ann_min_items : int
+        Catalogues of at least this many items are served top-K from an approximate
+        (HNSW) index instead of an exact scan (``online_models.ann``; 0 = always exact).
+    ann_dtype : str
+        Storage of vectors in that index: ``"f16"`` (half the memory) or ``"f32"``.
     """
 
     dim: int = 32
@@ -120,6 +125,8 @@ class ModelConfig:
     cluster_weight: float = 0.5
     diversity_cap: int = 0
     min_step_ratio: float = 1e-3
+    ann_min_items: int = 250_000
+    ann_dtype: str = "f16"
 
     def __post_init__(self) -> None:
         if self.exclude not in EXCLUDE_CHOICES:
@@ -135,6 +142,10 @@ class ModelConfig:
             raise ValueError(f"exploration must be in [0, 1]; got {self.exploration!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}")
+        if self.ann_min_items < 0:
+            raise ValueError(f"ann_min_items must be >= 0; got {self.ann_min_items!r}")
+        if self.ann_dtype not in ("f16", "f32"):
+            raise ValueError(f"ann_dtype must be f16 or f32; got {self.ann_dtype!r}")
 
     def event_weight(self, event_type: str) -> float:
         """Loss weight of an event type (0 for non-interactions such as ``item_upsert``)."""

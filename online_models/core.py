@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from online_models.ann import approximate_top_k, synced_index
 from online_models.config import ModelConfig
 from online_models.replica import LN2, ItemReplica, logaddexp
 from online_models.state import HistoryEntry, ItemGradient, ItemState, UserState
@@ -431,6 +432,7 @@ def apply_gradients_to_replica(replica: ItemReplica, rows: np.ndarray, grads: np
     lr = config.learning_rate * lr_scale
     table = replica.table
     adagrad_rows(table._data, table._acc, rows, grads, lr)
+    replica.mark_changed(rows.tolist())
     b = replica.bias[rows] - np.float32(lr) * bias_grads
     replica.bias[rows] = b
     if trend_weight > 0:
@@ -559,7 +561,12 @@ def recommend_for_user(
         b_rows = np.concatenate((rec_rows, bonus_rows))
         b_vals = np.concatenate((rec_b, bonus.astype(np.float32)))
     n_explore = round(config.exploration * k) if rng is not None else 0
-    rows, scores = replica.top_k(q, k, ex_rows, b_rows, b_vals, config.diversity_cap)
+    index = synced_index(replica, config)
+    if index is None:
+        rows, scores = replica.top_k(q, k, ex_rows, b_rows, b_vals, config.diversity_cap)
+    else:
+        rows, scores = approximate_top_k(replica, index, q, k, ex_rows, b_rows, b_vals,
+                                         config.diversity_cap)
     explore_rows: list[int] = []
     if n_explore and rows.size:
         taken = set(rows.tolist()) | set(ex_rows)
@@ -583,6 +590,13 @@ def recommend_for_user(
     return out
 
 
+def _bonus_arrays(bonus: tuple[Any, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    rows, values = bonus
+    if rows is None or values is None:
+        return None, None
+    return np.asarray(rows, dtype=np.int64), np.asarray(values, dtype=np.float32)
+
+
 def recommend_for_users(
     users: Sequence[UserState],
     replica: ItemReplica,
@@ -603,6 +617,14 @@ def recommend_for_users(
     k = config.top_k if k is None else k
     if not users or len(replica) == 0 or k <= 0:
         return [[] for _ in users]
+    if synced_index(replica, config) is not None:
+        # Large catalogue: a graph search per user beats the batched full scan.
+        return [
+            recommend_for_user(
+                u, replica, config, k, max(u.last_ts, now_ms), (),
+                *_bonus_arrays(bonuses[j] if bonuses is not None else (None, None)),
+                reasons=reasons)
+            for j, u in enumerate(users)]
     queries = np.stack([query_vector(u, replica, config) for u in users])
     tq = torch.from_numpy(queries)
     vt = replica.vectors_tensor().T

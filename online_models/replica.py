@@ -87,6 +87,10 @@ class ItemReplica:
         self._neg_drawn = 0
         self._neg_version = -1
         self._rows_in_id_order: np.ndarray = np.zeros(0, dtype=np.int64)
+        # Set by online_models.ann once the catalogue is large enough for approximate top-K;
+        # rows whose vector or static score changed since the index last saw them.
+        self.ann: Any = None
+        self._changed: set[int] | None = None
         self._version = 0
         self._trend_cache: dict[Any, tuple[int, np.ndarray]] = {}
 
@@ -129,6 +133,26 @@ class ItemReplica:
     def _refresh_static(self, row: int) -> None:
         t = self.trend[row]
         self.static[row] = self.bias[row] + self.config.pop_weight * (t if t > -1e300 else -50.0)
+        if self._changed is not None:
+            self._changed.add(row)
+
+    def track_changes(self) -> None:
+        """Start recording changed rows (for :meth:`take_changed`)."""
+        if self._changed is None:
+            self._changed = set()
+
+    def mark_changed(self, rows: Iterable[int]) -> None:
+        """Rows whose vectors were written directly (in-process item learning)."""
+        if self._changed is not None:
+            self._changed.update(int(r) for r in rows)
+
+    def take_changed(self) -> np.ndarray:
+        """Rows changed since the last call (every upsert, trend or vector change)."""
+        if not self._changed:
+            return np.zeros(0, dtype=np.int64)
+        rows = np.fromiter(self._changed, dtype=np.int64, count=len(self._changed))
+        self._changed.clear()
+        return rows
 
     def upsert(
         self,
