@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import jsonschema
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="codec passes; best is kept")
     ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU (one core)")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "codec.json"))
     args = ap.parse_args(argv)
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
@@ -90,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     if codec_rate < GOAL_RATE:
         verdicts.append(f"{codec_rate:,.0f} events/s below {GOAL_RATE:,.0f}")
     print("goals: met" if not verdicts else "goals: MISSED: " + "; ".join(verdicts))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "events": len(payloads), "mean_bytes": round(size, 1),
+        "codec_events_per_s": round(codec_rate, 1), "jsonschema_events_per_s": round(base_rate, 1),
+        "ratio": round(ratio, 2), "goal_ratio": GOAL_RATIO, "goal_events_per_s": GOAL_RATE,
+        "missed": verdicts}, indent=2) + "\n", "utf-8")
+    print(f"JSON: {out}")
     return 0 if not verdicts else 1
 
 

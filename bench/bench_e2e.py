@@ -343,6 +343,8 @@ class RunConfig:
     work_dir: Path
     extra_sets: list[str]
     metrics: bool
+    # Run the job on this standalone cluster (``freshrec cluster``) instead of a MiniCluster.
+    cluster_sets: list[str] | None = None
 
 
 class PipelineRun:
@@ -381,12 +383,14 @@ class PipelineRun:
         create_topic(self.settings, t.recommendations, partitions=t.partitions, configs=compact)
         create_topic(self.settings, t.item_embeddings, partitions=t.partitions, configs=compact)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.job_id: str | None = None  # on a cluster
         self.consumer: OutputConsumer | None = None
         self.producer: Any = None
         self.log_path = self.dir / "job.log"
         self.sent_per_user: dict[bytes, int] = defaultdict(int)  # interaction events sent
         self.result: dict[str, Any] = {
             "pipeline": cfg.pipeline, "parallelism": cfg.parallelism, "delivery": cfg.delivery,
+            "runtime": "minicluster" if cfg.cluster_sets is None else "standalone cluster",
             "refresh_interval_ms": self.settings.job.refresh_interval_ms,
             "refresh_batch_delay_ms": self.settings.job.refresh_batch_delay_ms,
             "checkpoint_interval_ms": self.settings.job.checkpoint_interval_ms,
@@ -395,6 +399,9 @@ class PipelineRun:
 
     # -- processes -------------------------------------------------------------------------
     def start(self) -> None:
+        if self.cfg.cluster_sets is not None:
+            self._submit_to_cluster()
+            return
         if self.cfg.pipeline == "job":
             cmd = [sys.executable, "-m", "flink_jobs.recommender_job"]
         else:
@@ -409,7 +416,24 @@ class PipelineRun:
                                      stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
                                      start_new_session=True)
 
+    def _submit_to_cluster(self) -> None:
+        from freshrec import cluster
+        from freshrec.settings import load_settings
+
+        self.cluster_settings = load_settings(overrides=[*self.overrides,
+                                                         *self.cfg.cluster_sets])
+        passthrough = [arg for o in self.overrides for arg in ("--set", o)]
+        self.job_id = cluster.submit(self.cluster_settings, self.cfg.parallelism,
+                                     passthrough=passthrough, log=say).job_id
+
     def alive(self) -> None:
+        if self.job_id is not None:
+            from freshrec import cluster
+
+            state = cluster.job_detail(self.cluster_settings, self.job_id)["state"]
+            if state in ("FAILED", "CANCELED", "FINISHED"):
+                raise RuntimeError(f"job {self.job_id} on the cluster is {state}")
+            return
         if self.proc is not None and self.proc.poll() is not None:
             text = self.log_path.read_text("utf-8", "replace").splitlines()
             causes = [line for line in text if "Caused by" in line or "Error" in line]
@@ -424,6 +448,10 @@ class PipelineRun:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+        if self.job_id is not None:
+            from freshrec import cluster
+
+            cluster.cancel(self.cluster_settings, self.job_id)
 
     def _producer(self) -> Any:
         if self.producer is None:
@@ -453,7 +481,9 @@ class PipelineRun:
                                        self.settings.topics.recommendations)
         self.start()
         launched = time.monotonic()
-        say(f"{self.tag}: started (pid {self.proc.pid}, log {self.log_path}); "
+        where = (f"job {self.job_id} on the cluster" if self.job_id
+                 else f"pid {self.proc.pid}, log {self.log_path}")
+        say(f"{self.tag}: started ({where}); "
             f"waiting for {total:,} interaction events to be reflected on the output")
         curve: list[tuple[float, int]] = []
         first_out = None
@@ -738,7 +768,8 @@ def table(results: list[dict[str, Any]]) -> str:
         tp = r["throughput"]["events_per_s"]
         lat = [e for e in r.get("latency", []) if "skipped" not in e] or [None]
         for i, e in enumerate(lat):
-            head = (f"| {r['pipeline']} | {r['parallelism']} | {r['delivery']} | "
+            runtime = " (cluster)" if r.get("runtime") == "standalone cluster" else ""
+            head = (f"| {r['pipeline']}{runtime} | {r['parallelism']} | {r['delivery']} | "
                     f"{fmt(tp) if i == 0 else ''} |")
             if e is None:
                 rows.append(head + " - | - | - |")
@@ -778,6 +809,47 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def plot(results: list[dict[str, Any]], path: Path) -> bool:
+    """Max throughput per configuration and list latency p99 against offered load."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    short = {"at-least-once": "ALO", "exactly-once": "EO"}
+    labels = [f"{r['pipeline']}\np={r['parallelism']} {short[r['delivery']]}" for r in ok]
+    ax1.bar(labels, [r["throughput"]["events_per_s"] for r in ok],
+            color=["tab:blue" if r["pipeline"] == "job" else "tab:gray" for r in ok])
+    ax1.axhline(GOAL_RATE, color="tab:red", linestyle="--", label="goal 20k/s")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("max sustained events/s (log)")
+    ax1.legend()
+    for r in ok:
+        lat = [e for e in r.get("latency", []) if "skipped" not in e
+               and e["list_latency_ms"]["p99"] is not None]
+        if lat:
+            ax2.plot([e["achieved_rate"] for e in lat],
+                     [e["list_latency_ms"]["p99"] for e in lat], marker="o",
+                     label=f"{r['pipeline']} p={r['parallelism']} {r['delivery']}")
+    ax2.axhline(GOAL_P99_MS, color="tab:red", linestyle="--", label="goal p99 250 ms")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("offered events/s (achieved)")
+    ax2.set_ylabel("list latency p99 (ms)")
+    ax2.legend(fontsize=7)
+    fig.suptitle("freshrec end to end: Kafka -> Flink -> Kafka")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_identity-job":
@@ -804,9 +876,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="extra_sets", action="append", default=[],
                     help="extra section.key=value for both pipelines "
                          "(e.g. job.refresh_interval_ms=100)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="run the job (not identity) on a standalone cluster of --parallelism "
+                         "TaskManagers with one slot each: one Python interpreter per subtask")
     ap.add_argument("--no-metrics", action="store_true",
                     help="do not enable the Flink Prometheus reporter (busy time per task)")
     ap.add_argument("--json", default=str(REPO_ROOT / "bench" / "results" / "e2e.json"))
+    ap.add_argument("--plot", default=str(REPO_ROOT / "docs" / "img" / "e2e.png"),
+                    help="PNG written when matplotlib is installed")
     ap.add_argument("--quick", action="store_true", help="smoke run: 20k events, short phases")
     args = ap.parse_args(argv)
     # SIGTERM cleans up like Ctrl-C: the jobs, the consumer and the broker we started.
@@ -846,6 +923,18 @@ def main(argv: list[str] | None = None) -> int:
         broker_desc = f"started by the bench: Kafka {broker_settings.local.kafka_version}, " \
                       f"single KRaft node, heap {broker_settings.local.broker_heap}"
     results: list[dict[str, Any]] = []
+    cluster_sets: list[str] | None = None
+    if args.cluster:
+        from freshrec import cluster
+
+        args.pipelines = ["job"]
+        rest, rpc = free_ports(2)
+        cluster_sets = [f"cluster.state_dir={work / 'cluster'}", f"cluster.rest_port={rest}",
+                        f"cluster.rpc_port={rpc}", f"cluster.taskmanagers={max(args.parallelism)}",
+                        "cluster.slots_per_taskmanager=1", f"local.cache_dir={cache_dir}"]
+        cluster_settings = load_settings(overrides=[*bootstrap_overrides, *cluster_sets])
+        say(f"starting a standalone cluster: {max(args.parallelism)} TaskManagers x 1 slot")
+        cluster.cluster_up(cluster_settings, log=say)
     try:
         base = load_settings(overrides=[*bootstrap_overrides, f"local.cache_dir={cache_dir}"])
         kwargs = kafka_config.client_kwargs(base)
@@ -855,7 +944,8 @@ def main(argv: list[str] | None = None) -> int:
                 rates = args.rates
                 for pipe in args.pipelines:
                     cfg = RunConfig(pipe, p, d, bootstrap_overrides, kwargs, cache_dir, work,
-                                    args.extra_sets, not args.no_metrics)
+                                    args.extra_sets, not args.no_metrics and not args.cluster,
+                                    cluster_sets)
                     # The identity pipeline is measured at the job's rates (side by side)
                     # and at half of its own max.
                     try:
@@ -870,6 +960,8 @@ def main(argv: list[str] | None = None) -> int:
                     if pipe == "job" and "rates_planned" in res:
                         rates = res["rates_planned"]
     finally:
+        if cluster_sets is not None:
+            cluster.cluster_down(cluster_settings, log=say)
         if started_broker is not None:
             broker_down(started_broker, log=lambda m: say(m))
         if any("error" in r for r in results):
@@ -893,6 +985,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in out["verdicts"]:
         print(line)
     ok = [r for r in results if "error" not in r]
+    if plot(results, Path(args.plot)):
+        print(f"plot: {args.plot}")
     print(f"\nrefresh_interval_ms={ok[0]['refresh_interval_ms'] if ok else '?'} "
           f"(coalescing), refresh_batch_delay_ms="
           f"{ok[0]['refresh_batch_delay_ms'] if ok else '?'} (scorer batching); "
