@@ -76,15 +76,14 @@ for _p in (str(REPO_ROOT), str(BENCH_DIR)):
 # any task thread imports it lazily.
 import numpy as np  # noqa: E402
 from pyflink.common import Types  # noqa: E402
-from pyflink.common.time import Time  # noqa: E402
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext  # noqa: E402
-from pyflink.datastream.state import (  # noqa: E402
-    ListStateDescriptor,
-    MapStateDescriptor,
-    ValueStateDescriptor,
-)
 
-from flink_jobs.operators import Pending, RefreshState, _ttl  # noqa: E402
+from flink_jobs.operators import (  # noqa: E402
+    Pending,
+    RefreshState,
+    item_state_descriptors,
+    user_state_descriptors,
+)
 from freshrec.generator import category_label  # noqa: E402
 from online_models.config import ModelConfig  # noqa: E402
 from online_models.core import apply_item_gradient, new_item_state, user_step  # noqa: E402
@@ -233,11 +232,8 @@ class UserFill(KeyedProcessFunction):
         self.dedup_window_s, self.user_ttl_days = dedup_window_s, user_ttl_days
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        # Exactly UserUpdate.open's descriptors and TTLs.
-        user_desc = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
-        seen_desc = MapStateDescriptor("event-ids", Types.STRING(), Types.BOOLEAN())
-        user_desc.enable_time_to_live(_ttl(Time.days(self.user_ttl_days)))
-        seen_desc.enable_time_to_live(_ttl(Time.seconds(self.dedup_window_s)))
+        # Exactly UserUpdate's descriptors and TTLs.
+        user_desc, seen_desc = user_state_descriptors(self.user_ttl_days, self.dedup_window_s)
         self.user_state = runtime_context.get_state(user_desc)
         self.seen_ids = runtime_context.get_map_state(seen_desc)
         self.factory = UserFactory(self.config, self.spec)
@@ -261,12 +257,9 @@ class ItemFill(KeyedProcessFunction):
         self.config, self.dedup_window_s = config, dedup_window_s
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.item_state = runtime_context.get_state(
-            ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY()))
-        self.inbox = runtime_context.get_list_state(
-            ListStateDescriptor("inbox", Types.PICKLED_BYTE_ARRAY()))
-        seen_desc = MapStateDescriptor("upsert-ids", Types.STRING(), Types.BOOLEAN())
-        seen_desc.enable_time_to_live(_ttl(Time.seconds(self.dedup_window_s)))
+        item_desc, inbox_desc, seen_desc = item_state_descriptors(self.dedup_window_s)
+        self.item_state = runtime_context.get_state(item_desc)
+        self.inbox = runtime_context.get_list_state(inbox_desc)
         self.seen_ids = runtime_context.get_map_state(seen_desc)
         self.rng = np.random.default_rng(self.config.seed)
         self.filled = runtime_context.get_metrics_group().add_group("bench").counter(

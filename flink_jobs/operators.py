@@ -174,6 +174,29 @@ def _ttl(ttl: Time) -> StateTtlConfig:
     )
 
 
+def user_state_descriptors(user_ttl_days: int, dedup_window_s: int
+                           ) -> tuple[ValueStateDescriptor, MapStateDescriptor]:
+    """user-update's keyed state: ``(UserState bytes, RefreshState)`` per user (one read and
+    one write per event), and the event ids seen within the de-duplication window."""
+    user = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
+    seen = MapStateDescriptor("event-ids", Types.STRING(), Types.BOOLEAN())
+    user.enable_time_to_live(_ttl(Time.days(user_ttl_days)))
+    seen.enable_time_to_live(_ttl(Time.seconds(dedup_window_s)))
+    return user, seen
+
+
+def item_state_descriptors(dedup_window_s: int
+                           ) -> tuple[ValueStateDescriptor, ListStateDescriptor,
+                                      MapStateDescriptor]:
+    """item-update's keyed state: ``ItemState`` bytes, the messages waiting for the item's
+    next publish tick, and the item_upsert event ids seen within the window."""
+    item = ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY())
+    inbox = ListStateDescriptor("inbox", Types.PICKLED_BYTE_ARRAY())
+    seen = MapStateDescriptor("upsert-ids", Types.STRING(), Types.BOOLEAN())
+    seen.enable_time_to_live(_ttl(Time.seconds(dedup_window_s)))
+    return item, inbox, seen
+
+
 class _ReplicaMixin:
     """A per-instance numpy replica of item vectors fed by the broadcast changelog.
 
@@ -238,11 +261,7 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._init_replica()
-        # One value per user: (UserState bytes, RefreshState); one read and one write/event.
-        user_desc = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
-        seen_desc = MapStateDescriptor("event-ids", Types.STRING(), Types.BOOLEAN())
-        user_desc.enable_time_to_live(_ttl(Time.days(self.user_ttl_days)))
-        seen_desc.enable_time_to_live(_ttl(Time.seconds(self.dedup_window_s)))
+        user_desc, seen_desc = user_state_descriptors(self.user_ttl_days, self.dedup_window_s)
         self.user_state = runtime_context.get_state(user_desc)
         self.seen_ids = runtime_context.get_map_state(seen_desc)
         metrics = JobMetrics(runtime_context)
@@ -466,12 +485,9 @@ class ItemUpdate(KeyedProcessFunction):
         self._decay_per_ms = LN2 / (config.trend_half_life_s * 1000.0)
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.item_state = runtime_context.get_state(
-            ValueStateDescriptor("item", Types.PICKLED_BYTE_ARRAY()))
-        self.inbox = runtime_context.get_list_state(
-            ListStateDescriptor("inbox", Types.PICKLED_BYTE_ARRAY()))
-        seen_desc = MapStateDescriptor("upsert-ids", Types.STRING(), Types.BOOLEAN())
-        seen_desc.enable_time_to_live(_ttl(Time.seconds(self.dedup_window_s)))
+        item_desc, inbox_desc, seen_desc = item_state_descriptors(self.dedup_window_s)
+        self.item_state = runtime_context.get_state(item_desc)
+        self.inbox = runtime_context.get_list_state(inbox_desc)
         self.seen_ids = runtime_context.get_map_state(seen_desc)
         metrics = JobMetrics(runtime_context)
         self._published = metrics.counter("freshrec_job_item_updates_published_total")
