@@ -275,6 +275,17 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of a process (None once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     import numpy as np
 

@@ -75,6 +75,7 @@ for _p in (str(REPO_ROOT), str(BENCH_DIR)):
 # this module, and the job's operator module (numpy, river, ...) must be imported before
 # any task thread imports it lazily.
 import numpy as np  # noqa: E402
+from bench_e2e import rss_mib  # noqa: E402
 from pyflink.common import Types  # noqa: E402
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext  # noqa: E402
 
@@ -428,16 +429,6 @@ def java_pid(pid: int) -> int | None:
                 return p
         except OSError:
             pass
-    return None
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return None
 
 

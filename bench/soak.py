@@ -41,7 +41,15 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(Path(__file__).resolve().parent)]
 
-from bench_e2e import OutputConsumer, PipelineRun, RunConfig, machine, make_events, say  # noqa: E402
+from bench_e2e import (  # noqa: E402
+    OutputConsumer,
+    PipelineRun,
+    RunConfig,
+    machine,
+    make_events,
+    rss_mib,
+    say,
+)
 
 JOB_METRICS = {
     "completed": "flink_jobmanager_job_numberOfCompletedCheckpoints",
@@ -51,16 +59,6 @@ JOB_METRICS = {
     "restarts": "flink_jobmanager_job_numRestarts",
     "heap_used_bytes": "flink_taskmanager_Status_JVM_Memory_Heap_Used",
 }
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
 
 
 def group_processes(pgid: int) -> dict[str, list[int]]:
@@ -284,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                     t_s=round(now - t0, 1), sent=interactions, reflected=reflected,
                     behind=interactions - reflected, consumer_lag=lag,
                     users_seen=len(users), items_seen=len(items),
-                    jvm_rss_mb=round(sum(rss_mb(p) for p in procs["jvm"]), 1),
-                    python_rss_mb=round(sum(rss_mb(p) for p in procs["python"]), 1),
+                    jvm_rss_mb=round(sum(rss_mib(p) or 0.0 for p in procs["jvm"]), 1),
+                    python_rss_mb=round(sum(rss_mib(p) or 0.0 for p in procs["python"]), 1),
                     checkpoints=ckpt,
                     checkpoint_dir_mb=round(newest_checkpoint_bytes(
                         Path(run.settings.job.checkpoint_dir)) / 1e6, 2))
