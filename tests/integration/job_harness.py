@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,9 @@ from freshrec.settings import Settings, load_settings
 from schemas.events import Event, encode_event
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# "<task name> (1/2)#0 (<attempt id>) switched from INITIALIZING to RUNNING."
+_TASK_SWITCH = re.compile(
+    r"taskmanager\.Task\s.*?- (?P<task>.+?\(\d+/\d+\)#\d+) .*switched from \w+ to (?P<state>\w+)")
 
 
 @dataclass
@@ -141,7 +145,43 @@ class JobProcess:
             time.sleep(1.0)
         raise AssertionError(
             f"timed out after {timeout_s:.0f}s waiting for {what} on {topic} "
-            f"({len(records)} records so far)\n{self.log_tail()}")
+            f"({len(records)} records so far)\n{self.diagnose()}\n{self.log_tail()}")
+
+    def task_states(self) -> dict[str, str]:
+        """Each task's latest state, from the TaskManager's "switched from X to Y" lines."""
+        states: dict[str, str] = {}
+        for line in self.flink_log_lines():
+            match = _TASK_SWITCH.search(line)
+            if match:
+                states[match["task"]] = match["state"]
+        return states
+
+    def diagnose(self) -> str:
+        """Why a job makes no progress: tasks that are not RUNNING, and the stacks of its
+        JVM (jstack) and of the Python threads inside it (py-spy), saved next to the logs.
+        The Python stacks are also returned, as a deadlock shows there first."""
+        lines = [f"task not running: {task} ({state})"
+                 for task, state in self.task_states().items() if state != "RUNNING"]
+        assert self.proc is not None
+        ps = subprocess.run(["ps", "-o", "pid=,comm=", "-s", str(self.proc.pid)],
+                            capture_output=True, text=True, check=False).stdout
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        for pid in [f[0] for f in map(str.split, ps.splitlines()) if f[1:] == ["java"]]:
+            tools = (("jstack", ["jstack", pid]),
+                     ("py-spy", [py_spy, "dump", "--native", "--pid", pid]))
+            for tool, argv in tools:
+                path = self.log_dir / f"{tool}-{pid}.txt"
+                try:
+                    done = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                          check=False)
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    lines.append(f"{tool} of pid {pid} failed: {exc}")
+                    continue
+                path.write_text(done.stdout + done.stderr)
+                lines.append(f"{tool} of pid {pid} saved to {path}")
+                if tool == "py-spy":
+                    lines.append(done.stdout + done.stderr)
+        return "\n".join(lines)
 
 
 def job_settings(broker_settings: Settings, tmp: Path, extra: Iterable[str] = ()

@@ -1,0 +1,49 @@
+"""Import the job's native extension modules on a thread of Python's own.
+
+In thread mode PyFlink runs Python on thread states that pemja creates for Flink's task
+threads. An extension that calls ``PyGILState_Ensure()`` while it loads (pybind11 modules
+do: ``scipy.spatial``, which River imports, and torch) looks up the thread state registered
+for the OS thread; when that is not the one running (a second operator chained in the same
+task, or any call while processing records) it waits for the GIL its own thread holds, and
+the task stays INITIALIZING (or stuck) for good. That hung about one job start in twenty
+here (``tests/integration/test_native_imports.py`` reproduces it without this module).
+
+A thread started by ``threading`` owns a regular, registered thread state, so the same
+imports are safe there; afterwards the operators find the modules in ``sys.modules``.
+``flink_jobs/__init__.py`` calls this before any operator module imports them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+# Extension-bearing packages the operators and the model core import (some lazily).
+NATIVE_MODULES = (
+    "numpy",
+    "scipy.spatial",
+    "river.cluster",
+    "river.drift",
+    "river.stats",
+    "river.utils",
+    "torch",
+    "usearch.index",
+)
+
+
+def import_native_modules(names: tuple[str, ...] = NATIVE_MODULES) -> None:
+    """Import ``names`` on a new Python thread and wait; re-raise its ImportError here."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for name in names:
+                importlib.import_module(name)
+        except BaseException as exc:  # handed to the caller's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="freshrec-native-imports")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]

@@ -1,0 +1,38 @@
+"""``flink_jobs`` loads every third-party native module its operators need up front, on a
+thread of Python's own (see flink_jobs.native_imports), so none loads later on a pemja
+thread state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from flink_jobs.native_imports import import_native_modules
+
+CHECK = """
+import sys
+
+def native():
+    return {name for name, mod in list(sys.modules.items())
+            if (getattr(mod, "__file__", None) or "").endswith(".so")
+            and "site-packages" in mod.__file__}
+
+import flink_jobs
+before = native()
+import flink_jobs.operators, flink_jobs.recommender_job, online_models.ann, online_models.model
+import torch, usearch.index  # imported lazily inside the model core's functions
+print(sorted(native() - before))
+"""
+
+
+def test_operator_modules_load_no_native_module_of_their_own() -> None:
+    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert out.strip() == "[]", f"native modules loaded after flink_jobs: {out}"
+
+
+def test_import_errors_reach_the_caller() -> None:
+    with pytest.raises(ModuleNotFoundError, match="freshrec_no_such_module"):
+        import_native_modules(("freshrec_no_such_module",))
