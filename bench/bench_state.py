@@ -5,12 +5,11 @@ runs a small PyFlink job instead (thread mode, built with ``make_environment`` a
 jars, so the Flink configuration is the real job's) that fills keyed state exactly as the
 real operators lay it out, at full speed:
 
-* ``user-fill``, keyed by user id: the descriptors of ``UserUpdate.open`` -- ValueState
+* ``user-fill``, keyed by user id: the descriptor of ``UserUpdate.open`` -- ValueState
   ``user`` (PICKLED_BYTE_ARRAY of ``(UserState bytes, RefreshState)``, TTL
-  ``job.user_state_ttl_days``) and MapState ``event-ids`` (STRING -> BOOLEAN, TTL
-  ``job.dedup_window_s``) -- with a steady-state user: a learned vector, a full history of
-  ``model.history_len`` items, the purchased/seen sets the model core builds, and
-  ``--dedup-ids`` event ids (UUID text) in the map;
+  ``job.user_state_ttl_days``) -- with a steady-state user: a learned vector, a full history
+  of ``model.history_len`` items, the purchased/seen sets the model core builds, and
+  ``--dedup-ids`` recent event ids (UUID text, hashed) in its ``RefreshState.recent_ids``;
 * ``item-fill``, keyed by item id: the descriptors of ``ItemUpdate.open``, the ValueState
   ``item`` holding ``ItemState.to_bytes()`` of an item with metadata that has learned from
   a few gradients (its inbox list and upsert-id map are empty in steady state).
@@ -79,11 +78,12 @@ from bench_e2e import rss_mib  # noqa: E402
 from pyflink.common import Types  # noqa: E402
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext  # noqa: E402
 
+from flink_jobs.dedup import NO_RECENT_IDS  # noqa: E402
 from flink_jobs.operators import (  # noqa: E402
     Pending,
     RefreshState,
     item_state_descriptors,
-    user_state_descriptors,
+    user_state_descriptor,
 )
 from freshrec.generator import category_label  # noqa: E402
 from online_models.config import ModelConfig  # noqa: E402
@@ -134,8 +134,8 @@ def item_meta(k: int) -> dict[str, Any]:
 class UserFactory:
     """Steady-state users learned by the model core, varied per user id."""
 
-    def __init__(self, config: ModelConfig, spec: FillSpec) -> None:
-        self.config, self.spec = config, spec
+    def __init__(self, config: ModelConfig, spec: FillSpec, dedup_window_s: int) -> None:
+        self.config, self.spec, self.dedup_window_s = config, spec, dedup_window_s
         self.rng = np.random.default_rng(config.seed)
         self.ids_rng = random.Random(config.seed)
         replica = ItemReplica(config)
@@ -168,12 +168,12 @@ class UserFactory:
         noise = self.rng.normal(0.0, 0.01, tmpl.vector.shape[0]).astype(np.float32)
         vector = tmpl.vector + noise
         vector.setflags(write=False)
-        ids = {i: item_id_of((i + off) % n) for i in seen}  # seen covers history, purchased
+        ids = {i: item_id_of((i + off) % n) for i in {*hist, *purchased, *seen}}
         history = tuple((ids[i], h[1] + dt, h[2], h[3])
                         for i, h in zip(hist, tmpl.history, strict=True))
         return UserState(
             user_id_of(k), vector, tmpl.acc, history, frozenset(map(ids.__getitem__, purchased)),
-            frozenset(ids.values()), tmpl.n_events, tmpl.last_ts + dt)
+            frozenset(map(ids.__getitem__, seen)), tmpl.n_events, tmpl.last_ts + dt)
 
     def event_ids(self) -> list[str]:
         """``dedup_ids`` fresh event ids (UUID text by default, as storefronts send)."""
@@ -186,15 +186,19 @@ class UserFactory:
                     f"{h[i + 20:i + 32]}" for i in range(0, 32 * n, 32)]
         return [(h[i:i + 32] * (c // 32 + 1))[:c] for i in range(0, 32 * n, 32)]
 
-    def value(self, k: int, now_ms: int) -> tuple[tuple[bytes, RefreshState], list[str]]:
-        """The ``user`` ValueState value and the dedup ids of user k, as UserUpdate keeps
-        them after its last refresh (nothing pending)."""
+    def value(self, k: int, now_ms: int) -> tuple[bytes, RefreshState]:
+        """The ``user`` ValueState value of user k, as UserUpdate keeps it after its last
+        refresh (nothing pending, ``dedup_ids`` recent event ids)."""
         user = self.user(k)
         ids = self.event_ids()
+        recent = NO_RECENT_IDS
+        for event_id in ids:
+            recent = recent.add(event_id, now_ms // 1000, self.dedup_window_s, len(ids))
         refresh = RefreshState(seq=user.n_events, last_refresh_ms=now_ms, timer_pending=False,
                                last_event_ts=user.last_ts,
-                               last_event_id=ids[-1] if ids else f"e{k}", pending=Pending())
-        return (user.to_bytes(), refresh), ids
+                               last_event_id=ids[-1] if ids else f"e{k}", pending=Pending(),
+                               recent_ids=recent)
+        return user.to_bytes(), refresh
 
 
 def make_item(config: ModelConfig, k: int, rng: np.random.Generator) -> ItemState:
@@ -233,20 +237,14 @@ class UserFill(KeyedProcessFunction):
         self.dedup_window_s, self.user_ttl_days = dedup_window_s, user_ttl_days
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        # Exactly UserUpdate's descriptors and TTLs.
-        user_desc, seen_desc = user_state_descriptors(self.user_ttl_days, self.dedup_window_s)
-        self.user_state = runtime_context.get_state(user_desc)
-        self.seen_ids = runtime_context.get_map_state(seen_desc)
-        self.factory = UserFactory(self.config, self.spec)
+        # Exactly UserUpdate's descriptor and TTL.
+        self.user_state = runtime_context.get_state(user_state_descriptor(self.user_ttl_days))
+        self.factory = UserFactory(self.config, self.spec, self.dedup_window_s)
         self.filled = runtime_context.get_metrics_group().add_group("bench").counter(
             "users_filled")
 
     def process_element(self, row: Any, ctx: Any) -> list[Any]:
-        value, ids = self.factory.value(_index(row), int(time.time() * 1000))
-        self.user_state.update(value)
-        if ids:
-            # One putAll instead of K puts: same entries (TtlValue per id), fewer JNI calls.
-            self.seen_ids.put_all(dict.fromkeys(ids, True))
+        self.user_state.update(self.factory.value(_index(row), int(time.time() * 1000)))
         self.filled.inc()
         return []
 
@@ -328,9 +326,10 @@ def fill_main(argv: list[str]) -> int:
 
 # ============================================================================ raw sizes (Python)
 
-def raw_sizes(config: ModelConfig, spec: FillSpec, sample: int = 2000) -> dict[str, Any]:
+def raw_sizes(config: ModelConfig, spec: FillSpec, dedup_window_s: int, sample: int = 2000
+              ) -> dict[str, Any]:
     """What the state holds before Flink touches it, averaged over ``sample`` users/items."""
-    factory = UserFactory(config, spec)
+    factory = UserFactory(config, spec, dedup_window_s)
     now = int(time.time() * 1000)
     acc: dict[str, float] = {}
 
@@ -339,7 +338,7 @@ def raw_sizes(config: ModelConfig, spec: FillSpec, sample: int = 2000) -> dict[s
 
     step = max(1, 1_000_003 // sample)
     for k in range(0, sample * step, step):
-        (blob, refresh), ids = factory.value(k, now)
+        blob, refresh = factory.value(k, now)
         user = UserState.from_bytes(blob)
         ulen = len(user.user_id.encode())
         hist_ids = sum(len(h[0].encode()) + 1 for h in user.history)
@@ -358,7 +357,7 @@ def raw_sizes(config: ModelConfig, spec: FillSpec, sample: int = 2000) -> dict[s
         add("history_entries", len(user.history))
         add("purchased_n", len(user.purchased))
         add("seen_n", len(user.seen))
-        add("dedup_id_chars", sum(len(i) for i in ids))
+        add("recent_ids_bytes", len(refresh.recent_ids.packed))
     out = {k: round(v / sample, 1) for k, v in acc.items()}
     out["pickle_wrapper"] = round(out["pickled_value_bytes"] - out["user_state_bytes"], 1)
     # Bounded history = history_len entries as UserState stores them: UTF-8 item id + NUL
@@ -831,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     ap.add_argument("--dim", type=int, help="model.dim (default: the settings', 32)")
     ap.add_argument("--dedup-ids", type=int, default=20,
-                    help="event ids per user in the dedup MapState")
+                    help="recent event ids per user (in RefreshState.recent_ids)")
     ap.add_argument("--event-id-chars", type=int, default=36,
                     help="length of each event id (36 = UUID text)")
     ap.add_argument("--events-per-user", type=int,
@@ -877,11 +876,11 @@ def main(argv: list[str] | None = None) -> int:
     config = model_config(settings)
     args.events_per_user = args.events_per_user or config.history_len
     spec = FillSpec(args.items, args.dedup_ids, args.events_per_user, args.event_id_chars)
-    raw = raw_sizes(config, spec)
+    raw = raw_sizes(config, spec, settings.job.dedup_window_s)
     say(f"raw (Python): UserState {raw['user_state_bytes']:.0f} B (vector "
         f"{raw['vector_bytes']}, bounded history {raw['bounded_history_bytes']:.0f}, seen ids "
-        f"{raw['seen_ids']:.0f}), pickled value {raw['pickled_value_bytes']:.0f} B, dedup ids "
-        f"{raw['dedup_id_chars']:.0f} chars; ItemState {raw['item_state_bytes']:.0f} B")
+        f"{raw['seen_ids']:.0f}), pickled value {raw['pickled_value_bytes']:.0f} B (recent "
+        f"event ids {raw['recent_ids_bytes']:.0f}); ItemState {raw['item_state_bytes']:.0f} B")
     kwargs = kafka_config.client_kwargs(settings)
     kwargs["client_id"] = "freshrec-bench-state"
     results: list[dict[str, Any]] = []

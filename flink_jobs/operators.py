@@ -36,6 +36,7 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
+from flink_jobs.dedup import NO_RECENT_IDS, RecentEventIds
 from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.kafka_io import KEYED_BYTES_TYPE
 from flink_jobs.metrics import JobMetrics
@@ -86,7 +87,7 @@ class Pending:
 
 @dataclass(frozen=True, slots=True)
 class RefreshState:
-    """Per-user bookkeeping of list refreshes (kept in keyed state)."""
+    """Per-user bookkeeping of list refreshes and recent event ids (kept in keyed state)."""
 
     seq: int = 0
     last_refresh_ms: int = 0
@@ -94,6 +95,15 @@ class RefreshState:
     last_event_ts: int = 0
     last_event_id: str = ""
     pending: Pending = Pending()
+    recent_ids: RecentEventIds = NO_RECENT_IDS
+
+    def __setstate__(self, values: list[Any]) -> None:
+        # State written before a field was added lacks it (savepoints of older versions):
+        # the field keeps its default.
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.default)
+        for f, value in zip(dataclasses.fields(self), values, strict=False):
+            object.__setattr__(self, f.name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,15 +184,12 @@ def _ttl(ttl: Time) -> StateTtlConfig:
     )
 
 
-def user_state_descriptors(user_ttl_days: int, dedup_window_s: int
-                           ) -> tuple[ValueStateDescriptor, MapStateDescriptor]:
-    """user-update's keyed state: ``(UserState bytes, RefreshState)`` per user (one read and
-    one write per event), and the event ids seen within the de-duplication window."""
+def user_state_descriptor(user_ttl_days: int) -> ValueStateDescriptor:
+    """user-update's keyed state: ``(UserState bytes, RefreshState)`` per user, one read and
+    one write per event; the user's recent event ids travel in the RefreshState."""
     user = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
-    seen = MapStateDescriptor("event-ids", Types.STRING(), Types.BOOLEAN())
     user.enable_time_to_live(_ttl(Time.days(user_ttl_days)))
-    seen.enable_time_to_live(_ttl(Time.seconds(dedup_window_s)))
-    return user, seen
+    return user
 
 
 def item_state_descriptors(dedup_window_s: int
@@ -252,18 +259,17 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
     """Keyed by user: dedup, the user-side SGD step, item gradients out, owed refreshes."""
 
     def __init__(self, config: ModelConfig, refresh_interval_ms: int, dedup_window_s: int,
-                 user_ttl_days: int, learn_items: bool = True) -> None:
+                 dedup_max_ids: int, user_ttl_days: int, learn_items: bool = True) -> None:
         self.config = config
         self.refresh_interval_ms = refresh_interval_ms
         self.dedup_window_s = dedup_window_s
+        self.dedup_max_ids = dedup_max_ids
         self.user_ttl_days = user_ttl_days
         self.learn_items = learn_items
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._init_replica()
-        user_desc, seen_desc = user_state_descriptors(self.user_ttl_days, self.dedup_window_s)
-        self.user_state = runtime_context.get_state(user_desc)
-        self.seen_ids = runtime_context.get_map_state(seen_desc)
+        self.user_state = runtime_context.get_state(user_state_descriptor(self.user_ttl_days))
         metrics = JobMetrics(runtime_context)
         self._duplicates = metrics.counter("freshrec_job_duplicates_dropped_total")
         self._coalesced = metrics.counter("freshrec_job_refreshes_coalesced_total")
@@ -283,18 +289,19 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
     def process_element(self, value: tuple[Event, int], ctx: Any) -> Iterator[Any]:
         event, ingest_ms = value
         self._ensure_replica(ctx)
-        if self.seen_ids.contains(event.event_id):
-            self._duplicates.inc()
-            return
-        self.seen_ids.put(event.event_id, True)
         user_id = ctx.get_current_key()
         blob, state = self.user_state.value() or (None, RefreshState())
+        now = now_ms()  # Flink's processing time is the wall clock (no call into Java)
+        if state.recent_ids.contains(event.event_id, now // 1000, self.dedup_window_s):
+            self._duplicates.inc()
+            return
+        recent_ids = state.recent_ids.add(event.event_id, now // 1000, self.dedup_window_s,
+                                          self.dedup_max_ids)
         if event.event_type == "forget_user":
             if blob is not None:
                 self._n_users -= 1
                 self._users.set(float(self._n_users))
             self.user_state.clear()
-            self.seen_ids.clear()
             yield RefreshRequest(user_id, None, state.seq + 1, event.ts_ms, event.event_id,
                                  forget=True)
             return
@@ -326,8 +333,8 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
             yield ITEM_GRADIENT_TAG, grad
         state = dataclasses.replace(state, last_event_ts=event.ts_ms,
                                     last_event_id=event.event_id,
-                                    pending=state.pending.add(event, ingest_ms))
-        now = now_ms()  # Flink's processing time is the wall clock (no call into Java)
+                                    pending=state.pending.add(event, ingest_ms),
+                                    recent_ids=recent_ids)
         if state.timer_pending:
             self._coalesced.inc()
         elif now - state.last_refresh_ms >= self.refresh_interval_ms:
@@ -354,8 +361,9 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
                  ) -> tuple[RefreshState, RefreshRequest]:
         request = RefreshRequest(user_id, blob, state.seq + 1, state.last_event_ts,
                                  state.last_event_id, state.pending)
-        return RefreshState(state.seq + 1, now, False, state.last_event_ts,
-                            state.last_event_id), request
+        # The refresh settles seq, time, timer and pending; every other field stays.
+        return dataclasses.replace(state, seq=state.seq + 1, last_refresh_ms=now,
+                                   timer_pending=False, pending=Pending()), request
 
 
 class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):

@@ -106,7 +106,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         parsed.key_by(lambda msg: msg[0].user_id, Types.STRING())
         .connect(replica_feed)
         .process(
-            UserUpdate(config, job.refresh_interval_ms, job.dedup_window_s,
+            UserUpdate(config, job.refresh_interval_ms, job.dedup_window_s, job.dedup_max_ids,
                        job.user_state_ttl_days, job.learn_items),
             Types.PICKLED_BYTE_ARRAY(),
         )

@@ -79,6 +79,7 @@ class JobSettings:
     item_publish_interval_ms: int
     item_background_publish_interval_ms: int
     dedup_window_s: int
+    dedup_max_ids: int
     user_state_ttl_days: int
     max_payload_bytes: int
     max_id_length: int
@@ -175,7 +176,7 @@ _POSITIVE = {
     "topics.dlq_max_message_bytes", "job.parallelism",
     "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.refresh_batch_delay_ms",
     "job.refresh_max_batch", "job.refresh_shards", "job.item_publish_interval_ms",
-    "job.item_background_publish_interval_ms", "job.dedup_window_s",
+    "job.item_background_publish_interval_ms", "job.dedup_window_s", "job.dedup_max_ids",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",
     "job.transaction_timeout_ms", "model.dim", "model.top_k", "model.learning_rate",
     "model.history_len", "local.start_timeout_s",

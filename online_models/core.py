@@ -135,7 +135,9 @@ def _updated_user(user: UserState, event: Event, weight: float, config: ModelCon
     purchased = user.purchased
     if event.event_type == "purchase" and item not in purchased:
         purchased = purchased | {item}
-    seen = user.seen if item in user.seen else user.seen | {item}
+    seen = user.seen
+    if config.exclude == "seen" and item not in seen:  # grows with the catalogue: only if used
+        seen = seen | {item}
     vector.setflags(write=False)
     return UserState(user.user_id, vector, acc, history, purchased, seen, user.n_events + 1,
                      max(user.last_ts, event.ts_ms))

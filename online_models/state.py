@@ -76,7 +76,8 @@ class UserState:
         Most recent interactions, oldest first: ``(item_id, ts_ms, weight, event_type)``,
         at most ``history_len``.
     purchased, seen : frozenset[str]
-        Items bought / interacted with (for exclusions).
+        Items bought / interacted with, for exclusions; ``seen`` is only kept under
+        ``exclude = "seen"`` (it grows with every distinct item the user touches).
     n_events : int
         Interactions learned from.
     last_ts : int
