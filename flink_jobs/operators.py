@@ -49,9 +49,15 @@ from online_models.core import (
     recommend_for_users,
     user_step_with_loss,
 )
+from online_models.model import cold_start_bonus, learn_cold_start
 from online_models.replica import LN2, NEW_ITEM_TREND, ItemReplica
 from online_models.state import ItemGradient, ItemState, UserState
-from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMetrics
+from online_models.streaming import (
+    DriftMonitor,
+    PrequentialWindow,
+    RollingMetrics,
+    UserClusters,
+)
 from schemas.dlq import DeadLetter, encode_dead_letter
 from schemas.events import DecodeError, Event, decode_event
 from schemas.item_embedding import ItemEmbedding
@@ -72,17 +78,33 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _set_fields_with_defaults(obj: Any, values: list[Any]) -> None:
+    """``__setstate__`` of a frozen slots dataclass kept in state: values pickled before a
+    field was added (savepoints of older versions) lack it, and the field keeps its default."""
+    for f in dataclasses.fields(obj):
+        object.__setattr__(obj, f.name, f.default)
+    for f, value in zip(dataclasses.fields(obj), values, strict=False):
+        object.__setattr__(obj, f.name, value)
+
+
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """Events applied since the user's last list: for latency and test-then-learn metrics."""
+    """Events applied since the user's last list: for latency, test-then-learn metrics and
+    the cold-start clusters (``weights``: the positive event weight per item)."""
 
     items: tuple[str, ...] = ()
     event_ts: tuple[int, ...] = ()
     ingest_ts: tuple[int, ...] = ()
+    weights: tuple[float, ...] = ()
 
-    def add(self, event: Event, ingest_ts: int) -> Pending:
-        items = self.items + ((event.item_id,) if event.item_id is not None else ())
-        return Pending(items, (*self.event_ts, event.ts_ms), (*self.ingest_ts, ingest_ts))
+    def add(self, event: Event, ingest_ts: int, weight: float) -> Pending:
+        if event.item_id is None:
+            return Pending(self.items, (*self.event_ts, event.ts_ms),
+                           (*self.ingest_ts, ingest_ts), self.weights)
+        return Pending((*self.items, event.item_id), (*self.event_ts, event.ts_ms),
+                       (*self.ingest_ts, ingest_ts), (*self.weights, weight))
+
+    __setstate__ = _set_fields_with_defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +119,7 @@ class RefreshState:
     pending: Pending = Pending()
     recent_ids: RecentEventIds = NO_RECENT_IDS
 
-    def __setstate__(self, values: list[Any]) -> None:
-        # State written before a field was added lacks it (savepoints of older versions):
-        # the field keeps its default.
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, f.default)
-        for f, value in zip(dataclasses.fields(self), values, strict=False):
-            object.__setattr__(self, f.name, value)
+    __setstate__ = _set_fields_with_defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +349,9 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
             yield ITEM_GRADIENT_TAG, grad
         state = dataclasses.replace(state, last_event_ts=event.ts_ms,
                                     last_event_id=event.event_id,
-                                    pending=state.pending.add(event, ingest_ms),
+                                    pending=state.pending.add(
+                                        event, ingest_ms,
+                                        max(self.config.event_weight(event.event_type), 0.0)),
                                     recent_ids=recent_ids)
         if state.timer_pending:
             self._coalesced.inc()
@@ -370,7 +388,10 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
     """Keyed by shard: buffers owed refreshes in state and scores them in one batch.
 
     It also keeps each user's last published item ids, so events that arrive later are
-    scored test-then-learn against the list the user was actually shown.
+    scored test-then-learn against the list the user was actually shown, and the streaming
+    user clusters (River k-means) whose popular items fill cold users' lists. The clusters
+    are a per-instance cache, not state: after a restart they relearn from new users' first
+    events (cold users get trending items alone meanwhile).
     """
 
     def __init__(self, config: ModelConfig, model_version: str, batch_delay_ms: int,
@@ -403,6 +424,8 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
             "freshrec_job_ingest_to_recommendation_latency_seconds")
         self._rolling = PrequentialWindow(self.config.top_k)
         self._drift = DriftMonitor()
+        cfg = self.config
+        self._clusters = UserClusters(cfg.n_clusters, cfg.dim, cfg.seed, cfg.trend_half_life_s)
 
     def process_element(self, request: RefreshRequest, ctx: Any) -> Iterator[Row]:
         self._ensure_replica(ctx)
@@ -433,6 +456,17 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
         self._recall10.set(self._rolling.recall_at_10)
         self._ndcg.set(self._rolling.ndcg)
 
+    def _learn_clusters(self, requests: list[RefreshRequest], users: dict[str, UserState]
+                        ) -> None:
+        """The clusters learn each new item of a scored user (with the user's newest vector)."""
+        for req in requests:
+            user = users.get(req.user_id)
+            if user is None or user.n_events > 4 * self.config.cold_events:
+                continue
+            for item, weight in zip(req.pending.items, req.pending.weights, strict=False):
+                learn_cold_start(self._clusters, user, self.replica, self.config, item,
+                                 weight, req.last_event_ts)
+
     def _flush(self) -> Iterator[Row]:
         requests: list[RefreshRequest] = list(self.buffer.get())
         self.buffer.clear()
@@ -445,7 +479,11 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
             latest[req.user_id] = req
         scored = [r for r in latest.values() if not r.forget and r.user_state is not None]
         users = [UserState.from_bytes(r.user_state) for r in scored]  # type: ignore[arg-type]
-        lists = recommend_for_users(users, self.replica, self.config)
+        self._learn_clusters(requests, dict(zip((r.user_id for r in scored), users,
+                                                strict=True)))
+        bonuses = [cold_start_bonus(self._clusters, u, self.replica, self.config)
+                   for u in users]
+        lists = recommend_for_users(users, self.replica, self.config, bonuses=bonuses)
         self._batch_size.set(float(len(users)))
         by_user = {r.user_id: (u, items) for r, u, items in zip(scored, users, lists,
                                                                strict=True)}

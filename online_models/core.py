@@ -634,6 +634,7 @@ def recommend_for_users(
     kk = min(k, static.shape[0])
     index = replica.table.index
     recent: list[np.ndarray] = []
+    cold: list[frozenset[int]] = []
     top_s: list[Any] = []
     top_r: list[Any] = []
     # Users go through in chunks: a chunk's score block stays cache-sized, where one
@@ -647,11 +648,13 @@ def recommend_for_users(
             recent.append(rows)
             if rows.size:
                 row.index_add_(0, torch.from_numpy(rows), torch.from_numpy(boost))
-            if bonuses is not None:
-                b_rows, b_vals = bonuses[lo + j]
-                if b_rows is not None and b_vals is not None and len(b_rows):
-                    row.index_add_(0, torch.from_numpy(np.asarray(b_rows, dtype=np.int64)),
-                                   torch.from_numpy(np.asarray(b_vals, dtype=np.float32)))
+            b_rows, b_vals = bonuses[lo + j] if bonuses is not None else (None, None)
+            if b_rows is not None and b_vals is not None and len(b_rows):
+                row.index_add_(0, torch.from_numpy(np.asarray(b_rows, dtype=np.int64)),
+                               torch.from_numpy(np.asarray(b_vals, dtype=np.float32)))
+                cold.append(frozenset(np.asarray(b_rows).tolist()))
+            else:
+                cold.append(frozenset())
             excluded = [index[i] for i in excluded_items(user, config) if i in index]
             if excluded:
                 row[torch.tensor(excluded)] = -math.inf
@@ -665,7 +668,7 @@ def recommend_for_users(
         s, r = all_s[j], all_r[j]
         finite = np.isfinite(s)
         s, r = s[finite], r[finite]
-        why = (explain(user, replica, r, queries[j], recent[j]) if reasons
+        why = (explain(user, replica, r, queries[j], recent[j], cold[j]) if reasons
                else [""] * r.shape[0])
         out.append([ScoredItem(ids[a], float(b), c)
                     for a, b, c in zip(r.tolist(), s.tolist(), why, strict=True)])

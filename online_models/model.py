@@ -43,6 +43,31 @@ from schemas.recommendation import ScoredItem
 _INTERACTIONS = frozenset(INTERACTION_TYPES)
 
 
+def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemReplica,
+                     config: ModelConfig, item_id: str, weight: float, ts_ms: int) -> None:
+    """Learn the user clusters from a positive event of a user still in their first
+    ``4 * cold_events`` events: clusters serve cold users, so they learn from early ones."""
+    if weight > 0 and user.n_events <= 4 * config.cold_events:
+        clusters.learn(query_vector(user, replica, config), item_id, weight, ts_ms)
+
+
+def cold_start_bonus(clusters: UserClusters, user: UserState, replica: ItemReplica,
+                     config: ModelConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Score bonus (rows, values) of the popular items of a cold user's cluster; it fades
+    out linearly over the user's first ``cold_events`` events. ``(None, None)`` if none."""
+    if user.n_events >= config.cold_events:
+        return None, None
+    share = 1.0 - user.n_events / config.cold_events
+    pop = clusters.popular(query_vector(user, replica, config), 2 * config.top_k)
+    index = replica.table.index
+    rows = [(index[i], v) for i, v in pop if i in index]
+    if not rows:
+        return None, None
+    return (np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows)),
+            np.fromiter((config.cluster_weight * share * v for _, v in rows),
+                        dtype=np.float32, count=len(rows)))
+
+
 @runtime_checkable
 class Recommender(Protocol):
     """What every model (freshrec and the baselines) offers."""
@@ -125,18 +150,14 @@ class FreshRecModel:
                                        cfg, lr_scale)
             self.users[event.user_id] = new_user
             self.step += 1
-            if trend_w > 0 and new_user.n_events <= 4 * cfg.cold_events:
-                self._learn_cluster(new_user, event.item_id, trend_w, event.ts_ms)
+            learn_cold_start(self.clusters, new_user, self.replica, cfg, event.item_id,
+                             trend_w, event.ts_ms)
         elif etype == "item_upsert" and event.item_id is not None:
             meta = {"category": event.category, "brand": event.brand, "price": event.price,
                     "available": event.available, "title": event.title}
             self.replica.upsert(event.item_id, meta=meta, ts_ms=event.ts_ms)
         elif etype == "forget_user" and event.user_id is not None:
             self.users.pop(event.user_id, None)
-
-    def _learn_cluster(self, user: UserState, item_id: str, weight: float, ts_ms: int) -> None:
-        # Clusters are learned from users' early events: that is where they serve.
-        self.clusters.learn(query_vector(user, self.replica, self.config), item_id, weight, ts_ms)
 
     def learn_many(self, events: Sequence[Event]) -> None:
         """Learn from a micro-batch with one torch mini-batch step.
@@ -238,9 +259,8 @@ class FreshRecModel:
             newP[j].setflags(write=False)
             self.users[u] = work[u].replace(vector=newP[j], acc=float(acc[j]))
         for ev, _, _, _, _, _, w in batch:
-            u = self.users[ev.user_id]
-            if w > 0 and u.n_events <= 4 * cfg.cold_events:
-                self._learn_cluster(u, ev.item_id, w, ev.ts_ms)
+            learn_cold_start(self.clusters, self.users[ev.user_id], self.replica, cfg,
+                             ev.item_id, w, ev.ts_ms)
         self.step += B
 
     # -- feedback -----------------------------------------------------------------------
@@ -257,26 +277,12 @@ class FreshRecModel:
         return False
 
     # -- recommendation -----------------------------------------------------------------
-    def _cold_bonus(self, user: UserState) -> tuple[np.ndarray | None, np.ndarray | None]:
-        cfg = self.config
-        if user.n_events >= cfg.cold_events:
-            return None, None
-        share = 1.0 - user.n_events / cfg.cold_events
-        pop = self.clusters.popular(query_vector(user, self.replica, cfg), 2 * cfg.top_k)
-        index = self.replica.table.index
-        rows = [(index[i], v) for i, v in pop if i in index]
-        if not rows:
-            return None, None
-        return (np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows)),
-                np.fromiter((cfg.cluster_weight * share * v for _, v in rows),
-                            dtype=np.float32, count=len(rows)))
-
     def recommend(self, user_id: str, k: int = 20, exclude: Iterable[str] = (),
                   reasons: bool = True) -> list[ScoredItem]:
         """Top-``k`` items with reasons; excludes purchased (per config), ``exclude`` and
         unavailable items. An unseen user gets trending items (cold start)."""
         user = self.user(user_id)
-        b_rows, b_vals = self._cold_bonus(user)
+        b_rows, b_vals = cold_start_bonus(self.clusters, user, self.replica, self.config)
         now = max(user.last_ts, self.now_ms)
         return recommend_for_user(user, self.replica, self.config, k, now, exclude, b_rows,
                                   b_vals, self.explore_rng if self.config.exploration else None,
@@ -288,4 +294,5 @@ class FreshRecModel:
         :func:`~online_models.core.recommend_for_users`). No exploration."""
         users = [self.user(u) for u in user_ids]
         return recommend_for_users(users, self.replica, self.config, k, self.now_ms,
-                                   [self._cold_bonus(u) for u in users], reasons)
+                                   [cold_start_bonus(self.clusters, u, self.replica, self.config)
+                                    for u in users], reasons)

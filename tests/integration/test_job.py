@@ -179,6 +179,11 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
         after = Recommendation.from_json(latest_by_key(records)[gone].value)
         assert after.events_applied == 1, "state of the forgotten user survived"
         assert after.cold_start
+        if parallelism == 1:
+            # The scorer's River clusters learned every user's first events: a cold list
+            # holds the popular items of the user's cluster.
+            assert any(it.reason == "popular with shoppers like you" for it in after.items), \
+                [(it.item_id, it.reason) for it in after.items]
         job.assert_alive()
     finally:
         job.stop()

@@ -1,4 +1,5 @@
-"""The per-user recent event ids (flink_jobs.dedup) and their place in RefreshState."""
+"""The per-user recent event ids (flink_jobs.dedup) and the refresh bookkeeping they live in
+(RefreshState, Pending)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pickle
 
 from flink_jobs.dedup import NO_RECENT_IDS, RecentEventIds
 from flink_jobs.operators import Pending, RefreshState, UserUpdate
+from schemas.events import Event
 
 WINDOW = 3600
 
@@ -60,3 +62,16 @@ def test_a_refresh_keeps_the_recent_ids() -> None:
     assert (after.seq, after.last_refresh_ms, after.timer_pending, after.pending) == \
         (3, 5000, False, Pending())
     assert (request.seq, request.pending) == (3, state.pending)
+
+
+def test_pending_keeps_a_weight_per_item_and_loads_older_pickles() -> None:
+    pending = Pending().add(Event("a", "view", 10, user_id="u", item_id="i1"), 11, 1.0) \
+        .add(Event("b", "purchase", 20, user_id="u", item_id="i2"), 21, 5.0)
+    assert (pending.items, pending.weights, pending.event_ts) == (("i1", "i2"), (1.0, 5.0),
+                                                                  (10, 20))
+    assert pickle.loads(pickle.dumps(pending)) == pending
+    # Pending as the previous version pickled it (three fields): no weights, so no
+    # cluster learning for those items, and nothing fails.
+    old = Pending.__new__(Pending)
+    old.__setstate__([("i1",), (10,), (11,)])
+    assert (old.items, old.weights) == (("i1",), ())

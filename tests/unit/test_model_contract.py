@@ -238,3 +238,21 @@ def test_diversity_cap_limits_categories(events: list[Event]) -> None:
 def test_storefront_fixture_has_truth() -> None:
     shop = Storefront(seed=1, n_users=5, n_items=20, n_categories=2)
     assert list(shop.events(10))
+
+
+def test_cold_users_get_their_clusters_popular_items_in_both_scoring_paths(
+        events: list[Event]) -> None:
+    model = _trained("freshrec", events[:1500], CFG.replace(cold_events=3))
+    assert any(model.clusters.counts)  # type: ignore[attr-defined]
+    first = next(e for e in events[1500:] if e.event_type == "view")
+    newbie = Event("n1", "view", first.ts_ms, user_id="newbie", item_id=first.item_id)
+    model.learn_one(newbie)
+    single = model.recommend("newbie", k=10)  # type: ignore[attr-defined]
+    (batch,) = model.recommend_many(["newbie"], k=10)  # type: ignore[attr-defined]
+    reason = "popular with shoppers like you"
+    assert any(r.reason == reason for r in single), single
+    assert {r.item_id for r in batch if r.reason == reason} == \
+        {r.item_id for r in single if r.reason == reason}
+    # Warm users get no cluster bonus.
+    warm = max(model.users.values(), key=lambda u: u.n_events)  # type: ignore[attr-defined]
+    assert all(r.reason != reason for r in model.recommend(warm.user_id, k=10))  # type: ignore[attr-defined]
