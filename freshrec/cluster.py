@@ -380,7 +380,7 @@ def _run_script(settings: Settings, script: str, *args: str, timeout: float = 60
     return out
 
 
-def rest_get(settings: Settings, path: str, timeout: float = 5.0) -> Any:
+def rest_get(settings: Settings, path: str, timeout: float = 15.0) -> Any:
     """GET a REST API path (``/overview``, ``/jobs/<id>``...) and decode the JSON."""
     with urllib.request.urlopen(rest_url(settings) + path, timeout=timeout) as resp:
         return json.loads(resp.read())

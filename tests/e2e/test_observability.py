@@ -172,31 +172,12 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
             problems.append(f"no samples in Prometheus after {METRICS_DEADLINE_S}s for: "
                             f"{missing}")
 
-        time.sleep(3)  # a few more scrapes, so every rate window has two samples
-        empty = []
-        for what, expr in dashboard_expressions():
-            result = server.query(expr)
-            if not result:
-                empty.append(f"{what}: {expr}")
-            elif expr.startswith("histogram_quantile"):
-                values = [float(r["value"][1]) for r in result]
-                if not any(math.isfinite(v) for v in values):
-                    empty.append(f"{what}: {expr} -> {values}")
-        if empty:
-            problems.append("dashboard expressions without data:\n" + "\n".join(empty))
-
-        rules = server.query_rules()
-        bad = [f"{r['name']}: {r.get('lastError')}" for g in rules for r in g["rules"]
-               if r.get("health") not in ("ok",)]
-        if bad:
-            problems.append(f"rules that do not evaluate: {bad}")
-        groups = {g["name"] for g in rules}
-        if not groups >= {"freshrec-availability", "freshrec-pipeline", "freshrec-quality",
-                          "freshrec-latency-histograms"}:
-            problems.append(f"rule groups loaded: {sorted(groups)}")
-        down = server.query('up{job=~"freshrec-flink|freshrec-produce"} == 0')
-        if down:
-            problems.append(f"targets down: {down}")
+        # Rate windows need two samples and rules a first evaluation: poll, and report what
+        # is still missing at the deadline.
+        deadline = time.monotonic() + 60
+        while (late := _serving_problems(server)) and time.monotonic() < deadline:
+            time.sleep(3)
+        problems += late
         assert not problems, "\n".join(problems) + f"\njob log:\n{job.log_tail(15)}"
     finally:
         if producer is not None and producer.poll() is None:
@@ -204,6 +185,35 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
             producer.wait(timeout=30)
         job.stop()
         server.stop()
+
+
+def _serving_problems(server: PrometheusServer) -> list[str]:
+    """What the dashboard, the rules and the scrape targets lack right now."""
+    problems = []
+    empty = []
+    for what, expr in dashboard_expressions():
+        result = server.query(expr)
+        if not result:
+            empty.append(f"{what}: {expr}")
+        elif expr.startswith("histogram_quantile"):
+            values = [float(r["value"][1]) for r in result]
+            if not any(math.isfinite(v) for v in values):
+                empty.append(f"{what}: {expr} -> {values}")
+    if empty:
+        problems.append("dashboard expressions without data:\n" + "\n".join(empty))
+    rules = server.query_rules()
+    bad = [f"{r['name']}: {r.get('lastError')}" for g in rules for r in g["rules"]
+           if r.get("health") not in ("ok",)]
+    if bad:
+        problems.append(f"rules that do not evaluate: {bad}")
+    groups = {g["name"] for g in rules}
+    if not groups >= {"freshrec-availability", "freshrec-pipeline", "freshrec-quality",
+                      "freshrec-latency-histograms"}:
+        problems.append(f"rule groups loaded: {sorted(groups)}")
+    down = server.query('up{job=~"freshrec-flink|freshrec-produce"} == 0')
+    if down:
+        problems.append(f"targets down: {down}")
+    return problems
 
 
 def test_promtool_checks_pass() -> None:

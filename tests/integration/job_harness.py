@@ -78,6 +78,22 @@ class JobProcess:
         return [line for path in sorted(self.log_dir.glob("*.log"))
                 for line in path.read_text("utf-8", "replace").splitlines()]
 
+    def completed_checkpoint(self) -> int:
+        """Number of the newest completed checkpoint in the job's directory (0: none yet)."""
+        done = Path(self.settings.job.checkpoint_dir).glob("*/chk-*/_metadata")
+        return max((int(m.parent.name.removeprefix("chk-")) for m in done), default=0)
+
+    def wait_for_checkpoint(self, timeout_s: float = 60) -> int:
+        """Until a checkpoint completes after this call; its number."""
+        before = self.completed_checkpoint()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.assert_alive()
+            if (now := self.completed_checkpoint()) > before:
+                return now
+            time.sleep(0.5)
+        raise AssertionError(f"no checkpoint completed in {timeout_s:.0f}s\n{self.log_tail()}")
+
     def restarts(self) -> int:
         """How often Flink restarted the job (failover), from its JobMaster log."""
         return sum("switched from state RUNNING to RESTARTING" in line
@@ -120,14 +136,29 @@ class JobProcess:
             self._producer.flush(timeout=30)
 
     # -- output -------------------------------------------------------------------------
-    def read_topic(self, topic: str) -> list[Record]:
-        """Every record of ``topic`` so far, committed ones only, in (partition, offset) order."""
+    def read_topic(self, topic: str, timeout_s: float = 30) -> list[Record]:
+        """Every record of ``topic`` so far, committed ones only, in (partition, offset) order.
+
+        Reads up to the end offsets taken first (for ``read_committed``: the last stable
+        offset), so a slow broker cannot cut the read short; a quiet spell alone could."""
+        from kafka import TopicPartition
+
         consumer = kafka_config.consumer(
-            self.settings, topic, auto_offset_reset="earliest", enable_auto_commit=False,
-            isolation_level="read_committed", consumer_timeout_ms=1500,
-        )
+            self.settings, enable_auto_commit=False, isolation_level="read_committed")
+        out: list[Record] = []
         try:
-            out = [Record(m.partition, m.offset, m.key, m.value) for m in consumer]
+            partitions = [TopicPartition(topic, p)
+                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(partitions)
+            consumer.seek_to_beginning(*partitions)
+            ends = consumer.end_offsets(partitions)
+            deadline = time.monotonic() + timeout_s
+            # Transaction markers take offsets too: a partition is done when its position
+            # reaches the end offset, not when the last record's offset does.
+            while any(consumer.position(tp) < ends[tp] for tp in partitions) \
+                    and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=500).values():
+                    out.extend(Record(m.partition, m.offset, m.key, m.value) for m in batch)
         finally:
             consumer.close()
         return sorted(out, key=lambda r: (r.partition, r.offset))

@@ -98,6 +98,8 @@ def start_with_catalogue(settings: Settings, overrides: list[str], log: Path,
     job.send_events(catalogue())
     job.wait_for(settings.topics.item_embeddings, lambda rs: len(latest_by_key(rs)) >= N_ITEMS,
                  timeout_s=180, what="the catalogue's item embeddings")
+    # A failure before the first checkpoint would restart from scratch, not restore.
+    job.wait_for_checkpoint()
     return job
 
 
