@@ -36,10 +36,18 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
-from flink_jobs.dedup import NO_RECENT_IDS, RecentEventIds
 from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.kafka_io import KEYED_BYTES_TYPE
 from flink_jobs.metrics import JobMetrics
+
+# Pending and RefreshState stay importable from here: older pickled state names this module.
+from flink_jobs.user_value import (
+    NO_PENDING,
+    Pending,
+    RefreshState,
+    pack_user_value,
+    unpack_user_value,
+)
 from freshrec.privacy import load_key, pseudonymize
 from online_models.config import ModelConfig
 from online_models.core import (
@@ -78,50 +86,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _set_fields_with_defaults(obj: Any, values: list[Any]) -> None:
-    """``__setstate__`` of a frozen slots dataclass kept in state: values pickled before a
-    field was added (savepoints of older versions) lack it, and the field keeps its default."""
-    for f in dataclasses.fields(obj):
-        object.__setattr__(obj, f.name, f.default)
-    for f, value in zip(dataclasses.fields(obj), values, strict=False):
-        object.__setattr__(obj, f.name, value)
-
-
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """Events applied since the user's last list: for latency, test-then-learn metrics and
-    the cold-start clusters (``weights``: the positive event weight per item)."""
-
-    items: tuple[str, ...] = ()
-    event_ts: tuple[int, ...] = ()
-    ingest_ts: tuple[int, ...] = ()
-    weights: tuple[float, ...] = ()
-
-    def add(self, event: Event, ingest_ts: int, weight: float) -> Pending:
-        if event.item_id is None:
-            return Pending(self.items, (*self.event_ts, event.ts_ms),
-                           (*self.ingest_ts, ingest_ts), self.weights)
-        return Pending((*self.items, event.item_id), (*self.event_ts, event.ts_ms),
-                       (*self.ingest_ts, ingest_ts), (*self.weights, weight))
-
-    __setstate__ = _set_fields_with_defaults
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshState:
-    """Per-user bookkeeping of list refreshes and recent event ids (kept in keyed state)."""
-
-    seq: int = 0
-    last_refresh_ms: int = 0
-    timer_pending: bool = False
-    last_event_ts: int = 0
-    last_event_id: str = ""
-    pending: Pending = Pending()
-    recent_ids: RecentEventIds = NO_RECENT_IDS
-
-    __setstate__ = _set_fields_with_defaults
-
-
 @dataclass(frozen=True, slots=True)
 class RefreshRequest:
     """A user's list is owed: score it (or, with ``forget``, publish a tombstone)."""
@@ -131,7 +95,7 @@ class RefreshRequest:
     seq: int
     last_event_ts: int
     last_event_id: str
-    pending: Pending = Pending()
+    pending: Pending = NO_PENDING
     forget: bool = False
 
 
@@ -201,8 +165,9 @@ def _ttl(ttl: Time) -> StateTtlConfig:
 
 
 def user_state_descriptor(user_ttl_days: int) -> ValueStateDescriptor:
-    """user-update's keyed state: ``(UserState bytes, RefreshState)`` per user, one read and
-    one write per event; the user's recent event ids travel in the RefreshState."""
+    """user-update's keyed state: UserState bytes and RefreshState packed in one value
+    (:mod:`flink_jobs.user_value`) per user, one read and one write per event; the user's
+    recent event ids travel in the RefreshState."""
     user = ValueStateDescriptor("user", Types.PICKLED_BYTE_ARRAY())
     user.enable_time_to_live(_ttl(Time.days(user_ttl_days)))
     return user
@@ -306,7 +271,8 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
         event, ingest_ms = value
         self._ensure_replica(ctx)
         user_id = ctx.get_current_key()
-        blob, state = self.user_state.value() or (None, RefreshState())
+        stored = self.user_state.value()
+        blob, state = (None, RefreshState()) if stored is None else unpack_user_value(stored)
         now = now_ms()  # Flink's processing time is the wall clock (no call into Java)
         if state.recent_ids.contains(event.event_id, now // 1000, self.dedup_window_s):
             self._duplicates.inc()
@@ -363,15 +329,17 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
             ctx.timer_service().register_processing_time_timer(
                 state.last_refresh_ms + self.refresh_interval_ms)
             state = dataclasses.replace(state, timer_pending=True)
-        self.user_state.update((new_blob, state))
+        self.user_state.update(pack_user_value(new_blob, state))
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[RefreshRequest]:
         stored = self.user_state.value()
-        if stored is None or not stored[1].timer_pending:
+        if stored is None:
             return
-        blob, state = stored
+        blob, state = unpack_user_value(stored)
+        if not state.timer_pending:
+            return
         state, request = self._refresh(ctx.get_current_key(), blob, state, timestamp)
-        self.user_state.update((blob, state))
+        self.user_state.update(pack_user_value(blob, state))
         yield request
 
     @staticmethod
@@ -381,7 +349,7 @@ class UserUpdate(_ReplicaMixin, KeyedBroadcastProcessFunction):
                                  state.last_event_id, state.pending)
         # The refresh settles seq, time, timer and pending; every other field stays.
         return dataclasses.replace(state, seq=state.seq + 1, last_refresh_ms=now,
-                                   timer_pending=False, pending=Pending()), request
+                                   timer_pending=False, pending=NO_PENDING), request
 
 
 class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):

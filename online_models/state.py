@@ -39,21 +39,37 @@ _ITEM_MAGIC2 = b"FI2"
 _USER_HEAD2 = struct.Struct("<3sHqqdIII")
 # magic, flags, dim, n_events, acc, bias, trend, last_ts, price
 _ITEM_HEAD2 = struct.Struct("<3sBHqdddqd")
+# Version 3: version 2 with 9-byte history entries (written when that is lossless): the
+# time as an int32 offset back from last_ts, the weight as float32.
+_USER_MAGIC3 = b"FU3"
 _NUL = "\x00"
 # History event types by code (append only: the codes are stored in state).
 HISTORY_TYPES = ("view", "click", "favorite", "add_to_cart", "purchase", "unfavorite",
                  "remove_from_cart")
 _TYPE_CODE = {t: i for i, t in enumerate(HISTORY_TYPES)}
-_HIST_COLS: dict[int, struct.Struct] = {}
+_HIST_COLS: dict[tuple[int, int], struct.Struct] = {}
 # ItemState flags
 _F_AVAILABLE, _F_PRICE, _F_CATEGORY, _F_BRAND, _F_TITLE = 1, 2, 4, 8, 16
 
 
-def _hist_struct(n: int) -> struct.Struct:
-    st = _HIST_COLS.get(n)
+def _hist_struct(n: int, version: int = 2) -> struct.Struct:
+    st = _HIST_COLS.get((n, version))
     if st is None:
-        st = _HIST_COLS[n] = struct.Struct(f"<{n}q{n}d{n}B")
+        st = _HIST_COLS[n, version] = struct.Struct(
+            f"<{n}q{n}d{n}B" if version == 2 else f"<{n}i{n}f{n}B")
     return st
+
+
+def _compact_history(last_ts: int, ts: tuple[int, ...], ws: tuple[float, ...],
+                     codes: list[int]) -> bytes | None:
+    """Version 3 history columns, or None when they would not give the same values back."""
+    n = len(ts)
+    st = _hist_struct(n, 3)
+    try:
+        cols = st.pack(*(last_ts - t for t in ts), *ws, *codes)
+    except (struct.error, OverflowError):  # an offset beyond int32, a weight beyond float32
+        return None
+    return cols if st.unpack(cols)[n:2 * n] == ws else None
 
 
 def _arr_eq(a: np.ndarray, b: np.ndarray) -> bool:
@@ -126,10 +142,16 @@ class UserState:
         hist = self.history
         n = len(hist)
         purchased, seen = self.purchased, self.seen
+        magic = _USER_MAGIC3
         try:
             if n:
                 ids, ts, ws, types = zip(*hist, strict=True)
-                cols = _hist_struct(n).pack(*ts, *ws, *map(_TYPE_CODE.__getitem__, types))
+                codes = [_TYPE_CODE[t] for t in types]
+                compact = _compact_history(self.last_ts, ts, ws, codes)
+                if compact is None:
+                    magic, cols = _USER_MAGIC2, _hist_struct(n).pack(*ts, *ws, *codes)
+                else:
+                    cols = compact
             else:
                 ids, cols = (), b""
         except (KeyError, struct.error):  # a custom event type or an odd field: v1
@@ -139,7 +161,7 @@ class UserState:
             return self._to_bytes_v1()
         vec = self.vector
         return b"".join((
-            _USER_HEAD2.pack(_USER_MAGIC2, vec.shape[0], self.n_events, self.last_ts, self.acc,
+            _USER_HEAD2.pack(magic, vec.shape[0], self.n_events, self.last_ts, self.acc,
                              n, len(purchased), len(seen)),
             vec.astype(np.float32, copy=False).tobytes(), cols, text.encode("utf-8"),
         ))
@@ -159,17 +181,19 @@ class UserState:
         """Inverse of :meth:`to_bytes` (reads both layouts); raises ``ValueError`` on
         foreign bytes."""
         magic = blob[:3]
-        if magic == _USER_MAGIC2:
+        if magic in (_USER_MAGIC2, _USER_MAGIC3):
             _, dim, n_events, last_ts, acc, n, n_p, n_s = _USER_HEAD2.unpack_from(blob)
             off = _USER_HEAD2.size
             vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=off)
             off += 4 * dim
-            parts = blob[off + 17 * n:].decode("utf-8").split(_NUL)
+            hist_struct = _hist_struct(n, 3 if magic == _USER_MAGIC3 else 2)
+            parts = blob[off + hist_struct.size:].decode("utf-8").split(_NUL)
             if len(parts) != 1 + n + n_p + n_s:
                 raise ValueError("corrupt freshrec user state (id count)")
             if n:
-                cols = _hist_struct(n).unpack_from(blob, off)
-                history = tuple(zip(parts[1:n + 1], cols[:n], cols[n:2 * n],
+                cols = hist_struct.unpack_from(blob, off)
+                ts = cols[:n] if magic == _USER_MAGIC2 else [last_ts - d for d in cols[:n]]
+                history = tuple(zip(parts[1:n + 1], ts, cols[n:2 * n],
                                     map(HISTORY_TYPES.__getitem__, cols[2 * n:]), strict=True))
             else:
                 history = ()

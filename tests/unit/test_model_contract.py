@@ -256,3 +256,24 @@ def test_cold_users_get_their_clusters_popular_items_in_both_scoring_paths(
     # Warm users get no cluster bonus.
     warm = max(model.users.values(), key=lambda u: u.n_events)  # type: ignore[attr-defined]
     assert all(r.reason != reason for r in model.recommend(warm.user_id, k=10))  # type: ignore[attr-defined]
+
+
+def _user_with_history(ts: list[int], weights: list[float]) -> UserState:
+    history = tuple((f"item-{n}", t, w, "view") for n, (t, w) in enumerate(zip(ts, weights,
+                                                                             strict=True)))
+    return UserState("u", np.ones(16, dtype=np.float32), 0.1, history, frozenset({"p"}),
+                     frozenset(), len(history), max(ts))
+
+
+def test_user_history_takes_nine_bytes_per_entry_when_lossless() -> None:
+    compact = _user_with_history([1_700_000_000_000 + 1000 * n for n in range(20)], [1.0] * 20)
+    wide = compact.replace(history=tuple((*h[:2], 0.3, *h[3:]) for h in compact.history))
+    old = compact.replace(history=((*compact.history[0][:1], compact.last_ts - 2**31,
+                                    *compact.history[0][2:]), *compact.history[1:]))
+    for state in (compact, wide, old):
+        assert UserState.from_bytes(state.to_bytes()) == state
+    # 0.3 is not a float32 and an entry 25 days older than the last event does not fit an
+    # int32 offset: both keep the 17-byte entries, losing nothing.
+    assert len(wide.to_bytes()) - len(compact.to_bytes()) == 8 * 20
+    assert len(old.to_bytes()) == len(wide.to_bytes())
+    assert compact.to_bytes()[:3] == b"FU3" and wide.to_bytes()[:3] == b"FU2"
