@@ -6,7 +6,7 @@ jars, so the Flink configuration is the real job's) that fills keyed state exact
 real operators lay it out, at full speed:
 
 * ``user-fill``, keyed by user id: the descriptor of ``UserUpdate.open`` -- ValueState
-  ``user`` (PICKLED_BYTE_ARRAY of ``(UserState bytes, RefreshState)``, TTL
+  ``user`` (PICKLED_BYTE_ARRAY of ``pack_user_value(UserState bytes, RefreshState)``, TTL
   ``job.user_state_ttl_days``) -- with a steady-state user: a learned vector, a full history
   of ``model.history_len`` items, the purchased/seen sets the model core builds, and
   ``--dedup-ids`` recent event ids (UUID text, hashed) in its ``RefreshState.recent_ids``;
@@ -79,12 +79,8 @@ from pyflink.common import Types  # noqa: E402
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext  # noqa: E402
 
 from flink_jobs.dedup import NO_RECENT_IDS  # noqa: E402
-from flink_jobs.operators import (  # noqa: E402
-    Pending,
-    RefreshState,
-    item_state_descriptors,
-    user_state_descriptor,
-)
+from flink_jobs.operators import item_state_descriptors, user_state_descriptor  # noqa: E402
+from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value  # noqa: E402
 from freshrec.generator import category_label  # noqa: E402
 from online_models.config import ModelConfig  # noqa: E402
 from online_models.core import apply_item_gradient, new_item_state, user_step  # noqa: E402
@@ -186,9 +182,13 @@ class UserFactory:
                     f"{h[i + 20:i + 32]}" for i in range(0, 32 * n, 32)]
         return [(h[i:i + 32] * (c // 32 + 1))[:c] for i in range(0, 32 * n, 32)]
 
-    def value(self, k: int, now_ms: int) -> tuple[bytes, RefreshState]:
+    def value(self, k: int, now_ms: int) -> bytes | tuple[bytes, RefreshState]:
         """The ``user`` ValueState value of user k, as UserUpdate keeps it after its last
         refresh (nothing pending, ``dedup_ids`` recent event ids)."""
+        return pack_user_value(*self.parts(k, now_ms))
+
+    def parts(self, k: int, now_ms: int) -> tuple[bytes, RefreshState]:
+        """User k's ``UserState`` bytes and ``RefreshState``."""
         user = self.user(k)
         ids = self.event_ids()
         recent = NO_RECENT_IDS
@@ -196,7 +196,7 @@ class UserFactory:
             recent = recent.add(event_id, now_ms // 1000, self.dedup_window_s, len(ids))
         refresh = RefreshState(seq=user.n_events, last_refresh_ms=now_ms, timer_pending=False,
                                last_event_ts=user.last_ts,
-                               last_event_id=ids[-1] if ids else f"e{k}", pending=Pending(),
+                               last_event_id=ids[-1] if ids else f"e{k}", pending=NO_PENDING,
                                recent_ids=recent)
         return user.to_bytes(), refresh
 
@@ -338,30 +338,33 @@ def raw_sizes(config: ModelConfig, spec: FillSpec, dedup_window_s: int, sample: 
 
     step = max(1, 1_000_003 // sample)
     for k in range(0, sample * step, step):
-        blob, refresh = factory.value(k, now)
+        blob, refresh = factory.parts(k, now)
         user = UserState.from_bytes(blob)
         ulen = len(user.user_id.encode())
         hist_ids = sum(len(h[0].encode()) + 1 for h in user.history)
         purchased = sum(len(i.encode()) + 1 for i in user.purchased)
         seen = sum(len(i.encode()) + 1 for i in user.seen)
         add("user_state_bytes", len(blob))
-        add("pickled_value_bytes", len(pickle.dumps((blob, refresh))))
+        add("pickled_value_bytes", len(pickle.dumps(pack_user_value(blob, refresh))))
         add("vector", 4 * user.vector.shape[0])
-        add("history_columns", 17 * len(user.history))  # int64 ts, float64 weight, uint8 type
+        # Per entry: int32 ts offset, float32 weight, type code (v3) or int64, float64, type.
+        entry = 9 if blob.startswith(b"FU3") else 17
+        add("history_columns", entry * len(user.history))
         add("history_ids", hist_ids)
         add("purchased_ids", purchased)
         add("seen_ids", seen)
         add("user_id", ulen)
-        add("header", len(blob) - 4 * user.vector.shape[0] - 17 * len(user.history)
+        add("header", len(blob) - 4 * user.vector.shape[0] - entry * len(user.history)
             - ulen - hist_ids - purchased - seen)
         add("history_entries", len(user.history))
         add("purchased_n", len(user.purchased))
         add("seen_n", len(user.seen))
         add("recent_ids_bytes", len(refresh.recent_ids.packed))
     out = {k: round(v / sample, 1) for k, v in acc.items()}
-    out["pickle_wrapper"] = round(out["pickled_value_bytes"] - out["user_state_bytes"], 1)
+    # What the value adds to the UserState bytes: recent ids, packed RefreshState, pickle.
+    out["value_overhead"] = round(out["pickled_value_bytes"] - out["user_state_bytes"], 1)
     # Bounded history = history_len entries as UserState stores them: UTF-8 item id + NUL
-    # separator + int64 ts + float64 weight + uint8 type code.
+    # separator + the entry's columns (see ``entry`` above).
     out["bounded_history_bytes"] = round(out["history_columns"] + out["history_ids"], 1)
     dim = config.dim
     out["vector_bytes"] = 4 * dim
