@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import random
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -37,21 +38,42 @@ def cmdline(pid: int) -> str | None:
     return out.stdout.strip() or None
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux; else IANA's)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_ports(n: int, avoid: tuple[int, ...] = (9092, 9093, 9249)) -> list[int]:
     """``n`` distinct loopback ports that were free a moment ago (never the defaults of the
-    local broker and metrics, so a developer's own stack is left alone)."""
-    socks, ports = [], []
-    try:
-        while len(ports) < n:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            port = s.getsockname()[1]
-            if port not in avoid and port not in ports:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
+    local broker and metrics, so a developer's own stack is left alone).
+
+    They come from below the ephemeral range: a server binds them seconds later, and in
+    between any outgoing connection could take a port from that range (a broker restarted
+    on its old port has clients reconnecting to it all along)."""
+    low = max(min(_ephemeral_range()[0], 32768), 16000)
+    candidates = random.sample(range(15000, low), k=4 * n + 64)
+    ports: list[int] = []
+    for port in candidates:
+        if len(ports) == n:
+            break
+        if port in avoid or port in _HANDED_OUT:  # handed out, maybe not bound yet
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    _HANDED_OUT.update(ports)
+    if len(ports) < n:
+        raise RuntimeError(f"no {n} free loopback ports between 15000 and {low}")
     return ports
 
 

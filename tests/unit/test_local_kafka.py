@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -222,3 +223,15 @@ def test_up_without_maven_and_without_cached_jars_names_maven(settings, no_tools
     with pytest.raises(lk.LocalKafkaError, match="apt-get install maven"):
         lk.broker_up(settings, log=lambda _m: None)
     assert not lk._Paths.of(settings).pid.exists()
+
+
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
+    from freshrec.processes import _ephemeral_range, free_ports
+
+    first, second = free_ports(3, avoid=(9092,)), free_ports(3)
+    ports = first + second
+    assert len(set(ports)) == 6, "a port was handed out twice"
+    assert all(15000 <= p < max(min(_ephemeral_range()[0], 32768), 16000) for p in ports)
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))
