@@ -743,8 +743,9 @@ def verdicts(results: list[dict[str, Any]], raw: dict[str, Any]) -> list[str]:
     out = [f"goal per user: <= {GOAL_FACTOR} x (raw float32 vector {raw['vector_bytes']} B + "
            f"bounded history {raw['bounded_history_bytes']:.0f} B) = {goal_u:.0f} B; "
            f"bounded history = {raw['history_entries']:.0f} entries (model.history_len) as "
-           "UserState stores them: UTF-8 item id + NUL separator + int64 ts + float64 weight "
-           "+ uint8 type code",
+           "UserState stores them: UTF-8 item id + NUL separator + "
+           f"{raw['history_columns'] / max(raw['history_entries'], 1):.0f} B of time, weight "
+           "and type code",
            f"goal per item: <= {GOAL_FACTOR} x raw float32 vector = {goal_i:.0f} B"]
     for r in results:
         if "error" in r:
