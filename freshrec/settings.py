@@ -116,6 +116,9 @@ class ModelSettings:
     weight_remove_from_cart: float
     ann_min_items: int
     ann_dtype: str
+    cold_events: int
+    n_clusters: int
+    cluster_weight: float
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ _POSITIVE = {
     "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.refresh_batch_delay_ms",
     "job.refresh_max_batch", "job.refresh_shards", "job.item_publish_interval_ms",
     "job.item_background_publish_interval_ms", "job.dedup_window_s", "job.dedup_max_ids",
+    "model.n_clusters",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",
     "job.transaction_timeout_ms", "model.dim", "model.top_k", "model.learning_rate",
     "model.history_len", "local.start_timeout_s",
@@ -303,6 +307,8 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key == "cluster.metrics_ports" and not re.fullmatch(r"\d+(-\d+)?", value):
         raise SettingsError(
             f"{key}: expected a port or a range like 9250-9260, got {value!r}{where}")
+    if key in ("model.cold_events", "model.cluster_weight") and value < 0:
+        raise SettingsError(f"{key}: must be >= 0 (0 = no cluster bonus), got {value}{where}")
     if key == "model.ann_min_items" and value < 0:
         raise SettingsError(f"{key}: must be >= 0 (0 = always exact), got {value}{where}")
     negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")

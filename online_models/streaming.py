@@ -91,12 +91,20 @@ class UserClusters:
         return c
 
     def popular(self, vector: np.ndarray, n: int) -> list[tuple[str, float]]:
-        """Top ``n`` items of the vector's cluster with scores in (0, 1] (best = 1)."""
+        """Top ``n`` items of the vector's cluster with scores in (0, 1] (best = 1); of the
+        nearest cluster with any, while the vector's own has none yet."""
         if self._t0 is None:
             return []
-        c = self.assign(vector)
+        d = self._centers() - vector[None, :]
+        c = next((int(k) for k in np.argsort(np.einsum("ij,ij->i", d, d), kind="stable")
+                  if self.counts[k]), None)
+        if c is None:
+            return []
         hit = self._top.get(c)
-        if hit is None or self._version[c] - hit[0] >= 32:
+        # The sorted list is reused for 32 updates of a full cluster; a cluster still filling
+        # up (a new deployment, a quiet segment) is re-sorted at every change.
+        behind = -1 if hit is None else self._version[c] - hit[0]
+        if behind < 0 or behind >= 32 or (behind and len(hit[1]) < self.top_n):
             items = sorted(self.counts[c].items(), key=lambda kv: kv[1], reverse=True)
             items = items[: self.top_n]
             top = items[0][1] if items else 0.0

@@ -88,7 +88,10 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
     settings, overrides = job_settings(
         kafka_broker.settings, tmp_path,
         [f"job.parallelism={parallelism}", f"job.delivery={delivery}",
-         f"job.state_backend={backend}", "model.top_k=20", "model.exploration=0.0"])
+         f"job.state_backend={backend}", "model.top_k=20", "model.exploration=0.0",
+         # Cold lists lean on the clusters, so phase 4 sees the cluster items whatever the
+         # scores of the other items are (warm users get no cluster bonus).
+         "model.cluster_weight=5.0"])
     job = JobProcess(settings, overrides, tmp_path / "job.log").start()
     topics = settings.topics
     try:
@@ -179,11 +182,10 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
         after = Recommendation.from_json(latest_by_key(records)[gone].value)
         assert after.events_applied == 1, "state of the forgotten user survived"
         assert after.cold_start
-        if parallelism == 1:
-            # The scorer's River clusters learned every user's first events: a cold list
-            # holds the popular items of the user's cluster.
-            assert any(it.reason == "popular with shoppers like you" for it in after.items), \
-                [(it.item_id, it.reason) for it in after.items]
+        # The scorers' River clusters learned the users' first events: a cold list holds
+        # the popular items of the user's cluster (or of the nearest one with items).
+        assert any(it.reason == "popular with shoppers like you" for it in after.items), \
+            [(it.item_id, it.reason) for it in after.items]
         job.assert_alive()
     finally:
         job.stop()
