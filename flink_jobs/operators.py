@@ -426,14 +426,22 @@ class RefreshScorer(_ReplicaMixin, KeyedBroadcastProcessFunction):
 
     def _learn_clusters(self, requests: list[RefreshRequest], users: dict[str, UserState]
                         ) -> None:
-        """The clusters learn each new item of a scored user (with the user's newest vector)."""
+        """The clusters learn each new item of a scored user (with the user's newest vector);
+        items from before a ``forget_user`` in the same batch are not learned."""
+        since_forget: dict[str, list[RefreshRequest]] = {}
         for req in requests:
-            user = users.get(req.user_id)
+            if req.forget:
+                since_forget[req.user_id] = []
+            else:
+                since_forget.setdefault(req.user_id, []).append(req)
+        for user_id, reqs in since_forget.items():
+            user = users.get(user_id)
             if user is None or user.n_events > 4 * self.config.cold_events:
                 continue
-            for item, weight in zip(req.pending.items, req.pending.weights, strict=False):
-                learn_cold_start(self._clusters, user, self.replica, self.config, item,
-                                 weight, req.last_event_ts)
+            for req in reqs:
+                for item, weight in zip(req.pending.items, req.pending.weights, strict=True):
+                    learn_cold_start(self._clusters, user, self.replica, self.config, item,
+                                     weight, req.last_event_ts)
 
     def _flush(self) -> Iterator[Row]:
         requests: list[RefreshRequest] = list(self.buffer.get())

@@ -26,7 +26,7 @@ from schemas.events import Event
 _MAGIC = b"FV1"
 # magic, seq, last_refresh_ms, last_event_ts, timer_pending, pending events, pending items,
 # last_event_id bytes, recent id bytes, user state bytes
-_HEAD = struct.Struct("<3sqqqBIIHII")
+_HEAD = struct.Struct("<3sqqqBIIIII")
 _NUL = "\x00"
 
 
@@ -56,7 +56,12 @@ class Pending:
         return Pending((*self.items, event.item_id), (*self.event_ts, event.ts_ms),
                        (*self.ingest_ts, ingest_ts), (*self.weights, weight))
 
-    __setstate__ = _set_fields_with_defaults
+    def __setstate__(self, values: list[Any]) -> None:
+        _set_fields_with_defaults(self, values)
+        if len(self.weights) != len(self.items):
+            # Pickled before weights existed: weight 0 keeps those items out of the clusters,
+            # and items and weights stay aligned for the next event.
+            object.__setattr__(self, "weights", (0.0,) * len(self.items))
 
 
 NO_PENDING = Pending()

@@ -39,6 +39,7 @@ def cmdline(pid: int) -> str | None:
 
 
 _HANDED_OUT: set[int] = set()
+_RANDOM = random.SystemRandom()  # never the global generator, which a test may have seeded
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -57,8 +58,11 @@ def free_ports(n: int, avoid: tuple[int, ...] = (9092, 9093, 9249)) -> list[int]
     They come from below the ephemeral range: a server binds them seconds later, and in
     between any outgoing connection could take a port from that range (a broker restarted
     on its old port has clients reconnecting to it all along)."""
-    low = max(min(_ephemeral_range()[0], 32768), 16000)
-    candidates = random.sample(range(15000, low), k=4 * n + 64)
+    low = min(_ephemeral_range()[0], 32768)
+    if low < 16000:  # no room below the ephemeral range: the kernel's pick
+        return _kernel_ports(n, avoid)
+    pool = range(15000, low)
+    candidates = _RANDOM.sample(pool, k=min(4 * n + 64, len(pool)))
     ports: list[int] = []
     for port in candidates:
         if len(ports) == n:
@@ -74,6 +78,22 @@ def free_ports(n: int, avoid: tuple[int, ...] = (9092, 9093, 9249)) -> list[int]
     _HANDED_OUT.update(ports)
     if len(ports) < n:
         raise RuntimeError(f"no {n} free loopback ports between 15000 and {low}")
+    return ports
+
+
+def _kernel_ports(n: int, avoid: tuple[int, ...]) -> list[int]:
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            port = s.getsockname()[1]
+            if port not in avoid and port not in ports:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
     return ports
 
 

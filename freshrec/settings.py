@@ -17,6 +17,7 @@ freshrec.settings.SettingsError: job.parallelism: expected an integer, got 'zero
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -307,8 +308,9 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key == "cluster.metrics_ports" and not re.fullmatch(r"\d+(-\d+)?", value):
         raise SettingsError(
             f"{key}: expected a port or a range like 9250-9260, got {value!r}{where}")
-    if key in ("model.cold_events", "model.cluster_weight") and value < 0:
-        raise SettingsError(f"{key}: must be >= 0 (0 = no cluster bonus), got {value}{where}")
+    if key in ("model.cold_events", "model.cluster_weight") and not 0 <= value < math.inf:
+        raise SettingsError(
+            f"{key}: must be a finite number >= 0 (0 = no cluster bonus), got {value}{where}")
     if key == "model.ann_min_items" and value < 0:
         raise SettingsError(f"{key}: must be >= 0 (0 = always exact), got {value}{where}")
     negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")

@@ -67,7 +67,7 @@ def _compact_history(last_ts: int, ts: tuple[int, ...], ws: tuple[float, ...],
     st = _hist_struct(n, 3)
     try:
         cols = st.pack(*(last_ts - t for t in ts), *ws, *codes)
-    except (struct.error, OverflowError):  # an offset beyond int32, a weight beyond float32
+    except (struct.error, OverflowError, TypeError):  # beyond int32/float32, or not a number
         return None
     return cols if st.unpack(cols)[n:2 * n] == ws else None
 

@@ -149,6 +149,8 @@ class JobProcess:
         try:
             partitions = [TopicPartition(topic, p)
                           for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            if not partitions:  # no metadata yet: nothing to read so far
+                return []
             consumer.assign(partitions)
             consumer.seek_to_beginning(*partitions)
             ends = consumer.end_offsets(partitions)

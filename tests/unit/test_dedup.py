@@ -70,8 +70,8 @@ def test_pending_keeps_a_weight_per_item_and_loads_older_pickles() -> None:
     assert (pending.items, pending.weights, pending.event_ts) == (("i1", "i2"), (1.0, 5.0),
                                                                   (10, 20))
     assert pickle.loads(pickle.dumps(pending)) == pending
-    # Pending as the previous version pickled it (three fields): no weights, so no
-    # cluster learning for those items, and nothing fails.
+    # Pending as the previous version pickled it (three fields): weight 0 for its items (no
+    # cluster learning), so items and weights stay aligned when the next event is added.
     old = Pending.__new__(Pending)
     old.__setstate__([("i1",), (10,), (11,)])
-    assert (old.items, old.weights) == (("i1",), ())
+    assert (old.items, old.weights) == (("i1",), (0.0,))

@@ -56,6 +56,16 @@ def test_reads_the_pickled_tuple_of_older_versions() -> None:
     assert unpack_user_value(old) == (USER, busy_state())
 
 
+def test_a_restored_old_pending_takes_the_next_event_and_packs() -> None:
+    # A savepoint taken while the user had events pending, written before Pending.weights.
+    old = Pending.__new__(Pending)
+    old.__setstate__([("i1", "i2"), (10, 20), (11, 21)])
+    pending = old.add(Event("c", "view", 30, user_id="u", item_id="i3"), 31, 1.0)
+    state = RefreshState(seq=4, timer_pending=True, pending=pending)
+    assert unpack_user_value(pack_user_value(USER, state)) == (USER, state)
+    assert pending.weights == (0.0, 0.0, 1.0)
+
+
 def test_an_item_id_with_nul_keeps_the_pickled_form() -> None:
     pending = Pending().add(Event("a", "view", 10, user_id="u", item_id="bad\x00id"), 11, 1.0)
     state = RefreshState(pending=pending)
