@@ -2,7 +2,7 @@
 
 The value is binary (``pack_user_value``): a fixed header, the ``UserState`` bytes, the
 recent event ids, the pending events' columns, then the ids in UTF-8. Pickling the
-dataclasses instead costs ~200 B per user in a checkpoint (class paths, field lists).
+dataclasses instead cost ~100 B more per user in a checkpoint (class paths, field lists).
 Values written by older versions, the pickled ``(UserState bytes, RefreshState)`` tuple, are
 still read, and still written for the rare pending item id with a NUL in it.
 

@@ -42,13 +42,12 @@ _HANDED_OUT: set[int] = set()
 _RANDOM = random.SystemRandom()  # never the global generator, which a test may have seeded
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    """The kernel's range for outgoing connections' local ports (Linux; else IANA's)."""
+def _ephemeral_low() -> int:
+    """Lowest local port of outgoing connections (Linux's setting; else IANA's range)."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 49152, 65535
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 def free_ports(n: int, avoid: tuple[int, ...] = (9092, 9093, 9249)) -> list[int]:
@@ -58,7 +57,7 @@ def free_ports(n: int, avoid: tuple[int, ...] = (9092, 9093, 9249)) -> list[int]
     They come from below the ephemeral range: a server binds them seconds later, and in
     between any outgoing connection could take a port from that range (a broker restarted
     on its old port has clients reconnecting to it all along)."""
-    low = min(_ephemeral_range()[0], 32768)
+    low = min(_ephemeral_low(), 32768)
     if low < 16000:  # no room below the ephemeral range: the kernel's pick
         return _kernel_ports(n, avoid)
     pool = range(15000, low)

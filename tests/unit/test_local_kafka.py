@@ -226,12 +226,12 @@ def test_up_without_maven_and_without_cached_jars_names_maven(settings, no_tools
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
-    from freshrec.processes import _ephemeral_range, free_ports
+    from freshrec.processes import _ephemeral_low, free_ports
 
     first, second = free_ports(3, avoid=(9092,)), free_ports(3)
     ports = first + second
     assert len(set(ports)) == 6, "a port was handed out twice"
-    assert all(15000 <= p < min(_ephemeral_range()[0], 32768) for p in ports)
+    assert all(15000 <= p < min(_ephemeral_low(), 32768) for p in ports)
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", port))
