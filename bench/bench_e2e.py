@@ -1,13 +1,17 @@
-"""End-to-end benchmark: Kafka -> Flink -> Kafka, the freshrec job next to an identity job.
+"""End-to-end benchmark: Kafka -> Flink -> Kafka, the freshrec job next to an identity job
+and a Java-only passthrough.
 
-Both pipelines run as child processes (a Flink MiniCluster each, thread mode) against a real
+The pipelines run as child processes (a Flink MiniCluster each, thread mode) against a real
 broker, on fresh uniquely named topics, one after the other, in the same run:
 
 * ``job``: the real freshrec job (``python -m flink_jobs.recommender_job --set ...``);
-* ``identity``: the same Kafka source, ``ParseEvents`` (with its DLQ sink), ``key_by(user)``
+* ``identity``: the same Kafka source, a per-record parse (with its DLQ sink), ``key_by(user)``
   and Kafka sink, but the model is a trivial keyed operator that emits one recommendation
   v1 record per event (its only state is a per-user counter). Built in this file and run
-  with ``python bench/bench_e2e.py _identity-job --set ...``.
+  with ``python bench/bench_e2e.py _identity-job --set ...``: the per-record data flow's
+  floor (one Python call per record for parse and for the keyed model);
+* ``passthrough``: the same Kafka source and sink with a Java map between them and no Python
+  at all: the ceiling of this machine (``passthrough_main``).
 
 Throughput (max sustained). N generated events (a whole-catalogue ``item_upsert`` block,
 then the storefront stream; keys as in the integration harness) are pre-loaded into the
@@ -28,8 +32,8 @@ consume time. Two figures per rate:
   age of the newest event a list reflects);
 * event latency = for every event, consume time of the first list of its user whose
   ``events_applied`` covers it. This includes coalescing: an event that arrives while a
-  refresh is owed waits for it (up to ``job.refresh_interval_ms``), and the scorer batches
-  owed refreshes for up to ``job.refresh_batch_delay_ms``.
+  refresh is owed waits for it (up to ``job.refresh_interval_ms``), and Java holds a bundle
+  for up to ``job.bundle_max_age_ms``.
 
 The producer, the consumer and both pipelines share this machine's CPUs, as they would in
 a single-node deployment; the achieved offered rate is reported next to the target.
@@ -75,7 +79,7 @@ if str(REPO_ROOT) not in sys.path:
 GOAL_RATE = 20_000.0
 GOAL_P99_MS = 250.0
 GOAL_RATIO = 0.5
-PIPELINES = ("job", "identity")
+PIPELINES = ("job", "identity", "passthrough")
 
 
 # ============================================================================ identity job
@@ -84,15 +88,18 @@ PIPELINES = ("job", "identity")
 # interpreter like the job's own operators.
 
 from pyflink.common import Row, Types  # noqa: E402
-from pyflink.datastream import KeyedProcessFunction, OutputTag  # noqa: E402
+from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction  # noqa: E402
 from pyflink.datastream.state import ValueStateDescriptor  # noqa: E402
 
-from flink_jobs.operators import DLQ_TAG, ITEM_UPSERT_TAG, ParseEvents  # noqa: E402
+from flink_jobs.kafka_io import KEYED_BYTES_TYPE  # noqa: E402
+from flink_jobs.user_side import now_ms  # noqa: E402
 
 # Imported here, not lazily: whichever Flink task opens first then loads torch/river/scipy.
 # A pybind11 extension (scipy.spatial) first imported from another task's thread deadlocks
 # in PyGILState_Ensure under pemja (seen when only the parse task imported them).
 from freshrec.processes import free_ports  # noqa: E402
+from schemas.dlq import DeadLetter, encode_dead_letter  # noqa: E402
+from schemas.events import DecodeError, decode_event  # noqa: E402
 from schemas.recommendation import Recommendation, ScoredItem  # noqa: E402
 
 
@@ -114,20 +121,29 @@ class IdentityModel(KeyedProcessFunction):
         yield Row(event.user_id.encode(), rec.to_bytes())
 
 
-class IdentityParse(ParseEvents):
-    """``ParseEvents`` unchanged, minus its item_upsert side output (no item side here)."""
+DLQ_TAG = OutputTag("dead-letters", KEYED_BYTES_TYPE)
+
+
+class IdentityParse(ProcessFunction):
+    """Per-record decode and validation (the per-record job's parse step): valid user events
+    leave as ``(event, kafka_timestamp)``, invalid ones go to the DLQ side output."""
+
+    def __init__(self, max_payload_bytes: int, max_id_length: int, topic: str) -> None:
+        self.max_payload_bytes, self.max_id_length = max_payload_bytes, max_id_length
+        self.topic = topic
 
     def process_element(self, row: Any, ctx: Any) -> Any:
-        for out in super().process_element(row, ctx):
-            if (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], OutputTag)
-                    and out[0].tag_id == ITEM_UPSERT_TAG.tag_id):
-                continue
-            yield out
+        result = decode_event(row[5], self.max_payload_bytes, self.max_id_length)
+        if isinstance(result, DecodeError):
+            dead = DeadLetter.build(row[5], row[4], result.code, result.field, result.message,
+                                    self.topic, row[1], row[2], now_ms())
+            yield DLQ_TAG, Row(row[4], encode_dead_letter(dead))
+        elif result.user_id is not None:
+            yield result, row[3]
 
 
 def _event_of(msg: Any) -> Any:
-    # ParseEvents emits an Event, or (Event, kafka_timestamp) in newer trees.
-    return msg[0] if isinstance(msg, tuple) else msg
+    return msg[0]
 
 
 def user_key(msg: Any) -> str:
@@ -155,7 +171,7 @@ def identity_main(argv: list[str]) -> int:
         kafka_io.raw_source(settings, topics.events, job.group_id, job.starting_offsets),
         WatermarkStrategy.no_watermarks(), "kafka-events", kafka_io.RAW_RECORD_TYPE,
     ).uid("source-events")
-    parsed = (raw.process(IdentityParse(job.max_payload_bytes, job.max_id_length))
+    parsed = (raw.process(IdentityParse(job.max_payload_bytes, job.max_id_length, topics.events))
               .name("parse-validate").uid("parse-validate"))
     parsed.get_side_output(DLQ_TAG).sink_to(
         kafka_io.keyed_bytes_sink(settings, topics.dlq, "dlq")).name("sink-dlq").uid("sink-dlq")
@@ -165,6 +181,35 @@ def identity_main(argv: list[str]) -> int:
      .sink_to(kafka_io.keyed_bytes_sink(settings, topics.recommendations, "recs"))
      .name("sink-recommendations").uid("sink-recommendations"))
     env.execute("freshrec-identity")
+    return 0
+
+
+def passthrough_main(argv: list[str]) -> int:
+    """The Java-only ceiling: Kafka source -> Row(key, value) (Java) -> Kafka sink."""
+    from pyflink.common import WatermarkStrategy
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    from flink_jobs import kafka_io
+    from flink_jobs.environment import make_environment
+    from flink_jobs.recommender_job import job_jars
+    from freshrec.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="bench_e2e passthrough-job")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    settings = load_settings(overrides=args.overrides)
+    job, topics = settings.job, settings.topics
+    env = make_environment(settings, job_jars(settings))
+    raw = env.from_source(
+        kafka_io.raw_source(settings, topics.events, job.group_id, job.starting_offsets),
+        WatermarkStrategy.no_watermarks(), "kafka-events", kafka_io.RAW_RECORD_TYPE,
+    ).uid("source-events")
+    keyed = DataStream(raw._j_data_stream.map(
+        get_gateway().jvm.io.freshrec.flink.RawToKeyedBytes())).name("to-keyed-bytes")
+    (keyed.sink_to(kafka_io.keyed_bytes_sink(settings, topics.recommendations, "recs"))
+     .name("sink-recommendations").uid("sink-recommendations"))
+    env.execute("freshrec-passthrough")
     return 0
 
 
@@ -217,12 +262,16 @@ def consumer_main(kwargs: dict[str, Any], topic: str, conn: Any) -> None:
                     continue
                 n = _field(r.value, "events_applied")
                 prev = applied.get(r.key, 0)
+                raw_event = n < 0  # the passthrough copies events: one each
+                if raw_event:
+                    n = prev + 1
                 if n > prev:
                     applied[r.key] = n
                     total += n - prev
                 if recording:
-                    samples.append((now, r.key, n, _field(r.value, "last_event_ts"),
-                                    _field(r.value, "generated_at")))
+                    samples.append((now, r.key, n, _field(
+                        r.value, "ts" if raw_event else "last_event_ts"),
+                        -1 if raw_event else _field(r.value, "generated_at")))
         if now - last_lag_check > 1000:
             last_lag_check = now
             ends = consumer.end_offsets(parts)
@@ -403,7 +452,7 @@ class PipelineRun:
             "pipeline": cfg.pipeline, "parallelism": cfg.parallelism, "delivery": cfg.delivery,
             "runtime": "minicluster" if cfg.cluster_sets is None else "standalone cluster",
             "refresh_interval_ms": self.settings.job.refresh_interval_ms,
-            "refresh_batch_delay_ms": self.settings.job.refresh_batch_delay_ms,
+            "bundle_max_age_ms": self.settings.job.bundle_max_age_ms,
             "checkpoint_interval_ms": self.settings.job.checkpoint_interval_ms,
             "partitions": t.partitions,
         }
@@ -417,7 +466,7 @@ class PipelineRun:
             cmd = [sys.executable, "-m", "flink_jobs.recommender_job"]
         else:
             cmd = [sys.executable, "-c", "import sys, bench_e2e; "
-                   "sys.exit(bench_e2e.identity_main(sys.argv[1:]))"]
+                   f"sys.exit(bench_e2e.{self.cfg.pipeline}_main(sys.argv[1:]))"]
         cmd += [arg for o in self.overrides for arg in ("--set", o)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(
@@ -806,6 +855,10 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
             ratio = tp / max(ident["throughput"]["events_per_s"], 1e-9)
             line += f"; {ratio:.0%} of identity (goal >= {GOAL_RATIO:.0%}: " \
                     f"{'met' if ratio >= GOAL_RATIO else 'NOT met'})"
+        ceiling = by.get(("passthrough", p, d))
+        if ceiling and "error" not in ceiling:
+            share = tp / max(ceiling["throughput"]["events_per_s"], 1e-9)
+            line += f"; {share:.0%} of the Java-only passthrough"
         lat = [e for e in r.get("latency", []) if "skipped" not in e]
         if lat:
             half = min(lat, key=lambda e: abs(e["target_rate"] - tp / 2))
@@ -961,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
                     # and at half of its own max.
                     try:
                         res = run_pipeline(cfg, args, rates,
-                                           own_half=pipe == "identity" and not args.rates)
+                                           own_half=pipe != "job" and not args.rates)
                     except Exception as exc:  # report it, measure the rest
                         say(f"{pipe} p={p} {d} FAILED: {exc}")
                         res = {"pipeline": pipe, "parallelism": p, "delivery": d,
@@ -999,8 +1052,8 @@ def main(argv: list[str] | None = None) -> int:
     if plot(results, Path(args.plot)):
         print(f"plot: {args.plot}")
     print(f"\nrefresh_interval_ms={ok[0]['refresh_interval_ms'] if ok else '?'} "
-          f"(coalescing), refresh_batch_delay_ms="
-          f"{ok[0]['refresh_batch_delay_ms'] if ok else '?'} (scorer batching); "
+          f"(coalescing), bundle_max_age_ms="
+          f"{ok[0]['bundle_max_age_ms'] if ok else '?'} (bundling); "
           f"total {total_s:.0f}s; JSON: {path}")
     return 0
 

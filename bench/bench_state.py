@@ -79,7 +79,8 @@ from pyflink.common import Types  # noqa: E402
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext  # noqa: E402
 
 from flink_jobs.dedup import NO_RECENT_IDS  # noqa: E402
-from flink_jobs.operators import item_state_descriptors, user_state_descriptor  # noqa: E402
+from flink_jobs.operators import item_state_descriptors, user_state_descriptors  # noqa: E402
+from flink_jobs.user_side import shard_of  # noqa: E402
 from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value  # noqa: E402
 from freshrec.generator import category_label  # noqa: E402
 from online_models.config import ModelConfig  # noqa: E402
@@ -182,9 +183,9 @@ class UserFactory:
                     f"{h[i + 20:i + 32]}" for i in range(0, 32 * n, 32)]
         return [(h[i:i + 32] * (c // 32 + 1))[:c] for i in range(0, 32 * n, 32)]
 
-    def value(self, k: int, now_ms: int) -> bytes | tuple[bytes, RefreshState]:
-        """The ``user`` ValueState value of user k, as UserUpdate keeps it after its last
-        refresh (nothing pending, ``dedup_ids`` recent event ids)."""
+    def value(self, k: int, now_ms: int) -> bytes:
+        """User k's value in UserUpdate's ``users`` MapState after its last refresh (nothing
+        pending, ``dedup_ids`` recent event ids, the list it was shown)."""
         return pack_user_value(*self.parts(k, now_ms))
 
     def parts(self, k: int, now_ms: int) -> tuple[bytes, RefreshState]:
@@ -197,6 +198,7 @@ class UserFactory:
         refresh = RefreshState(seq=user.n_events, last_refresh_ms=now_ms, timer_pending=False,
                                last_event_ts=user.last_ts,
                                last_event_id=ids[-1] if ids else f"e{k}", pending=NO_PENDING,
+                               shown=tuple(item_id_of(j) for j in range(self.config.top_k)),
                                recent_ids=recent)
         return user.to_bytes(), refresh
 
@@ -216,16 +218,20 @@ def make_item(config: ModelConfig, k: int, rng: np.random.Generator) -> ItemStat
 
 # ============================================================================ the fill job
 
+# The job's default shard counts (job.user_shards, job.item_shards).
+SHARDS = 32
+
+
 def _index(row: Any) -> int:
     return int(bytes(row[5]))
 
 
-def user_key(row: Any) -> str:
-    return user_id_of(_index(row))
+def user_key(row: Any) -> int:
+    return shard_of(user_id_of(_index(row)), SHARDS)
 
 
-def item_key(row: Any) -> str:
-    return item_id_of(_index(row))
+def item_key(row: Any) -> int:
+    return shard_of(item_id_of(_index(row)), SHARDS)
 
 
 class UserFill(KeyedProcessFunction):
@@ -237,35 +243,37 @@ class UserFill(KeyedProcessFunction):
         self.dedup_window_s, self.user_ttl_days = dedup_window_s, user_ttl_days
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        # Exactly UserUpdate's descriptor and TTL.
-        self.user_state = runtime_context.get_state(user_state_descriptor(self.user_ttl_days))
+        # Exactly UserUpdate's descriptors and TTL.
+        users, _ = user_state_descriptors(self.user_ttl_days)
+        self.user_state = runtime_context.get_map_state(users)
         self.factory = UserFactory(self.config, self.spec, self.dedup_window_s)
         self.filled = runtime_context.get_metrics_group().add_group("bench").counter(
             "users_filled")
 
     def process_element(self, row: Any, ctx: Any) -> list[Any]:
-        self.user_state.update(self.factory.value(_index(row), int(time.time() * 1000)))
+        k = _index(row)
+        self.user_state.put(user_id_of(k), self.factory.value(k, int(time.time() * 1000)))
         self.filled.inc()
         return []
 
 
 class ItemFill(KeyedProcessFunction):
-    """ItemUpdate's state: the ``item`` value; its inbox and upsert ids stay empty."""
+    """ItemUpdate's state: the item's value; its upsert ids and publish schedule stay empty."""
 
     def __init__(self, config: ModelConfig, dedup_window_s: int) -> None:
         self.config, self.dedup_window_s = config, dedup_window_s
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        item_desc, inbox_desc, seen_desc = item_state_descriptors(self.dedup_window_s)
-        self.item_state = runtime_context.get_state(item_desc)
-        self.inbox = runtime_context.get_list_state(inbox_desc)
-        self.seen_ids = runtime_context.get_map_state(seen_desc)
+        items, seen, _ = item_state_descriptors(self.dedup_window_s)
+        self.item_state = runtime_context.get_map_state(items)
+        self.seen_ids = runtime_context.get_map_state(seen)
         self.rng = np.random.default_rng(self.config.seed)
         self.filled = runtime_context.get_metrics_group().add_group("bench").counter(
             "items_filled")
 
     def process_element(self, row: Any, ctx: Any) -> list[Any]:
-        self.item_state.update(make_item(self.config, _index(row), self.rng).to_bytes())
+        k = _index(row)
+        self.item_state.put(item_id_of(k), make_item(self.config, k, self.rng).to_bytes())
         self.filled.inc()
         return []
 
@@ -311,14 +319,14 @@ def fill_main(argv: list[str]) -> int:
         kafka_io.raw_source(settings, args.users_topic, f"{group}-users", "earliest"),
         WatermarkStrategy.no_watermarks(), "kafka-users", kafka_io.RAW_RECORD_TYPE,
     ).uid("source-users")
-    (users.key_by(user_key, Types.STRING())
+    (users.key_by(user_key, Types.INT())
      .process(UserFill(config, spec, job.dedup_window_s, job.user_state_ttl_days))
      .name("user-fill").uid("user-fill"))
     items = env.from_source(
         kafka_io.raw_source(settings, args.items_topic, f"{group}-items", "earliest"),
         WatermarkStrategy.no_watermarks(), "kafka-items", kafka_io.RAW_RECORD_TYPE,
     ).uid("source-items")
-    (items.key_by(item_key, Types.STRING())
+    (items.key_by(item_key, Types.INT())
      .process(ItemFill(config, job.dedup_window_s)).name("item-fill").uid("item-fill"))
     env.execute("freshrec-state-bench")
     return 0

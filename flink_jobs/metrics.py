@@ -7,12 +7,14 @@ glue jar's ``DoubleGauge``; histograms are Prometheus-style ``_bucket{le}``, ``_
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
+
+import numpy as np
 
 from freshrec.metrics import JOB_METRICS, LATENCY_BUCKETS_S
 
 GROUP = "freshrec"
+_BOUNDS = np.asarray([*LATENCY_BUCKETS_S, float("inf")])
 
 
 def _spec_name(name: str) -> str:
@@ -65,13 +67,18 @@ class LatencyHistogram:
         # Counters are integers: the sum is kept in milliseconds (documented in the table).
         self._sum_ms = group.counter(f"{base}_sum_ms")
 
-    def observe(self, seconds: float) -> None:
-        seconds = max(seconds, 0.0)
-        first = bisect.bisect_left(LATENCY_BUCKETS_S, seconds)
-        for counter in self._buckets[first:]:
-            counter.inc()
-        self._count.inc()
-        self._sum_ms.inc(int(seconds * 1000))
+    def observe_many(self, seconds: list[float]) -> None:
+        """Observe many values with one increment per bucket (each one a call into Java)."""
+        if not seconds:
+            return
+        values = np.maximum(np.asarray(seconds, dtype=np.float64), 0.0)
+        # bucket j counts values <= bound j: cumulative counts of the sorted values
+        counts = np.searchsorted(np.sort(values), _BOUNDS, side="right")
+        for counter, n in zip(self._buckets, counts.tolist(), strict=True):
+            if n:
+                counter.inc(n)
+        self._count.inc(len(seconds))
+        self._sum_ms.inc(int(values.sum() * 1000))
 
 
 def _le(bound: float) -> str:

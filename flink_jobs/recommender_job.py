@@ -12,26 +12,26 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyflink.common import Types, WatermarkStrategy
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.common.typeinfo import TypeInformation
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import KafkaSink, KafkaSource
+from pyflink.java_gateway import get_gateway
 
 from flink_jobs import kafka_io
+from flink_jobs.bundles import DEAD_LETTERS, ITEM_EMBEDDINGS, ITEM_GRADIENTS, RECOMMENDATIONS
 from flink_jobs.environment import make_environment
 from flink_jobs.glue import build_glue_jar
 from flink_jobs.operators import (
-    DLQ_TAG,
-    ITEM_GRADIENT_TAG,
-    ITEM_UPSERT_TAG,
     ITEMS_DESCRIPTOR,
+    OUTPUT_TYPE,
+    SHARD_BUNDLE_TYPE,
     ItemUpdate,
-    ParseEvents,
-    RefreshScorer,
     UserUpdate,
-    parse_item_record,
-    refresh_shard,
 )
+from flink_jobs.user_side import UserSideSettings
 from freshrec.privacy import load_key
 from freshrec.settings import Settings, load_settings
 from online_models.config import ModelConfig
@@ -74,68 +74,76 @@ def model_version(config: ModelConfig) -> str:
     return f"{MODEL_NAME}-d{config.dim}"
 
 
+def java_operator(stream: DataStream, name: str, operator: Any,
+                  output_type: TypeInformation) -> DataStream:
+    """Apply one of the glue jar's Java operators (``flink_jobs/java``) to a stream."""
+    return DataStream(stream._j_data_stream.transform(
+        name, output_type.get_java_type_info(), operator)).name(name).uid(name)
+
+
 def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobIO) -> None:
-    """Add the freshrec dataflow to ``env``; every operator has a stable uid."""
+    """Add the freshrec dataflow to ``env``; every operator has a stable uid.
+
+    Java gathers records into bundles and splits Python's output into records; Python is
+    called once per bundle (``flink_jobs.bundles``)."""
     job = settings.job
     config = model_config(settings)
-    shards = job.refresh_shards
+    glue = get_gateway().jvm.io.freshrec.flink
+    max_records, max_age = job.bundle_max_records, job.bundle_max_age_ms
 
     raw = env.from_source(io.events, WatermarkStrategy.no_watermarks(), "kafka-events",
                           kafka_io.RAW_RECORD_TYPE).uid("source-events")
+    # Bundled by a hash of the user id read from the event itself, whatever the Kafka key.
+    events = java_operator(raw, "bundle-events", glue.RecordBundler(
+        "user_id", job.user_shards, max_records, max_age, job.max_payload_bytes),
+        SHARD_BUNDLE_TYPE)
+    changelog = env.from_source(
+        io.item_changelog, WatermarkStrategy.no_watermarks(), "kafka-item-embeddings",
+        kafka_io.RAW_RECORD_TYPE).uid("source-item-embeddings")
+    replica_feed = java_operator(changelog, "bundle-item-embeddings", glue.RecordBundler(
+        "", 1, max_records, max_age, 0), SHARD_BUNDLE_TYPE).broadcast(ITEMS_DESCRIPTOR)
+
     key_file = None
     if settings.privacy.pseudonymize_users:
         load_key(settings.privacy.key_file)  # fail at submission, naming what is missing
         key_file = settings.privacy.key_file
-    parsed = (
-        raw.process(ParseEvents(job.max_payload_bytes, job.max_id_length, key_file))
-        .name("parse-validate").uid("parse-validate")
-    )
-    parsed.get_side_output(DLQ_TAG).sink_to(io.dead_letters).name("sink-dlq").uid("sink-dlq")
-
-    changelog = (
-        env.from_source(io.item_changelog, WatermarkStrategy.no_watermarks(),
-                        "kafka-item-embeddings", kafka_io.RAW_RECORD_TYPE)
-        .uid("source-item-embeddings")
-        .map(parse_item_record, Types.PICKLED_BYTE_ARRAY()).name("parse-item-embeddings")
-        .uid("parse-item-embeddings")
-        .filter(lambda rec: rec is not None).name("skip-tombstones").uid("skip-tombstones")
-    )
-    replica_feed = changelog.broadcast(ITEMS_DESCRIPTOR)
-
+    user_side = UserSideSettings(
+        config=config, model_version=model_version(config), events_topic=settings.topics.events,
+        refresh_interval_ms=job.refresh_interval_ms, dedup_window_s=job.dedup_window_s,
+        dedup_max_ids=job.dedup_max_ids, max_payload_bytes=job.max_payload_bytes,
+        max_id_length=job.max_id_length, item_shards=job.item_shards,
+        learn_items=job.learn_items)
     users = (
-        parsed.key_by(lambda msg: msg[0].user_id, Types.STRING())
+        events.key_by(lambda bundle: bundle[0], Types.INT())
         .connect(replica_feed)
-        .process(
-            UserUpdate(config, job.refresh_interval_ms, job.dedup_window_s, job.dedup_max_ids,
-                       job.user_state_ttl_days, job.learn_items),
-            Types.PICKLED_BYTE_ARRAY(),
-        )
+        .process(UserUpdate(user_side, job.user_state_ttl_days, key_file), OUTPUT_TYPE)
         .name("user-update").uid("user-update")
     )
+    java_operator(users, "split-dead-letters", glue.KeyedRecordSplitter(DEAD_LETTERS),
+                  kafka_io.KEYED_BYTES_TYPE).sink_to(io.dead_letters).name("sink-dlq").uid(
+        "sink-dlq")
+    java_operator(users, "split-recommendations", glue.KeyedRecordSplitter(RECOMMENDATIONS),
+                  kafka_io.KEYED_BYTES_TYPE).sink_to(io.recommendations).name(
+        "sink-recommendations").uid("sink-recommendations")
 
-    item_input = parsed.get_side_output(ITEM_UPSERT_TAG).union(
-        users.get_side_output(ITEM_GRADIENT_TAG))
+    # A new chain: at most one Python operator per task. A second one (the key selector)
+    # chained behind user-update gives its thread a second pemja thread state, and torch's
+    # first call there waits for the GIL for good (see flink_jobs.native_imports).
+    item_messages = java_operator(
+        java_operator(users, "split-item-messages", glue.ShardRecordSplitter(ITEM_GRADIENTS),
+                      SHARD_BUNDLE_TYPE),
+        "bundle-item-messages", glue.ShardRecordBundler(max_records, max_age),
+        SHARD_BUNDLE_TYPE).start_new_chain()
     items = (
-        item_input.key_by(lambda msg: msg.item_id, Types.STRING())
+        item_messages.key_by(lambda bundle: bundle[0], Types.INT())
         .process(ItemUpdate(config, job.item_publish_interval_ms,
                             job.item_background_publish_interval_ms, job.dedup_window_s),
-                 kafka_io.KEYED_BYTES_TYPE)
+                 OUTPUT_TYPE)
         .name("item-update").uid("item-update")
     )
-    items.sink_to(io.item_embeddings).name("sink-item-embeddings").uid("sink-item-embeddings")
-
-    recommendations = (
-        users.key_by(lambda req: refresh_shard(req.user_id, shards), Types.INT())
-        .connect(replica_feed)
-        .process(
-            RefreshScorer(config, model_version(config), job.refresh_batch_delay_ms,
-                          job.refresh_max_batch),
-            kafka_io.KEYED_BYTES_TYPE,
-        )
-        .name("refresh-score").uid("refresh-score")
-    )
-    recommendations.sink_to(io.recommendations).name("sink-recommendations").uid(
-        "sink-recommendations")
+    java_operator(items, "split-item-embeddings", glue.KeyedRecordSplitter(ITEM_EMBEDDINGS),
+                  kafka_io.KEYED_BYTES_TYPE).sink_to(io.item_embeddings).name(
+        "sink-item-embeddings").uid("sink-item-embeddings")
 
 
 def job_jars(settings: Settings) -> list[Path]:

@@ -7,8 +7,9 @@
   and work offline.
 * :func:`broker_up` formats the KRaft storage once, starts ``kafka.Kafka`` as a detached
   background process (own session, pid file in ``local.state_dir``), waits until it answers
-  a metadata request and creates the freshrec topics. Calling it again is safe; a stale pid
-  file (process gone, or the pid now used by another program) is replaced.
+  a metadata request and creates the freshrec topics (existing ones get the configs of
+  :func:`default_topics` where theirs differ). Calling it again is safe; a stale pid file
+  (process gone, or the pid now used by another program) is replaced.
 * :func:`broker_down` stops it (SIGTERM, then SIGKILL), :func:`broker_status` reports it.
 
 Relative ``local.state_dir`` / ``local.cache_dir`` are taken from the current directory.
@@ -39,6 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from freshrec import kafka_config
@@ -547,15 +549,53 @@ def _wait_ready(settings: Settings, pid: int, paths: _Paths, deadline: float) ->
 # --------------------------------------------------------------------------- topics
 
 
+# Topic-level configs of the two compacted changelog topics (recommendations by user_id,
+# item embeddings by item_id). The job reads the item-embedding changelog from the start on
+# every (re)start, so compaction has to keep up with a few thousand records/s; with the
+# broker defaults (segment.ms 7 days, segment.bytes 1 GiB) the log is never cleaned at that
+# volume, because the cleaner never touches the active segment. This is the one place the
+# values live: `freshrec kafka up` creates the topics with them and brings existing topics
+# to them; deploy/k8s/kafka-topics.yaml and deploy/compose/docker-compose.yml carry the same
+# values (tests/unit/test_deploy_manifests.py checks that they agree); docs/operations.md
+# ("Compacted topics") explains them.
+COMPACTED_TOPIC_CONFIGS: Mapping[str, str] = MappingProxyType(
+    {
+        "cleanup.policy": "compact",
+        # Roll the active segment (never cleaned) after a minute at the latest: a restart
+        # replays the compacted head, about one record per key, plus at most about a minute
+        # of updates still in the active segment. The cleaner merges small cleaned segments
+        # back together (up to segment.bytes), so the number of files stays small.
+        "segment.ms": "60000",
+        # ... or after 16 MiB, whichever comes first: above ~280 KB/s per partition the size
+        # bound rolls first.
+        "segment.bytes": str(16 * 1024 * 1024),
+        # Clean as soon as 10 % of the log is dirty. The compacted head is small (one record
+        # per key), so rewriting it often is cheap.
+        "min.cleanable.dirty.ratio": "0.1",
+        # No consumer needs the intermediate versions of a key, only the latest one.
+        "min.compaction.lag.ms": "0",
+        # A dirty record waits at most 5 minutes for the cleaner, even while the dirty ratio
+        # stays below 0.1 (a large head with a trickle of updates).
+        "max.compaction.lag.ms": "300000",
+        # Tombstones (a forgotten user's recommendation list) stay readable for a day after
+        # they are compacted: a consumer that rebuilds its view from the start, or was down
+        # for less than a day, still sees the deletion and drops the list. After that the
+        # tombstone, the user's key, is gone from the log as well.
+        "delete.retention.ms": "86400000",
+    }
+)
+
+
 def default_topics(settings: Settings) -> dict[str, dict[str, str]]:
     """The freshrec topics and their configs (events and recommendations keyed by user_id,
-    item embeddings by item_id; both changelog topics compacted)."""
+    item embeddings by item_id; both changelog topics compacted, with
+    :data:`COMPACTED_TOPIC_CONFIGS`)."""
     t = settings.topics
     return {
         t.events: {},
         t.dlq: dlq_topic_configs(settings),
-        t.recommendations: {"cleanup.policy": "compact"},
-        t.item_embeddings: {"cleanup.policy": "compact"},
+        t.recommendations: dict(COMPACTED_TOPIC_CONFIGS),
+        t.item_embeddings: dict(COMPACTED_TOPIC_CONFIGS),
     }
 
 
@@ -633,8 +673,27 @@ def describe_topics(admin: KafkaAdminClient, names: list[str] | None = None) -> 
     return out
 
 
+def _topic_overrides(admin: KafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    """The topic-level config overrides of ``names`` (not broker defaults), by topic."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, n) for n in names], config_filter="all"
+    ).get("topic", {})
+    return {
+        name: {
+            k: v.get("value")
+            for k, v in described.get(name, {}).items()
+            if v.get("config_source") == "DYNAMIC_TOPIC_CONFIG"
+        }
+        for name in names
+    }
+
+
 def ensure_topics(settings: Settings, admin: KafkaAdminClient, log: Log = _say) -> list[str]:
-    """Create the missing freshrec topics; fix a wrong cleanup.policy; note too few partitions."""
+    """Create the missing freshrec topics; bring the configs of existing ones to
+    :func:`default_topics` (only the keys that differ; other overrides are kept); note too few
+    partitions. Idempotent: a second call changes nothing."""
     from kafka.admin import ConfigResource, ConfigResourceType
 
     wanted = default_topics(settings)
@@ -643,14 +702,22 @@ def ensure_topics(settings: Settings, admin: KafkaAdminClient, log: Log = _say) 
         admin, {n: c for n, c in wanted.items() if n not in existing}, settings.topics.partitions
     )
     present = [n for n in wanted if n in existing]
+    overrides = _topic_overrides(admin, present) if present else {}
     for info in describe_topics(admin, present) if present else []:
-        want = wanted[info.name]
-        policy = info.configs.get("cleanup.policy", "delete")
-        if want.get("cleanup.policy", "delete") != policy:
-            admin.alter_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, info.name, want)], raise_on_unknown=False
+        have = overrides.get(info.name, {})
+        changes = {k: v for k, v in wanted[info.name].items() if have.get(k) != v}
+        if changes:
+            result = admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, info.name, dict(changes))],
+                raise_on_unknown=False,
             )
-            log(f"kafka: set {info.name} cleanup.policy={want['cleanup.policy']} (was {policy})")
+            outcome = result.get("topic", {}).get(info.name, "no answer")
+            if outcome != "OK":
+                raise LocalKafkaError(f"setting the configs of {info.name} failed: {outcome}")
+            said = ", ".join(
+                f"{k}={v} (was {have.get(k, 'the broker default')})" for k, v in changes.items()
+            )
+            log(f"kafka: set {info.name} {said}")
         if info.partitions < settings.topics.partitions:
             log(
                 f"kafka: note: {info.name} has {info.partitions} partition(s), fewer than"

@@ -74,9 +74,10 @@ class JobSettings:
     checkpoint_dir: str
     restore_from: str
     refresh_interval_ms: int
-    refresh_batch_delay_ms: int
-    refresh_max_batch: int
-    refresh_shards: int
+    user_shards: int
+    item_shards: int
+    bundle_max_records: int
+    bundle_max_age_ms: int
     item_publish_interval_ms: int
     item_background_publish_interval_ms: int
     dedup_window_s: int
@@ -178,8 +179,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _POSITIVE = {
     "local.port", "local.controller_port", "topics.partitions",
     "topics.dlq_max_message_bytes", "job.parallelism",
-    "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.refresh_batch_delay_ms",
-    "job.refresh_max_batch", "job.refresh_shards", "job.item_publish_interval_ms",
+    "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.user_shards",
+    "job.item_shards", "job.bundle_max_records", "job.bundle_max_age_ms",
+    "job.item_publish_interval_ms",
     "job.item_background_publish_interval_ms", "job.dedup_window_s", "job.dedup_max_ids",
     "model.n_clusters",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",

@@ -1,7 +1,7 @@
 """freshrec's online model core: pure numpy / torch / river, no pyflink, kafka or prometheus.
 
-Pure functions on plain state for the PyFlink job (:func:`user_step`,
-:func:`apply_item_gradient`, :func:`recommend_for_user`), the in-memory
+Pure functions on plain state for the PyFlink job (:func:`learn_bundle`,
+:func:`apply_gradients_to_items`, :func:`recommend_for_user`), the in-memory
 :class:`FreshRecModel` composed of the same functions, baselines, and prequential
 evaluation.
 
@@ -17,22 +17,24 @@ from online_models.baselines import (
     RiverMFModel,
     make_model,
 )
+from online_models.bundle import (
+    ItemGradients,
+    apply_gradients_to_items,
+    apply_item_gradients,
+    learn_bundle,
+)
 from online_models.config import ModelConfig
 from online_models.core import (
     adagrad_rows,
-    apply_gradients_to_replica,
-    apply_item_gradient,
     lr_schedule,
     new_item_state,
     query_vector,
     recommend_for_user,
-    user_step,
-    user_step_arrays,
 )
 from online_models.evaluate import ModelResult, prequential
 from online_models.model import FreshRecModel, Recommender
 from online_models.replica import ItemReplica
-from online_models.state import ItemGradient, ItemState, UserState
+from online_models.state import ItemState, UserState
 from online_models.streaming import DriftMonitor, RollingMetrics, UserClusters
 from online_models.tables import EmbeddingTable, content_vector
 
@@ -42,7 +44,7 @@ __all__ = [
     "DriftMonitor",
     "EmbeddingTable",
     "FreshRecModel",
-    "ItemGradient",
+    "ItemGradients",
     "ItemReplica",
     "ItemState",
     "ModelConfig",
@@ -54,15 +56,14 @@ __all__ = [
     "UserClusters",
     "UserState",
     "adagrad_rows",
-    "apply_gradients_to_replica",
-    "apply_item_gradient",
+    "apply_gradients_to_items",
+    "apply_item_gradients",
     "content_vector",
+    "learn_bundle",
     "lr_schedule",
     "make_model",
     "new_item_state",
     "prequential",
     "query_vector",
     "recommend_for_user",
-    "user_step",
-    "user_step_arrays",
 ]

@@ -1,35 +1,22 @@
 """The model's math as pure functions on plain state (shared by the job and replay).
 
-The PyFlink job splits learning across operators: the user-keyed operator calls
-:func:`user_step` (it reads item vectors from its local :class:`ItemReplica` and emits
-:class:`ItemGradient` messages keyed by item), the item-keyed operator calls
-:func:`apply_item_gradient`, and list refreshes call :func:`recommend_for_user`. The
-in-memory :class:`~online_models.model.FreshRecModel` is a thin composition of the same
-functions, applying item gradients to its replica at once.
-
 The model is an FPMC / item2vec-style factorisation trained with a pairwise (BPR) loss:
 the query of a user is ``user_weight * p_u + sum_j c_j q_{h_j}`` over the most recent
 items ``h_j`` (recency-weighted), and an item scores ``query . q_i + b_i + pop_weight *
-log trend_i``, plus a recency bonus for items in the recent history.
+log trend_i``, plus a recency bonus for items in the recent history. Learning is the
+bundle learner of :mod:`online_models.bundle`; this module holds the pieces it shares
+with scoring (:func:`recommend_for_user`, :func:`recommend_for_users`) and explanations.
 
 >>> from online_models.config import ModelConfig
 >>> from online_models.replica import ItemReplica
 >>> from online_models.state import UserState
->>> from schemas.events import Event
 >>> cfg = ModelConfig(dim=8, seed=0)
->>> rep, rng = ItemReplica(cfg), np.random.default_rng(0)
+>>> rep = ItemReplica(cfg)
 >>> for i in range(20):
 ...     _ = rep.upsert(f"i{i}", ts_ms=0)
 >>> user = UserState.new("u1", cfg.dim, cfg.seed)
->>> ev = Event("e1", "purchase", 1_000, user_id="u1", item_id="i3")
->>> user2, grads = user_step(user, ev, rep, cfg, rng)
->>> user2.n_events, user2.history[-1][0], "i3" in user2.purchased, user.n_events
-(1, 'i3', True, 0)
->>> grads[0].item_id, grads[0].trend_weight, len({g.item_id for g in grads}) == len(grads)
-('i3', 5.0, True)
->>> it = apply_item_gradient(new_item_state("i3", cfg), grads[0], cfg, rep)
->>> it.n_events, it.trend > -1e9
-(1, True)
+>>> len(recommend_for_user(user, rep, cfg, k=5))
+5
 """
 
 from __future__ import annotations
@@ -43,8 +30,8 @@ import numpy as np
 
 from online_models.ann import approximate_top_k, synced_index
 from online_models.config import ModelConfig
-from online_models.replica import LN2, ItemReplica, logaddexp
-from online_models.state import HistoryEntry, ItemGradient, ItemState, UserState
+from online_models.replica import ItemReplica
+from online_models.state import HistoryEntry, ItemState, UserState
 from schemas.events import Event
 from schemas.recommendation import ScoredItem
 
@@ -173,274 +160,12 @@ def _context(user: UserState, index: Mapping[str, int], n_max: int) -> list[int]
     return rows
 
 
-def _user_step(
-    user: UserState,
-    event: Event,
-    replica: ItemReplica,
-    config: ModelConfig,
-    rng: np.random.Generator,
-    lr_scale: float,
-) -> tuple[UserState, list[int], np.ndarray, list[float], float, float]:
-    """The user-side step; item gradients as ``(rows, grads, bias_grads)`` with ``rows`` a
-    list of distinct rows (positive first) and ``grads`` one row each; last, the mean
-    pairwise (BPR) loss over the sampled negatives before the step.
-
-    At dims 16-64 numpy's per-call overhead dominates, so the per-negative math runs on
-    Python floats and every item gradient (a combination of the query and of the query's
-    gradient, plus L2) comes from one small matrix product over the merged rows.
-    """
-    weight = _event_weight(config, event.event_type)
-    item = event.item_id
-    assert item is not None
-    index = replica.table.index
-    pos = index.get(item, -1)
-    if pos < 0 or not replica.meta[pos]:
-        pos = replica.ensure(item, _event_meta(event), event.ts_ms)
-    V = replica.table._data  # rows < len(replica) only are read
-    ctx = _context(user, index, config.context_len)
-    negs = [r for r in replica.sample_negatives(rng, config.negatives).tolist() if r != pos]
-    m = 1 + len(negs)
-    T = V[[pos, *negs, *ctx]]
-    p = user.vector
-    uw = config.user_weight
-    if ctx:
-        cw = context_weights(len(ctx), config.context_decay)
-        q = cw @ T[m:]
-        q += uw * p
-    else:
-        cw = None
-        q = uw * p
-    s = (T[:m] @ q).tolist()
-    bias = replica.bias
-    sign = 1.0 if weight >= 0 else -1.0
-    # L = -|w| * mean_k log sigmoid(sign * (s_pos - s_neg_k)); g_k = dL/ds_neg_k
-    coef = -0.5 * abs(weight) * sign / max(m - 1, 1)
-    s0 = s[0] + float(bias[pos])
-    tanh = math.tanh
-    c = [0.0]
-    loss = 0.0
-    for j in range(1, m):
-        x = sign * (s0 - s[j] - float(bias[negs[j - 1]]))
-        g = coef * (1.0 - tanh(0.5 * x))
-        c[0] += g
-        c.append(-g)
-        loss += _softplus(-x)
-    grad_q = np.array(c, dtype=np.float32) @ T[:m]
-    lr = config.learning_rate * lr_scale
-    l2 = config.l2
-    grad_p = uw * grad_q
-    grad_p += l2 * p
-    acc = user.acc + float(grad_p @ grad_p) / p.shape[0]
-    new_p = p - np.float32(lr / math.sqrt(acc + EPS)) * grad_p
-    # Merge repeated rows (a negative drawn twice, a context item that is also a target):
-    # row r gets a_r * q + b_r * grad_q + l2 * V[r].
-    slot: dict[int, int] = {}
-    coefs: list[list[float]] = []
-    first: list[int] = []
-    for j, r in enumerate((pos, *negs)):
-        k = slot.get(r)
-        if k is None:
-            slot[r] = len(coefs)
-            coefs.append([c[j], 0.0])
-            first.append(j)
-        else:
-            coefs[k][0] += c[j]
-    if cw is not None:
-        for j, (r, w) in enumerate(zip(ctx, cw.tolist(), strict=True)):
-            k = slot.get(r)
-            if k is None:
-                slot[r] = len(coefs)
-                coefs.append([0.0, w])
-                first.append(m + j)
-            else:
-                coefs[k][1] += w
-    qg = np.empty((2, q.shape[0]), dtype=np.float32)
-    qg[0] = q
-    qg[1] = grad_q
-    rows = list(slot)
-    tol = config.min_step_ratio
-    if tol > 0 and len(rows) > 1:
-        # Skip rows whose Adagrad step (with the accumulator the replica last saw) would
-        # move the vector by less than ``tol`` of its norm: fewer messages, same model.
-        # Row r's gradient is a_r q + b_r grad_q (+ a negligible L2 term), so its norm
-        # comes from the 2 x 2 Gram matrix of (q, grad_q).
-        (qq, qgq), (_, gg) = (qg @ qg.T).tolist()
-        acc_r = replica.table._acc[rows].tolist()
-        vn = np.einsum("ij,ij->i", T, T).tolist()
-        lr2, tol2, inv_d = lr * lr, tol * tol, 1.0 / q.shape[0]
-        keep = [0]
-        for j in range(1, len(rows)):
-            a, b = coefs[j]
-            g2 = a * a * qq + 2.0 * a * b * qgq + b * b * gg
-            if lr2 * g2 >= tol2 * vn[first[j]] * (acc_r[j] + g2 * inv_d + EPS):
-                keep.append(j)
-        if len(keep) < len(rows):
-            rows = [rows[j] for j in keep]
-            coefs = [coefs[j] for j in keep]
-            first = [first[j] for j in keep]
-    grads = np.array(coefs, dtype=np.float32) @ qg
-    grads += np.float32(l2) * (T[first] if len(first) < T.shape[0] else T)
-    bias_grads = [a for a, _ in coefs]
-    new_user = _updated_user(user, event, weight, config, new_p, acc)
-    return new_user, rows, grads, bias_grads, max(weight, 0.0), loss / max(m - 1, 1)
-
-
-def _softplus(x: float) -> float:
-    """``log(1 + e^x)`` without overflow."""
-    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
-
-
-def user_step_arrays(
-    user: UserState,
-    event: Event,
-    replica: ItemReplica,
-    config: ModelConfig,
-    rng: np.random.Generator,
-    lr_scale: float = 1.0,
-) -> tuple[UserState, np.ndarray, np.ndarray, np.ndarray, float]:
-    """User-side SGD step returning item gradients as arrays (the fast form).
-
-    Returns
-    -------
-    new_user : UserState
-    rows : numpy.ndarray
-        Distinct replica rows that receive a gradient (the positive item first).
-    grads : numpy.ndarray
-        ``len(rows) x dim`` gradients of the loss (L2 included).
-    bias_grads : numpy.ndarray
-        Gradients of the item biases.
-    trend_weight : float
-        Weight to add to the positive item's trending counter.
-    """
-    new_user, rows, grads, bias_grads, trend_w, _ = _user_step(
-        user, event, replica, config, rng, lr_scale)
-    return (new_user, np.array(rows, dtype=np.int64), grads,
-            np.array(bias_grads, dtype=np.float32), trend_w)
-
-
-def user_step(
-    user: UserState,
-    event: Event,
-    replica: ItemReplica,
-    config: ModelConfig,
-    rng: np.random.Generator,
-    lr_scale: float = 1.0,
-) -> tuple[UserState, list[ItemGradient]]:
-    """One user-side learning step for an interaction event.
-
-    Parameters
-    ----------
-    user : UserState
-        The user's state before the event (not modified).
-    event : Event
-        An interaction (``view`` .. ``purchase``); other types return ``(user, [])``.
-    replica : ItemReplica
-        Local read-only copy of item vectors; an unseen item is added to it from the
-        event's metadata, and negatives are drawn from it.
-    config : ModelConfig
-    rng : numpy.random.Generator
-        Source of negatives.
-    lr_scale : float
-        Global learning-rate schedule factor (see :func:`lr_schedule`).
-
-    Returns
-    -------
-    (UserState, list[ItemGradient])
-        The new user state and one message per touched item (positive first); route
-        each by ``item_id`` to :func:`apply_item_gradient`.
-    """
-    new_user, out, _ = user_step_with_loss(user, event, replica, config, rng, lr_scale)
-    return new_user, out
-
-
-def user_step_with_loss(
-    user: UserState,
-    event: Event,
-    replica: ItemReplica,
-    config: ModelConfig,
-    rng: np.random.Generator,
-    lr_scale: float = 1.0,
-) -> tuple[UserState, list[ItemGradient], float | None]:
-    """:func:`user_step`, plus the event's pairwise (BPR) loss before the step (``None``
-    when nothing was learned), for monitoring."""
-    if event.item_id is None or _event_weight(config, event.event_type) == 0:
-        return user, [], None
-    new_user, rows, grads, bias_grads, trend_w, loss = _user_step(
-        user, event, replica, config, rng, lr_scale)
-    ids = replica.ids
-    ts = event.ts_ms
-    out = [ItemGradient(ids[rows[0]], grads[0], bias_grads[0], lr_scale, trend_w, ts,
-                        event.category, event.brand, event.price)]
-    for j in range(1, len(rows)):
-        out.append(ItemGradient(ids[rows[j]], grads[j], bias_grads[j], lr_scale, 0.0, ts))
-    return new_user, out, loss
-
-
 def adagrad_rows(vectors: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: np.ndarray,
                  lr: float) -> None:
     """Row-wise Adagrad on ``vectors[rows]`` in place (rows must be distinct)."""
     a = acc[rows] + np.einsum("ij,ij->i", grads, grads) / grads.shape[1]
     acc[rows] = a
     vectors[rows] -= (lr / np.sqrt(a + EPS))[:, None] * grads
-
-
-def apply_item_gradient(item: ItemState, gradient: ItemGradient, config: ModelConfig,
-                        replica: ItemReplica | None = None) -> ItemState:
-    """Item-side update: row-wise Adagrad step, bias step, trending counter, metadata.
-
-    Parameters
-    ----------
-    item : ItemState
-        The item's state (use :func:`new_item_state` for an unseen item).
-    gradient : ItemGradient
-        Message from :func:`user_step`.
-    config : ModelConfig
-    replica : ItemReplica, optional
-        Only used for its forward-decay time origin so trends are comparable with the
-        replica's; without it the origin is the epoch.
-
-    Returns
-    -------
-    ItemState
-        A new state; publish its vector, bias and trend to the item-embedding changelog.
-    """
-    lr = config.learning_rate * gradient.lr_scale
-    vec, acc = item.vector, item.acc
-    grad = gradient.grad
-    if grad is not None:
-        # float32 accumulator arithmetic, as the replica's row-wise Adagrad does
-        acc = float(np.float32(acc + float(grad @ grad) / grad.shape[0]))
-        vec = vec - np.float32(lr / math.sqrt(acc + EPS)) * grad
-        vec.setflags(write=False)
-    bias = float(np.float32(item.bias - lr * gradient.bias_grad))
-    trend, n_events = item.trend, item.n_events
-    tw = gradient.trend_weight
-    if tw > 0:
-        log_t = (replica.log_time(gradient.ts_ms) if replica is not None
-                 else gradient.ts_ms * LN2 / (config.trend_half_life_s * 1000.0))
-        trend = logaddexp(trend, math.log(tw) + log_t)
-        n_events += 1
-    return ItemState(
-        item.item_id, vec, acc, bias, trend, n_events, max(item.last_ts, gradient.ts_ms),
-        item.category or gradient.category, item.brand or gradient.brand,
-        item.price if item.price is not None else gradient.price, item.available, item.title,
-    )
-
-
-def apply_gradients_to_replica(replica: ItemReplica, rows: np.ndarray, grads: np.ndarray,
-                               bias_grads: np.ndarray, trend_weight: float, ts_ms: int,
-                               config: ModelConfig, lr_scale: float = 1.0) -> None:
-    """The in-process owner's version of :func:`apply_item_gradient` for many rows at once."""
-    lr = config.learning_rate * lr_scale
-    table = replica.table
-    adagrad_rows(table._data, table._acc, rows, grads, lr)
-    replica.mark_changed(rows.tolist())
-    b = replica.bias[rows] - np.float32(lr) * bias_grads
-    replica.bias[rows] = b
-    if trend_weight > 0:
-        replica.record_trend(int(rows[0]), trend_weight, ts_ms)  # refreshes static of row 0
-    t = replica.trend[rows]
-    replica.static[rows] = b + config.pop_weight * np.where(np.isfinite(t), t, -50.0)
 
 
 # -- recommendation ---------------------------------------------------------------------

@@ -18,21 +18,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from online_models.bundle import apply_item_gradients, learn_bundle
 from online_models.config import ModelConfig
 from online_models.core import (
-    _event_meta,
-    _updated_user,
-    apply_gradients_to_replica,
-    context_rows,
     lr_schedule,
     query_vector,
     recommend_for_user,
     recommend_for_users,
-    user_step_arrays,
 )
 from online_models.replica import ItemReplica
 from online_models.state import UserState
@@ -97,11 +93,10 @@ class FreshRecModel:
 
     Notes
     -----
-    ``learn_one`` is :func:`~online_models.core.user_step_arrays` followed by
-    :func:`~online_models.core.apply_gradients_to_replica` (the in-process form of
-    :func:`~online_models.core.apply_item_gradient`); ``recommend`` is
-    :func:`~online_models.core.recommend_for_user` plus a cluster-popular bonus for cold
-    users. ``learn_many`` takes one torch mini-batch step over a list of events.
+    ``learn_many`` is the job's bundle learner (:func:`~online_models.bundle.learn_bundle`)
+    with the item gradients applied to the model's own replica at once, and ``learn_one``
+    is a bundle of one; ``recommend`` is :func:`~online_models.core.recommend_for_user`
+    plus a cluster-popular bonus for cold users.
     """
 
     name = "freshrec"
@@ -132,136 +127,44 @@ class FreshRecModel:
 
     # -- learning -----------------------------------------------------------------------
     def learn_one(self, event: Event) -> None:
-        """Learn from one event (interactions, ``item_upsert``, ``forget_user``)."""
-        etype = event.event_type
-        if event.ts_ms > self.now_ms:
-            self.now_ms = event.ts_ms
-        if etype in _INTERACTIONS:
-            if event.user_id is None or event.item_id is None:
-                return
-            cfg = self.config
-            user = self.users.get(event.user_id)
-            if user is None:
-                user = UserState.new(event.user_id, cfg.dim, cfg.seed)
-            lr_scale = lr_schedule(self.step, cfg)
-            new_user, rows, grads, bgrads, trend_w = user_step_arrays(
-                user, event, self.replica, cfg, self.rng, lr_scale)
-            apply_gradients_to_replica(self.replica, rows, grads, bgrads, trend_w, event.ts_ms,
-                                       cfg, lr_scale)
-            self.users[event.user_id] = new_user
-            self.step += 1
-            learn_cold_start(self.clusters, new_user, self.replica, cfg, event.item_id,
-                             trend_w, event.ts_ms)
-        elif etype == "item_upsert" and event.item_id is not None:
-            meta = {"category": event.category, "brand": event.brand, "price": event.price,
-                    "available": event.available, "title": event.title}
-            self.replica.upsert(event.item_id, meta=meta, ts_ms=event.ts_ms)
-        elif etype == "forget_user" and event.user_id is not None:
-            self.users.pop(event.user_id, None)
+        """Learn from one event (interactions, ``item_upsert``, ``forget_user``): a bundle
+        of one."""
+        self.learn_many((event,))
 
     def learn_many(self, events: Sequence[Event]) -> None:
-        """Learn from a micro-batch with one torch mini-batch step.
-
-        Each interaction's context (recent items) and negatives are built in stream order;
-        the loss of the whole batch is then computed in torch at the batch-start
-        parameters and applied with row-wise Adagrad, one update per touched row.
-        """
-        import torch
-
-        cfg = self.config
-        batch: list[tuple[Event, UserState, int, np.ndarray, np.ndarray, np.ndarray, float]] = []
-        work: dict[str, UserState] = {}
+        """Learn from events in order: each run of interactions is one
+        :func:`~online_models.bundle.learn_bundle` step (the job's learner), applied to the
+        replica at once; upserts and forgets take effect between runs."""
+        run: list[Event] = []
         for ev in events:
-            if ev.event_type not in _INTERACTIONS or ev.user_id is None or ev.item_id is None:
-                if ev.event_type == "forget_user":  # must not race with pending user updates
-                    self._flush_batch(batch, work, torch)
-                    batch, work = [], {}
-                self.learn_one(ev)
-                continue
             if ev.ts_ms > self.now_ms:
                 self.now_ms = ev.ts_ms
-            w = cfg.event_weight(ev.event_type)
-            user = work.get(ev.user_id) or self.users.get(ev.user_id)
-            if user is None:
-                user = UserState.new(ev.user_id, cfg.dim, cfg.seed)
-            pos = self.replica.ensure(ev.item_id, _event_meta(ev), ev.ts_ms)
-            ctx, cw = context_rows(user, self.replica, cfg)
-            negs = self.replica.sample_negatives(self.rng, cfg.negatives)
-            batch.append((ev, user, pos, ctx, cw, negs, w))
-            work[ev.user_id] = _updated_user(user, ev, w, cfg, user.vector, user.acc)
-        self._flush_batch(batch, work, torch)
+            if ev.event_type in _INTERACTIONS:
+                run.append(ev)
+                continue
+            self._learn_run(run)
+            run = []
+            if ev.event_type == "item_upsert" and ev.item_id is not None:
+                meta = {"category": ev.category, "brand": ev.brand, "price": ev.price,
+                        "available": ev.available, "title": ev.title}
+                self.replica.upsert(ev.item_id, meta=meta, ts_ms=ev.ts_ms)
+            elif ev.event_type == "forget_user" and ev.user_id is not None:
+                self.users.pop(ev.user_id, None)
+        self._learn_run(run)
 
-    def _flush_batch(self, batch: list[Any], work: dict[str, UserState], torch: Any) -> None:
-        if not batch:
+    def _learn_run(self, events: Sequence[Event]) -> None:
+        if not events:
             return
         cfg = self.config
-        B, K, C, d = len(batch), cfg.negatives, cfg.context_len, cfg.dim
-        user_ids = list(dict.fromkeys(b[0].user_id for b in batch))
-        uidx = {u: j for j, u in enumerate(user_ids)}
-        ub = np.fromiter((uidx[b[0].user_id] for b in batch), dtype=np.int64, count=B)
-        P0 = np.stack([work[u].vector for u in user_ids]).astype(np.float32)
-        acc0 = np.array([work[u].acc for u in user_ids], dtype=np.float32)
-        tgt = np.empty((B, 1 + K), dtype=np.int64)
-        mask = np.ones((B, 1 + K), dtype=np.float32)
-        ctx = np.zeros((B, C), dtype=np.int64)
-        cwm = np.zeros((B, C), dtype=np.float32)
-        wts = np.empty(B, dtype=np.float32)
-        for j, (_, _, pos, c_rows, c_w, negs, w) in enumerate(batch):
-            tgt[j, 0] = pos
-            tgt[j, 1:] = negs
-            mask[j, 1:] = negs != pos
-            n = c_rows.shape[0]
-            if n:
-                ctx[j, C - n:] = c_rows
-                cwm[j, C - n:] = c_w
-            wts[j] = w
-        V = torch.from_numpy(self.replica.vectors)
-        bias = torch.from_numpy(self.replica.bias[: len(self.replica)])
-        tP, tub = torch.from_numpy(P0), torch.from_numpy(ub)
-        tt, tm = torch.from_numpy(tgt), torch.from_numpy(mask)
-        tc, tcw, tw = torch.from_numpy(ctx), torch.from_numpy(cwm), torch.from_numpy(wts)
-        Pb = tP[tub]
-        Q = cfg.user_weight * Pb + torch.einsum("bc,bcd->bd", tcw, V[tc])
-        T = V[tt]
-        s = torch.einsum("bkd,bd->bk", T, Q) + bias[tt]
-        sign = torch.where(tw >= 0, 1.0, -1.0)
-        x = sign[:, None] * (s[:, :1] - s[:, 1:])
-        nneg = tm[:, 1:].sum(1).clamp(min=1.0)
-        g = (-tw.abs() * sign / nneg)[:, None] * torch.sigmoid(-x) * tm[:, 1:]
-        c = torch.cat((g.sum(1, keepdim=True), -g), 1)
-        grad_q = torch.einsum("bk,bkd->bd", c, T)
-        lr = cfg.learning_rate * lr_schedule(self.step, cfg)
-        # users
-        gP = torch.zeros_like(tP).index_add_(0, tub, cfg.user_weight * grad_q) + cfg.l2 * tP
-        acc = acc0 + (gP * gP).mean(1).numpy()
-        newP = (tP - (lr / torch.from_numpy(np.sqrt(acc + 1e-6)))[:, None] * gP).numpy()
-        # items: targets and contexts
-        rows = torch.cat((tt.reshape(-1), tc.reshape(-1)))
-        gi = torch.cat(((c[:, :, None] * Q[:, None, :]).reshape(-1, d),
-                        (tcw[:, :, None] * grad_q[:, None, :]).reshape(-1, d)))
-        gb = torch.cat((c.reshape(-1), torch.zeros(B * C)))
-        keep = torch.cat((tm.reshape(-1), (tcw.reshape(-1) > 0).float())) > 0
-        rows, gi, gb = rows[keep], gi[keep], gb[keep]
-        uniq, inv = torch.unique(rows, return_inverse=True)
-        G = torch.zeros((uniq.shape[0], d)).index_add_(0, inv, gi) + cfg.l2 * V[uniq]
-        Gb = torch.zeros(uniq.shape[0]).index_add_(0, inv, gb)
-        r = uniq.numpy()
-        from online_models.core import adagrad_rows
-
-        adagrad_rows(self.replica.table._data, self.replica.table._acc, r, G.numpy(), lr)
-        self.replica.bias[r] -= np.float32(lr) * Gb.numpy()
-        for ev, _, pos, *_rest, w in batch:
-            if w > 0:
-                self.replica.record_trend(pos, w, ev.ts_ms)
-        st, t = self.replica.static, self.replica.trend[r]
-        st[r] = self.replica.bias[r] + cfg.pop_weight * np.where(np.isfinite(t), t, -50.0)
-        for j, u in enumerate(user_ids):
-            newP[j].setflags(write=False)
-            self.users[u] = work[u].replace(vector=newP[j], acc=float(acc[j]))
-        for ev, _, _, _, _, _, w in batch:
-            learn_cold_start(self.clusters, self.users[ev.user_id], self.replica, cfg,
-                             ev.item_id, w, ev.ts_ms)
-        self.step += B
+        step = learn_bundle(self.users, events, self.replica, cfg, lr_schedule(self.step, cfg))
+        apply_item_gradients(self.replica, step.gradients, cfg)
+        self.users.update(step.users)
+        self.step += len(step.learned)
+        for ev in step.learned:
+            user_id, item_id = ev.user_id, ev.item_id
+            assert user_id is not None and item_id is not None
+            learn_cold_start(self.clusters, self.users[user_id], self.replica, cfg, item_id,
+                             max(cfg.event_weight(ev.event_type), 0.0), ev.ts_ms)
 
     # -- feedback -----------------------------------------------------------------------
     def observe(self, hit: bool) -> bool:

@@ -272,11 +272,17 @@ class ItemReplica:
         other callers drew. The pool is redrawn, with the replica's own generator, once as
         many rows as it holds were drawn and the replica changed since.
         """
+        pool = self.negative_pool(n)
+        return pool[rng.integers(0, pool.shape[0], n)]
+
+    def negative_pool(self, n_draws: int) -> np.ndarray:
+        """The pool :meth:`sample_negatives` picks from, counting ``n_draws`` picks against
+        its redraw; callers pick positions of their own (the bundle learner hashes them)."""
         stale = self._neg_drawn >= _NEG_BUFFER and self._neg_version != self._version
         if self._neg.shape[0] == 0 or stale or (self._neg_version == -1 and len(self)):
             self._refill_negatives()
-        self._neg_drawn += n
-        return self._neg[rng.integers(0, self._neg.shape[0], n)]
+        self._neg_drawn += n_draws
+        return self._neg
 
     def _rows_by_id(self) -> np.ndarray:
         """Rows in item-id order, re-sorted only after rows were added."""

@@ -201,7 +201,7 @@ class JobProcess:
         py_spy = str(Path(sys.executable).parent / "py-spy")
         for pid in [f[0] for f in map(str.split, ps.splitlines()) if f[1:] == ["java"]]:
             tools = (("jstack", ["jstack", pid]),
-                     ("py-spy", [py_spy, "dump", "--native", "--pid", pid]))
+                     ("py-spy", [py_spy, "dump", "--pid", pid]))
             for tool, argv in tools:
                 path = self.log_dir / f"{tool}-{pid}.txt"
                 try:
@@ -217,10 +217,11 @@ class JobProcess:
         return "\n".join(lines)
 
 
-def job_settings(broker_settings: Settings, tmp: Path, extra: Iterable[str] = ()
-                 ) -> tuple[Settings, list[str]]:
-    """Overrides for a job on the test broker with fresh, uniquely named topics."""
-    tag = uuid.uuid4().hex[:8]
+def job_settings(broker_settings: Settings, tmp: Path, extra: Iterable[str] = (),
+                 tag: str | None = None) -> tuple[Settings, list[str]]:
+    """Overrides for a job on the test broker with fresh, uniquely named topics (named after
+    ``tag``, random by default), created here."""
+    tag = tag or uuid.uuid4().hex[:8]
     base = [
         f"kafka.bootstrap_servers={broker_settings.kafka.bootstrap_servers}",
         f"local.cache_dir={broker_settings.local.cache_dir}",

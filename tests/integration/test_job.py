@@ -165,7 +165,9 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
         got_new = [u for u in audio_users
                    if new_item in {it.item_id for it in Recommendation.from_json(
                        latest[u].value).items}]
-        assert got_new, "the new audio item reached no audio user's list"
+        assert got_new, ("the new audio item reached no audio user's list", [
+            [it.item_id for it in Recommendation.from_json(latest[u].value).items]
+            for u in audio_users])
 
         # Phase 4: forget_user leaves a tombstone, and the user starts cold afterwards.
         gone = "user-0-0"

@@ -23,6 +23,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from freshrec import kafka_config
 from freshrec.local_kafka import (
+    COMPACTED_TOPIC_CONFIGS,
     broker_down,
     broker_status,
     create_topic,
@@ -135,8 +136,17 @@ def test_default_topics_exist_with_specified_configs(kafka_broker):
         "freshrec.item-embeddings",
     )
     cfg = _topic_configs(kafka_broker, [t.events, t.dlq, t.recommendations, t.item_embeddings])
-    assert cfg[t.recommendations]["cleanup.policy"] == "compact"
-    assert cfg[t.item_embeddings]["cleanup.policy"] == "compact"
+    for name in (t.recommendations, t.item_embeddings):
+        assert cfg[name]["cleanup.policy"] == "compact"
+        assert {k: cfg[name][k] for k in COMPACTED_TOPIC_CONFIGS} == {
+            "cleanup.policy": "compact",
+            "segment.ms": "60000",
+            "segment.bytes": "16777216",
+            "min.cleanable.dirty.ratio": "0.1",
+            "min.compaction.lag.ms": "0",
+            "max.compaction.lag.ms": "300000",
+            "delete.retention.ms": "86400000",
+        }, name
     assert cfg[t.events]["cleanup.policy"] == "delete"
     assert cfg[t.dlq]["cleanup.policy"] == "delete"
     for name in (t.events, t.dlq, t.recommendations, t.item_embeddings):
@@ -150,8 +160,8 @@ def test_status_lists_topics_with_partitions_and_configs(kafka_broker):
     assert st.bootstrap == kafka_broker.bootstrap
     by_name = {t.name: t for t in st.topics}
     t = kafka_broker.settings.topics
-    assert by_name[t.recommendations].configs == {"cleanup.policy": "compact"}
-    assert by_name[t.item_embeddings].configs == {"cleanup.policy": "compact"}
+    assert by_name[t.recommendations].configs == COMPACTED_TOPIC_CONFIGS
+    assert by_name[t.item_embeddings].configs == COMPACTED_TOPIC_CONFIGS
     assert by_name[t.events].configs == {}
     assert by_name[t.events].partitions == t.partitions
     assert not any(n.startswith("__") for n in by_name)
@@ -168,28 +178,124 @@ def test_create_topic_is_idempotent_and_applies_configs(kafka_broker, fresh_topi
     )
 
 
-def test_ensure_topics_creates_missing_and_fixes_cleanup_policy(kafka_broker, fresh_topic):
-    not_compacted = fresh_topic()  # stands in for a recommendations topic made by hand
-    missing = f"{not_compacted}.embeddings"
+def test_ensure_topics_creates_missing_and_brings_existing_to_the_configs(
+    kafka_broker, fresh_topic
+):
+    # Stand-ins for topics made by hand or by an older `kafka up`: one not compacted, one
+    # compacted with the broker's default segment roll and a retention.ms of its own.
+    not_compacted = fresh_topic()
+    old_compacted = fresh_topic(configs={"cleanup.policy": "compact", "retention.ms": "3600000"})
     settings = kafka_broker.settings.replace(
-        "topics", recommendations=not_compacted, item_embeddings=missing
+        "topics", recommendations=not_compacted, item_embeddings=old_compacted
     )
     admin = kafka_broker.admin()
     try:
         messages: list[str] = []
-        created = ensure_topics(settings, admin, log=messages.append)
+        assert ensure_topics(settings, admin, log=messages.append) == []
+        assert any(
+            not_compacted in m and "cleanup.policy=compact (was the broker default)" in m
+            for m in messages
+        ), messages
+        assert any(old_compacted in m and "segment.ms=60000" in m for m in messages), messages
+        assert not any(old_compacted in m and "cleanup.policy" in m for m in messages), messages
+        # A second run finds nothing to change.
+        again: list[str] = []
+        assert ensure_topics(settings, admin, log=again.append) == []
+        assert not any("kafka: set" in m for m in again), again
     finally:
         admin.close()
-    assert created == [missing]
-    assert any("cleanup.policy=compact" in m for m in messages)
-    cfg = _topic_configs(kafka_broker, [not_compacted, missing])
-    assert cfg[not_compacted]["cleanup.policy"] == "compact"
-    assert cfg[missing]["cleanup.policy"] == "compact"
+    cfg = _topic_configs(kafka_broker, [not_compacted, old_compacted])
+    for name in (not_compacted, old_compacted):
+        assert {k: cfg[name][k] for k in COMPACTED_TOPIC_CONFIGS} == COMPACTED_TOPIC_CONFIGS
+    assert cfg[old_compacted]["retention.ms"] == "3600000"  # other overrides are kept
+
+
+def test_ensure_topics_creates_a_missing_compacted_topic_with_the_configs(
+    kafka_broker, fresh_topic
+):
+    missing = f"{fresh_topic()}.embeddings"
+    settings = kafka_broker.settings.replace("topics", item_embeddings=missing)
     admin = kafka_broker.admin()
     try:
-        admin.delete_topics([missing], raise_errors=False)
+        created = ensure_topics(settings, admin, log=lambda _m: None)
+        assert created == [missing]
+        cfg = _topic_configs(kafka_broker, [missing])[missing]
+        assert {k: cfg[k] for k in COMPACTED_TOPIC_CONFIGS} == COMPACTED_TOPIC_CONFIGS
     finally:
+        admin.delete_topics([missing], raise_errors=False)
         admin.close()
+
+
+def _read_from_beginning(broker: KafkaBroker, topic: str) -> list:
+    """Every record of ``topic`` now, from its first offset to its end offset."""
+    consumer = broker.consumer(
+        group_id=None, enable_auto_commit=False, fetch_max_bytes=4_000_000,
+        max_partition_fetch_bytes=4_000_000,
+    )  # fmt: skip
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        records: list = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            assert time.monotonic() < deadline, "reading the topic timed out"
+            for tp_records in consumer.poll(timeout_ms=500).values():
+                records.extend(tp_records)
+        return records
+    finally:
+        consumer.close()
+
+
+def test_compaction_happens_with_the_compacted_topic_configs(kafka_broker, fresh_topic):
+    """A changelog with the compacted topics' configs, but a 1 s segment roll, is compacted
+    by the broker within seconds, and the last value of every key survives."""
+    configs = {**COMPACTED_TOPIC_CONFIGS, "segment.ms": "1000"}
+    topic = fresh_topic(configs=configs)
+    keys = [f"item-{k}".encode() for k in range(50)]
+    written = 0
+    latest: dict[bytes, bytes] = {}
+    producer = kafka_broker.producer(acks="all", linger_ms=5)
+    try:
+        # 20,000 records in 5 batches a little more than segment.ms apart, so each batch
+        # (the first record of which rolls the previous segment) lands in its own segment.
+        for batch in range(5):
+            for i in range(4_000):
+                key = keys[i % len(keys)]
+                latest[key] = f"batch {batch} record {i}".encode()
+                producer.send(topic, key=key, value=latest[key])
+                written += 1
+            producer.flush(timeout=30)
+            time.sleep(1.2)
+        # The last values, in a small segment of their own: the active segment is never
+        # cleaned, so what is left to read is about one record per key in the cleaned
+        # segments plus these.
+        for key in keys:
+            latest[key] = b"final " + key
+            producer.send(topic, key=key, value=latest[key])
+            written += 1
+        producer.flush(timeout=30)
+    finally:
+        producer.close(timeout=10)
+
+    started = time.monotonic()
+    deadline = started + 60
+    while True:
+        records = _read_from_beginning(kafka_broker, topic)
+        if len(records) < 0.25 * written or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    took = time.monotonic() - started
+    assert len(records) < 0.25 * written, (
+        f"{len(records)} of {written} records still there after {took:.0f}s: not compacted"
+    )
+    seen: dict[bytes, bytes] = {}
+    for r in sorted(records, key=lambda r: r.offset):
+        seen[r.key] = r.value
+    assert seen == latest
+    offsets = [r.offset for r in records]
+    assert offsets == sorted(offsets) and offsets[-1] == written - 1  # offsets are kept
 
 
 # --------------------------------------------------------------------------- lifecycle (CLI)

@@ -15,7 +15,11 @@ import pytest
 import yaml
 
 from freshrec import cluster
-from freshrec.local_kafka import FLINK_CONNECTOR_VERSION, default_topics
+from freshrec.local_kafka import (
+    COMPACTED_TOPIC_CONFIGS,
+    FLINK_CONNECTOR_VERSION,
+    default_topics,
+)
 from freshrec.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -131,6 +135,8 @@ def test_strimzi_topics_match_settings() -> None:
         got = by_name[name]
         policy = configs.get("cleanup.policy", "delete")
         assert got["config"].get("cleanup.policy", "delete") == policy, name
+        # Every config freshrec sets locally, with the same value (YAML reads them as numbers).
+        assert {k: str(got["config"].get(k)) for k in configs} == configs, name
         assert got["partitions"] >= 1 and got["replicas"] >= 1
         assert re.fullmatch(r"[a-z0-9.-]+", docs[list(by_name).index(name)]["metadata"]["name"])
     # Partitions bound the useful source parallelism of the FlinkDeployment.
@@ -147,9 +153,20 @@ def test_compose_file() -> None:
     assert {"kafka", "jobmanager", "taskmanager", "prometheus", "grafana"} <= set(services)
     assert services["kafka"]["image"] == f"apache/kafka:{SETTINGS.local.kafka_version}"
     script = services["topics"]["command"][0]
+    lines = [ln.strip() for ln in script.splitlines()]
+    [compacted] = [ln.split("=", 1)[1] for ln in lines if ln.startswith("compacted=")]
+    assert dict(kv.split("=", 1) for kv in compacted.split(",")) == COMPACTED_TOPIC_CONFIGS
     for name, configs in default_topics(SETTINGS).items():
-        line = next(t for t in script.splitlines() if f"--topic {name} " in t)
-        assert ("cleanup.policy=compact" in line) == (configs.get("cleanup.policy") == "compact")
+        [create] = [ln for ln in lines if f"--create --if-not-exists --topic {name} " in ln]
+        create_configs = dict(kv.split("=", 1) for kv in re.findall(r"--config (\S+)", create))
+        alters = [ln for ln in lines if f"--alter --entity-type topics --entity-name {name} " in ln]
+        if configs.get("cleanup.policy") == "compact":
+            assert create_configs == {"cleanup.policy": "compact"}, name
+            # Set on every run, so a topic created earlier gets them too.
+            assert [a.split("--add-config ")[1] for a in alters] == ["$$compacted"], name
+            assert lines.index(alters[0]) > lines.index(create), name
+        else:
+            assert (create_configs, alters) == (configs, []), name
     flink_props = yaml.safe_load(services["jobmanager"]["environment"]["FLINK_PROPERTIES"])
     assert flink_props["python.execution-mode"] == "thread"
     prom = yaml.safe_load((COMPOSE / "prometheus.yml").read_text("utf-8"))

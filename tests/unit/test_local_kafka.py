@@ -144,9 +144,29 @@ def test_default_topics_and_their_configs(settings):
     assert lk.default_topics(settings) == {
         "freshrec.events": {},
         "freshrec.events.dlq": {"max.message.bytes": "4194304"},
-        "freshrec.recommendations": {"cleanup.policy": "compact"},
-        "freshrec.item-embeddings": {"cleanup.policy": "compact"},
+        "freshrec.recommendations": dict(lk.COMPACTED_TOPIC_CONFIGS),
+        "freshrec.item-embeddings": dict(lk.COMPACTED_TOPIC_CONFIGS),
     }
+
+
+def test_compacted_topic_configs_compact_within_minutes():
+    assert dict(lk.COMPACTED_TOPIC_CONFIGS) == {
+        "cleanup.policy": "compact",
+        "segment.ms": "60000",
+        "segment.bytes": "16777216",
+        "min.cleanable.dirty.ratio": "0.1",
+        "min.compaction.lag.ms": "0",
+        "max.compaction.lag.ms": "300000",
+        "delete.retention.ms": "86400000",
+    }
+    cfg = lk.COMPACTED_TOPIC_CONFIGS
+    assert int(cfg["min.compaction.lag.ms"]) <= int(cfg["max.compaction.lag.ms"])
+    # Dirty records wait for the roll of the active segment, which the cleaner never touches.
+    assert int(cfg["segment.ms"]) <= int(cfg["max.compaction.lag.ms"])
+    # Tombstones outlive any wait for compaction by far (consumers must get to see them).
+    assert int(cfg["delete.retention.ms"]) >= 24 * 3600 * 1000
+    with pytest.raises(TypeError):
+        lk.COMPACTED_TOPIC_CONFIGS["segment.ms"] = "1"  # type: ignore[index]
 
 
 def test_cluster_ids_are_unique_kraft_ids():

@@ -14,13 +14,13 @@ from online_models import (
     ItemState,
     ModelConfig,
     UserState,
-    apply_item_gradient,
+    apply_gradients_to_items,
+    learn_bundle,
+    lr_schedule,
     make_model,
     new_item_state,
-    user_step,
 )
 from online_models.baselines import MODEL_NAMES
-from online_models.core import user_step_arrays
 from schemas.events import Event
 
 CFG = ModelConfig(dim=16, seed=3, exploration=0.0)
@@ -152,14 +152,15 @@ def test_item_state_round_trip_and_update() -> None:
 
 
 def test_job_split_equals_in_memory_model(events: list[Event]) -> None:
-    """user_step + apply_item_gradient on plain states == FreshRecModel.learn_one."""
+    """The job's split (learn_bundle on the user side, apply_gradients_to_items on the item
+    owner's states, the changelog back into the replica) == FreshRecModel.learn_one."""
     cfg = CFG.replace(cold_events=0)
     model = FreshRecModel(cfg)
     replica = ItemReplica(cfg)
-    rng = np.random.default_rng(cfg.seed)
     users: dict[str, UserState] = {}
     items: dict[str, ItemState] = {}
     for ev in events[:600]:
+        scale = lr_schedule(model.step, cfg)
         model.learn_one(ev)
         if ev.event_type == "item_upsert":
             meta = {"category": ev.category, "brand": ev.brand, "price": ev.price,
@@ -168,20 +169,17 @@ def test_job_split_equals_in_memory_model(events: list[Event]) -> None:
             continue
         if ev.user_id is None:
             continue
-        user = users.get(ev.user_id) or UserState.new(ev.user_id, cfg.dim, cfg.seed)
-        from online_models.core import lr_schedule
-
-        scale = lr_schedule(model.step - 1, cfg)
-        users[ev.user_id], grads = user_step(user, ev, replica, cfg, rng, scale)
-        for g in grads:  # the item-keyed operator, then the changelog back to the replica
-            r = replica.row(g.item_id)
-            state = items.get(g.item_id) or ItemState(
-                g.item_id, replica.vectors[r].copy(), float(replica.table.accumulators[r]),
+        step = learn_bundle(users, [ev], replica, cfg, scale)
+        users.update(step.users)
+        known = {}
+        for item_id in step.gradients.item_ids:
+            r = replica.row(item_id)
+            known[item_id] = items.get(item_id) or ItemState(
+                item_id, replica.vectors[r].copy(), float(replica.table.accumulators[r]),
                 float(replica.bias[r]), float(replica.trend[r]))
-            state = apply_item_gradient(state, g, cfg, replica)
-            items[g.item_id] = state
-            replica.upsert(g.item_id, state.vector, bias=state.bias, trend=state.trend,
-                           acc=state.acc)
+        for item_id, state in apply_gradients_to_items(known, step.gradients, cfg).items():
+            items[item_id] = state
+            replica.upsert(item_id, state.vector, bias=state.bias, acc=state.acc)
     assert replica.ids == model.replica.ids
     np.testing.assert_allclose(replica.vectors, model.replica.vectors, rtol=1e-5, atol=1e-6)
     for uid, u in users.items():
@@ -189,16 +187,32 @@ def test_job_split_equals_in_memory_model(events: list[Event]) -> None:
         assert u.history == model.users[uid].history
 
 
-def test_user_step_is_pure(events: list[Event]) -> None:
+def test_bundle_learner_is_pure_and_bundles_match_steps(events: list[Event]) -> None:
+    """learn_bundle leaves its inputs alone; a bundle of events of distinct users gives
+    each user the same step as learning that user's event alone."""
     replica = ItemReplica(CFG)
+    for ev in events[:400]:
+        if ev.event_type == "item_upsert":
+            replica.upsert(ev.item_id, meta={"category": ev.category}, ts_ms=ev.ts_ms)  # type: ignore[arg-type]
     user = UserState.new("u", CFG.dim, CFG.seed)
     before = user.to_bytes()
-    new, rows, grads, _, _ = user_step_arrays(
-        user, Event("e", "favorite", 5, user_id="u", item_id="i1"), replica, CFG,
-        np.random.default_rng(0))
-    assert user.to_bytes() == before and new is not user
-    assert not new.vector.flags.writeable
-    assert rows[0] == replica.row("i1") and grads.shape == (rows.shape[0], CFG.dim)
+    ev = Event("e", "favorite", 5, user_id="u", item_id="i1")
+    step = learn_bundle({"u": user}, [ev], replica, CFG)
+    assert user.to_bytes() == before and step.users["u"] is not user
+    assert not step.users["u"].vector.flags.writeable
+    assert step.gradients.item_ids[0] == "i1"
+    assert step.gradients.grads.shape == (len(step.gradients), CFG.dim)
+    inter = [e for e in events[400:] if e.user_id is not None and e.item_id is not None]
+    bundle, seen = [], set()
+    for e in inter:
+        if e.user_id not in seen and e.item_id in replica:
+            bundle.append(e)
+            seen.add(e.user_id)
+    together = learn_bundle({}, bundle[:30], replica, CFG)
+    for e in bundle[:30]:
+        alone = learn_bundle({}, [e], replica, CFG)
+        np.testing.assert_allclose(together.users[e.user_id].vector,  # type: ignore[index]
+                                   alone.users[e.user_id].vector, rtol=1e-5, atol=1e-7)  # type: ignore[index]
 
 
 def test_negative_feedback_lowers_affinity() -> None:

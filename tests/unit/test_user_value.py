@@ -43,7 +43,7 @@ def test_round_trip(state: RefreshState) -> None:
     assert unpack_user_value(packed) == (USER, state)
 
 
-def test_smaller_than_the_pickled_tuple() -> None:
+def test_smaller_than_a_pickled_tuple() -> None:
     # Between events a user's pending list is empty: that is what checkpoints mostly hold.
     state = dataclasses.replace(busy_state(), pending=Pending(), timer_pending=False)
     packed = pickle.dumps(pack_user_value(USER, state))
@@ -51,27 +51,16 @@ def test_smaller_than_the_pickled_tuple() -> None:
     assert len(packed) + 80 < len(pickled), (len(packed), len(pickled))
 
 
-def test_reads_the_pickled_tuple_of_older_versions() -> None:
-    old = pickle.loads(pickle.dumps((USER, busy_state())))
-    assert unpack_user_value(old) == (USER, busy_state())
+def test_pending_keeps_a_weight_per_item() -> None:
+    pending = Pending().add(Event("a", "view", 10, user_id="u", item_id="i1"), 11, 1.0) \
+        .add(Event("b", "purchase", 20, user_id="u", item_id="i2"), 21, 5.0)
+    assert (pending.items, pending.weights, pending.event_ts) == (("i1", "i2"), (1.0, 5.0),
+                                                                  (10, 20))
 
 
-def test_a_restored_old_pending_takes_the_next_event_and_packs() -> None:
-    # A savepoint taken while the user had events pending, written before Pending.weights.
-    old = Pending.__new__(Pending)
-    old.__setstate__([("i1", "i2"), (10, 20), (11, 21)])
-    pending = old.add(Event("c", "view", 30, user_id="u", item_id="i3"), 31, 1.0)
-    state = RefreshState(seq=4, timer_pending=True, pending=pending)
+def test_the_shown_list_round_trips() -> None:
+    state = dataclasses.replace(busy_state(), shown=("a", "b ✓", "c"))
     assert unpack_user_value(pack_user_value(USER, state)) == (USER, state)
-    assert pending.weights == (0.0, 0.0, 1.0)
-
-
-def test_an_item_id_with_nul_keeps_the_pickled_form() -> None:
-    pending = Pending().add(Event("a", "view", 10, user_id="u", item_id="bad\x00id"), 11, 1.0)
-    state = RefreshState(pending=pending)
-    stored = pack_user_value(USER, state)
-    assert stored == (USER, state)
-    assert unpack_user_value(stored) == (USER, state)
 
 
 def test_foreign_bytes_are_refused() -> None:

@@ -1,0 +1,155 @@
+"""What item-update does with a bundle of item messages, as plain Python (no Flink import).
+
+item-update is keyed by item shard. A bundle holds the messages user-update sent to the
+shard (summed gradients of a user bundle, or an ``item_upsert`` event's bytes), in order.
+:meth:`ItemSide.process` applies them to the items' states (read once per item, written
+with one ``put_all``) and marks the items due for publishing; :meth:`ItemSide.publish`
+builds their changelog records when the shard's timer fires. An item is published at most
+once per ``publish_interval_ms`` after an interaction or upsert, and once per
+``background_interval_ms`` after only being nudged as a sampled negative or as context.
+
+>>> side = ItemSide(ModelConfig(dim=4), 200, 5000)
+>>> raw = (b'{"event_id":"u1","event_type":"item_upsert","ts":1700000000000,'
+...        b'"item_id":"i1","category":"c"}')
+>>> res = side.process([UPSERT_MESSAGE + raw], lambda ids: {}, lambda ev: False, now=1_000)
+>>> sorted(res.writes), res.due
+(['i1'], {'i1': 1200})
+>>> out, n = side.publish(["i1"], res.writes)
+>>> n, ItemState.from_bytes(res.writes["i1"]).category
+(1, 'c')
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from flink_jobs.bundles import ITEM_EMBEDDINGS, OutputBundle
+from flink_jobs.user_side import GRADIENT_MESSAGE, UPSERT_MESSAGE, Loader
+from online_models.bundle import ItemGradients, apply_gradients_to_items
+from online_models.config import ModelConfig
+from online_models.core import new_item_state
+from online_models.replica import LN2, NEW_ITEM_TREND
+from online_models.state import ItemState
+from schemas.events import DecodeError, Event, decode_event
+from schemas.item_embedding import ItemEmbedding
+
+_DUE_MAGIC = b"FD1"
+
+
+def pack_due(due: Mapping[str, int]) -> bytes:
+    """The shard's items waiting to be published and when (layout ``FD1``).
+
+    >>> unpack_due(pack_due({"a": 5, "b": 7}))
+    {'a': 5, 'b': 7}
+    """
+    n = len(due)
+    return (_DUE_MAGIC + struct.pack(f"<I{n}q", n, *due.values())
+            + "\x00".join(due).encode("utf-8"))
+
+
+def unpack_due(blob: bytes | None) -> dict[str, int]:
+    """Inverse of :func:`pack_due` (``None``: nothing waiting)."""
+    if not blob:
+        return {}
+    if blob[:3] != _DUE_MAGIC:
+        raise ValueError("not a freshrec publish schedule (bad magic)")
+    (n,) = struct.unpack_from("<I", blob, 3)
+    times = struct.unpack_from(f"<{n}q", blob, 7)
+    ids = blob[7 + 8 * n:].decode("utf-8").split("\x00") if n else []
+    return dict(zip(ids, times, strict=True))
+
+
+@dataclass
+class ItemBundleResult:
+    """Item state writes, items due for publishing (item -> time), upsert ids to remember
+    and duplicates dropped."""
+
+    writes: dict[str, bytes]
+    due: dict[str, int]
+    upsert_ids: list[str]
+    duplicates: int
+
+
+class ItemSide:
+    """The item side of the job (stateless: all state comes in and goes out as bytes)."""
+
+    def __init__(self, config: ModelConfig, publish_interval_ms: int,
+                 background_interval_ms: int) -> None:
+        self.config = config
+        self.publish_interval_ms = publish_interval_ms
+        self.background_interval_ms = background_interval_ms
+        self._decay_per_ms = LN2 / (config.trend_half_life_s * 1000.0)
+
+    def process(self, messages: list[bytes], load: Loader,
+                seen_upsert: Callable[[str], bool], now: int) -> ItemBundleResult:
+        """Apply the messages in order; ``seen_upsert(event_id)`` tells a re-sent upsert."""
+        decoded: list[ItemGradients | Event] = []
+        upsert_ids: list[str] = []
+        duplicates = 0
+        for msg in messages:
+            kind, body = msg[:1], msg[1:]
+            if kind == GRADIENT_MESSAGE:
+                decoded.append(ItemGradients.from_bytes(body))
+            elif kind == UPSERT_MESSAGE:
+                # Validated by user-update already, against the job's limits.
+                event = decode_event(body, len(body), len(body))
+                if isinstance(event, DecodeError):
+                    raise ValueError(f"item upsert that does not decode: {event.message}")
+                if seen_upsert(event.event_id) or event.event_id in upsert_ids:
+                    duplicates += 1
+                    continue
+                upsert_ids.append(event.event_id)
+                decoded.append(event)
+            else:
+                raise ValueError(f"unknown item message kind {kind!r}")
+        ids = list(dict.fromkeys(
+            i for m in decoded for i in (m.item_ids if isinstance(m, ItemGradients)
+                                         else [m.item_id])))
+        stored = load(ids)
+        items: dict[str, ItemState] = {
+            i: ItemState.from_bytes(b) for i in ids if (b := stored.get(i)) is not None}
+        fore = (now // self.publish_interval_ms + 1) * self.publish_interval_ms
+        back = (now // self.background_interval_ms + 1) * self.background_interval_ms
+        due: dict[str, int] = {}
+        for m in decoded:
+            if isinstance(m, ItemGradients):
+                items.update(apply_gradients_to_items(items, m, self.config))
+                for item_id, tw in zip(m.item_ids, m.trend_weight.tolist(), strict=True):
+                    due[item_id] = min(due.get(item_id, back), fore if tw > 0 else back)
+            else:
+                item_id = m.item_id
+                assert item_id is not None
+                meta = {"category": m.category, "brand": m.brand, "price": m.price,
+                        "title": m.title, "available": m.available}
+                item = items.get(item_id) or new_item_state(item_id, self.config, meta)
+                items[item_id] = item.replace(**{k: v for k, v in meta.items() if v is not None},
+                                              last_ts=max(item.last_ts, m.ts_ms))
+                due[item_id] = fore
+        writes = {i: s.to_bytes() for i, s in items.items()}
+        return ItemBundleResult(writes, due, upsert_ids, duplicates)
+
+    def publish(self, item_ids: list[str], stored: Mapping[str, bytes | None]
+                ) -> tuple[OutputBundle, int]:
+        """Changelog records of these items (one per item); returns them and their count."""
+        out = OutputBundle()
+        n = 0
+        for item_id in item_ids:
+            blob = stored.get(item_id)
+            if blob is None:
+                continue
+            item = ItemState.from_bytes(blob)
+            # ItemState.trend is forward-decayed from the epoch; publish it as of last_ts. An
+            # item without interactions gets the new-listing trend, as the replica does.
+            trend = (item.trend - item.last_ts * self._decay_per_ms
+                     if math.isfinite(item.trend) else math.log(NEW_ITEM_TREND))
+            emb = ItemEmbedding(
+                item_id=item.item_id, vector=tuple(float(x) for x in item.vector),
+                bias=item.bias, trend=trend, n_events=item.n_events, updated_at=item.last_ts,
+                acc=item.acc, category=item.category, brand=item.brand, title=item.title,
+                price=item.price, available=item.available)
+            out.keyed(ITEM_EMBEDDINGS, item.item_id.encode("utf-8"), emb.to_bytes())
+            n += 1
+        return out, n

@@ -1,0 +1,107 @@
+package io.freshrec.flink;
+
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.util.zip.CRC32;
+
+import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.api.common.typeinfo.TypeInformation;
+import org.apache.flink.api.common.typeinfo.Types;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
+import org.apache.flink.types.Row;
+import org.apache.flink.util.Preconditions;
+
+/**
+ * Bundles the raw Kafka rows of {@link RecordWithMetadataDeserializer} per shard, so the Python
+ * operator gets one call per bundle. The shard is the CRC32 of the value's top-level string
+ * field {@code shardField} (all records of one user land in one shard, in arrival order), or of
+ * the raw bytes when there is no such field; no input bytes can make it fail.
+ *
+ * <p>Bundle: int32 n, then per record int32 partition, int64 offset, int64 timestamp,
+ * int32 key length (-1 for null) + key, int32 value length (-1 for null) + value.
+ */
+public final class RecordBundler extends ShardBundlingOperator {
+    private static final long serialVersionUID = 1L;
+    private static final byte[] EMPTY = new byte[0];
+
+    private final String shardField;
+    private final int shards;
+    private final int maxParseBytes;
+
+    private transient JsonFactory json;
+    private transient CRC32 crc;
+
+    public RecordBundler(String shardField, int shards, int maxRecords, long maxAgeMs,
+            int maxParseBytes) {
+        super(maxRecords, maxAgeMs);
+        Preconditions.checkArgument(shards >= 1, "shards must be >= 1: %s", shards);
+        this.shardField = shardField == null || shardField.isEmpty() ? null : shardField;
+        this.shards = shards;
+        this.maxParseBytes = maxParseBytes;
+    }
+
+    /** Row(shard INT, bundle BYTES), the type of every bundler's and ShardRecordSplitter's rows. */
+    public static TypeInformation<Row> producedType() {
+        return Types.ROW(Types.INT, PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO);
+    }
+
+    @Override
+    public void open() throws Exception {
+        super.open();
+        json = new JsonFactory();
+        crc = new CRC32();
+    }
+
+    @Override
+    protected int shardOf(Row record) {
+        if (shardField == null) {
+            return 0;
+        }
+        byte[] value = (byte[]) record.getField(5);
+        if (value != null && value.length <= maxParseBytes) {
+            String id = topLevelString(value);
+            if (id != null) {
+                return shard(id.getBytes(StandardCharsets.UTF_8));
+            }
+        }
+        byte[] key = (byte[]) record.getField(4);
+        return shard(value != null ? value : key != null ? key : EMPTY);
+    }
+
+    @Override
+    protected void append(Row record, BundleBuffer bundle) {
+        bundle.putInt((Integer) record.getField(1));
+        bundle.putLong((Long) record.getField(2));
+        bundle.putLong((Long) record.getField(3));
+        bundle.putBytes((byte[]) record.getField(4));
+        bundle.putBytes((byte[]) record.getField(5));
+    }
+
+    private int shard(byte[] bytes) {
+        crc.reset();
+        crc.update(bytes);
+        return Math.floorMod((int) crc.getValue(), shards);
+    }
+
+    /** The first top-level field named shardField if it is a string, else null. */
+    private String topLevelString(byte[] value) {
+        try (JsonParser parser = json.createParser(value)) {
+            if (parser.nextToken() != JsonToken.START_OBJECT) {
+                return null;
+            }
+            while (parser.nextToken() == JsonToken.FIELD_NAME) {
+                boolean match = shardField.equals(parser.currentName());
+                JsonToken token = parser.nextToken();
+                if (match) {
+                    return token == JsonToken.VALUE_STRING ? parser.getText() : null;
+                }
+                parser.skipChildren();
+            }
+            return null;
+        } catch (IOException | RuntimeException e) {
+            return null; // not JSON: the caller hashes the raw bytes
+        }
+    }
+}

@@ -1,0 +1,324 @@
+"""What user-update does with a bundle, as plain Python over bytes (no Flink import).
+
+The Flink operator (:mod:`flink_jobs.operators`) reads each user's stored value once per
+bundle, hands the bundle to :meth:`UserSide.process`, writes the returned values back with
+one ``put_all`` and emits the returned :class:`~flink_jobs.bundles.OutputBundle`. One call:
+decode and validate every record (bad ones become dead letters, one by one), pseudonymise,
+de-duplicate, ``forget_user``, the bundle learning step for all users (each user's events in
+order), the owed refreshes scored together, and the item gradients summed per item and sent
+as one record per item shard. Lists owed to users refreshed less than
+``refresh_interval_ms`` ago are scored later by :meth:`UserSide.refresh`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flink_jobs.bundles import (
+    DEAD_LETTERS,
+    ITEM_GRADIENTS,
+    RECOMMENDATIONS,
+    OutputBundle,
+    RawRecord,
+)
+from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value, unpack_user_value
+from freshrec.privacy import pseudonymize
+from online_models.bundle import learn_bundle
+from online_models.config import ModelConfig
+from online_models.core import recommend_for_users
+from online_models.model import cold_start_bonus, learn_cold_start
+from online_models.replica import ItemReplica
+from online_models.state import UserState
+from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMetrics, UserClusters
+from schemas.dlq import DeadLetter, encode_dead_letter
+from schemas.events import DecodeError, Event, decode_event
+from schemas.item_embedding import ItemEmbedding
+from schemas.recommendation import Recommendation
+
+# Item-side messages: gradients of a bundle, or the raw bytes of an item_upsert event.
+GRADIENT_MESSAGE = b"G"
+UPSERT_MESSAGE = b"U"
+# Reads the stored values of some keys (missing or None: nothing stored).
+Loader = Callable[[list[str]], Mapping[str, bytes | None]]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of an id (item shards; the Java bundler shards users the same way).
+
+    >>> shard_of("item-1", 16) == shard_of("item-1", 16), 0 <= shard_of("x", 4) < 4
+    (True, True)
+    """
+    return (zlib.crc32(key.encode("utf-8")) & 0xFFFFFFFF) % shards
+
+
+@dataclass(frozen=True)
+class UserSideSettings:
+    """The job settings user-update needs."""
+
+    config: ModelConfig
+    model_version: str
+    events_topic: str
+    refresh_interval_ms: int
+    dedup_window_s: int
+    dedup_max_ids: int
+    max_payload_bytes: int
+    max_id_length: int
+    item_shards: int
+    learn_items: bool = True
+
+
+@dataclass
+class BundleStats:
+    """Counts of one call, for the operator to add to its metrics."""
+
+    consumed: dict[str, int] = field(default_factory=dict)
+    invalid: dict[str, int] = field(default_factory=dict)
+    dead_letters: int = 0
+    duplicates: int = 0
+    coalesced: int = 0
+    published: int = 0
+    cold_start: int = 0
+    tombstones: int = 0
+    drifts: int = 0
+    new_users: int = 0
+    scored: int = 0
+    event_latency_s: list[float] = field(default_factory=list)
+    ingest_latency_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class UserBundleResult:
+    """State writes, owed refreshes (user -> due time) and output of one call."""
+
+    writes: dict[str, bytes]
+    removes: list[str]
+    owed: dict[str, int]
+    output: OutputBundle
+    stats: BundleStats
+
+
+class UserSide:
+    """The user side of the job for one operator instance: the item replica (a cache of the
+    changelog), the cold-start clusters and the live prequential metrics (caches too)."""
+
+    def __init__(self, settings: UserSideSettings, pseudonym_key: bytes | None = None) -> None:
+        self.settings = settings
+        self.config = settings.config
+        cfg = self.config
+        self.replica = ItemReplica(cfg)
+        self.clusters = UserClusters(cfg.n_clusters, cfg.dim, cfg.seed, cfg.trend_half_life_s)
+        self.rolling = PrequentialWindow(cfg.top_k)
+        self.drift = DriftMonitor()
+        self.loss = RollingMetrics(1000)
+        self._key = pseudonym_key
+
+    # -- records in -----------------------------------------------------------------------
+    def decode(self, records: Iterable[RawRecord], stats: BundleStats, out: OutputBundle,
+               now: int) -> tuple[list[tuple[Event, int]], list[tuple[str, bytes]]]:
+        """Valid user events with their Kafka time, and item upserts (item id, raw bytes);
+        every invalid record becomes a dead letter in ``out``."""
+        s = self.settings
+        events: list[tuple[Event, int]] = []
+        upserts: list[tuple[str, bytes]] = []
+        for rec in records:
+            result = decode_event(rec.value, s.max_payload_bytes, s.max_id_length)
+            if isinstance(result, DecodeError):
+                stats.invalid[result.code] = stats.invalid.get(result.code, 0) + 1
+                stats.dead_letters += 1
+                dead = DeadLetter.build(rec.value, rec.key, result.code, result.field,
+                                        result.message, s.events_topic, rec.partition,
+                                        rec.offset, now)
+                out.keyed(DEAD_LETTERS, rec.key, encode_dead_letter(dead))
+                continue
+            stats.consumed[result.event_type] = stats.consumed.get(result.event_type, 0) + 1
+            if result.event_type == "item_upsert":
+                assert result.item_id is not None and rec.value is not None
+                upserts.append((result.item_id, rec.value))
+                continue
+            if self._key is not None and result.user_id is not None:
+                result = dataclasses.replace(result, user_id=pseudonymize(self._key,
+                                                                          result.user_id))
+            events.append((result, rec.timestamp))
+        return events, upserts
+
+    # -- the bundle -----------------------------------------------------------------------
+    def process(self, records: Iterable[RawRecord], load: Loader, now: int | None = None
+                ) -> UserBundleResult:
+        """Everything user-update does with one bundle; ``load`` returns the stored values
+        of the given user ids (missing or None: a new user)."""
+        now = now_ms() if now is None else now
+        s, cfg = self.settings, self.config
+        stats, out = BundleStats(), OutputBundle()
+        events, upserts = self.decode(records, stats, out, now)
+        for item_id, raw in upserts:
+            out.sharded(ITEM_GRADIENTS, shard_of(item_id, s.item_shards), UPSERT_MESSAGE + raw)
+        user_ids = list(dict.fromkeys(e.user_id for e, _ in events if e.user_id is not None))
+        stored = load(user_ids)
+        blobs: dict[str, bytes | None] = {}
+        refresh: dict[str, RefreshState] = {}
+        for uid in user_ids:
+            value = stored.get(uid)
+            if value is None:
+                blobs[uid], refresh[uid] = None, RefreshState()
+            else:
+                blobs[uid], refresh[uid] = unpack_user_value(value)
+        # Events to learn per user: only those after the user's last forget_user.
+        to_learn: dict[str, list[Event]] = {}
+        forgotten: set[str] = set()
+        now_s = now // 1000
+        for event, ingest_ms in events:
+            uid = event.user_id
+            assert uid is not None
+            rs = refresh[uid]
+            if rs.recent_ids.contains(event.event_id, now_s, s.dedup_window_s):
+                stats.duplicates += 1
+                continue
+            recent = rs.recent_ids.add(event.event_id, now_s, s.dedup_window_s, s.dedup_max_ids)
+            if event.event_type == "forget_user":
+                if blobs[uid] is not None or uid in to_learn:
+                    stats.new_users -= 1
+                # Every piece of the user's state goes; a new list's seq restarts after it.
+                refresh[uid] = RefreshState()
+                blobs[uid] = None
+                to_learn.pop(uid, None)
+                forgotten.add(uid)
+                continue
+            if blobs[uid] is None and uid not in to_learn:
+                stats.new_users += 1
+            to_learn.setdefault(uid, []).append(event)
+            refresh[uid] = dataclasses.replace(
+                rs, last_event_ts=event.ts_ms, last_event_id=event.event_id,
+                pending=rs.pending.add(event, ingest_ms,
+                                       max(cfg.event_weight(event.event_type), 0.0)),
+                recent_ids=recent)
+        for uid in forgotten:
+            out.keyed(RECOMMENDATIONS, uid.encode("utf-8"), None)
+            stats.tombstones += 1
+        keep = {id(e) for evs in to_learn.values() for e in evs}
+        learn_events = [e for e, _ in events if id(e) in keep]
+        users = {uid: UserState.from_bytes(b) for uid in to_learn
+                 if (b := blobs[uid]) is not None}
+        step = learn_bundle(users, learn_events, self.replica, cfg)
+        for loss in step.losses.tolist():
+            self.loss.update(loss)
+        new_users = {uid: step.users.get(uid) or users.get(uid)
+                     or UserState.new(uid, cfg.dim, cfg.seed) for uid in to_learn}
+        if s.learn_items and len(step.gradients):
+            shards = np.fromiter((shard_of(i, s.item_shards) for i in step.gradients.item_ids),
+                                 dtype=np.int64, count=len(step.gradients))
+            for shard in np.unique(shards).tolist():
+                part = step.gradients.take(np.flatnonzero(shards == shard))
+                out.sharded(ITEM_GRADIENTS, shard, GRADIENT_MESSAGE + part.to_bytes())
+        writes: dict[str, bytes] = {}
+        owed: dict[str, int] = {}
+        due_now: list[str] = []
+        for uid in new_users:
+            rs = refresh[uid]
+            if rs.timer_pending:
+                stats.coalesced += 1
+            elif now - rs.last_refresh_ms >= s.refresh_interval_ms:
+                due_now.append(uid)
+            else:
+                stats.coalesced += 1
+                refresh[uid] = dataclasses.replace(rs, timer_pending=True)
+                owed[uid] = rs.last_refresh_ms + s.refresh_interval_ms
+        lists = self._score({uid: (new_users[uid], refresh[uid]) for uid in due_now}, now,
+                            out, stats)
+        refresh.update(lists)
+        for uid, user in new_users.items():
+            writes[uid] = pack_user_value(user.to_bytes(), refresh[uid])
+        removes = [uid for uid in forgotten if uid not in to_learn]
+        return UserBundleResult(writes, removes, owed, out, stats)
+
+    def refresh(self, user_ids: list[str], stored: Mapping[str, bytes | None],
+                now: int | None = None) -> UserBundleResult:
+        """Score the owed lists of these users (a timer fired); users no longer owed one (a
+        forget came in between) are skipped."""
+        now = now_ms() if now is None else now
+        stats, out = BundleStats(), OutputBundle()
+        due: dict[str, tuple[UserState, RefreshState]] = {}
+        for uid in user_ids:
+            value = stored.get(uid)
+            if value is None:
+                continue
+            blob, rs = unpack_user_value(value)
+            if rs.timer_pending and blob:
+                due[uid] = (UserState.from_bytes(blob), rs)
+        lists = self._score(due, now, out, stats)
+        writes = {uid: pack_user_value(due[uid][0].to_bytes(), rs) for uid, rs in lists.items()}
+        return UserBundleResult(writes, [], {}, out, stats)
+
+    def _score(self, due: Mapping[str, tuple[UserState, RefreshState]], now: int,
+               out: OutputBundle, stats: BundleStats) -> dict[str, RefreshState]:
+        """Test-then-learn metrics, cluster learning and one batched scoring for the due
+        users; their lists go to ``out``; returns their settled refresh states."""
+        if not due:
+            return {}
+        cfg = self.config
+        for user, rs in due.values():
+            for item in rs.pending.items:
+                if rs.shown:
+                    hit = self.rolling.update(rs.shown, item)
+                    if self.drift.update(hit):
+                        stats.drifts += 1
+            if user.n_events <= 4 * cfg.cold_events:
+                for item, weight in zip(rs.pending.items, rs.pending.weights, strict=True):
+                    learn_cold_start(self.clusters, user, self.replica, cfg, item, weight,
+                                     rs.last_event_ts)
+        users = [u for u, _ in due.values()]
+        bonuses = [cold_start_bonus(self.clusters, u, self.replica, cfg) for u in users]
+        lists = recommend_for_users(users, self.replica, cfg, bonuses=bonuses)
+        stats.scored += len(users)
+        settled: dict[str, RefreshState] = {}
+        for (uid, (user, rs)), items in zip(due.items(), lists, strict=True):
+            seq = rs.seq + 1
+            rec = Recommendation(
+                user_id=uid, items=tuple(items), model_version=self.settings.model_version,
+                generated_at=now, last_event_ts=rs.last_event_ts,
+                last_event_id=rs.last_event_id, seq=seq,
+                cold_start=user.n_events < cfg.cold_events, events_applied=user.n_events)
+            out.keyed(RECOMMENDATIONS, uid.encode("utf-8"), rec.to_bytes())
+            stats.published += 1
+            if rec.cold_start:
+                stats.cold_start += 1
+            stats.event_latency_s.extend((now - ts) / 1000.0 for ts in rs.pending.event_ts)
+            stats.ingest_latency_s.extend((now - ts) / 1000.0 for ts in rs.pending.ingest_ts)
+            settled[uid] = dataclasses.replace(
+                rs, seq=seq, last_refresh_ms=now, timer_pending=False, pending=NO_PENDING,
+                shown=tuple(it.item_id for it in items))
+        return settled
+
+    # -- the item changelog -----------------------------------------------------------------
+    def apply_changelog(self, records: Iterable[RawRecord]) -> tuple[dict[str, bytes], int]:
+        """Apply changelog records to the replica; returns what the broadcast state stores
+        (item id -> record bytes, tombstones skipped) and the newest publish time."""
+        stored: dict[str, bytes] = {}
+        newest = 0
+        for rec in records:
+            if rec.key is None or rec.value is None:
+                continue
+            self.apply_embedding(ItemEmbedding.from_bytes(rec.value))
+            stored[rec.key.decode("utf-8")] = rec.value
+            newest = max(newest, rec.timestamp)
+        return stored, newest
+
+    def apply_embedding(self, emb: ItemEmbedding) -> None:
+        meta = {"category": emb.category, "brand": emb.brand, "price": emb.price,
+                "available": emb.available, "title": emb.title}
+        # The changelog carries the log trend as of updated_at; rebase it on the replica's
+        # own forward-decay origin so all items stay comparable.
+        trend = None if emb.trend is None else emb.trend + self.replica.log_time(emb.updated_at)
+        # Until its first interaction an item lives where its category's items have moved.
+        vector = (self.replica.cold_item_vector(emb.item_id, meta) if emb.n_events == 0
+                  else np.asarray(emb.vector, dtype=np.float32))
+        self.replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)
