@@ -54,3 +54,33 @@ class RecentEventIds:
 
 
 NO_RECENT_IDS = RecentEventIds()
+
+
+class RecentIdsWindow:
+    """A user's recent ids while a bundle is applied: unpacked once, a set for the checks,
+    packed once at the end (per event, :meth:`RecentEventIds.add` would re-pack them all).
+
+    >>> w = RecentIdsWindow(NO_RECENT_IDS, now_s=100, window_s=60)
+    >>> w.add("e1", 100), w.add("e1", 100), w.add("e2", 101)
+    (True, False, True)
+    >>> w.packed(max_ids=1).contains("e2", 101, 60), len(w.packed(max_ids=8))
+    (True, 2)
+    """
+
+    def __init__(self, ids: RecentEventIds, now_s: int, window_s: int) -> None:
+        oldest = now_s - window_s
+        self._entries = [e for e in _ENTRY.iter_unpack(ids.packed) if e[1] >= oldest]
+        self._hashes = {h for h, _ in self._entries}
+
+    def add(self, event_id: str, now_s: int) -> bool:
+        """Remember ``event_id``; False if it was seen within the window (a duplicate)."""
+        h = _hash(event_id)
+        if h in self._hashes:
+            return False
+        self._hashes.add(h)
+        self._entries.append((h, now_s))
+        return True
+
+    def packed(self, max_ids: int) -> RecentEventIds:
+        """The newest ``max_ids`` entries as a :class:`RecentEventIds`."""
+        return RecentEventIds(b"".join(_ENTRY.pack(*e) for e in self._entries[-max_ids:]))

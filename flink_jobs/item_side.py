@@ -146,7 +146,7 @@ class ItemSide:
             trend = (item.trend - item.last_ts * self._decay_per_ms
                      if math.isfinite(item.trend) else math.log(NEW_ITEM_TREND))
             emb = ItemEmbedding(
-                item_id=item.item_id, vector=tuple(float(x) for x in item.vector),
+                item_id=item.item_id, vector=tuple(item.vector.tolist()),
                 bias=item.bias, trend=trend, n_events=item.n_events, updated_at=item.last_ts,
                 acc=item.acc, category=item.category, brand=item.brand, title=item.title,
                 price=item.price, available=item.available)

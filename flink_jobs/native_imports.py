@@ -21,6 +21,7 @@ import threading
 # Extension-bearing packages the operators and the model core import (some lazily).
 NATIVE_MODULES = (
     "numpy",
+    "orjson",
     "scipy.spatial",
     "river.cluster",
     "river.drift",

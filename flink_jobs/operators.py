@@ -209,7 +209,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
             self._n_users += stats.new_users
             self._users_gauge.set(float(self._n_users))
         side = self.side
-        self._loss_gauge.set(side.loss.hit_rate)
+        self._loss_gauge.set(side.loss.mean)
         if stats.scored:
             self._batch_size.set(float(stats.scored))
             self._hit_rate.set(side.rolling.hit_rate)

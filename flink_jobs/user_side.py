@@ -27,7 +27,14 @@ from flink_jobs.bundles import (
     OutputBundle,
     RawRecord,
 )
-from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value, unpack_user_value
+from flink_jobs.dedup import NO_RECENT_IDS, RecentIdsWindow
+from flink_jobs.user_value import (
+    NO_PENDING,
+    Pending,
+    RefreshState,
+    pack_user_value,
+    unpack_user_value,
+)
 from freshrec.privacy import pseudonymize
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
@@ -35,7 +42,7 @@ from online_models.core import recommend_for_users
 from online_models.model import cold_start_bonus, learn_cold_start
 from online_models.replica import ItemReplica
 from online_models.state import UserState
-from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMetrics, UserClusters
+from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMean, UserClusters
 from schemas.dlq import DeadLetter, encode_dead_letter
 from schemas.events import DecodeError, Event, decode_event
 from schemas.item_embedding import ItemEmbedding
@@ -119,7 +126,7 @@ class UserSide:
         self.clusters = UserClusters(cfg.n_clusters, cfg.dim, cfg.seed, cfg.trend_half_life_s)
         self.rolling = PrequentialWindow(cfg.top_k)
         self.drift = DriftMonitor()
-        self.loss = RollingMetrics(1000)
+        self.loss = RollingMean(1000)
         self._key = pseudonym_key
 
     # -- records in -----------------------------------------------------------------------
@@ -174,33 +181,48 @@ class UserSide:
                 blobs[uid], refresh[uid] = unpack_user_value(value)
         # Events to learn per user: only those after the user's last forget_user.
         to_learn: dict[str, list[Event]] = {}
+        pending: dict[str, list[tuple[Event, int]]] = {}
+        windows: dict[str, RecentIdsWindow] = {}
         forgotten: set[str] = set()
         now_s = now // 1000
         for event, ingest_ms in events:
             uid = event.user_id
             assert uid is not None
-            rs = refresh[uid]
-            if rs.recent_ids.contains(event.event_id, now_s, s.dedup_window_s):
+            ids = windows.get(uid)
+            if ids is None:
+                ids = windows[uid] = RecentIdsWindow(refresh[uid].recent_ids, now_s,
+                                                     s.dedup_window_s)
+            if not ids.add(event.event_id, now_s):
                 stats.duplicates += 1
                 continue
-            recent = rs.recent_ids.add(event.event_id, now_s, s.dedup_window_s, s.dedup_max_ids)
             if event.event_type == "forget_user":
                 if blobs[uid] is not None or uid in to_learn:
                     stats.new_users -= 1
                 # Every piece of the user's state goes; a new list's seq restarts after it.
                 refresh[uid] = RefreshState()
+                windows[uid] = RecentIdsWindow(NO_RECENT_IDS, now_s, s.dedup_window_s)
                 blobs[uid] = None
                 to_learn.pop(uid, None)
+                pending.pop(uid, None)
                 forgotten.add(uid)
                 continue
             if blobs[uid] is None and uid not in to_learn:
                 stats.new_users += 1
             to_learn.setdefault(uid, []).append(event)
+            pending.setdefault(uid, []).append((event, ingest_ms))
+        for uid, evs in pending.items():
+            rs = refresh[uid]
+            p = rs.pending
+            last = evs[-1][0]
+            items = [e.item_id for e, _ in evs if e.item_id is not None]
             refresh[uid] = dataclasses.replace(
-                rs, last_event_ts=event.ts_ms, last_event_id=event.event_id,
-                pending=rs.pending.add(event, ingest_ms,
-                                       max(cfg.event_weight(event.event_type), 0.0)),
-                recent_ids=recent)
+                rs, last_event_ts=last.ts_ms, last_event_id=last.event_id,
+                pending=Pending(
+                    (*p.items, *items), (*p.event_ts, *(e.ts_ms for e, _ in evs)),
+                    (*p.ingest_ts, *(t for _, t in evs)),
+                    (*p.weights, *(max(cfg.event_weight(e.event_type), 0.0)
+                                   for e, _ in evs if e.item_id is not None))),
+                recent_ids=windows[uid].packed(s.dedup_max_ids))
         for uid in forgotten:
             out.keyed(RECOMMENDATIONS, uid.encode("utf-8"), None)
             stats.tombstones += 1
@@ -209,8 +231,7 @@ class UserSide:
         users = {uid: UserState.from_bytes(b) for uid in to_learn
                  if (b := blobs[uid]) is not None}
         step = learn_bundle(users, learn_events, self.replica, cfg)
-        for loss in step.losses.tolist():
-            self.loss.update(loss)
+        self.loss.update_many(step.losses)
         new_users = {uid: step.users.get(uid) or users.get(uid)
                      or UserState.new(uid, cfg.dim, cfg.seed) for uid in to_learn}
         if s.learn_items and len(step.gradients):

@@ -66,6 +66,9 @@ from online_models.replica import ItemReplica, logaddexp
 from online_models.state import ItemState, UserState
 from schemas.events import Event
 
+# A user's events past the MAX_ROUNDS-th of a bundle share its last round's step (each
+# round costs ~0.3 ms of numpy calls, whatever its size).
+MAX_ROUNDS = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -258,65 +261,49 @@ def learn_bundle(users: Mapping[str, UserState], events: Sequence[Event],
     rounds: list[list[Event]] = []
     seen: dict[str | None, int] = {}
     for ev in events:
-        r = seen.get(ev.user_id, 0)
+        r = min(seen.get(ev.user_id, 0), MAX_ROUNDS - 1)
         seen[ev.user_id] = r + 1
         if r == len(rounds):
             rounds.append([])
         rounds[r].append(ev)
-    if len(rounds) <= 1:
-        return _learn_round(users, events, replica, config, lr_scale)
     current = dict(users)
-    steps = []
-    for batch in rounds:
-        step = _learn_round(current, batch, replica, config, lr_scale)
-        current.update(step.users)
-        steps.append(step)
+    done = [_learn_round(current, batch, replica, config, lr_scale) for batch in rounds]
+    done = [r for r in done if r.learned]
+    if not done:
+        return BundleStep({}, _no_gradients(config.dim), np.zeros(0), [])
     new_users: dict[str, UserState] = {}
-    for step in steps:
-        new_users.update(step.users)
-    order = {id(ev): j for j, ev in enumerate(events)}
-    learned = sorted((ev for step in steps for ev in step.learned), key=lambda e: order[id(e)])
-    return BundleStep(new_users, merge_gradients([s.gradients for s in steps], config.dim),
-                      np.concatenate([s.losses for s in steps]), learned)
+    for r in done:
+        new_users.update(r.users)
+    cat = np.concatenate
+    learned = [ev for r in done for ev in r.learned]
+    gradients = _item_gradients(
+        replica, config, cat([r.rows for r in done]), cat([r.grads for r in done]),
+        cat([r.bias_grads for r in done]), learned, cat([r.pos for r in done]),
+        cat([r.weights for r in done]))
+    if len(done) > 1:  # learned in rounds: back to arrival order
+        order = {id(ev): j for j, ev in enumerate(events)}
+        learned = sorted(learned, key=lambda e: order[id(e)])
+    return BundleStep(new_users, gradients, cat([r.losses for r in done]), learned)
 
 
-def merge_gradients(parts: Sequence[ItemGradients], dim: int) -> ItemGradients:
-    """The per-item sums of several :class:`ItemGradients` (first appearance order)."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return _no_gradients(dim)
-    if len(parts) == 1:
-        return parts[0]
-    ids: list[str] = []
-    where: dict[str, int] = {}
-    inv = []
-    for p in parts:
-        for i in p.item_ids:
-            j = where.get(i)
-            if j is None:
-                j = where[i] = len(ids)
-                ids.append(i)
-            inv.append(j)
-    idx = np.asarray(inv, dtype=np.int64)
-    n = len(ids)
-    G = np.zeros((n, dim), dtype=np.float32)
-    np.add.at(G, idx, np.concatenate([p.grads for p in parts]))
-    Gb = np.bincount(idx, np.concatenate([p.bias_grads for p in parts]), n).astype(np.float32)
-    tw = np.bincount(idx, np.concatenate([p.trend_weight for p in parts]), n)
-    npos = np.bincount(idx, np.concatenate([p.n_positive for p in parts]), n).astype(np.int32)
-    last = np.zeros(n, dtype=np.int64)
-    np.maximum.at(last, idx, np.concatenate([p.last_ts for p in parts]))
-    meta: list[dict[str, Any] | None] = [None] * n
-    for j, m in zip(inv, (m for p in parts for m in p.meta), strict=True):
-        if meta[j] is None:
-            meta[j] = m
-    return ItemGradients(ids, G, Gb, tw, npos, last, meta)
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """One round's new users and raw item gradient rows (summed once per bundle)."""
+
+    users: dict[str, UserState]
+    losses: np.ndarray
+    learned: list[Event]
+    pos: np.ndarray
+    weights: np.ndarray
+    rows: np.ndarray
+    grads: np.ndarray
+    bias_grads: np.ndarray
 
 
-def _learn_round(users: Mapping[str, UserState], events: Sequence[Event],
-                 replica: ItemReplica, config: ModelConfig, lr_scale: float | None
-                 ) -> BundleStep:
-    """One vectorised step over events of distinct users (see :func:`learn_bundle`)."""
+def _learn_round(users: dict[str, UserState], events: Sequence[Event],
+                 replica: ItemReplica, config: ModelConfig, lr_scale: float | None) -> _Round:
+    """One vectorised step over events of distinct users (see :func:`learn_bundle`); the
+    round's users are updated in ``users`` too."""
     dim, n_neg, n_ctx = config.dim, config.negatives, config.context_len
     work: dict[str, UserState] = {}
     slot: dict[str, int] = {}
@@ -357,7 +344,8 @@ def _learn_round(users: Mapping[str, UserState], events: Sequence[Event],
         work[uid] = _updated_user(user, ev, w, config, user.vector, user.acc)
     B = len(learned)
     if B == 0:
-        return BundleStep({}, _no_gradients(dim), np.zeros(0), [])
+        empty = np.zeros(0)
+        return _Round({}, empty, [], empty, empty, empty, np.zeros((0, dim)), empty)
     ctx, cw = ctx[:B], cw[:B]
     ubi = np.asarray(ub, dtype=np.int64)
     pos = np.asarray(pos_rows, dtype=np.int64)
@@ -401,10 +389,19 @@ def _learn_round(users: Mapping[str, UserState], events: Sequence[Event],
     for j, u in enumerate(user_ids):
         vec = newP[j]
         vec.setflags(write=False)
-        new_users[u] = work[u].replace(vector=vec, acc=float(acc[j]))
-    gradients = _item_gradients(replica, config, tgt, mask, c, Q, ctx, cw, grad_q, scale,
-                                learned, pos, w)
-    return BundleStep(new_users, gradients, losses, learned)
+        w_u = work[u]  # the history etc. after its events, the vector after the step
+        new_users[u] = UserState(u, vec, float(acc[j]), w_u.history, w_u.purchased, w_u.seen,
+                                 w_u.n_events, w_u.last_ts)
+    users.update(new_users)
+    # Item gradient rows: targets (positive and negatives), then context items.
+    rows = np.concatenate((tgt.reshape(-1), ctx.reshape(-1)))
+    keep = np.concatenate((mask.reshape(-1), cw.reshape(-1))) > 0
+    sc = c * scale[:, None]
+    grads = np.concatenate(((sc[:, :, None] * Q[:, None, :]).reshape(-1, dim),
+                            ((cw * scale[:, None])[:, :, None] * grad_q[:, None, :])
+                            .reshape(-1, dim)))
+    bgrads = np.concatenate((sc.reshape(-1), np.zeros(ctx.size, dtype=np.float32)))
+    return _Round(new_users, losses, learned, pos, w, rows[keep], grads[keep], bgrads[keep])
 
 
 def _no_gradients(dim: int) -> ItemGradients:
@@ -412,21 +409,12 @@ def _no_gradients(dim: int) -> ItemGradients:
                          np.zeros(0), np.zeros(0, np.int32), np.zeros(0, np.int64), [])
 
 
-def _item_gradients(replica: ItemReplica, config: ModelConfig, tgt: np.ndarray,
-                    mask: np.ndarray, c: np.ndarray, Q: np.ndarray, ctx: np.ndarray,
-                    cw: np.ndarray, grad_q: np.ndarray, scale: np.ndarray,
-                    learned: list[Event], pos: np.ndarray, w: np.ndarray) -> ItemGradients:
-    """Per-item sums of the bundle's item gradients; positive items first, then the rest
-    in order of first touch; rows whose step would be negligible are left out."""
-    dim = Q.shape[1]
-    rows = np.concatenate((tgt.reshape(-1), ctx.reshape(-1)))
-    keep = np.concatenate((mask.reshape(-1), cw.reshape(-1))) > 0
-    sc = (c * scale[:, None])
-    grads = np.concatenate(((sc[:, :, None] * Q[:, None, :]).reshape(-1, dim),
-                            ((cw * scale[:, None])[:, :, None] * grad_q[:, None, :])
-                            .reshape(-1, dim)))
-    bgrads = np.concatenate((sc.reshape(-1), np.zeros(ctx.size, dtype=np.float32)))
-    rows, grads, bgrads = rows[keep], grads[keep], bgrads[keep]
+def _item_gradients(replica: ItemReplica, config: ModelConfig, rows: np.ndarray,
+                    grads: np.ndarray, bgrads: np.ndarray, learned: list[Event],
+                    pos: np.ndarray, w: np.ndarray) -> ItemGradients:
+    """Per-item sums of the bundle's item gradient rows; positive items first, then the
+    rest in order of first touch; rows whose step would be negligible are left out."""
+    dim = config.dim
     # Unique rows in order of first appearance; positives lead each event's rows.
     order = np.concatenate((pos, rows))
     uniq, first = np.unique(order, return_index=True)

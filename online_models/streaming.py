@@ -171,6 +171,35 @@ class RollingMetrics:
         return float(self.total.get())
 
 
+class RollingMean:
+    """Mean of the last ``window`` values, many at a time (a numpy ring buffer: per value,
+    ``river.utils.Rolling`` costs ~10 us in a bundle's loop).
+
+    >>> m = RollingMean(3)
+    >>> m.update_many([1.0, 2.0]); m.mean
+    1.5
+    >>> m.update_many([3.0, 4.0, 5.0]); m.mean
+    4.0
+    """
+
+    def __init__(self, window: int = 1000) -> None:
+        self._buf = np.zeros(window)
+        self._next = 0
+        self._n = 0
+
+    def update_many(self, values: Iterable[float] | np.ndarray) -> None:
+        w = self._buf.shape[0]
+        v = np.asarray(values, dtype=np.float64)[-w:]
+        k = v.shape[0]
+        self._buf[(self._next + np.arange(k)) % w] = v
+        self._next = (self._next + k) % w
+        self._n = min(self._n + k, w)
+
+    @property
+    def mean(self) -> float:
+        return float(self._buf[:self._n].mean()) if self._n else 0.0
+
+
 def rolling_series(values: Iterable[float], window: int) -> list[float]:
     """Trailing moving average (for plots).
 

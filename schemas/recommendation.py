@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from schemas.loader import load_schema
 
 RECOMMENDATION_SCHEMA: dict[str, Any] = load_schema("recommendation.v1.json")
@@ -58,7 +60,8 @@ class Recommendation:
         }
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        # orjson: one list per refresh, the job's hottest encode; the same JSON text.
+        return orjson.dumps(self.to_json())
 
     @classmethod
     def from_json(cls, payload: bytes | str | dict[str, Any]) -> Recommendation:
