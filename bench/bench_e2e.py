@@ -150,8 +150,9 @@ def user_key(msg: Any) -> str:
     return _event_of(msg).user_id
 
 
-def identity_main(argv: list[str]) -> int:
-    """The identity pipeline: same source, parse, key_by and sinks; a trivial model."""
+def _pipeline_source(argv: list[str], prog: str) -> tuple[Any, Any, Any]:
+    """Settings from ``--set`` arguments, an environment with the job's jars, and the job's
+    raw Kafka source on it: what the comparison pipelines share with the job."""
     from pyflink.common import WatermarkStrategy
 
     from flink_jobs import kafka_io
@@ -159,18 +160,27 @@ def identity_main(argv: list[str]) -> int:
     from flink_jobs.recommender_job import job_jars
     from freshrec.settings import load_settings
 
-    parser = argparse.ArgumentParser(prog="bench_e2e identity-job")
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    settings = load_settings(overrides=args.overrides)
-    job, topics = settings.job, settings.topics
+    settings = load_settings(overrides=parser.parse_args(argv).overrides)
+    job = settings.job
     env = make_environment(settings, job_jars(settings))
-    # The UDFs above are pickled by reference to this module: ship it to the workers.
-    env.add_python_file(str(Path(__file__).resolve()))
     raw = env.from_source(
-        kafka_io.raw_source(settings, topics.events, job.group_id, job.starting_offsets),
+        kafka_io.raw_source(settings, settings.topics.events, job.group_id,
+                            job.starting_offsets),
         WatermarkStrategy.no_watermarks(), "kafka-events", kafka_io.RAW_RECORD_TYPE,
     ).uid("source-events")
+    return settings, env, raw
+
+
+def identity_main(argv: list[str]) -> int:
+    """The identity pipeline: same source, parse, key_by and sinks; a trivial model."""
+    from flink_jobs import kafka_io
+
+    settings, env, raw = _pipeline_source(argv, "bench_e2e identity-job")
+    job, topics = settings.job, settings.topics
+    # The UDFs above are pickled by reference to this module: ship it to the workers.
+    env.add_python_file(str(Path(__file__).resolve()))
     parsed = (raw.process(IdentityParse(job.max_payload_bytes, job.max_id_length, topics.events))
               .name("parse-validate").uid("parse-validate"))
     parsed.get_side_output(DLQ_TAG).sink_to(
@@ -186,28 +196,15 @@ def identity_main(argv: list[str]) -> int:
 
 def passthrough_main(argv: list[str]) -> int:
     """The Java-only ceiling: Kafka source -> Row(key, value) (Java) -> Kafka sink."""
-    from pyflink.common import WatermarkStrategy
     from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
 
     from flink_jobs import kafka_io
-    from flink_jobs.environment import make_environment
-    from flink_jobs.recommender_job import job_jars
-    from freshrec.settings import load_settings
 
-    parser = argparse.ArgumentParser(prog="bench_e2e passthrough-job")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    args = parser.parse_args(argv)
-    settings = load_settings(overrides=args.overrides)
-    job, topics = settings.job, settings.topics
-    env = make_environment(settings, job_jars(settings))
-    raw = env.from_source(
-        kafka_io.raw_source(settings, topics.events, job.group_id, job.starting_offsets),
-        WatermarkStrategy.no_watermarks(), "kafka-events", kafka_io.RAW_RECORD_TYPE,
-    ).uid("source-events")
+    settings, env, raw = _pipeline_source(argv, "bench_e2e passthrough-job")
     keyed = DataStream(raw._j_data_stream.map(
         get_gateway().jvm.io.freshrec.flink.RawToKeyedBytes())).name("to-keyed-bytes")
-    (keyed.sink_to(kafka_io.keyed_bytes_sink(settings, topics.recommendations, "recs"))
+    (keyed.sink_to(kafka_io.keyed_bytes_sink(settings, settings.topics.recommendations, "recs"))
      .name("sink-recommendations").uid("sink-recommendations"))
     env.execute("freshrec-passthrough")
     return 0
@@ -219,7 +216,7 @@ def passthrough_main(argv: list[str]) -> int:
 
 _TAIL_INT = {
     name: re.compile(rb'"' + name.encode() + rb'":(-?\d+)')
-    for name in ("last_event_ts", "events_applied", "generated_at")
+    for name in ("last_event_ts", "events_applied", "generated_at", "ts")
 }
 
 

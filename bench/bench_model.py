@@ -4,10 +4,10 @@ Run: ``nice .venv/bin/python bench/bench_model.py [--quick] [--only job,learn,..
 (one torch thread unless ``--threads``). Prints figures and ratios (these are goals, not
 timed tests) and writes them to ``bench/results/model.json``. ``--profile`` adds a
 pyinstrument profile of ``learn_one`` (where a learning step spends its time). The ``job``
-section times the PyFlink job's per-event path on generated data:
-``UserState.from_bytes`` -> ``user_step`` -> ``to_bytes`` on the user side, then for every
-``ItemGradient`` a pickle round trip (the side output is ``PICKLED_BYTE_ARRAY``),
-``ItemState.from_bytes`` -> ``apply_item_gradient`` -> ``to_bytes`` on the item side.
+section times the PyFlink job's two Python operators on generated data through their own
+code over bundles (``flink_jobs.user_side``, ``flink_jobs.item_side``), the Flink state a
+dict; ``learn`` compares the bundle learner (``learn_many``: one
+``online_models.bundle.learn_bundle`` step per bundle) with River's ``learn_one``.
 """
 
 from __future__ import annotations
@@ -34,79 +34,79 @@ def _rate(n: int, seconds: float) -> str:
     return f"{n / seconds:>12,.0f} ev/s"
 
 
-def job_path(n_ev: int, dim: int) -> None:
-    """Per-event cost of the job's user and item operators (model calls and state bytes)."""
-    import pickle
-
-    from freshrec.generator import generate_events
-    from online_models import (
-        ItemReplica,
-        ItemState,
-        ModelConfig,
-        UserState,
-        apply_item_gradient,
-        lr_schedule,
-        new_item_state,
-        user_step,
+def job_path(n_ev: int, dim: int, bundle: int = 256) -> None:
+    """Per-event CPU cost of the job's two Python operators, through their own code
+    (``flink_jobs.user_side`` / ``item_side`` over bytes, the Flink state a dict): the user
+    side per record bundle, the item side per gradient bundle and publish, and the replica
+    applying the published changelog."""
+    from flink_jobs.bundles import (
+        ITEM_EMBEDDINGS,
+        ITEM_GRADIENTS,
+        RawRecord,
+        decode_output_bundle,
     )
+    from flink_jobs.item_side import ItemSide
+    from flink_jobs.user_side import UserSide, UserSideSettings
+    from freshrec.generator import generate_events
+    from online_models import ModelConfig
+    from schemas.events import encode_event
 
-    cfg = ModelConfig(dim=dim, exploration=0.0)
+    cfg = ModelConfig(dim=dim)
     events = list(generate_events(n_ev, seed=1, n_users=5000, n_items=20000))
-    replica = ItemReplica(cfg)
-    rng = np.random.default_rng(cfg.seed)
-    users: dict[str, bytes] = {}
-    items: dict[str, bytes] = {}
-    t_user = t_item = t_pickle = t_replica = 0.0
-    n_inter = n_msgs = 0
+    settings = UserSideSettings(cfg, "bench", "events", 200, 3600, 64, 65536, 128, 32)
+    users_side, items_side = UserSide(settings), ItemSide(cfg, 200, 5000)
+    user_values: dict[str, bytes] = {}
+    item_values: dict[str, bytes] = {}
+    due: dict[str, int] = {}
+    records = [RawRecord(0, n, 0, e.user_id.encode() if e.user_id else None, encode_event(e))
+               for n, e in enumerate(events)]
     clock = time.process_time  # CPU time: less sensitive to other load on a shared machine
-    for ev in events:
-        if ev.event_type == "item_upsert":
-            replica.upsert(ev.item_id, meta={"category": ev.category, "brand": ev.brand,
-                                             "price": ev.price}, ts_ms=ev.ts_ms)
-            continue
-        if ev.user_id is None:
-            continue
-        n_inter += 1
+    t_user = t_item = t_replica = 0.0
+    now = 1_800_000_000_000
+    n_lists = n_msgs = n_published = 0
+    for lo in range(0, len(records), bundle):
+        now += 20  # one bundle per shard and 20 ms: the job's flush age
         t0 = clock()
-        blob = users.get(ev.user_id)
-        user = UserState.from_bytes(blob) if blob else UserState.new(ev.user_id, dim, cfg.seed)
-        new_user, grads = user_step(user, ev, replica, cfg, rng, lr_schedule(n_inter, cfg))
-        users[ev.user_id] = new_user.to_bytes()
+        res = users_side.process(records[lo:lo + bundle],
+                                 lambda ids: {u: user_values.get(u) for u in ids}, now)
+        user_values.update(res.writes)
+        out = decode_output_bundle(res.output.to_bytes())
         t1 = clock()
-        msgs = [pickle.loads(pickle.dumps(g)) for g in grads]
+        msgs = [m for _, m in out.get(ITEM_GRADIENTS, [])]
+        done = items_side.process(msgs, lambda ids: {i: item_values.get(i) for i in ids},
+                                  lambda _: False, now)
+        item_values.update(done.writes)
+        for item_id in done.soon:
+            due[item_id] = min(due.get(item_id, done.soon_at), done.soon_at)
+        for item_id in done.later:
+            due[item_id] = min(due.get(item_id, done.later_at), done.later_at)
+        ready = [i for i, at in due.items() if at <= now]
+        for i in ready:
+            del due[i]
+        published, n = items_side.publish(ready, item_values)
+        changelog = decode_output_bundle(published.to_bytes()).get(ITEM_EMBEDDINGS, [])
         t2 = clock()
-        out = []
-        for g in msgs:
-            b = items.get(g.item_id)
-            it = ItemState.from_bytes(b) if b else new_item_state(
-                g.item_id, cfg, {"category": g.category, "brand": g.brand, "price": g.price})
-            it = apply_item_gradient(it, g, cfg)
-            items[g.item_id] = it.to_bytes()
-            out.append(it)
+        users_side.apply_changelog([RawRecord(0, 0, now, k, v) for k, v in changelog])
         t3 = clock()
-        for it in out:  # the changelog (the job publishes at most once per interval)
-            replica.upsert(it.item_id, it.vector, bias=it.bias, acc=it.acc)
-        t4 = clock()
-        n_msgs += len(grads)
         t_user += t1 - t0
-        t_pickle += t2 - t1
-        t_item += t3 - t2
-        t_replica += t4 - t3
-    per = 1e6 / n_inter
-    print(f"job path, CPU time ({n_inter:,} interactions, "
-          f"{n_msgs / n_inter:.2f} ItemGradient msgs/event)")
-    print(f"  user side  from_bytes+user_step+to_bytes   {t_user * per:7.1f} us/event")
-    print(f"  gradient pickle round trip               {t_pickle * per:7.1f} us/event "
-          f"({t_pickle * 1e6 / max(n_msgs, 1):.1f} us/msg)")
-    print(f"  item side  from_bytes+apply+to_bytes     {t_item * per:7.1f} us/event "
-          f"({t_item * 1e6 / max(n_msgs, 1):.1f} us/msg)")
-    print(f"  replica upsert (changelog, upper bound)  {t_replica * per:7.1f} us/event")
-    total = t_user + t_pickle + t_item
-    print(f"  model+state total (no changelog)         {total * per:7.1f} us/event "
-          f"= {n_inter / total:,.0f} events/s on one core")
-    put("job_path", gradient_msgs_per_event=n_msgs / n_inter, user_us=t_user * per,
-        pickle_us=t_pickle * per, item_us=t_item * per, replica_us=t_replica * per,
-        total_us=total * per, events_per_s_one_core=n_inter / total)
+        t_item += t2 - t1
+        t_replica += t3 - t2
+        n_lists += res.stats.published
+        n_msgs += len(msgs)
+        n_published += n
+    n = len(records)
+    per = 1e6 / n
+    total = t_user + t_item + t_replica
+    print(f"job path, CPU time ({n:,} events in bundles of {bundle}, {n_lists:,} lists, "
+          f"{n_published:,} items published)")
+    print(f"  user side  (decode, learn, score, state bytes)  {t_user * per:7.1f} us/event")
+    print(f"  item side  (gradient bundles, publish)           {t_item * per:7.1f} us/event")
+    print(f"  replica    (changelog applied)                   {t_replica * per:7.1f} us/event")
+    print(f"  total                                            {total * per:7.1f} us/event "
+          f"= {n / total:,.0f} events/s on one core")
+    put("job_path", bundle=bundle, user_us=t_user * per, item_us=t_item * per,
+        replica_us=t_replica * per, total_us=total * per, events_per_s_one_core=n / total,
+        lists_per_event=n_lists / n, item_messages_per_event=n_msgs / n)
 
 
 def main() -> None:

@@ -264,7 +264,7 @@ class ItemFill(KeyedProcessFunction):
         self.config, self.dedup_window_s = config, dedup_window_s
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        items, seen, _ = item_state_descriptors(self.dedup_window_s)
+        items, seen, _, _ = item_state_descriptors(self.dedup_window_s)
         self.item_state = runtime_context.get_map_state(items)
         self.seen_ids = runtime_context.get_map_state(seen)
         self.rng = np.random.default_rng(self.config.seed)

@@ -1,19 +1,21 @@
 """What item-update does with a bundle of item messages, as plain Python (no Flink import).
 
 item-update is keyed by item shard. A bundle holds the messages user-update sent to the
-shard (summed gradients of a user bundle, or an ``item_upsert`` event's bytes), in order.
-:meth:`ItemSide.process` applies them to the items' states (read once per item, written
-with one ``put_all``) and marks the items due for publishing; :meth:`ItemSide.publish`
-builds their changelog records when the shard's timer fires. An item is published at most
-once per ``publish_interval_ms`` after an interaction or upsert, and once per
-``background_interval_ms`` after only being nudged as a sampled negative or as context.
+shard (summed gradients of a user bundle, or an ``item_upsert`` event's bytes).
+:meth:`ItemSide.process` applies the upserts, then each gradient message as one step, to
+the items' states (read once per item, written with one ``put_all``) and marks the items
+due for publishing; :meth:`ItemSide.publish` builds their changelog records when the
+shard's timer fires. An item is published at most once per ``publish_interval_ms`` after an
+interaction or upsert, and once per ``background_interval_ms`` after only being nudged as a
+sampled negative or as context: the operator keeps the two lists of items waiting and a
+timer at each list's next tick.
 
 >>> side = ItemSide(ModelConfig(dim=4), 200, 5000)
 >>> raw = (b'{"event_id":"u1","event_type":"item_upsert","ts":1700000000000,'
 ...        b'"item_id":"i1","category":"c"}')
 >>> res = side.process([UPSERT_MESSAGE + raw], lambda ids: {}, lambda ev: False, now=1_000)
->>> sorted(res.writes), res.due
-(['i1'], {'i1': 1200})
+>>> sorted(res.writes), res.soon, res.soon_at
+(['i1'], ['i1'], 1200)
 >>> out, n = side.publish(["i1"], res.writes)
 >>> n, ItemState.from_bytes(res.writes["i1"]).category
 (1, 'c')
@@ -40,7 +42,7 @@ _DUE_MAGIC = b"FD1"
 
 
 def pack_due(due: Mapping[str, int]) -> bytes:
-    """The shard's items waiting to be published and when (layout ``FD1``).
+    """Keys and their due times, e.g. a shard's owed refreshes (layout ``FD1``).
 
     >>> unpack_due(pack_due({"a": 5, "b": 7}))
     {'a': 5, 'b': 7}
@@ -64,11 +66,15 @@ def unpack_due(blob: bytes | None) -> dict[str, int]:
 
 @dataclass
 class ItemBundleResult:
-    """Item state writes, items due for publishing (item -> time), upsert ids to remember
-    and duplicates dropped."""
+    """Item state writes; items to publish at the next tick of ``publish_interval_ms``
+    (``soon``, at ``soon_at``) and of ``background_interval_ms`` (``later``, at
+    ``later_at``); upsert ids to remember and duplicates dropped."""
 
     writes: dict[str, bytes]
-    due: dict[str, int]
+    soon: list[str]
+    soon_at: int
+    later: list[str]
+    later_at: int
     upsert_ids: list[str]
     duplicates: int
 
@@ -86,13 +92,14 @@ class ItemSide:
     def process(self, messages: list[bytes], load: Loader,
                 seen_upsert: Callable[[str], bool], now: int) -> ItemBundleResult:
         """Apply the messages in order; ``seen_upsert(event_id)`` tells a re-sent upsert."""
-        decoded: list[ItemGradients | Event] = []
+        gradients: list[ItemGradients] = []
+        upserts: list[Event] = []
         upsert_ids: list[str] = []
         duplicates = 0
         for msg in messages:
             kind, body = msg[:1], msg[1:]
             if kind == GRADIENT_MESSAGE:
-                decoded.append(ItemGradients.from_bytes(body))
+                gradients.append(ItemGradients.from_bytes(body))
             elif kind == UPSERT_MESSAGE:
                 # Validated by user-update already, against the job's limits.
                 event = decode_event(body, len(body), len(body))
@@ -102,34 +109,37 @@ class ItemSide:
                     duplicates += 1
                     continue
                 upsert_ids.append(event.event_id)
-                decoded.append(event)
+                upserts.append(event)
             else:
                 raise ValueError(f"unknown item message kind {kind!r}")
         ids = list(dict.fromkeys(
-            i for m in decoded for i in (m.item_ids if isinstance(m, ItemGradients)
-                                         else [m.item_id])))
+            [*(e.item_id for e in upserts if e.item_id is not None),
+             *(i for g in gradients for i in g.item_ids)]))
         stored = load(ids)
         items: dict[str, ItemState] = {
             i: ItemState.from_bytes(b) for i in ids if (b := stored.get(i)) is not None}
-        fore = (now // self.publish_interval_ms + 1) * self.publish_interval_ms
-        back = (now // self.background_interval_ms + 1) * self.background_interval_ms
-        due: dict[str, int] = {}
-        for m in decoded:
-            if isinstance(m, ItemGradients):
-                items.update(apply_gradients_to_items(items, m, self.config))
-                for item_id, tw in zip(m.item_ids, m.trend_weight.tolist(), strict=True):
-                    due[item_id] = min(due.get(item_id, back), fore if tw > 0 else back)
-            else:
-                item_id = m.item_id
-                assert item_id is not None
-                meta = {"category": m.category, "brand": m.brand, "price": m.price,
-                        "title": m.title, "available": m.available}
-                item = items.get(item_id) or new_item_state(item_id, self.config, meta)
-                items[item_id] = item.replace(**{k: v for k, v in meta.items() if v is not None},
-                                              last_ts=max(item.last_ts, m.ts_ms))
-                due[item_id] = fore
+        soon: dict[str, None] = {}
+        for m in upserts:
+            item_id = m.item_id
+            assert item_id is not None
+            meta = {"category": m.category, "brand": m.brand, "price": m.price,
+                    "title": m.title, "available": m.available}
+            item = items.get(item_id) or new_item_state(item_id, self.config, meta)
+            items[item_id] = item.replace(**{k: v for k, v in meta.items() if v is not None},
+                                          last_ts=max(item.last_ts, m.ts_ms))
+            soon[item_id] = None
+        later: dict[str, None] = {}
+        # One Adagrad step per message (a user bundle's sums), in arrival order: with one
+        # step per item bundle the items learned too little from bursts of events.
+        for g in gradients:
+            items.update(apply_gradients_to_items(items, g, self.config))
+            for item_id, tw in zip(g.item_ids, g.trend_weight.tolist(), strict=True):
+                (soon if tw > 0 else later)[item_id] = None
         writes = {i: s.to_bytes() for i, s in items.items()}
-        return ItemBundleResult(writes, due, upsert_ids, duplicates)
+        fore, back = self.publish_interval_ms, self.background_interval_ms
+        return ItemBundleResult(writes, list(soon), (now // fore + 1) * fore,
+                                [i for i in later if i not in soon], (now // back + 1) * back,
+                                upsert_ids, duplicates)
 
     def publish(self, item_ids: list[str], stored: Mapping[str, bytes | None]
                 ) -> tuple[OutputBundle, int]:

@@ -27,6 +27,7 @@ from pyflink.datastream import (
     RuntimeContext,
 )
 from pyflink.datastream.state import (
+    ListStateDescriptor,
     MapStateDescriptor,
     StateTtlConfig,
     ValueStateDescriptor,
@@ -81,14 +82,16 @@ def user_state_descriptors(user_ttl_days: int) -> tuple[MapStateDescriptor,
 
 def item_state_descriptors(dedup_window_s: int
                            ) -> tuple[MapStateDescriptor, MapStateDescriptor,
-                                      ValueStateDescriptor]:
+                                      ListStateDescriptor, ListStateDescriptor]:
     """item-update's keyed state per item shard: ``ItemState`` bytes by item id, the
-    item_upsert event ids seen within the window, and the items waiting to be published."""
+    item_upsert event ids seen within the window, and the items waiting for the next
+    foreground and background publish ticks (lists: a bundle appends without reading)."""
     items = MapStateDescriptor("items", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
     seen = MapStateDescriptor("upsert-ids", Types.STRING(), Types.BOOLEAN())
     seen.enable_time_to_live(_ttl(Time.seconds(dedup_window_s)))
-    due = ValueStateDescriptor("publish-due", Types.PICKLED_BYTE_ARRAY())
-    return items, seen, due
+    soon = ListStateDescriptor("publish-soon", Types.STRING())
+    later = ListStateDescriptor("publish-later", Types.STRING())
+    return items, seen, soon, later
 
 
 def _load(state: Any, keys: list[str]) -> dict[str, bytes | None]:
@@ -245,10 +248,11 @@ class ItemUpdate(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.side = ItemSide(self.config, self.publish_interval_ms,
                              self.background_publish_interval_ms)
-        items, seen, due = item_state_descriptors(self.dedup_window_s)
+        items, seen, soon, later = item_state_descriptors(self.dedup_window_s)
         self.items = runtime_context.get_map_state(items)
         self.seen_ids = runtime_context.get_map_state(seen)
-        self.due = runtime_context.get_state(due)
+        self.soon = runtime_context.get_list_state(soon)
+        self.later = runtime_context.get_list_state(later)
         metrics = JobMetrics(runtime_context)
         self._published = metrics.counter("freshrec_job_item_updates_published_total")
         self._duplicates = metrics.counter("freshrec_job_duplicates_dropped_total")
@@ -263,22 +267,26 @@ class ItemUpdate(KeyedProcessFunction):
             self.seen_ids.put_all(dict.fromkeys(result.upsert_ids, True))
         if result.duplicates:
             self._duplicates.inc(result.duplicates)
-        if result.due:
-            due = unpack_due(self.due.value())
-            first = min(due.values(), default=None)
-            for item_id, at in result.due.items():
-                due[item_id] = min(due.get(item_id, at), at)
-            self.due.update(pack_due(due))
-            earliest = min(due.values())
-            if first is None or earliest < first:
-                ctx.timer_service().register_processing_time_timer(earliest)
+        timers = ctx.timer_service()
+        if result.soon:
+            self.soon.add_all(result.soon)
+            timers.register_processing_time_timer(result.soon_at)
+        if result.later:
+            self.later.add_all(result.later)
+            timers.register_processing_time_timer(result.later_at)
         return []
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[bytes]:
-        ready = _take_due(self.due, timestamp, ctx)
+        ready: dict[str, None] = {}
+        for waiting, interval in ((self.soon, self.publish_interval_ms),
+                                  (self.later, self.background_publish_interval_ms)):
+            if timestamp % interval == 0:  # this list's tick
+                ready.update(dict.fromkeys(waiting.get()))
+                waiting.clear()
         if not ready:
             return
-        out, n = self.side.publish(ready, _load(self.items, ready))
+        ids = list(ready)
+        out, n = self.side.publish(ids, _load(self.items, ids))
         if n:
             self._published.inc(n)
             yield out.to_bytes()

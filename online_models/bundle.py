@@ -66,9 +66,6 @@ from online_models.replica import ItemReplica, logaddexp
 from online_models.state import ItemState, UserState
 from schemas.events import Event
 
-# A user's events past the MAX_ROUNDS-th of a bundle share its last round's step (each
-# round costs ~0.3 ms of numpy calls, whatever its size).
-MAX_ROUNDS = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -261,7 +258,7 @@ def learn_bundle(users: Mapping[str, UserState], events: Sequence[Event],
     rounds: list[list[Event]] = []
     seen: dict[str | None, int] = {}
     for ev in events:
-        r = min(seen.get(ev.user_id, 0), MAX_ROUNDS - 1)
+        r = seen.get(ev.user_id, 0)
         seen[ev.user_id] = r + 1
         if r == len(rounds):
             rounds.append([])

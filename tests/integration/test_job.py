@@ -15,7 +15,7 @@ import pytest
 
 from freshrec.privacy import pseudonymize
 from schemas.dlq import DeadLetter
-from schemas.events import Event
+from schemas.events import Event, encode_event
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
 
@@ -196,6 +196,23 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
 FORGOTTEN = "user-1-0"
 
 
+def shop_tastes(job: JobProcess) -> tuple[list[Record], dict[str, int]]:
+    """The catalogue, then every user's tastes: the lists after them and each user's count."""
+    topics = job.settings.topics
+    events, counts, _ = taste_events()
+    job.send_events(catalogue())
+    job.wait_for(topics.item_embeddings,
+                 lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
+                 timeout_s=180, what="the catalogue")
+    job.send_events(events)
+    records = job.wait_for(
+        topics.recommendations,
+        lambda rs: all(u in latest_by_key(rs) and Recommendation.from_json(
+            latest_by_key(rs)[u].value).events_applied == counts[u] for u, _ in users()),
+        what="lists reflecting every user's events")
+    return records, counts
+
+
 def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> None:
     """Kill the job, start it from its latest checkpoint: user state, the item replica
     (broadcast state) and sequence numbers carry on where they were; a user forgotten
@@ -204,18 +221,8 @@ def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> Non
         kafka_broker.settings, tmp_path, ["model.top_k=20", "model.exploration=0.0"])
     topics = settings.topics
     job = JobProcess(settings, overrides, tmp_path / "job.log").start()
-    events, counts, _ = taste_events()
     try:
-        job.send_events(catalogue())
-        job.wait_for(topics.item_embeddings,
-                     lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
-                     timeout_s=180, what="the catalogue")
-        job.send_events(events)
-        records = job.wait_for(
-            topics.recommendations,
-            lambda rs: all(u in latest_by_key(rs) and Recommendation.from_json(
-                latest_by_key(rs)[u].value).events_applied == counts[u] for u, _ in users()),
-            what="lists reflecting every user's events")
+        records, counts = shop_tastes(job)
         seq_before = {u: Recommendation.from_json(latest_by_key(records)[u].value).seq
                       for u, _ in users()}
         # One user asks to be forgotten before the checkpoint.
@@ -286,5 +293,45 @@ def test_job_pseudonymizes_user_ids(kafka_broker, tmp_path: Path,
         alice = pseudonymize(key, "alice@example.com")
         job.wait_for(topics.recommendations, lambda rs: latest_by_key(rs)[alice].value is None,
                      what="alice's tombstone under her pseudonym")
+    finally:
+        job.stop()
+
+
+def test_a_users_events_meet_in_one_state_whatever_the_kafka_key(kafka_broker,
+                                                                  tmp_path: Path) -> None:
+    """The Java bundler shards by the user_id inside the event: events keyed by nothing, or
+    by keys that are not the user id (so spread over both partitions), still reach one
+    state per user, and every one is applied once."""
+    settings, overrides = job_settings(kafka_broker.settings, tmp_path,
+                                       ["model.exploration=0.0", "job.parallelism=2"])
+    topics = settings.topics
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    try:
+        job.send_events(catalogue())
+        job.wait_for(topics.item_embeddings,
+                     lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
+                     timeout_s=180, what="the catalogue")
+        shoppers = [f"keyless-{n}" for n in range(4)]
+        futures = []
+        for j in range(12):
+            for s, user in enumerate(shoppers):
+                event = Event(f"{user}-{j}", "view", BASE_TS + 1000 + j, user_id=user,
+                              item_id=item_id(CATEGORIES[s], j))
+                key = None if j % 2 else f"other-key-{j}-{s}".encode()
+                futures.append(job.send_raw(key, encode_event(event)))
+        job.flush()
+        partitions = {f.get(timeout=30).partition for f in futures}
+        assert partitions == {0, 1}, "the events should be spread over both partitions"
+        records = job.wait_for(
+            topics.recommendations,
+            lambda rs: all(u in latest_by_key(rs) and Recommendation.from_json(
+                latest_by_key(rs)[u].value).events_applied == 12 for u in shoppers),
+            what="one list per shopper counting all 12 events")
+        for s, user in enumerate(shoppers):
+            lists = [r for r in recs_of(records, user) if r is not None]
+            assert max(r.events_applied for r in lists) == 12  # one state, nothing twice
+            top = [it.item_id for it in lists[-1].items[:10]]
+            assert sum(i.startswith(CATEGORIES[s]) for i in top) >= 5, (user, top)
+        job.assert_alive()
     finally:
         job.stop()

@@ -29,15 +29,7 @@ from freshrec import kafka_config
 from schemas.events import Event
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, job_settings, latest_by_key
-from tests.integration.test_job import (
-    BASE_TS,
-    CATEGORIES,
-    ITEMS_PER_CATEGORY,
-    catalogue,
-    item_id,
-    taste_events,
-    users,
-)
+from tests.integration.test_job import BASE_TS, item_id, shop_tastes, users
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,18 +56,8 @@ def write_fixture(kafka_broker, tmp_path: Path) -> None:
     settings, overrides = job_settings(kafka_broker.settings, tmp_path, SETTINGS, tag=TAG)
     topics = settings.topics
     job = JobProcess(settings, overrides, tmp_path / "job.log").start()
-    events, counts, _ = taste_events()
     try:
-        job.send_events(catalogue())
-        job.wait_for(topics.item_embeddings,
-                     lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
-                     timeout_s=180, what="the catalogue")
-        job.send_events(events)
-        records = job.wait_for(
-            topics.recommendations,
-            lambda rs: all(u in latest_by_key(rs) and Recommendation.from_json(
-                latest_by_key(rs)[u].value).events_applied == counts[u] for u, _ in users()),
-            what="lists reflecting every user's events")
+        records, counts = shop_tastes(job)
         time.sleep(3.0)  # background item publishes and a checkpoint after them
         job.wait_for_checkpoint()
         first = job.completed_checkpoint()

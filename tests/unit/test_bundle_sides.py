@@ -161,7 +161,8 @@ def test_gradients_reach_the_item_side_and_come_back_through_the_changelog() -> 
     res = item_side.process([p for _, p in messages], items.load, lambda _: False, T0)
     items.apply(res.writes)
     assert {"i1", "i2", "new-1"} <= set(res.writes)
-    assert res.due["i1"] == T0 + 200 and res.due["new-1"] == T0 + 200
+    assert {"i1", "i2", "new-1"} <= set(res.soon) and res.soon_at == T0 + 200
+    assert not set(res.soon) & set(res.later) and res.later_at == T0 + 5000
     dup = item_side.process(upserts, items.load, lambda e: e in res.upsert_ids, T0)
     assert dup.duplicates == 1 and not dup.writes
     out, n = item_side.publish(["i1", "new-1"], items.load(["i1", "new-1"]))
