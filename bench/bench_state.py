@@ -83,10 +83,11 @@ from flink_jobs.operators import item_state_descriptors, user_state_descriptors 
 from flink_jobs.user_side import shard_of  # noqa: E402
 from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value  # noqa: E402
 from freshrec.generator import category_label  # noqa: E402
+from online_models.bundle import ItemGradients, apply_gradients_to_items, learn_bundle  # noqa: E402
 from online_models.config import ModelConfig  # noqa: E402
-from online_models.core import apply_item_gradient, new_item_state, user_step  # noqa: E402
+from online_models.core import new_item_state  # noqa: E402
 from online_models.replica import ItemReplica  # noqa: E402
-from online_models.state import ItemGradient, ItemState, UserState  # noqa: E402
+from online_models.state import ItemState, UserState  # noqa: E402
 from schemas.events import Event  # noqa: E402
 
 GOAL_FACTOR = 1.5
@@ -151,7 +152,8 @@ class UserFactory:
                 ev = Event(f"t{t}-{j}", str(self.rng.choice(types, p=probs)), t0 + j * 60_000,
                            user.user_id, item_id_of(k), price=meta["price"],
                            category=meta["category"], brand=meta["brand"])
-                user, _ = user_step(user, ev, replica, config, self.rng)
+                user = learn_bundle({user.user_id: user}, [ev], replica, config).users.get(
+                    user.user_id, user)
             self.templates.append((
                 user, [index_of[h[0]] for h in user.history],
                 [index_of[i] for i in user.purchased], [index_of[i] for i in user.seen]))
@@ -209,16 +211,19 @@ def make_item(config: ModelConfig, k: int, rng: np.random.Generator) -> ItemStat
     item = new_item_state(item_id_of(k), config, meta)
     ts = int(time.time() * 1000)
     for j in range(3):
-        grad = rng.normal(0.0, 0.05, config.dim).astype(np.float32)
-        item = apply_item_gradient(item, ItemGradient(
-            item.item_id, grad, float(rng.normal(0.0, 0.1)), 1.0, 1.0 if j == 0 else 0.0,
-            ts + j), config)
+        grad = rng.normal(0.0, 0.05, (1, config.dim)).astype(np.float32)
+        step = ItemGradients([item.item_id], grad,
+                             np.array([rng.normal(0.0, 0.1)], dtype=np.float32),
+                             np.array([1.0 if j == 0 else 0.0]), np.array([j == 0], np.int32),
+                             np.array([ts + j]), [None])
+        item = apply_gradients_to_items({item.item_id: item}, step, config)[item.item_id]
     return item
 
 
 # ============================================================================ the fill job
 
-# The job's default shard counts (job.user_shards, job.item_shards).
+# Shards of the filled state (job.user_shards, job.item_shards; 4 by default, 32 here as
+# for a job planned for up to 32 subtasks: the bytes per user do not depend on it).
 SHARDS = 32
 
 

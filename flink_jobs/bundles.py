@@ -97,12 +97,6 @@ def decode_shard_bundle(payload: bytes) -> list[bytes]:
     return out
 
 
-def encode_shard_bundle(payloads: Iterable[bytes]) -> bytes:
-    """A shard bundle as the Java bundler writes it (for tests)."""
-    items = list(payloads)
-    return _INT.pack(len(items)) + b"".join(_bytes_field(p) for p in items)
-
-
 class OutputBundle:
     """The one output record of a Python call: records for each sink, grouped by part."""
 

@@ -57,7 +57,7 @@ def unpack_due(blob: bytes | None) -> dict[str, int]:
     if not blob:
         return {}
     if blob[:3] != _DUE_MAGIC:
-        raise ValueError("not a freshrec publish schedule (bad magic)")
+        raise ValueError("not a freshrec due schedule (bad magic)")
     (n,) = struct.unpack_from("<I", blob, 3)
     times = struct.unpack_from(f"<{n}q", blob, 7)
     ids = blob[7 + 8 * n:].decode("utf-8").split("\x00") if n else []
@@ -91,7 +91,8 @@ class ItemSide:
 
     def process(self, messages: list[bytes], load: Loader,
                 seen_upsert: Callable[[str], bool], now: int) -> ItemBundleResult:
-        """Apply the messages in order; ``seen_upsert(event_id)`` tells a re-sent upsert."""
+        """Apply the bundle's upserts, then each gradient message in arrival order;
+        ``seen_upsert(event_id)`` tells a re-sent upsert."""
         gradients: list[ItemGradients] = []
         upserts: list[Event] = []
         upsert_ids: list[str] = []

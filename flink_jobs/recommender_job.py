@@ -56,7 +56,8 @@ def kafka_io_from_settings(settings: Settings, bounded: bool = False) -> JobIO:
     return JobIO(
         events=kafka_io.raw_source(settings, topics.events, job.group_id, job.starting_offsets,
                                    bounded=bounded),
-        # The compacted changelog is read from the start: it rebuilds every item replica.
+        # Without a checkpoint the compacted changelog is read from the start: it builds
+        # every item replica (a restored job resumes at its offsets, replica in state).
         item_changelog=kafka_io.raw_source(settings, topics.item_embeddings,
                                            f"{job.group_id}-items", "earliest"),
         recommendations=kafka_io.keyed_bytes_sink(settings, topics.recommendations, "recs"),

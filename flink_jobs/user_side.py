@@ -13,6 +13,7 @@ as one record per item shard. Lists owed to users refreshed less than
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -48,6 +49,8 @@ from schemas.events import DecodeError, Event, decode_event
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation
 
+log = logging.getLogger(__name__)
+
 # Item-side messages: gradients of a bundle, or the raw bytes of an item_upsert event.
 GRADIENT_MESSAGE = b"G"
 UPSERT_MESSAGE = b"U"
@@ -60,12 +63,16 @@ def now_ms() -> int:
 
 
 def shard_of(key: str, shards: int) -> int:
-    """The shard of an id (item shards; the Java bundler shards users the same way).
+    """The shard of an id: ``floorMod((int) crc32(utf8), shards)``, exactly as the Java
+    ``RecordBundler`` shards users (Java's int is signed).
 
-    >>> shard_of("item-1", 16) == shard_of("item-1", 16), 0 <= shard_of("x", 4) < 4
+    >>> shard_of("item-1", 16) == shard_of("item-1", 16), 0 <= shard_of("x", 3) < 3
     (True, True)
+    >>> shard_of("u2", 3)  # crc32 is 0x8a... : negative as a Java int
+    2
     """
-    return (zlib.crc32(key.encode("utf-8")) & 0xFFFFFFFF) % shards
+    crc = zlib.crc32(key.encode("utf-8"))
+    return (crc - (1 << 32) if crc >= 1 << 31 else crc) % shards
 
 
 @dataclass(frozen=True)
@@ -328,8 +335,15 @@ class UserSide:
         for rec in records:
             if rec.key is None or rec.value is None:
                 continue
-            self.apply_embedding(ItemEmbedding.from_bytes(rec.value))
-            stored[rec.key.decode("utf-8")] = rec.value
+            try:
+                emb = ItemEmbedding.from_bytes(rec.value)
+            except ValueError as exc:
+                # Read from the start at every fresh start: a bad record must not stop the job.
+                log.warning("item changelog record at %s/%s skipped: %s", rec.partition,
+                            rec.offset, exc)
+                continue
+            self.apply_embedding(emb)
+            stored[emb.item_id] = rec.value
             newest = max(newest, rec.timestamp)
         return stored, newest
 

@@ -216,7 +216,7 @@ class BundleStep:
     gradients : ItemGradients
         Summed item gradients (positive items first, in event order).
     losses : numpy.ndarray
-        Pairwise loss of each learned event before the step.
+        Pairwise loss of each learned event before its step (in learning-round order).
     learned : list[Event]
         The events learned from, in order (those with an item and a non-zero weight).
     """
@@ -374,12 +374,12 @@ def _learn_round(users: dict[str, UserState], events: Sequence[Event],
     losses = (np.logaddexp(0.0, -x) * m).sum(axis=1) / nneg
     c = np.concatenate((g.sum(axis=1, keepdims=True), -g), axis=1).astype(np.float32)
     grad_q = np.einsum("bk,bkd->bd", c, T)
-    # users: one Adagrad step with the bundle's gradients summed
+    # users: one Adagrad step each (a round holds each user's one event)
     gP = np.zeros_like(P0)
     np.add.at(gP, ubi, uw * grad_q)
     gP += np.float32(config.l2) * P0
     acc = acc0 + np.einsum("ij,ij->i", gP, gP) / dim
-    first_scale = scale[np.unique(ubi, return_index=True)[1]]  # each user's first event's
+    first_scale = scale[np.unique(ubi, return_index=True)[1]]
     step = (config.learning_rate * first_scale / np.sqrt(acc + EPS)).astype(np.float32)
     newP = P0 - step[:, None] * gP
     new_users: dict[str, UserState] = {}

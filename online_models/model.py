@@ -105,7 +105,6 @@ class FreshRecModel:
         self.config = config or ModelConfig()
         self.replica = ItemReplica(self.config)
         self.users: dict[str, UserState] = {}
-        self.rng = np.random.default_rng(self.config.seed)
         self.explore_rng = np.random.default_rng([self.config.seed, 1])
         self.clusters = UserClusters(self.config.n_clusters, self.config.dim, self.config.seed,
                                      self.config.trend_half_life_s)

@@ -46,7 +46,9 @@ class ItemEmbedding:
 
     def to_bytes(self) -> bytes:
         # orjson: the changelog carries every published item (~1 us here against ~20 us for
-        # the standard library on a 32-float vector); the same JSON text.
+        # the standard library on a 32-float vector); the same JSON text, except that a
+        # non-finite number becomes null (the standard library wrote NaN, which is not JSON),
+        # and such a record is refused by from_bytes.
         return orjson.dumps(self.to_json())
 
     @classmethod
@@ -70,3 +72,5 @@ class ItemEmbedding:
             )
         except KeyError as exc:
             raise ValueError(f"item-embedding v1: missing field {exc.args[0]!r}") from None
+        except TypeError as exc:  # e.g. null in the vector
+            raise ValueError(f"item-embedding v1: a field has the wrong type ({exc})") from None

@@ -1,10 +1,10 @@
 """The job restores a checkpoint written by an earlier version of its state layout.
 
 ``fixtures/state-fv2`` holds a retained checkpoint of the bundled job (user values ``FV2``,
-items ``FI2``, schedules ``FD1``; hashmap backend, parallelism 1) taken after the storefront
-scenario of ``test_job`` (catalogue, tastes), with ``meta.json``: the Kafka offsets the
-checkpoint had reached and each user's count and seq. A later layout must keep restoring it
-(or say in docs/operations.md why not and replace the fixture).
+items ``FI2``, owed refreshes ``FD1``; hashmap backend, parallelism 1, 4 shards each) taken
+after the storefront scenario of ``test_job`` (catalogue, tastes), with ``meta.json``: the
+Kafka offsets the checkpoint had reached and each user's count and seq. A later layout must
+keep restoring it (or say in docs/operations.md why not and replace the fixture).
 
 Regenerate it (same Flink version; replaces the files)::
 
@@ -37,6 +37,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "state-fv2"
 CHECKPOINT_ROOT = Path("/tmp/freshrec-state-fixture-fv2")
 TAG = "state-fv2"
 SETTINGS = ["model.top_k=20", "model.exploration=0.0", "job.parallelism=1",
+            "job.user_shards=4", "job.item_shards=4",
             "job.state_backend=hashmap", f"job.checkpoint_dir={CHECKPOINT_ROOT}"]
 
 

@@ -195,3 +195,13 @@ def test_pseudonymised_users() -> None:
 def test_publish_schedule_round_trips() -> None:
     assert unpack_due(pack_due({"a ✓": 1, "b": T0})) == {"a ✓": 1, "b": T0}
     assert unpack_due(None) == {}
+
+
+def test_a_bad_changelog_record_is_skipped_not_fatal() -> None:
+    side = UserSide(settings())
+    good = ItemEmbedding("ok", (0.1,) * CFG.dim, 0.0, -1.0, 1, T0).to_bytes()
+    nan = ItemEmbedding("nan", (float("nan"),) * CFG.dim, 0.0, -1.0, 1, T0).to_bytes()
+    stored, _ = side.apply_changelog([RawRecord(0, 0, T0, b"nan", nan),
+                                      RawRecord(0, 1, T0, b"junk", b"\xff not json"),
+                                      RawRecord(0, 2, T0, b"ok", good)])
+    assert list(stored) == ["ok"] and "ok" in side.replica and "nan" not in side.replica
