@@ -213,6 +213,20 @@ def shop_tastes(job: JobProcess) -> tuple[list[Record], dict[str, int]]:
     return records, counts
 
 
+def view_once_more(job: JobProcess, expected: dict[str, int]) -> list[Record]:
+    """One more view per user after a restore; waits for lists showing ``expected``
+    events applied per user and returns the recommendation records."""
+    job.send_events([
+        Event(f"{u}-after", "view", BASE_TS + 9000, user_id=u, item_id=item_id(c, 14))
+        for u, c in users()])
+    return job.wait_for(
+        job.settings.topics.recommendations,
+        lambda rs: all(u in latest_by_key(rs) and latest_by_key(rs)[u].value is not None
+                       and Recommendation.from_json(latest_by_key(rs)[u].value).events_applied
+                       == n for u, n in expected.items()),
+        what="lists counting on from the restored state")
+
+
 def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> None:
     """Kill the job, start it from its latest checkpoint: user state, the item replica
     (broadcast state) and sequence numbers carry on where they were; a user forgotten
@@ -240,16 +254,9 @@ def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> Non
     restarted = JobProcess(settings, [*overrides, "job.restore_from=latest"],
                            tmp_path / "job-restarted.log").start()
     try:
-        restarted.send_events([
-            Event(f"{u}-after", "view", BASE_TS + 9000, user_id=u, item_id=item_id(c, 14))
-            for u, c in users()])
         # The forgotten user comes back with nothing restored: one event, a cold start.
-        records = restarted.wait_for(
-            topics.recommendations,
-            lambda rs: all(latest_by_key(rs)[u].value is not None and Recommendation.from_json(
-                latest_by_key(rs)[u].value).events_applied
-                == (1 if u == FORGOTTEN else counts[u] + 1) for u, _ in users()),
-            what="lists after the restart counting on from the restored state")
+        records = view_once_more(restarted, {
+            u: 1 if u == FORGOTTEN else counts[u] + 1 for u, _ in users()})
         forgotten = Recommendation.from_json(latest_by_key(records)[FORGOTTEN].value)
         assert forgotten.cold_start and forgotten.seq == 1, "forgotten state survived a restore"
         for user, category in users():

@@ -26,10 +26,9 @@ from pathlib import Path
 import pytest
 
 from freshrec import kafka_config
-from schemas.events import Event
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, job_settings, latest_by_key
-from tests.integration.test_job import BASE_TS, item_id, shop_tastes, users
+from tests.integration.test_job import shop_tastes, users, view_once_more
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -108,15 +107,8 @@ def test_job_restores_the_state_fixture(kafka_broker, tmp_path: Path) -> None:
     _pad(job, topics.item_embeddings, meta["item_embeddings"], None)
     job.start()
     try:
-        job.send_events([
-            Event(f"{u}-after", "view", BASE_TS + 9000, user_id=u, item_id=item_id(c, 14))
-            for u, c in users()])
-        records = job.wait_for(
-            topics.recommendations,
-            lambda rs: all(u in latest_by_key(rs) and Recommendation.from_json(
-                latest_by_key(rs)[u].value).events_applied
-                == meta["users"][u]["events_applied"] + 1 for u, _ in users()),
-            what="lists counting on from the restored state")
+        records = view_once_more(job, {
+            u: meta["users"][u]["events_applied"] + 1 for u, _ in users()})
         for user, category in users():
             rec = Recommendation.from_json(latest_by_key(records)[user].value)
             assert rec.seq == meta["users"][user]["seq"] + 1, (user, rec.seq)
