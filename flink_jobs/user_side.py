@@ -37,6 +37,7 @@ from flink_jobs.user_value import (
     unpack_user_value,
 )
 from freshrec.privacy import pseudonymize
+from online_models.blend import user_features
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
 from online_models.core import recommend_for_users
@@ -304,8 +305,10 @@ class UserSide:
                     learn_cold_start(self.clusters, user, self.replica, cfg, item, weight,
                                      rs.last_event_ts)
         users = [u for u, _ in due.values()]
-        bonuses = [cold_start_bonus(self.clusters, u, self.replica, cfg) for u in users]
-        lists = recommend_for_users(users, self.replica, cfg, bonuses=bonuses)
+        features = [user_features(u, self.replica, cfg, u.last_ts, None,
+                                  cold_start_bonus(self.clusters, u, self.replica, cfg))
+                    for u in users]
+        lists = recommend_for_users(users, self.replica, cfg, features=features)
         stats.scored += len(users)
         settled: dict[str, RefreshState] = {}
         for (uid, (user, rs)), items in zip(due.items(), lists, strict=True):

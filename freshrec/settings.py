@@ -121,6 +121,9 @@ class ModelSettings:
     cold_events: int
     n_clusters: int
     cluster_weight: float
+    covisit_window: int
+    covisit_neighbours: int
+    blend_learning_rate: float
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,8 @@ _POSITIVE = {
     "model.n_clusters",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",
     "job.transaction_timeout_ms", "model.dim", "model.top_k", "model.learning_rate",
-    "model.history_len", "local.start_timeout_s",
+    "model.history_len", "local.start_timeout_s", "model.covisit_window",
+    "model.covisit_neighbours",
     "cluster.rest_port", "cluster.rpc_port", "cluster.taskmanagers",
     "cluster.slots_per_taskmanager", "cluster.parallelism", "cluster.start_timeout_s",
 }
@@ -313,6 +317,9 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key in ("model.cold_events", "model.cluster_weight") and not 0 <= value < math.inf:
         raise SettingsError(
             f"{key}: must be a finite number >= 0 (0 = no cluster bonus), got {value}{where}")
+    if key == "model.blend_learning_rate" and not 0 <= value < math.inf:
+        raise SettingsError(
+            f"{key}: must be a finite number >= 0 (0 = fixed blend), got {value}{where}")
     if key == "model.ann_min_items" and value < 0:
         raise SettingsError(f"{key}: must be >= 0 (0 = always exact), got {value}{where}")
     negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")

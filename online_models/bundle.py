@@ -62,6 +62,7 @@ from online_models.core import (
     lr_schedule,
     new_item_state,
 )
+from online_models.covisit import CoVisits, covisit_pairs
 from online_models.replica import ItemReplica, logaddexp
 from online_models.state import ItemState, UserState
 from schemas.events import Event
@@ -219,12 +220,15 @@ class BundleStep:
         Pairwise loss of each learned event before its step (in learning-round order).
     learned : list[Event]
         The events learned from, in order (those with an item and a non-zero weight).
+    covisits : CoVisits
+        Co-visitation increments of the positive events, for the items' owners.
     """
 
     users: dict[str, UserState]
     gradients: ItemGradients
     losses: np.ndarray
     learned: list[Event]
+    covisits: CoVisits
 
 
 def _user_hash(user_id: str) -> int:
@@ -267,7 +271,7 @@ def learn_bundle(users: Mapping[str, UserState], events: Sequence[Event],
     done = [_learn_round(current, batch, replica, config, lr_scale) for batch in rounds]
     done = [r for r in done if r.learned]
     if not done:
-        return BundleStep({}, _no_gradients(config.dim), np.zeros(0), [])
+        return BundleStep({}, _no_gradients(config.dim), np.zeros(0), [], CoVisits())
     new_users: dict[str, UserState] = {}
     for r in done:
         new_users.update(r.users)
@@ -280,7 +284,10 @@ def learn_bundle(users: Mapping[str, UserState], events: Sequence[Event],
     if len(done) > 1:  # learned in rounds: back to arrival order
         order = {id(ev): j for j, ev in enumerate(events)}
         learned = sorted(learned, key=lambda e: order[id(e)])
-    return BundleStep(new_users, gradients, cat([r.losses for r in done]), learned)
+    covisits = CoVisits()
+    for r in done:
+        covisits.extend(r.covisits)
+    return BundleStep(new_users, gradients, cat([r.losses for r in done]), learned, covisits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +302,7 @@ class _Round:
     rows: np.ndarray
     grads: np.ndarray
     bias_grads: np.ndarray
+    covisits: CoVisits
 
 
 def _learn_round(users: dict[str, UserState], events: Sequence[Event],
@@ -314,6 +322,7 @@ def _learn_round(users: dict[str, UserState], events: Sequence[Event],
     ctx = np.zeros((len(events), n_ctx), dtype=np.int64)
     cw = np.zeros((len(events), n_ctx), dtype=np.float32)
     index = replica.table.index
+    covisits = CoVisits()
     for ev in events:
         item, uid = ev.item_id, ev.user_id
         w = _event_weight(config, ev.event_type)
@@ -332,6 +341,8 @@ def _learn_round(users: dict[str, UserState], events: Sequence[Event],
         if rows:
             ctx[j, n_ctx - len(rows):] = rows
             cw[j, n_ctx - len(rows):] = context_weights(len(rows), config.context_decay)
+        if w > 0:
+            covisit_pairs(user, item, config.covisit_window, covisits)
         learned.append(ev)
         ub.append(slot[uid])
         pos_rows.append(pos)
@@ -342,7 +353,7 @@ def _learn_round(users: dict[str, UserState], events: Sequence[Event],
     B = len(learned)
     if B == 0:
         empty = np.zeros(0)
-        return _Round({}, empty, [], empty, empty, empty, np.zeros((0, dim)), empty)
+        return _Round({}, empty, [], empty, empty, empty, np.zeros((0, dim)), empty, covisits)
     ctx, cw = ctx[:B], cw[:B]
     ubi = np.asarray(ub, dtype=np.int64)
     pos = np.asarray(pos_rows, dtype=np.int64)
@@ -398,7 +409,8 @@ def _learn_round(users: dict[str, UserState], events: Sequence[Event],
                             ((cw * scale[:, None])[:, :, None] * grad_q[:, None, :])
                             .reshape(-1, dim)))
     bgrads = np.concatenate((sc.reshape(-1), np.zeros(ctx.size, dtype=np.float32)))
-    return _Round(new_users, losses, learned, pos, w, rows[keep], grads[keep], bgrads[keep])
+    return _Round(new_users, losses, learned, pos, w, rows[keep], grads[keep], bgrads[keep],
+                  covisits)
 
 
 def _no_gradients(dim: int) -> ItemGradients:

@@ -16,6 +16,7 @@ ValueError: exclude must be one of purchased, seen, none; got 'everything'
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +58,17 @@ class ModelConfig:
     user_weight : float
         Weight of the long-term user vector in the query.
     recency_boost : float
-        Score bonus of an item in the user's recent history (repeat views are common).
+        Starting blend weight of an item's place in the user's recent history (repeat
+        views are common; :mod:`online_models.blend` learns it from there).
     recency_half_life_s : float
-        Half-life of that bonus in event time (it never falls below half).
-    recency_position_decay : float
-        Factor of that bonus per step back in the history (most recent = 1).
+        Half-life of the recent-history time feature in event time.
+    covisit_window : int
+        A positive event is paired with the user's last this many distinct items
+        (:mod:`online_models.covisit`).
+    covisit_neighbours : int
+        Co-visitation neighbours kept per item.
+    blend_learning_rate : float
+        Adagrad step of the online score blend (0 = keep the starting weights).
     pop_weight : float
         Weight of the time-decayed log popularity in the score.
     trend_half_life_s : float
@@ -79,7 +86,7 @@ class ModelConfig:
     n_clusters : int
         Clusters of the streaming user clustering (``river.cluster.KMeans``).
     cluster_weight : float
-        Score bonus scale of cluster-popular items for cold users.
+        Starting blend weight of cluster-popular items for cold users.
     diversity_cap : int
         At most this many items of one category per list (0 = no cap).
     min_step_ratio : float
@@ -111,9 +118,11 @@ class ModelConfig:
     context_len: int = 5
     context_decay: float = 0.6
     user_weight: float = 0.5
-    recency_boost: float = 5.0
+    recency_boost: float = 1.0
     recency_half_life_s: float = 3600.0
-    recency_position_decay: float = 0.95
+    covisit_window: int = 10
+    covisit_neighbours: int = 100
+    blend_learning_rate: float = 0.1
     pop_weight: float = 0.3
     trend_half_life_s: float = 3600.0
     init_scale: float = 0.3
@@ -122,7 +131,7 @@ class ModelConfig:
     min_lr_scale: float = 0.1
     cold_events: int = 3
     n_clusters: int = 8
-    cluster_weight: float = 0.5
+    cluster_weight: float = 0.4
     diversity_cap: int = 0
     min_step_ratio: float = 1e-3
     ann_min_items: int = 250_000
@@ -133,13 +142,17 @@ class ModelConfig:
             raise ValueError(
                 f"exclude must be one of {', '.join(EXCLUDE_CHOICES)}; got {self.exclude!r}"
             )
-        for name in ("dim", "top_k", "history_len", "context_len"):
+        for name in ("dim", "top_k", "history_len", "context_len", "covisit_window",
+                     "covisit_neighbours"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1; got {self.negatives!r}")
         if not 0.0 <= self.exploration <= 1.0:
             raise ValueError(f"exploration must be in [0, 1]; got {self.exploration!r}")
+        if not 0.0 <= self.blend_learning_rate < math.inf:
+            raise ValueError("blend_learning_rate must be >= 0 and finite; got "
+                             f"{self.blend_learning_rate!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}")
         if self.ann_min_items < 0:

@@ -29,6 +29,15 @@ from typing import Any
 import numpy as np
 
 from online_models.ann import approximate_top_k, synced_index
+from online_models.blend import (
+    COLD,
+    COVISIT,
+    RECENT_POSITION,
+    ScoreBlend,
+    UserFeatures,
+    dense_scale,
+    user_features,
+)
 from online_models.config import ModelConfig
 from online_models.replica import ItemReplica
 from online_models.state import HistoryEntry, ItemState, UserState
@@ -169,30 +178,6 @@ def adagrad_rows(vectors: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: 
 
 
 # -- recommendation ---------------------------------------------------------------------
-def recency_bonus(user: UserState, replica: ItemReplica, config: ModelConfig, now_ms: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of recently touched items and their score bonus (decays with event time)."""
-    best: dict[int, float] = {}
-    hl = config.recency_half_life_s * 1000.0
-    index = replica.table.index
-    pos_w = config.recency_boost
-    for item, ts, w, _ in reversed(user.history):
-        if w <= 0:
-            continue
-        r = index.get(item, -1)
-        if r < 0:
-            continue
-        # Decays with position (most recent first) and event time, but never below half
-        # for time (repeat views also come days later); summed over repeated entries (an
-        # item touched often is likelier to come back).
-        best[r] = best.get(r, 0.0) + pos_w * (0.5 + 0.5 * 2.0 ** (-max(now_ms - ts, 0) / hl))
-        pos_w *= config.recency_position_decay
-    if not best:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    return (np.fromiter(best.keys(), dtype=np.int64, count=len(best)),
-            np.fromiter(best.values(), dtype=np.float32, count=len(best)))
-
-
 def excluded_items(user: UserState, config: ModelConfig, extra: Iterable[str] = ()
                    ) -> set[str]:
     """Item ids the user must not be shown under ``config.exclude`` plus ``extra``."""
@@ -204,13 +189,13 @@ def excluded_items(user: UserState, config: ModelConfig, extra: Iterable[str] = 
     return out
 
 
-def explain(user: UserState, replica: ItemReplica, rows: np.ndarray, query: np.ndarray,
-            recent_rows: np.ndarray, cold_rows: frozenset[int] = frozenset(),
-            trending: frozenset[int] = frozenset()) -> list[str]:
+def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
+            features: UserFeatures, trending: frozenset[int] = frozenset()) -> list[str]:
     """A human-readable reason per recommended row."""
     V = replica.table.vectors
     ctx_rows, _ = context_rows(user, replica, _CTX_ALL)
-    recent = set(recent_rows.tolist())
+    f_row = {r: j for j, r in enumerate(features.rows.tolist())}
+    f = features.values
     ctx_ids = [replica.ids[r] for r in ctx_rows.tolist()]
     verb_of = {h[0]: _VERBS.get(h[3], "viewed") for h in user.history}
     sims = V[rows] @ V[ctx_rows].T if ctx_rows.size and rows.size else None
@@ -219,11 +204,15 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray, query: np.n
         meta = replica.meta[r]
         category = meta.get("category")
         item_id = replica.ids[r]
-        if r in recent:
+        fj = f_row.get(r)
+        if fj is not None and f[fj, RECENT_POSITION] > 0:
             verb = verb_of.get(item_id, "viewed")
             out.append("you added this to your cart" if verb == "added to cart"
                        else f"you {verb} this recently")
-        elif r in cold_rows:
+        elif fj is not None and r in features.sources and f[fj, COVISIT] >= f[fj, COLD]:
+            src = features.sources[r]
+            out.append(f"often {verb_of.get(src, 'viewed')} with {src}")
+        elif fj is not None and f[fj, COLD] > 0:
             out.append("popular with shoppers like you")
         elif sims is not None and float(sims[j].max()) > 0.5 * float(V[r] @ V[r]):
             src = ctx_ids[int(np.argmax(sims[j]))]
@@ -248,8 +237,8 @@ def recommend_for_user(
     k: int | None = None,
     now_ms: int | None = None,
     exclude: Iterable[str] = (),
-    bonus_rows: np.ndarray | None = None,
-    bonus: np.ndarray | None = None,
+    features: UserFeatures | None = None,
+    blend: ScoreBlend | None = None,
     rng: np.random.Generator | None = None,
     reasons: bool = True,
 ) -> list[ScoredItem]:
@@ -260,15 +249,18 @@ def recommend_for_user(
     user : UserState
     replica : ItemReplica
     config : ModelConfig
-        ``exclude``, ``exploration``, ``diversity_cap``, ``recency_boost`` apply.
+        ``exclude``, ``exploration``, ``diversity_cap`` apply.
     k : int, optional
         List length (default ``config.top_k``).
     now_ms : int, optional
         Event time "now" (default: the user's last event time).
     exclude : iterable of str
         Extra item ids to leave out.
-    bonus_rows, bonus : numpy.ndarray, optional
-        Extra score per row (e.g. cluster-popular items for cold users).
+    features : UserFeatures, optional
+        The user's sparse features (:func:`~online_models.blend.user_features`); by default
+        those of the history alone (no co-visitation, no cold bonus).
+    blend : ScoreBlend, optional
+        Feature weights (default: the starting weights).
     rng : numpy.random.Generator, optional
         Needed for exploration slots; without it exploration is off.
     reasons : bool
@@ -279,14 +271,13 @@ def recommend_for_user(
         return []
     now = user.last_ts if now_ms is None else now_ms
     q = query_vector(user, replica, config)
-    rec_rows, rec_b = recency_bonus(user, replica, config, now)
+    if features is None:
+        features = user_features(user, replica, config, now)
+    blend = blend or ScoreBlend.initial(config)
+    b_rows, b_vals = features.rows, blend.bonus(features, dense_scale(replica, q))
     ex_ids = excluded_items(user, config, exclude)
     index = replica.table.index
     ex_rows = [index[i] for i in ex_ids if i in index]
-    b_rows, b_vals = rec_rows, rec_b
-    if bonus_rows is not None and bonus is not None and len(bonus_rows):
-        b_rows = np.concatenate((rec_rows, bonus_rows))
-        b_vals = np.concatenate((rec_b, bonus.astype(np.float32)))
     n_explore = round(config.exploration * k) if rng is not None else 0
     index = synced_index(replica, config)
     if index is None:
@@ -303,9 +294,7 @@ def recommend_for_user(
             explore_rows = [pool[i] for i in sorted(pick.tolist())]
         keep = max(k - len(explore_rows), 0)
         rows, scores = rows[:keep], scores[:keep]
-    why = (explain(user, replica, rows, q, rec_rows,
-                   frozenset(bonus_rows.tolist()) if bonus_rows is not None else frozenset())
-           if reasons else [""] * rows.shape[0])
+    why = explain(user, replica, rows, features) if reasons else [""] * rows.shape[0]
     ids = replica.ids
     out = [ScoredItem(ids[r], float(s), w) for r, s, w in zip(rows.tolist(), scores.tolist(), why,
                                                                strict=True)]
@@ -317,49 +306,41 @@ def recommend_for_user(
     return out
 
 
-def _bonus_arrays(bonus: tuple[Any, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
-    rows, values = bonus
-    if rows is None or values is None:
-        return None, None
-    return np.asarray(rows, dtype=np.int64), np.asarray(values, dtype=np.float32)
-
-
 def recommend_for_users(
     users: Sequence[UserState],
     replica: ItemReplica,
     config: ModelConfig,
     k: int | None = None,
     now_ms: int = 0,
-    bonuses: Sequence[tuple[np.ndarray | None, np.ndarray | None]] | None = None,
+    features: Sequence[UserFeatures] | None = None,
+    blend: ScoreBlend | None = None,
     reasons: bool = True,
 ) -> list[list[ScoredItem]]:
     """Top-``k`` lists for many users with one matrix product (``Q @ V.T``) and one ``topk``.
 
-    Per-user recency boosts, optional extra ``bonuses`` (rows, values) and exclusions are
-    applied sparsely to the score matrix; no exploration and no diversity cap. ``now_ms`` is
-    a floor for each user's "now" (their last event time otherwise).
+    Each user's sparse blend bonus (``features``, by default the history alone) and
+    exclusions are applied sparsely to the score matrix; no exploration and no diversity
+    cap. ``now_ms`` is a floor for each user's "now" (their last event time otherwise).
     """
     import torch
 
     k = config.top_k if k is None else k
     if not users or len(replica) == 0 or k <= 0:
         return [[] for _ in users]
+    if features is None:
+        features = [user_features(u, replica, config, max(u.last_ts, now_ms)) for u in users]
+    blend = blend or ScoreBlend.initial(config)
     if synced_index(replica, config) is not None:
         # Large catalogue: a graph search per user beats the batched full scan.
-        return [
-            recommend_for_user(
-                u, replica, config, k, max(u.last_ts, now_ms), (),
-                *_bonus_arrays(bonuses[j] if bonuses is not None else (None, None)),
-                reasons=reasons)
-            for j, u in enumerate(users)]
+        return [recommend_for_user(u, replica, config, k, max(u.last_ts, now_ms), (),
+                                   features[j], blend, reasons=reasons)
+                for j, u in enumerate(users)]
     queries = np.stack([query_vector(u, replica, config) for u in users])
     tq = torch.from_numpy(queries)
     vt = replica.vectors_tensor().T
     static = replica.static_tensor()  # -inf for unavailable rows
     kk = min(k, static.shape[0])
     index = replica.table.index
-    recent: list[np.ndarray] = []
-    cold: list[frozenset[int]] = []
     top_s: list[Any] = []
     top_r: list[Any] = []
     # Users go through in chunks: a chunk's score block stays cache-sized, where one
@@ -369,17 +350,10 @@ def recommend_for_users(
         scores = torch.addmm(static, tq[lo:lo + len(chunk)], vt)
         for j, user in enumerate(chunk):
             row = scores[j]
-            rows, boost = recency_bonus(user, replica, config, max(user.last_ts, now_ms))
-            recent.append(rows)
-            if rows.size:
-                row.index_add_(0, torch.from_numpy(rows), torch.from_numpy(boost))
-            b_rows, b_vals = bonuses[lo + j] if bonuses is not None else (None, None)
-            if b_rows is not None and b_vals is not None and len(b_rows):
-                row.index_add_(0, torch.from_numpy(np.asarray(b_rows, dtype=np.int64)),
-                               torch.from_numpy(np.asarray(b_vals, dtype=np.float32)))
-                cold.append(frozenset(np.asarray(b_rows).tolist()))
-            else:
-                cold.append(frozenset())
+            f = features[lo + j]
+            if f.rows.size:
+                bonus = blend.bonus(f, dense_scale(replica, queries[lo + j]))
+                row.index_add_(0, torch.from_numpy(f.rows), torch.from_numpy(bonus))
             excluded = [index[i] for i in excluded_items(user, config) if i in index]
             if excluded:
                 row[torch.tensor(excluded)] = -math.inf
@@ -393,8 +367,7 @@ def recommend_for_users(
         s, r = all_s[j], all_r[j]
         finite = np.isfinite(s)
         s, r = s[finite], r[finite]
-        why = (explain(user, replica, r, queries[j], recent[j], cold[j]) if reasons
-               else [""] * r.shape[0])
+        why = explain(user, replica, r, features[j]) if reasons else [""] * r.shape[0]
         out.append([ScoredItem(ids[a], float(b), c)
                     for a, b, c in zip(r.tolist(), s.tolist(), why, strict=True)])
     return out

@@ -22,14 +22,23 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from online_models.blend import (
+    ScoreBlend,
+    UserFeatures,
+    dense_scale,
+    learn_blend,
+    user_features,
+)
 from online_models.bundle import apply_item_gradients, learn_bundle
 from online_models.config import ModelConfig
 from online_models.core import (
+    excluded_items,
     lr_schedule,
     query_vector,
     recommend_for_user,
     recommend_for_users,
 )
+from online_models.covisit import CoVisitTable
 from online_models.replica import ItemReplica
 from online_models.state import UserState
 from online_models.streaming import DriftMonitor, RollingMetrics, UserClusters
@@ -37,6 +46,7 @@ from schemas.events import INTERACTION_TYPES, Event
 from schemas.recommendation import ScoredItem
 
 _INTERACTIONS = frozenset(INTERACTION_TYPES)
+_BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top this many
 
 
 def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemReplica,
@@ -49,8 +59,9 @@ def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemRepli
 
 def cold_start_bonus(clusters: UserClusters, user: UserState, replica: ItemReplica,
                      config: ModelConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Score bonus (rows, values) of the popular items of a cold user's cluster; it fades
-    out linearly over the user's first ``cold_events`` events. ``(None, None)`` if none."""
+    """The ``cold_cluster`` feature (rows, values) of the popular items of a cold user's
+    cluster; it fades out linearly over the user's first ``cold_events`` events.
+    ``(None, None)`` if none."""
     if user.n_events >= config.cold_events:
         return None, None
     share = 1.0 - user.n_events / config.cold_events
@@ -60,7 +71,7 @@ def cold_start_bonus(clusters: UserClusters, user: UserState, replica: ItemRepli
     if not rows:
         return None, None
     return (np.fromiter((r for r, _ in rows), dtype=np.int64, count=len(rows)),
-            np.fromiter((config.cluster_weight * share * v for _, v in rows),
+            np.fromiter((share * v for _, v in rows),
                         dtype=np.float32, count=len(rows)))
 
 
@@ -112,6 +123,8 @@ class FreshRecModel:
         self.metrics = RollingMetrics()
         self.step = 0  # events since start or last drift (drives the lr schedule)
         self.now_ms = 0
+        self.covisit = CoVisitTable(self.config.covisit_neighbours)
+        self.blend = ScoreBlend.initial(self.config)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -155,8 +168,11 @@ class FreshRecModel:
         if not events:
             return
         cfg = self.config
+        for ev in events:
+            self._learn_blend(ev)
         step = learn_bundle(self.users, events, self.replica, cfg, lr_schedule(self.step, cfg))
         apply_item_gradients(self.replica, step.gradients, cfg)
+        self.covisit.add(step.covisits)
         self.users.update(step.users)
         self.step += len(step.learned)
         for ev in step.learned:
@@ -164,6 +180,27 @@ class FreshRecModel:
             assert user_id is not None and item_id is not None
             learn_cold_start(self.clusters, self.users[user_id], self.replica, cfg, item_id,
                              max(cfg.event_weight(ev.event_type), 0.0), ev.ts_ms)
+
+    def _learn_blend(self, event: Event) -> None:
+        """Test the blend on a known user's positive event before learning it."""
+        user = self.users.get(event.user_id or "")
+        row = self.replica.row(event.item_id or "")
+        if user is None or row < 0 or self.config.event_weight(event.event_type) <= 0:
+            return
+        rep, cfg = self.replica, self.config
+        index = rep.table.index
+        excluded = [index[i] for i in excluded_items(user, cfg) if i in index]
+        feats = self.features(user, max(user.last_ts, self.now_ms))
+        q = query_vector(user, rep, cfg)
+        scale = dense_scale(rep, q)
+        top, _ = rep.top_k(q, _BLEND_CANDIDATES, excluded, feats.rows,
+                           self.blend.bonus(feats, scale))
+        learn_blend(self.blend, rep, feats, q, scale, top, row)
+
+    def features(self, user: UserState, now_ms: int) -> UserFeatures:
+        """The user's sparse features: history, co-visitation, cold-start cluster."""
+        return user_features(user, self.replica, self.config, now_ms, self.covisit,
+                             cold_start_bonus(self.clusters, user, self.replica, self.config))
 
     # -- feedback -----------------------------------------------------------------------
     def observe(self, hit: bool) -> bool:
@@ -184,11 +221,30 @@ class FreshRecModel:
         """Top-``k`` items with reasons; excludes purchased (per config), ``exclude`` and
         unavailable items. An unseen user gets trending items (cold start)."""
         user = self.user(user_id)
-        b_rows, b_vals = cold_start_bonus(self.clusters, user, self.replica, self.config)
         now = max(user.last_ts, self.now_ms)
-        return recommend_for_user(user, self.replica, self.config, k, now, exclude, b_rows,
-                                  b_vals, self.explore_rng if self.config.exploration else None,
+        return recommend_for_user(user, self.replica, self.config, k, now, exclude,
+                                  self.features(user, now), self.blend,
+                                  self.explore_rng if self.config.exploration else None,
                                   reasons)
+
+    def score_items(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
+        """The ranking scores of some items (dense score plus blend bonus; ``-inf`` for
+        unknown items), on the scale :meth:`recommend` ranks by: sampled AUC."""
+        rep = self.replica
+        user = self.user(user_id)
+        rows = np.array([rep.row(i) for i in item_ids], dtype=np.int64)
+        out = np.full(rows.shape[0], -np.inf)
+        known = rows >= 0
+        if not known.any():
+            return out
+        q = query_vector(user, rep, self.config)
+        feats = self.features(user, max(user.last_ts, self.now_ms))
+        bonus = dict(zip(feats.rows.tolist(),
+                         self.blend.bonus(feats, dense_scale(rep, q)).tolist(), strict=True))
+        r = rows[known]
+        dense = rep.table._data[r] @ q + rep.static[r]
+        out[known] = dense + np.array([bonus.get(x, 0.0) for x in r.tolist()])
+        return out
 
     def recommend_many(self, user_ids: Sequence[str], k: int = 20, reasons: bool = True
                        ) -> list[list[ScoredItem]]:
@@ -196,5 +252,5 @@ class FreshRecModel:
         :func:`~online_models.core.recommend_for_users`). No exploration."""
         users = [self.user(u) for u in user_ids]
         return recommend_for_users(users, self.replica, self.config, k, self.now_ms,
-                                   [cold_start_bonus(self.clusters, u, self.replica, self.config)
-                                    for u in users], reasons)
+                                   [self.features(u, max(u.last_ts, self.now_ms)) for u in users],
+                                   self.blend, reasons)

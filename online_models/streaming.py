@@ -125,7 +125,7 @@ class UserClusters:
 
 
 class DriftMonitor:
-    """ADWIN (``river.drift.ADWIN``) over the rolling hit stream; counts detected drifts.
+    """ADWIN (``river.drift.ADWIN``) over the rolling hit stream; counts detected drops.
 
     Parameters
     ----------
@@ -138,9 +138,11 @@ class DriftMonitor:
         self.drifts = 0
 
     def update(self, hit: bool | float) -> bool:
-        """Add one outcome; ``True`` when a change in the hit rate is detected."""
+        """Add one outcome; ``True`` when a drop in the hit rate is detected (a rise is
+        the model learning, not a reason to restart its schedule)."""
+        before = self.adwin.estimation
         self.adwin.update(float(hit))
-        if self.adwin.drift_detected:
+        if self.adwin.drift_detected and self.adwin.estimation < before:
             self.drifts += 1
             return True
         return False

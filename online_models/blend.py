@@ -1,0 +1,208 @@
+"""The score of an item for a user: a linear blend of features, its weights learned online.
+
+Features of a candidate item (:data:`FEATURES`):
+
+* ``model``: the factorisation score ``query . q_i + b_i + pop_weight * log trend_i`` over
+  its spread across items (computed densely, for every item);
+* ``recent_position``, ``recent_count``, ``recent_time``: the item is in the user's recent
+  history (1 / (1 + place among distinct recent items), log(1 + times), and
+  ``2 ** (-age / recency_half_life_s)``): repeat consumption;
+* ``covisit``, ``covisit_last``: co-visitation with the user's recent items and with the
+  last one (:mod:`online_models.covisit`), as ``log(1 + 3 s)``;
+* ``cold_cluster``: popular in the user's cluster while the user is cold.
+
+All but ``model`` are sparse (non-zero for a few hundred items at most), so ranking stays
+one dense pass plus a sparse bonus. The weights start at :data:`INITIAL_WEIGHTS` and are
+learned online as a listwise ranker: for each positive event, before it is learned, the
+softmax over the user's candidates (the sparse rows, some popular items and the event's
+item) is pushed towards the event's item with Adagrad (:meth:`ScoreBlend.learn`), so the
+blend fits each stream without tuning by hand.
+
+>>> import numpy as np
+>>> b = ScoreBlend.initial(ModelConfig())
+>>> f = np.zeros((3, len(FEATURES)), dtype=np.float32)
+>>> f[0, 1] = 1.0    # the event's item is the user's most recent item
+>>> f[1:, 0] = 2.0   # two items the factorisation likes
+>>> before = b.weights.copy()
+>>> for _ in range(50):
+...     b.learn(f, 0)
+>>> bool(b.weights[1] > before[1]), bool(b.weights[0] < before[0])
+(True, True)
+>>> ScoreBlend.from_bytes(b.to_bytes()) == b
+True
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from online_models.config import ModelConfig
+from online_models.covisit import CoVisitTable, recent_items
+from online_models.replica import ItemReplica
+from online_models.state import UserState
+
+FEATURES = ("model", "recent_position", "recent_count", "recent_time", "covisit",
+            "covisit_last", "cold_cluster")
+MODEL, RECENT_POSITION, RECENT_COUNT, RECENT_TIME, COVISIT, COVISIT_LAST, COLD = range(7)
+# Where the online ranker ended on the shared logs, rounded: a start that ranks well
+# before it has learned anything (``recent_position`` and ``cold_cluster`` start at the
+# settings ``recency_boost`` and ``cluster_weight``).
+INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 0.1, 1.5, 0.4)
+_MIN_MODEL_WEIGHT = 0.01  # the dense score keeps breaking ties among sparse-less items
+_SCALE_ROWS = 512
+_MAGIC = b"FB1"
+
+
+@dataclass(slots=True)
+class UserFeatures:
+    """The sparse features of one user's candidate rows."""
+
+    rows: np.ndarray          # int64 replica rows
+    values: np.ndarray        # float32 len(rows) x len(FEATURES); column ``model`` unused
+    sources: dict[int, str]   # row -> the recent item its co-visitation score comes from
+
+    @staticmethod
+    def empty() -> UserFeatures:
+        return UserFeatures(np.zeros(0, dtype=np.int64),
+                            np.zeros((0, len(FEATURES)), dtype=np.float32), {})
+
+
+def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, now_ms: int,
+                  covisit: CoVisitTable | None = None,
+                  cold: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+                  ) -> UserFeatures:
+    """Sparse features of a user's candidates (history, co-visitation, cold bonus)."""
+    index = replica.table.index
+    feats: dict[int, list[float]] = {}
+    sources: dict[int, str] = {}
+    hl = config.recency_half_life_s * 1000.0
+    place = 0
+    for item, ts, w, _ in reversed(user.history):
+        if w <= 0:
+            continue
+        r = index.get(item, -1)
+        if r < 0:
+            continue
+        f = feats.get(r)
+        if f is None:
+            f = feats[r] = [0.0] * len(FEATURES)
+            f[RECENT_POSITION] = 1.0 / (1 + place)
+            f[RECENT_TIME] = 2.0 ** (-max(now_ms - ts, 0) / hl)
+            place += 1
+        f[RECENT_COUNT] += 1.0
+    for f in feats.values():
+        f[RECENT_COUNT] = math.log1p(f[RECENT_COUNT])
+    if covisit is not None and covisit.neighbours:
+        for item, (all_, last, src, _) in covisit.scores(
+                recent_items(user, config.covisit_window)).items():
+            r = index.get(item, -1)
+            if r < 0:
+                continue
+            f = feats.get(r)
+            if f is None:
+                f = feats[r] = [0.0] * len(FEATURES)
+            f[COVISIT] = math.log1p(3.0 * all_)
+            f[COVISIT_LAST] = math.log1p(3.0 * last)
+            sources[r] = src
+    c_rows, c_vals = cold
+    if c_rows is not None and c_vals is not None:
+        for r, v in zip(c_rows.tolist(), c_vals.tolist(), strict=True):
+            f = feats.get(r)
+            if f is None:
+                f = feats[r] = [0.0] * len(FEATURES)
+            f[COLD] = v
+    if not feats:
+        return UserFeatures.empty()
+    return UserFeatures(np.fromiter(feats.keys(), dtype=np.int64, count=len(feats)),
+                        np.array(list(feats.values()), dtype=np.float32), sources)
+
+
+def dense_scale(replica: ItemReplica, query: np.ndarray) -> float:
+    """Spread (std) of the dense score over the first rows: the ``model`` feature's unit."""
+    n = min(len(replica), _SCALE_ROWS)
+    if n < 2:
+        return 1.0
+    s = replica.table._data[:n] @ query + replica.static[:n]
+    return float(s.std()) or 1.0
+
+
+@dataclass(slots=True, eq=False)
+class ScoreBlend:
+    """Blend weights (one per feature) and their Adagrad accumulators."""
+
+    weights: np.ndarray
+    acc: np.ndarray
+    learning_rate: float
+
+    @classmethod
+    def initial(cls, config: ModelConfig) -> ScoreBlend:
+        w = np.array(INITIAL_WEIGHTS, dtype=np.float64)
+        w[RECENT_POSITION], w[COLD] = config.recency_boost, config.cluster_weight
+        return cls(w, np.full(len(FEATURES), 1e-2), config.blend_learning_rate)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, ScoreBlend) and self.learning_rate == other.learning_rate
+                and np.array_equal(self.weights, other.weights)
+                and np.array_equal(self.acc, other.acc))
+
+    def bonus(self, features: UserFeatures, scale: float) -> np.ndarray:
+        """Sparse score added to the dense score at ``features.rows`` so that the sum ranks
+        like the blend (the blend divided by the ``model`` weight, in dense units)."""
+        w = self.weights
+        k = scale / max(float(w[MODEL]), _MIN_MODEL_WEIGHT)
+        return ((features.values[:, 1:] @ w[1:]) * k).astype(np.float32)
+
+    def learn(self, candidates: np.ndarray, target: int) -> None:
+        """One listwise step: ``candidates`` (rows x features, ``model`` filled) are
+        ranked by the blend; row ``target`` is what the user took."""
+        if self.learning_rate <= 0 or candidates.shape[0] < 2:
+            return
+        z = candidates @ self.weights
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        g = candidates[target] - p @ candidates
+        self.acc += g * g
+        self.weights += self.learning_rate * g / np.sqrt(self.acc)
+        # Ranking scans the dense score for every item, so its weight stays positive (a
+        # negative one would put the least likely items first).
+        self.weights[MODEL] = max(self.weights[MODEL], _MIN_MODEL_WEIGHT)
+
+    def to_bytes(self) -> bytes:
+        n = len(FEATURES)
+        return (_MAGIC + struct.pack(">Hd", n, self.learning_rate)
+                + self.weights.astype(">f8").tobytes() + self.acc.astype(">f8").tobytes())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> ScoreBlend:
+        if blob[:3] != _MAGIC:
+            raise ValueError(f"not a score blend (magic {blob[:3]!r})")
+        n, lr = struct.unpack_from(">Hd", blob, 3)
+        if n != len(FEATURES):
+            raise ValueError(f"score blend has {n} features; this version has {len(FEATURES)}")
+        off = 3 + struct.calcsize(">Hd")
+        w = np.frombuffer(blob, ">f8", n, off).astype(np.float64)
+        acc = np.frombuffer(blob, ">f8", n, off + 8 * n).astype(np.float64)
+        return cls(w, acc, lr)
+
+
+def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
+                query: np.ndarray, scale: float, candidates: np.ndarray, item_row: int) -> None:
+    """The blend's step for a user's positive event on ``item_row``, taken before the event
+    is learned: ``candidates`` are the rows the blend ranks highest for the user now (the
+    event's item is added), ``features``/``query``/``scale`` the user's as they ranked."""
+    rows = candidates[candidates != item_row]
+    if rows.shape[0] == 0:
+        return
+    rows = np.concatenate((np.array([item_row], dtype=np.int64), rows))
+    F = np.zeros((rows.shape[0], len(FEATURES)), dtype=np.float64)
+    where = {r: j for j, r in enumerate(rows.tolist())}
+    for j, r in enumerate(features.rows.tolist()):
+        k = where.get(r)
+        if k is not None:
+            F[k] = features.values[j]
+    F[:, MODEL] = (replica.table._data[rows] @ query + replica.static[rows]) / scale
+    blend.learn(F, 0)

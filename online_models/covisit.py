@@ -1,0 +1,130 @@
+"""Item-to-item co-visitation learned online: the items people touch together.
+
+Each positive event pairs its item with the user's last ``covisit_window`` distinct positive
+items, weighted ``1 / distance`` (the item just before counts most), in both directions
+(Amazon's item-to-item CF; the co-visitation matrices of the OTTO session-recommendation
+winners). :func:`covisit_pairs` computes a bundle's increments from the users' states, so
+the owner of an item can sum them like gradients; :class:`CoVisitTable` keeps, per item,
+its positive-event count and its ``covisit_neighbours`` strongest neighbours (pruned from
+twice that, so a neighbour must keep earning its place).
+
+A user's co-visitation score of an item is the cosine-normalised pair weight
+``w(h, i) / sqrt(n_h n_i)`` summed over the user's recent items ``h``, the most recent
+weighted most; the last item's share is also kept apart (what comes right after it).
+
+>>> t = CoVisitTable(max_neighbours=4)
+>>> t.add(CoVisits(["a", "b", "a"], ["b", "a", "c"], [1.0, 1.0, 0.5], ["a", "b", "c"]))
+>>> sorted(t.neighbours["a"].items())
+[('b', 1.0), ('c', 0.5)]
+>>> s = t.scores(["a"])
+>>> round(s["b"][0], 3), s["b"][2]
+(1.0, 'a')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from online_models.state import UserState
+
+
+@dataclass(slots=True)
+class CoVisits:
+    """Co-visitation increments of a bundle: pair ``a[j] -> b[j]`` gains ``w[j]``, and
+    every item in ``positives`` (once per positive event) gains one occurrence."""
+
+    a: list[str] = field(default_factory=list)
+    b: list[str] = field(default_factory=list)
+    w: list[float] = field(default_factory=list)
+    positives: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def extend(self, other: CoVisits) -> None:
+        """Append another bundle's increments."""
+        self.a += other.a
+        self.b += other.b
+        self.w += other.w
+        self.positives += other.positives
+
+
+def recent_items(user: UserState, n: int) -> list[str]:
+    """The user's last ``n`` distinct positive items, most recent first."""
+    out: list[str] = []
+    for entry in reversed(user.history):
+        if entry[2] > 0 and entry[0] not in out:
+            out.append(entry[0])
+            if len(out) == n:
+                break
+    return out
+
+
+def covisit_pairs(user: UserState, item_id: str, window: int, into: CoVisits) -> None:
+    """Add the pairs of a positive event on ``item_id`` by ``user`` (state before the
+    event) to ``into``: both directions, weight ``1 / distance``."""
+    into.positives.append(item_id)
+    dist = 0
+    for other in recent_items(user, window):
+        dist += 1
+        if other == item_id:
+            continue
+        w = 1.0 / dist
+        into.a += (item_id, other)
+        into.b += (other, item_id)
+        into.w += (w, w)
+
+
+class CoVisitTable:
+    """Bounded co-visitation neighbours and occurrence counts per item (in memory: the
+    in-process model and replay; the job keeps the same sums in item-keyed state)."""
+
+    def __init__(self, max_neighbours: int = 100) -> None:
+        self.max_neighbours = max_neighbours
+        self.neighbours: dict[str, dict[str, float]] = {}
+        self.count: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.neighbours)
+
+    def add(self, increments: CoVisits) -> None:
+        """Apply a bundle's increments."""
+        count = self.count
+        for item in increments.positives:
+            count[item] = count.get(item, 0.0) + 1.0
+        cap = self.max_neighbours
+        for a, b, w in zip(increments.a, increments.b, increments.w, strict=True):
+            nb = self.neighbours.get(a)
+            if nb is None:
+                nb = self.neighbours[a] = {}
+            nb[b] = nb.get(b, 0.0) + w
+            if len(nb) > 2 * cap:  # amortised: prune to the strongest ``cap``
+                self.neighbours[a] = dict(sorted(nb.items(), key=lambda kv: -kv[1])[:cap])
+
+    def forget_item(self, item_id: str) -> None:
+        """Drop an item's own neighbours and count (others' links fade by pruning)."""
+        self.neighbours.pop(item_id, None)
+        self.count.pop(item_id, None)
+
+    def scores(self, recent: Sequence[str]) -> dict[str, list]:
+        """Item -> ``[score over all recent items, score from the last one, strongest
+        source item]`` for a user's recent items (most recent first)."""
+        out: dict[str, list] = {}
+        count = self.count
+        for pos, src in enumerate(recent):
+            nb = self.neighbours.get(src)
+            if not nb:
+                continue
+            w_src = 1.0 / ((pos + 1) * math.sqrt(count.get(src, 1.0)))
+            for item, c in nb.items():
+                v = w_src * c / math.sqrt(count.get(item, 1.0))
+                cur = out.get(item)
+                if cur is None:
+                    out[item] = [v, v if pos == 0 else 0.0, src, v]
+                else:
+                    cur[0] += v
+                    if v > cur[3]:
+                        cur[2], cur[3] = src, v
+        return out
