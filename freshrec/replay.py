@@ -5,7 +5,8 @@ time, and runs test-then-learn (DESIGN §3) for every selected model on the same
 in the same run; prints a table and optionally writes JSON and a PNG of rolling
 Recall@20 over time. ``--tune`` first picks learning rate, dimensions and L2 on a
 time-ordered prefix of the log (early stopping on prequential recall), then replays the
-rest of the log with the choice.
+rest of the log with the tuned model (``freshrec_tuned``) next to the default one
+(``freshrec``) and the baselines, all in the same run.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from online_models.baselines import MODEL_NAMES, make_model
 from online_models.config import ModelConfig
-from online_models.evaluate import ModelResult, Progress, prequential
+from online_models.evaluate import COLD_BELOW, ModelResult, Progress, prequential
 from online_models.streaming import rolling_series
 from schemas.events import Event
 
+TUNED = "freshrec_tuned"
+FRESHREC = ("freshrec", TUNED)  # never counted as baselines
 FORMATS = ("jsonl", "taobao", "rees46", "retailrocket", "diginetica", "movielens")
 TUNE_GRID: dict[str, tuple[float, ...]] = {
     "learning_rate": (0.02, 0.05, 0.1),
@@ -50,7 +53,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-every", type=int, default=1,
                    help="test one eligible event in N (all are learned from; default 1)")
     p.add_argument("--tune", action="store_true",
-                   help="pick learning_rate, dim and l2 on a prefix, then replay the rest")
+                   help="pick learning_rate, dim and l2 on a prefix, then replay the rest "
+                        f"with the tuned model ({TUNED}) next to the default one")
     p.add_argument("--tune-fraction", type=float, default=0.3,
                    help="share of the log (time-ordered) used for tuning (default 0.3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -98,8 +102,9 @@ def tune(events: Sequence[Event], base: ModelConfig, log: Any = None
                 return (best > 0 and seen[0] >= mid and r.n_evaluated > 100
                         and r.recall(20) < 0.8 * best)
 
+            # Tuning ranks by Recall@20 only: no AUC negatives to draw.
             res = prequential({"freshrec": make_model("freshrec", cfg)}, events, warmup=split,
-                              stop=stop)["freshrec"]
+                              stop=stop, negatives=0)["freshrec"]
             score = res.recall(20)
             trial = {"learning_rate": cfg.learning_rate, "dim": cfg.dim, "l2": cfg.l2}
             trials.append((trial, score))
@@ -109,24 +114,57 @@ def tune(events: Sequence[Event], base: ModelConfig, log: Any = None
     return best_cfg, trials
 
 
-def format_table(results: dict[str, ModelResult]) -> str:
-    """The replay table (one row per model, best-baseline ratio for freshrec)."""
-    head = (f"{'model':<16}{'recall@10':>10}{'recall@20':>10}{'ndcg@20':>9}{'coverage':>9}"
-            f"{'learn ev/s':>12}{'rec p50 ms':>11}{'rec p99 ms':>11}{'tested':>8}")
+def _ratio_lines(results: dict[str, ModelResult], what: str,
+                 recall: Callable[[ModelResult], float], goal: float) -> list[str]:
+    """``freshrec`` (and ``freshrec_tuned``) over the best baseline by ``recall``."""
+    baselines = [r for n, r in results.items() if n not in FRESHREC]
+    if not baselines:
+        return []
+    base = max(baselines, key=recall)
+    lines = []
+    for name in FRESHREC:
+        if name not in results:
+            continue
+        f, b = recall(results[name]), recall(base)
+        # Nothing to beat: any hit is infinitely better, none is undefined (NOT met).
+        ratio = f / b if b > 0 else (float("inf") if f > 0 else float("nan"))
+        lines.append(f"{name} {what} / best baseline ({base.name}): {ratio:.2f}x "
+                     f"(goal >= {goal:.2f}x: {'met' if ratio >= goal else 'NOT met'})")
+    return lines
+
+
+def format_table(results: dict[str, ModelResult], tuned: str = "") -> str:
+    """The replay table (one row per model, best-baseline ratio for freshrec), then
+    Recall@20 on the cold-user and cold-item slices with their ratios; ``tuned`` is the
+    footnote of the ``freshrec_tuned`` row."""
+    head = (f"{'model':<16}{'recall@10':>10}{'recall@20':>10}{'ndcg@20':>9}{'mrr':>8}"
+            f"{'auc':>7}{'coverage':>9}{'learn ev/s':>11}{'rec p99 ms':>11}{'tested':>8}")
     lines = [head, "-" * len(head)]
     for name, r in results.items():
+        a = r.overall
+        label = f"{name}*" if name == TUNED and tuned else name
         lines.append(
-            f"{name:<16}{r.recall(10):>10.4f}{r.recall(20):>10.4f}{r.ndcg20:>9.4f}"
-            f"{r.coverage:>9.3f}{r.learn_events_per_s:>12,.0f}{r.rec_percentile(50):>11.3f}"
+            f"{label:<16}{a.recall(10):>10.4f}{a.recall(20):>10.4f}{a.ndcg20:>9.4f}"
+            f"{a.mrr:>8.4f}{a.auc:>7.3f}{r.coverage:>9.3f}{r.learn_events_per_s:>11,.0f}"
             f"{r.rec_percentile(99):>11.3f}{r.n_evaluated:>8}"
         )
-    if "freshrec" in results and len(results) > 1:
-        base = max((r for n, r in results.items() if n != "freshrec"),
-                   key=lambda r: r.recall(20))
-        f = results["freshrec"].recall(20)
-        ratio = f / base.recall(20) if base.recall(20) > 0 else float("inf")
-        lines.append(f"freshrec Recall@20 / best baseline ({base.name}): {ratio:.2f}x "
-                     f"(goal >= 1.20x: {'met' if ratio >= 1.2 else 'NOT met'})")
+    if tuned and TUNED in results:
+        lines += [f"* {TUNED}: {tuned}", "  the other models: default settings"]
+    lines += _ratio_lines(results, "Recall@20", lambda r: r.recall(20), 1.2)
+    if not results:
+        return "\n".join(lines)
+    first = next(iter(results.values()))  # every model is tested on the same events
+    titles = {"cold_users": "cold users", "cold_items": "cold items"}
+    head = f"{'Recall@20 on':<16}" + "".join(f"{t:>12}" for t in titles.values())
+    lines += ["", head, "-" * len(head),
+              f"{'tests':<16}" + "".join(f"{first.slices[s].n_evaluated:>12,}" for s in titles)]
+    for name, r in results.items():
+        lines.append(f"{name:<16}" + "".join(f"{r.slices[s].recall(20):>12.4f}" for s in titles))
+    lines.append(f"cold: fewer than {COLD_BELOW} earlier interactions of the user / of the item")
+    for s, title in titles.items():
+        if first.slices[s].n_evaluated:
+            lines += _ratio_lines(results, f"{title} R@20",
+                                  lambda r, s=s: r.slices[s].recall(20), 1.0)
     return "\n".join(lines)
 
 
@@ -185,14 +223,22 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     if not events:
         print("freshrec replay: no events to replay", file=sys.stderr)
         return 1
-    warmup = 0
+    warmup, tuned_cfg, note = 0, None, ""
     if args.tune:
         prefix = int(len(events) * args.tune_fraction)
-        cfg, _ = tune(events[:prefix], cfg)
-        print(f"tune: chose learning_rate={cfg.learning_rate} dim={cfg.dim} l2={cfg.l2} "
-              f"(on the first {prefix:,} events; the replay tests only the rest)")
+        tuned_cfg, _ = tune(events[:prefix], cfg)
+        choice = f"learning_rate={tuned_cfg.learning_rate} dim={tuned_cfg.dim} l2={tuned_cfg.l2}"
+        print(f"tune: chose {choice} on the first {prefix:,} events; the replay tests only "
+              f"the rest ({TUNED} next to the defaults)")
+        note = f"{choice}, tuned on the first {prefix:,} events"
         warmup = prefix
-    models = {n: make_model(n, cfg) for n in names}
+        if "freshrec" not in names:  # the tuned model is always shown next to the default
+            names.insert(0, "freshrec")
+    models: dict[str, Any] = {}
+    for n in names:
+        models[n] = make_model(n, cfg)
+        if n == "freshrec" and tuned_cfg is not None:
+            models[TUNED] = make_model("freshrec", tuned_cfg)
     bar: Any = Progress(len(events), "replay")
     if args.metrics_port:
         from freshrec.prometheus_local import ReplayMetrics
@@ -202,7 +248,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     bar.close()
     if args.metrics_port:
         bar.report(results)
-    print(format_table(results))
+    print(format_table(results, note))
     if args.json_out:
         doc = {name: r.summary() for name, r in results.items()}
         Path(args.json_out).write_text(json.dumps(doc, indent=2) + "\n")

@@ -12,9 +12,11 @@ evaluation.
 
 from online_models.baselines import (
     MODEL_NAMES,
-    BPRModel,
+    ItemKNNModel,
     PopularityModel,
+    RecentItemsModel,
     RiverMFModel,
+    SessionKNNModel,
     make_model,
 )
 from online_models.bundle import (
@@ -40,19 +42,21 @@ from online_models.tables import EmbeddingTable, content_vector
 
 __all__ = [
     "MODEL_NAMES",
-    "BPRModel",
     "DriftMonitor",
     "EmbeddingTable",
     "FreshRecModel",
     "ItemGradients",
+    "ItemKNNModel",
     "ItemReplica",
     "ItemState",
     "ModelConfig",
     "ModelResult",
     "PopularityModel",
+    "RecentItemsModel",
     "Recommender",
     "RiverMFModel",
     "RollingMetrics",
+    "SessionKNNModel",
     "UserClusters",
     "UserState",
     "adagrad_rows",
