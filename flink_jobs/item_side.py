@@ -29,10 +29,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from flink_jobs.bundles import ITEM_EMBEDDINGS, OutputBundle
-from flink_jobs.user_side import GRADIENT_MESSAGE, UPSERT_MESSAGE, Loader
+from flink_jobs.user_side import COVISIT_MESSAGE, GRADIENT_MESSAGE, UPSERT_MESSAGE, Loader
 from online_models.bundle import ItemGradients, apply_gradients_to_items
 from online_models.config import ModelConfig
 from online_models.core import new_item_state
+from online_models.covisit import CoVisits, add_pair, strongest
 from online_models.replica import LN2, NEW_ITEM_TREND
 from online_models.state import ItemState
 from schemas.events import DecodeError, Event, decode_event
@@ -94,6 +95,7 @@ class ItemSide:
         """Apply the bundle's upserts, then each gradient message in arrival order;
         ``seen_upsert(event_id)`` tells a re-sent upsert."""
         gradients: list[ItemGradients] = []
+        pairs = CoVisits()
         upserts: list[Event] = []
         upsert_ids: list[str] = []
         duplicates = 0
@@ -101,6 +103,8 @@ class ItemSide:
             kind, body = msg[:1], msg[1:]
             if kind == GRADIENT_MESSAGE:
                 gradients.append(ItemGradients.from_bytes(body))
+            elif kind == COVISIT_MESSAGE:
+                pairs.extend(CoVisits.from_bytes(body))
             elif kind == UPSERT_MESSAGE:
                 # Validated by user-update already, against the job's limits.
                 event = decode_event(body, len(body), len(body))
@@ -115,7 +119,7 @@ class ItemSide:
                 raise ValueError(f"unknown item message kind {kind!r}")
         ids = list(dict.fromkeys(
             [*(e.item_id for e in upserts if e.item_id is not None),
-             *(i for g in gradients for i in g.item_ids)]))
+             *(i for g in gradients for i in g.item_ids), *pairs.a]))
         stored = load(ids)
         items: dict[str, ItemState] = {
             i: ItemState.from_bytes(b) for i in ids if (b := stored.get(i)) is not None}
@@ -136,11 +140,30 @@ class ItemSide:
             items.update(apply_gradients_to_items(items, g, self.config))
             for item_id, tw in zip(g.item_ids, g.trend_weight.tolist(), strict=True):
                 (soon if tw > 0 else later)[item_id] = None
+        self._add_pairs(items, pairs, later)
         writes = {i: s.to_bytes() for i, s in items.items()}
         fore, back = self.publish_interval_ms, self.background_interval_ms
         return ItemBundleResult(writes, list(soon), (now // fore + 1) * fore,
                                 [i for i in later if i not in soon], (now // back + 1) * back,
                                 upsert_ids, duplicates)
+
+    def _add_pairs(self, items: dict[str, ItemState], pairs: CoVisits,
+                   changed: dict[str, None]) -> None:
+        """Co-visitation pairs into their first item's bounded neighbours."""
+        if not len(pairs):
+            return
+        cap = self.config.covisit_neighbours
+        table: dict[str, dict[str, float]] = {}
+        for a, b, w in zip(pairs.a, pairs.b, pairs.w, strict=True):
+            nb = table.get(a)
+            if nb is None:
+                item = items.get(a)
+                nb = dict(item.neighbours) if item is not None else {}
+            table[a] = add_pair(nb, b, w, cap)
+        for a, nb in table.items():
+            item = items.get(a) or new_item_state(a, self.config)
+            items[a] = item.replace(neighbours=strongest(nb, cap))
+            changed[a] = None
 
     def publish(self, item_ids: list[str], stored: Mapping[str, bytes | None]
                 ) -> tuple[OutputBundle, int]:
@@ -160,7 +183,7 @@ class ItemSide:
                 item_id=item.item_id, vector=tuple(item.vector.tolist()),
                 bias=item.bias, trend=trend, n_events=item.n_events, updated_at=item.last_ts,
                 acc=item.acc, category=item.category, brand=item.brand, title=item.title,
-                price=item.price, available=item.available)
+                price=item.price, available=item.available, neighbours=item.neighbours)
             out.keyed(ITEM_EMBEDDINGS, item.item_id.encode("utf-8"), emb.to_bytes())
             n += 1
         return out, n

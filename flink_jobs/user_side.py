@@ -37,10 +37,11 @@ from flink_jobs.user_value import (
     unpack_user_value,
 )
 from freshrec.privacy import pseudonymize
-from online_models.blend import user_features
+from online_models.blend import ScoreBlend, UserFeatures, blend_step, user_features
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
 from online_models.core import recommend_for_users
+from online_models.covisit import CoVisitTable
 from online_models.model import cold_start_bonus, learn_cold_start
 from online_models.replica import ItemReplica
 from online_models.state import UserState
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 # Item-side messages: gradients of a bundle, or the raw bytes of an item_upsert event.
 GRADIENT_MESSAGE = b"G"
 UPSERT_MESSAGE = b"U"
+COVISIT_MESSAGE = b"C"
+# Blend steps per call: each ranks the catalogue once, so a bundle teaches the blend from
+# its first few known users' positive events (plenty: the blend has 8 weights).
+_BLEND_STEPS_PER_BUNDLE = 8
 # Reads the stored values of some keys (missing or None: nothing stored).
 Loader = Callable[[list[str]], Mapping[str, bytes | None]]
 
@@ -124,7 +129,9 @@ class UserBundleResult:
 
 class UserSide:
     """The user side of the job for one operator instance: the item replica (a cache of the
-    changelog), the cold-start clusters and the live prequential metrics (caches too)."""
+    changelog, co-visitation neighbours included), the cold-start clusters, the score blend
+    and the live prequential metrics (caches too: rebuilt from the changelog and relearned
+    after a restore)."""
 
     def __init__(self, settings: UserSideSettings, pseudonym_key: bytes | None = None) -> None:
         self.settings = settings
@@ -132,6 +139,8 @@ class UserSide:
         cfg = self.config
         self.replica = ItemReplica(cfg)
         self.clusters = UserClusters(cfg.n_clusters, cfg.dim, cfg.seed, cfg.trend_half_life_s)
+        self.covisit = CoVisitTable(cfg.covisit_neighbours)
+        self.blend = ScoreBlend.initial(cfg)
         self.rolling = PrequentialWindow(cfg.top_k)
         self.drift = DriftMonitor()
         self.loss = RollingMean(1000)
@@ -238,6 +247,7 @@ class UserSide:
         learn_events = [e for e, _ in events if id(e) in keep]
         users = {uid: UserState.from_bytes(b) for uid in to_learn
                  if (b := blobs[uid]) is not None}
+        self._learn_blend(users, learn_events)
         step = learn_bundle(users, learn_events, self.replica, cfg)
         self.loss.update_many(step.losses)
         new_users = {uid: step.users.get(uid) or users.get(uid)
@@ -248,6 +258,13 @@ class UserSide:
             for shard in np.unique(shards).tolist():
                 part = step.gradients.take(np.flatnonzero(shards == shard))
                 out.sharded(ITEM_GRADIENTS, shard, GRADIENT_MESSAGE + part.to_bytes())
+        pairs = step.covisits
+        if s.learn_items and len(pairs):
+            shards = np.fromiter((shard_of(i, s.item_shards) for i in pairs.a), dtype=np.int64,
+                                 count=len(pairs))
+            for shard in np.unique(shards).tolist():
+                part_c = pairs.take(np.flatnonzero(shards == shard))
+                out.sharded(ITEM_GRADIENTS, shard, COVISIT_MESSAGE + part_c.to_bytes())
         writes: dict[str, bytes] = {}
         owed: dict[str, int] = {}
         due_now: list[str] = []
@@ -268,6 +285,26 @@ class UserSide:
             writes[uid] = pack_user_value(user.to_bytes(), refresh[uid])
         removes = [uid for uid in forgotten if uid not in to_learn]
         return UserBundleResult(writes, removes, owed, out, stats)
+
+    def _learn_blend(self, users: Mapping[str, UserState], events: Iterable[Event]) -> None:
+        """Blend steps on the bundle's first positive events of known users (before the
+        bundle is learned, so each is a test of the lists they would have had)."""
+        cfg, rep = self.config, self.replica
+        done: set[str] = set()
+        for ev in events:
+            if len(done) == _BLEND_STEPS_PER_BUNDLE:
+                break
+            uid = ev.user_id
+            user = users.get(uid or "")
+            row = rep.row(ev.item_id or "")
+            if user is None or uid in done or row < 0 or cfg.event_weight(ev.event_type) <= 0:
+                continue
+            done.add(user.user_id)
+            blend_step(self.blend, user, rep, cfg, self._features(user), row)
+
+    def _features(self, user: UserState) -> UserFeatures:
+        return user_features(user, self.replica, self.config, user.last_ts, self.covisit,
+                             cold_start_bonus(self.clusters, user, self.replica, self.config))
 
     def refresh(self, user_ids: list[str], stored: Mapping[str, bytes | None],
                 now: int | None = None) -> UserBundleResult:
@@ -305,10 +342,9 @@ class UserSide:
                     learn_cold_start(self.clusters, user, self.replica, cfg, item, weight,
                                      rs.last_event_ts)
         users = [u for u, _ in due.values()]
-        features = [user_features(u, self.replica, cfg, u.last_ts, None,
-                                  cold_start_bonus(self.clusters, u, self.replica, cfg))
-                    for u in users]
-        lists = recommend_for_users(users, self.replica, cfg, features=features)
+        lists = recommend_for_users(users, self.replica, cfg,
+                                    features=[self._features(u) for u in users],
+                                    blend=self.blend)
         stats.scored += len(users)
         settled: dict[str, RefreshState] = {}
         for (uid, (user, rs)), items in zip(due.items(), lists, strict=True):
@@ -360,3 +396,4 @@ class UserSide:
         vector = (self.replica.cold_item_vector(emb.item_id, meta) if emb.n_events == 0
                   else np.asarray(emb.vector, dtype=np.float32))
         self.replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)
+        self.covisit.set_item(emb.item_id, emb.neighbours, float(emb.n_events))

@@ -9,7 +9,9 @@ Features of a candidate item (:data:`FEATURES`):
   ``2 ** (-age / recency_half_life_s)``): repeat consumption;
 * ``covisit``, ``covisit_last``: co-visitation with the user's recent items and with the
   last one (:mod:`online_models.covisit`), as ``log(1 + 3 s)``;
-* ``cold_cluster``: popular in the user's cluster while the user is cold.
+* ``cold_cluster``: popular in the user's cluster while the user is cold;
+* ``new_in_category``: a listed item nobody has interacted with yet (never learned), in a
+  category of the user's recent items, the newest first: new products get seen.
 
 All but ``model`` are sparse (non-zero for a few hundred items at most), so ranking stays
 one dense pass plus a sparse bonus. The weights start at :data:`INITIAL_WEIGHTS` and are
@@ -46,12 +48,15 @@ from online_models.replica import ItemReplica
 from online_models.state import UserState
 
 FEATURES = ("model", "recent_position", "recent_count", "recent_time", "covisit",
-            "covisit_last", "cold_cluster")
-MODEL, RECENT_POSITION, RECENT_COUNT, RECENT_TIME, COVISIT, COVISIT_LAST, COLD = range(7)
+            "covisit_last", "cold_cluster", "new_in_category")
+(MODEL, RECENT_POSITION, RECENT_COUNT, RECENT_TIME, COVISIT, COVISIT_LAST, COLD,
+ NEW_IN_CATEGORY) = range(8)
 # Where the online ranker ended on the shared logs, rounded: a start that ranks well
 # before it has learned anything (``recent_position`` and ``cold_cluster`` start at the
 # settings ``recency_boost`` and ``cluster_weight``).
-INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 0.1, 1.5, 0.4)
+INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 0.1, 1.5, 0.4, 1.0)
+_NEW_PER_CATEGORY = 64  # the newest rows of a category looked at for never-learned items
+_NEW_CATEGORIES = 2  # categories of the user's recent items that get new items
 _MIN_MODEL_WEIGHT = 0.01  # the dense score keeps breaking ties among sparse-less items
 _SCALE_ROWS = 512
 _MAGIC = b"FB1"
@@ -96,6 +101,7 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
         f[RECENT_COUNT] += 1.0
     for f in feats.values():
         f[RECENT_COUNT] = math.log1p(f[RECENT_COUNT])
+    _new_in_categories(replica, feats)
     if covisit is not None and covisit.neighbours:
         for item, (all_, last, src, _) in covisit.scores(
                 recent_items(user, config.covisit_window)).items():
@@ -119,6 +125,29 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
         return UserFeatures.empty()
     return UserFeatures(np.fromiter(feats.keys(), dtype=np.int64, count=len(feats)),
                         np.array(list(feats.values()), dtype=np.float32), sources)
+
+
+def _new_in_categories(replica: ItemReplica, feats: dict[int, list[float]]) -> None:
+    """``new_in_category`` for never-learned rows of the categories of the user's history
+    rows (``feats`` holds them in recency order)."""
+    codes: list[int] = []
+    for r in feats:
+        c = int(replica.category_code[r])
+        if c >= 0 and c not in codes:
+            codes.append(c)
+            if len(codes) == _NEW_CATEGORIES:
+                break
+    acc, blocked = replica.table._acc, replica.blocked
+    for c in codes:
+        rows = replica.category_rows.get(c, [])[-_NEW_PER_CATEGORY:]
+        place = 0
+        for r in reversed(rows):
+            if acc[r] == 0 and not blocked[r]:
+                f = feats.get(r)
+                if f is None:
+                    f = feats[r] = [0.0] * len(FEATURES)
+                f[NEW_IN_CATEGORY] = 1.0 / (1 + place)
+                place += 1
 
 
 def dense_scale(replica: ItemReplica, query: np.ndarray) -> float:
@@ -206,3 +235,21 @@ def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
             F[k] = features.values[j]
     F[:, MODEL] = (replica.table._data[rows] @ query + replica.static[rows]) / scale
     blend.learn(F, 0)
+
+
+BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top this many
+
+
+def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config: ModelConfig,
+               features: UserFeatures, item_row: int) -> None:
+    """Test the blend on a user's positive event on ``item_row`` before it is learned: rank
+    as :func:`~online_models.core.recommend_for_user` would, then :func:`learn_blend`."""
+    from online_models.core import excluded_items, query_vector
+
+    index = replica.table.index
+    excluded = [index[i] for i in excluded_items(user, config) if i in index]
+    q = query_vector(user, replica, config)
+    scale = dense_scale(replica, q)
+    top, _ = replica.top_k(q, BLEND_CANDIDATES, excluded, features.rows,
+                           blend.bonus(features, scale))
+    learn_blend(blend, replica, features, q, scale, top, item_row)

@@ -530,5 +530,6 @@ def apply_gradients_to_items(items: Mapping[str, ItemState], gradients: ItemGrad
             float(np.float32(s.bias - config.learning_rate * float(gradients.bias_grads[j]))),
             trend, s.n_events + int(gradients.n_positive[j]), max(s.last_ts, ts),
             s.category or m.get("category"), s.brand or m.get("brand"),
-            s.price if s.price is not None else m.get("price"), s.available, s.title)
+            s.price if s.price is not None else m.get("price"), s.available, s.title,
+            s.neighbours)
     return out

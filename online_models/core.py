@@ -32,6 +32,7 @@ from online_models.ann import approximate_top_k, synced_index
 from online_models.blend import (
     COLD,
     COVISIT,
+    NEW_IN_CATEGORY,
     RECENT_POSITION,
     ScoreBlend,
     UserFeatures,
@@ -209,6 +210,8 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
             verb = verb_of.get(item_id, "viewed")
             out.append("you added this to your cart" if verb == "added to cart"
                        else f"you {verb} this recently")
+        elif fj is not None and f[fj, NEW_IN_CATEGORY] > 0:
+            out.append(f"new in {category}" if category else "new arrival")
         elif fj is not None and r in features.sources and f[fj, COVISIT] >= f[fj, COLD]:
             src = features.sources[r]
             out.append(f"often {verb_of.get(src, 'viewed')} with {src}")

@@ -27,6 +27,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import orjson
+
 from online_models.state import UserState
 
 
@@ -49,6 +52,41 @@ class CoVisits:
         self.b += other.b
         self.w += other.w
         self.positives += other.positives
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> CoVisits:
+        """The pairs at ``rows`` (no positives: the items' owners count those from the
+        gradients)."""
+        a, b, w = self.a, self.b, self.w
+        return CoVisits([a[j] for j in rows], [b[j] for j in rows], [w[j] for j in rows])
+
+    def to_bytes(self) -> bytes:
+        """``FC1`` + a JSON array ``[a, b, w]`` (the pairs; ids are arbitrary strings)."""
+        return _MAGIC + orjson.dumps([self.a, self.b, self.w])
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> CoVisits:
+        if blob[:3] != _MAGIC:
+            raise ValueError(f"not co-visitation pairs (magic {blob[:3]!r})")
+        a, b, w = orjson.loads(blob[3:])
+        return cls(a, b, [float(x) for x in w])
+
+
+_MAGIC = b"FC1"
+
+
+def add_pair(neighbours: dict[str, float], other: str, w: float, cap: int
+             ) -> dict[str, float]:
+    """``neighbours[other] += w``, pruned to the strongest ``cap`` once it holds twice as
+    many (amortised); returns the dict to keep (a new one after pruning)."""
+    neighbours[other] = neighbours.get(other, 0.0) + w
+    if len(neighbours) > 2 * cap:
+        return dict(sorted(neighbours.items(), key=lambda kv: -kv[1])[:cap])
+    return neighbours
+
+
+def strongest(neighbours: dict[str, float], cap: int) -> tuple[tuple[str, float], ...]:
+    """The ``cap`` strongest neighbours, strongest first (what an item publishes)."""
+    return tuple(sorted(neighbours.items(), key=lambda kv: -kv[1])[:cap])
 
 
 def recent_items(user: UserState, n: int) -> list[str]:
@@ -95,13 +133,18 @@ class CoVisitTable:
         for item in increments.positives:
             count[item] = count.get(item, 0.0) + 1.0
         cap = self.max_neighbours
+        table = self.neighbours
         for a, b, w in zip(increments.a, increments.b, increments.w, strict=True):
-            nb = self.neighbours.get(a)
-            if nb is None:
-                nb = self.neighbours[a] = {}
-            nb[b] = nb.get(b, 0.0) + w
-            if len(nb) > 2 * cap:  # amortised: prune to the strongest ``cap``
-                self.neighbours[a] = dict(sorted(nb.items(), key=lambda kv: -kv[1])[:cap])
+            table[a] = add_pair(table.get(a, {}), b, w, cap)
+
+    def set_item(self, item_id: str, neighbours: Sequence[tuple[str, float]],
+                 count: float) -> None:
+        """An item's neighbours and count as its owner published them (the job's replica)."""
+        if neighbours:
+            self.neighbours[item_id] = dict(neighbours)
+        else:
+            self.neighbours.pop(item_id, None)
+        self.count[item_id] = count
 
     def forget_item(self, item_id: str) -> None:
         """Drop an item's own neighbours and count (others' links fade by pruning)."""
@@ -110,7 +153,7 @@ class CoVisitTable:
 
     def scores(self, recent: Sequence[str]) -> dict[str, list]:
         """Item -> ``[score over all recent items, score from the last one, strongest
-        source item]`` for a user's recent items (most recent first)."""
+        source item, that source's share]`` for a user's recent items (most recent first)."""
         out: dict[str, list] = {}
         count = self.count
         for pos, src in enumerate(recent):

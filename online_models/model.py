@@ -25,14 +25,13 @@ import numpy as np
 from online_models.blend import (
     ScoreBlend,
     UserFeatures,
+    blend_step,
     dense_scale,
-    learn_blend,
     user_features,
 )
 from online_models.bundle import apply_item_gradients, learn_bundle
 from online_models.config import ModelConfig
 from online_models.core import (
-    excluded_items,
     lr_schedule,
     query_vector,
     recommend_for_user,
@@ -46,7 +45,6 @@ from schemas.events import INTERACTION_TYPES, Event
 from schemas.recommendation import ScoredItem
 
 _INTERACTIONS = frozenset(INTERACTION_TYPES)
-_BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top this many
 
 
 def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemReplica,
@@ -187,15 +185,8 @@ class FreshRecModel:
         row = self.replica.row(event.item_id or "")
         if user is None or row < 0 or self.config.event_weight(event.event_type) <= 0:
             return
-        rep, cfg = self.replica, self.config
-        index = rep.table.index
-        excluded = [index[i] for i in excluded_items(user, cfg) if i in index]
-        feats = self.features(user, max(user.last_ts, self.now_ms))
-        q = query_vector(user, rep, cfg)
-        scale = dense_scale(rep, q)
-        top, _ = rep.top_k(q, _BLEND_CANDIDATES, excluded, feats.rows,
-                           self.blend.bonus(feats, scale))
-        learn_blend(self.blend, rep, feats, q, scale, top, row)
+        blend_step(self.blend, user, self.replica, self.config,
+                   self.features(user, max(user.last_ts, self.now_ms)), row)
 
     def features(self, user: UserState, now_ms: int) -> UserFeatures:
         """The user's sparse features: history, co-visitation, cold-start cluster."""

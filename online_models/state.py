@@ -39,6 +39,10 @@ _ITEM_MAGIC2 = b"FI2"
 _USER_HEAD2 = struct.Struct("<3sHqqdIII")
 # magic, flags, dim, n_events, acc, bias, trend, last_ts, price
 _ITEM_HEAD2 = struct.Struct("<3sBHqdddqd")
+# FI3 = FI2 + co-visitation neighbours: their count after the header, float64 weights after
+# the vector, their ids after the metadata strings (written only when there are any).
+_ITEM_MAGIC3 = b"FI3"
+_ITEM_HEAD3 = struct.Struct("<3sBHqdddqdI")
 # Version 3: version 2 with 9-byte history entries (written when that is lossless): the
 # time as an int32 offset back from last_ts, the weight as float32.
 _USER_MAGIC3 = b"FU3"
@@ -238,6 +242,9 @@ class ItemState:
         Price.
     available : bool
         Unavailable items are never recommended.
+    neighbours : tuple[tuple[str, float], ...]
+        Co-visitation neighbours and their summed pair weights
+        (:mod:`online_models.covisit`), at most ``covisit_neighbours`` of them.
     """
 
     item_id: str
@@ -252,6 +259,7 @@ class ItemState:
     price: float | None = None
     available: bool = True
     title: str | None = None
+    neighbours: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def new(cls, item_id: str, dim: int, seed: int, category: str | None = None,
@@ -295,6 +303,19 @@ class ItemState:
         if text.count(_NUL) != 3 or not isinstance(self.available, bool):
             return self._to_bytes_v1()
         vec = self.vector
+        nb = self.neighbours
+        if nb:
+            ids = _NUL.join(i for i, _ in nb)
+            if ids.count(_NUL) != len(nb) - 1:
+                raise ValueError(f"item {self.item_id!r}: a neighbour id contains NUL")
+            return b"".join((
+                _ITEM_HEAD3.pack(_ITEM_MAGIC3, flags, vec.shape[0], self.n_events, self.acc,
+                                 self.bias, self.trend, self.last_ts,
+                                 0.0 if price is None else price, len(nb)),
+                vec.astype(np.float32, copy=False).tobytes(),
+                np.fromiter((w for _, w in nb), dtype="<f8", count=len(nb)).tobytes(),
+                (text + _NUL + ids).encode("utf-8"),
+            ))
         return b"".join((
             _ITEM_HEAD2.pack(_ITEM_MAGIC2, flags, vec.shape[0], self.n_events, self.acc,
                              self.bias, self.trend, self.last_ts,
@@ -313,8 +334,23 @@ class ItemState:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ItemState:
-        """Inverse of :meth:`to_bytes` (reads both layouts)."""
+        """Inverse of :meth:`to_bytes` (reads every layout)."""
         magic = blob[:3]
+        if magic == _ITEM_MAGIC3:
+            (_, flags, dim, n_events, acc, bias, trend, last_ts, price,
+             n_nb) = _ITEM_HEAD3.unpack_from(blob)
+            off = _ITEM_HEAD3.size
+            vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=off)
+            off += 4 * dim
+            weights = np.frombuffer(blob, dtype="<f8", count=n_nb, offset=off).tolist()
+            item_id, cat, brand, title, *ids = blob[off + 8 * n_nb:].decode("utf-8").split(
+                _NUL)
+            return cls(item_id, vec, acc, bias, trend, n_events, last_ts,
+                       cat if flags & _F_CATEGORY else None,
+                       brand if flags & _F_BRAND else None,
+                       price if flags & _F_PRICE else None, bool(flags & _F_AVAILABLE),
+                       title if flags & _F_TITLE else None,
+                       tuple(zip(ids, weights, strict=True)))
         if magic == _ITEM_MAGIC2:
             (_, flags, dim, n_events, acc, bias, trend, last_ts,
              price) = _ITEM_HEAD2.unpack_from(blob)

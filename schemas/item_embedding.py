@@ -33,6 +33,7 @@ class ItemEmbedding:
     title: str | None = None
     price: float | None = None
     available: bool = True
+    neighbours: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         trend = self.trend if self.trend is not None and math.isfinite(self.trend) else None
@@ -42,6 +43,7 @@ class ItemEmbedding:
             "n_events": self.n_events, "updated_at": self.updated_at,
             "category": self.category, "brand": self.brand, "title": self.title,
             "price": self.price, "available": self.available,
+            "neighbours": [list(n) for n in self.neighbours],
         }
 
     def to_bytes(self) -> bytes:
@@ -69,6 +71,7 @@ class ItemEmbedding:
                 acc=float(doc.get("acc", 0.0)), category=doc.get("category"),
                 brand=doc.get("brand"), title=doc.get("title"), price=doc.get("price"),
                 available=bool(doc["available"]),
+                neighbours=tuple((str(i), float(w)) for i, w in doc.get("neighbours", ())),
             )
         except KeyError as exc:
             raise ValueError(f"item-embedding v1: missing field {exc.args[0]!r}") from None

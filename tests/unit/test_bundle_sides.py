@@ -18,6 +18,7 @@ from flink_jobs.bundles import (
 )
 from flink_jobs.item_side import ItemSide, pack_due, unpack_due
 from flink_jobs.user_side import (
+    COVISIT_MESSAGE,
     GRADIENT_MESSAGE,
     UPSERT_MESSAGE,
     UserSide,
@@ -27,7 +28,7 @@ from flink_jobs.user_side import (
 from flink_jobs.user_value import unpack_user_value
 from freshrec.privacy import pseudonymize
 from online_models.config import ModelConfig
-from online_models.state import UserState
+from online_models.state import ItemState, UserState
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation
 
@@ -156,7 +157,8 @@ def test_gradients_reach_the_item_side_and_come_back_through_the_changelog() -> 
     upserts = [p for _, p in messages if p[:1] == UPSERT_MESSAGE]
     assert len(upserts) == 1 and [s for s, p in messages if p[:1] == UPSERT_MESSAGE] == [
         shard_of("new-1", 4)]
-    assert all(p[:1] in (GRADIENT_MESSAGE, UPSERT_MESSAGE) for _, p in messages)
+    assert all(p[:1] in (GRADIENT_MESSAGE, UPSERT_MESSAGE, COVISIT_MESSAGE)
+               for _, p in messages)
     items, item_side = Store(), ItemSide(CFG, 200, 5000)
     res = item_side.process([p for _, p in messages], items.load, lambda _: False, T0)
     items.apply(res.writes)
@@ -175,6 +177,38 @@ def test_gradients_reach_the_item_side_and_come_back_through_the_changelog() -> 
         + [RawRecord(0, 9, T0 + 9, b"gone", None)])
     assert sorted(stored) == ["i1", "new-1"] and newest == T0 + 1
     assert replica_side.replica.row("i1") >= 0 and "gone" not in replica_side.replica
+
+
+def test_covisitation_pairs_reach_item_state_and_the_replica_through_the_changelog() -> None:
+    # u1 views i1 then i2 (one bundle), u2 views i2 then i1 (next bundle): each item's owner
+    # keeps the other as a neighbour, the changelog carries it, and another instance's
+    # replica scores i2 for a user whose last item is i1, with the co-visitation reason.
+    side, store = UserSide(settings()), Store()
+    catalogue(side)
+    r1 = side.process([event(1, "u1", "i1"), event(2, "u1", "i2")], store.load, now=T0)
+    store.apply(r1.writes)
+    r2 = side.process([event(3, "u2", "i2"), event(4, "u2", "i1")], store.load, now=T0 + 1000)
+    messages = [p for r in (r1, r2)
+                for _, p in decode_output_bundle(r.output.to_bytes())[ITEM_GRADIENTS]]
+    pair_msgs = [p for p in messages if p[:1] == COVISIT_MESSAGE]
+    assert pair_msgs, "no co-visitation message sent"
+    items, item_side = Store(), ItemSide(CFG, 200, 5000)
+    res = item_side.process(messages, items.load, lambda _: False, T0 + 1000)
+    items.apply(res.writes)
+    i1 = ItemState.from_bytes(items.values["i1"])
+    assert dict(i1.neighbours) == {"i2": 2.0} and i1.n_events == 2
+    out, _ = item_side.publish(["i1", "i2"], items.load(["i1", "i2"]))
+    records = decode_output_bundle(out.to_bytes())[ITEM_EMBEDDINGS]
+    assert dict(ItemEmbedding.from_bytes(records[0][1]).neighbours) == {"i2": 2.0}
+    reader = UserSide(settings())
+    catalogue(reader)
+    reader.apply_changelog([RawRecord(0, j, T0, k, v) for j, (k, v) in enumerate(records)])
+    assert reader.covisit.neighbours["i1"] == {"i2": 2.0} and reader.covisit.count["i1"] == 2
+    rec = Recommendation.from_json(decode_output_bundle(reader.process(
+        [event(5, "u3", "i1")], Store().load, now=T0 + 2000).output.to_bytes())
+        [RECOMMENDATIONS][0][1])
+    assert "i2" in [it.item_id for it in rec.items]
+    assert {it.item_id: it.reason for it in rec.items}["i2"] == "often viewed with i1"
 
 
 def test_learn_items_off_sends_no_gradients() -> None:
