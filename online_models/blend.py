@@ -55,7 +55,7 @@ FEATURES = ("model", "recent_position", "recent_count", "recent_time", "covisit"
 # before it has learned anything (``recent_position`` and ``cold_cluster`` start at the
 # settings ``recency_boost`` and ``cluster_weight``).
 INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 0.1, 1.5, 0.4, 1.0)
-_NEW_PER_CATEGORY = 64  # the newest rows of a category looked at for never-learned items
+_NEW_PER_CATEGORY = 16  # never-learned items per category, newest first
 _NEW_CATEGORIES = 2  # categories of the user's recent items that get new items
 _MIN_MODEL_WEIGHT = 0.01  # the dense score keeps breaking ties among sparse-less items
 _SCALE_ROWS = 512
@@ -137,26 +137,28 @@ def _new_in_categories(replica: ItemReplica, feats: dict[int, list[float]]) -> N
             codes.append(c)
             if len(codes) == _NEW_CATEGORIES:
                 break
-    acc, blocked = replica.table._acc, replica.blocked
     for c in codes:
-        rows = replica.category_rows.get(c, [])[-_NEW_PER_CATEGORY:]
-        place = 0
-        for r in reversed(rows):
-            if acc[r] == 0 and not blocked[r]:
-                f = feats.get(r)
-                if f is None:
-                    f = feats[r] = [0.0] * len(FEATURES)
-                f[NEW_IN_CATEGORY] = 1.0 / (1 + place)
-                place += 1
+        for place, r in enumerate(replica.new_rows(c, _NEW_PER_CATEGORY)):
+            f = feats.get(r)
+            if f is None:
+                f = feats[r] = [0.0] * len(FEATURES)
+            f[NEW_IN_CATEGORY] = 1.0 / (1 + place)
+
+
+def spread(replica: ItemReplica, scores: np.ndarray) -> float:
+    """The ``model`` feature's unit: the std of a user's dense scores over every available
+    item (a function of the catalogue, not of the order rows arrived in)."""
+    s = scores[~replica.blocked[: scores.shape[0]]]
+    if s.shape[0] < 2:
+        return 1.0
+    return float(s.std()) or 1.0
 
 
 def dense_scale(replica: ItemReplica, query: np.ndarray) -> float:
-    """Spread (std) of the dense score over the first rows: the ``model`` feature's unit."""
+    """:func:`spread` over the first rows only, for the approximate (HNSW) path, which
+    never scores every item."""
     n = min(len(replica), _SCALE_ROWS)
-    if n < 2:
-        return 1.0
-    s = replica.table._data[:n] @ query + replica.static[:n]
-    return float(s.std()) or 1.0
+    return spread(replica, replica.table._data[:n] @ query + replica.static[:n])
 
 
 @dataclass(slots=True, eq=False)
@@ -249,7 +251,8 @@ def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config:
     index = replica.table.index
     excluded = [index[i] for i in excluded_items(user, config) if i in index]
     q = query_vector(user, replica, config)
-    scale = dense_scale(replica, q)
-    top, _ = replica.top_k(q, BLEND_CANDIDATES, excluded, features.rows,
-                           blend.bonus(features, scale))
+    dense = replica.scores(q)
+    scale = spread(replica, dense)
+    top, _ = replica.select(dense, BLEND_CANDIDATES, excluded, features.rows,
+                            blend.bonus(features, scale))
     learn_blend(blend, replica, features, q, scale, top, item_row)

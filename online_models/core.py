@@ -31,12 +31,12 @@ import numpy as np
 from online_models.ann import approximate_top_k, synced_index
 from online_models.blend import (
     COLD,
-    COVISIT,
     NEW_IN_CATEGORY,
     RECENT_POSITION,
     ScoreBlend,
     UserFeatures,
     dense_scale,
+    spread,
     user_features,
 )
 from online_models.config import ModelConfig
@@ -210,13 +210,13 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
             verb = verb_of.get(item_id, "viewed")
             out.append("you added this to your cart" if verb == "added to cart"
                        else f"you {verb} this recently")
+        elif fj is not None and f[fj, COLD] > 0:  # a cold user's list is their cluster's
+            out.append("popular with shoppers like you")
         elif fj is not None and f[fj, NEW_IN_CATEGORY] > 0:
             out.append(f"new in {category}" if category else "new arrival")
-        elif fj is not None and r in features.sources and f[fj, COVISIT] >= f[fj, COLD]:
+        elif fj is not None and r in features.sources:
             src = features.sources[r]
             out.append(f"often {verb_of.get(src, 'viewed')} with {src}")
-        elif fj is not None and f[fj, COLD] > 0:
-            out.append("popular with shoppers like you")
         elif sims is not None and float(sims[j].max()) > 0.5 * float(V[r] @ V[r]):
             src = ctx_ids[int(np.argmax(sims[j]))]
             out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
@@ -277,16 +277,19 @@ def recommend_for_user(
     if features is None:
         features = user_features(user, replica, config, now)
     blend = blend or ScoreBlend.initial(config)
-    b_rows, b_vals = features.rows, blend.bonus(features, dense_scale(replica, q))
     ex_ids = excluded_items(user, config, exclude)
     index = replica.table.index
     ex_rows = [index[i] for i in ex_ids if i in index]
     n_explore = round(config.exploration * k) if rng is not None else 0
     index = synced_index(replica, config)
     if index is None:
-        rows, scores = replica.top_k(q, k, ex_rows, b_rows, b_vals, config.diversity_cap)
+        dense = replica.scores(q)
+        rows, scores = replica.select(dense, k, ex_rows, features.rows,
+                                      blend.bonus(features, spread(replica, dense)),
+                                      config.diversity_cap)
     else:
-        rows, scores = approximate_top_k(replica, index, q, k, ex_rows, b_rows, b_vals,
+        rows, scores = approximate_top_k(replica, index, q, k, ex_rows, features.rows,
+                                         blend.bonus(features, dense_scale(replica, q)),
                                          config.diversity_cap)
     explore_rows: list[int] = []
     if n_explore and rows.size:
@@ -355,7 +358,9 @@ def recommend_for_users(
             row = scores[j]
             f = features[lo + j]
             if f.rows.size:
-                bonus = blend.bonus(f, dense_scale(replica, queries[lo + j]))
+                finite = row[torch.isfinite(row)]  # unavailable rows are -inf
+                scale = float(finite.std()) if finite.shape[0] > 1 else 1.0
+                bonus = blend.bonus(f, scale or 1.0)
                 row.index_add_(0, torch.from_numpy(f.rows), torch.from_numpy(bonus))
             excluded = [index[i] for i in excluded_items(user, config) if i in index]
             if excluded:

@@ -160,9 +160,9 @@ class CoVisitTable:
             nb = self.neighbours.get(src)
             if not nb:
                 continue
-            w_src = 1.0 / ((pos + 1) * math.sqrt(count.get(src, 1.0)))
+            w_src = 1.0 / ((pos + 1) * math.sqrt(max(count.get(src, 1.0), 1.0)))
             for item, c in nb.items():
-                v = w_src * c / math.sqrt(count.get(item, 1.0))
+                v = w_src * c / math.sqrt(max(count.get(item, 1.0), 1.0))
                 cur = out.get(item)
                 if cur is None:
                     out[item] = [v, v if pos == 0 else 0.0, src, v]

@@ -26,7 +26,7 @@ from online_models.blend import (
     ScoreBlend,
     UserFeatures,
     blend_step,
-    dense_scale,
+    spread,
     user_features,
 )
 from online_models.bundle import apply_item_gradients, learn_bundle
@@ -231,7 +231,7 @@ class FreshRecModel:
         q = query_vector(user, rep, self.config)
         feats = self.features(user, max(user.last_ts, self.now_ms))
         bonus = dict(zip(feats.rows.tolist(),
-                         self.blend.bonus(feats, dense_scale(rep, q)).tolist(), strict=True))
+                         self.blend.bonus(feats, spread(rep, rep.scores(q))).tolist(), strict=True))
         r = rows[known]
         dense = rep.table._data[r] @ q + rep.static[r]
         out[known] = dense + np.array([bonus.get(x, 0.0) for x in r.tolist()])

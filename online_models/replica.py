@@ -93,6 +93,7 @@ class ItemReplica:
         self._changed: set[int] | None = None
         self._version = 0
         self._trend_cache: dict[Any, tuple[int, np.ndarray]] = {}
+        self._new_cache: dict[tuple[int, int], tuple[int, int, list[int]]] = {}
 
     # -- ids and rows -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -347,6 +348,22 @@ class ItemReplica:
         else:
             rows = cand
         self._trend_cache[key] = (self._version, rows)
+        return rows
+
+    def new_rows(self, category_code: int, n: int) -> list[int]:
+        """Up to ``n`` available rows of a category that were never learned (no interaction
+        yet), the newest listing first (new-listing trend, then id: the same order on every
+        replica, whatever order the rows arrived in). Cached like :meth:`trending_rows`."""
+        key = (category_code, n)
+        hit = self._new_cache.get(key)
+        # A new row is news: recomputed then, and after every 256 other changes.
+        if hit is not None and hit[1] == len(self) and self._version - hit[0] < _TREND_CACHE_EVERY:
+            return hit[2]
+        cand = np.asarray(self.category_rows.get(category_code, []), dtype=np.int64)
+        fresh = cand[(self.table._acc[cand] == 0) & ~self.blocked[cand]] if cand.size else cand
+        ids, trend = self.table.ids, self.trend
+        rows = sorted(fresh.tolist(), key=lambda r: (-trend[r], ids[r]))[:n]
+        self._new_cache[key] = (self._version, len(self), rows)
         return rows
 
     # -- scoring --------------------------------------------------------------------------

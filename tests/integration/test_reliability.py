@@ -141,13 +141,15 @@ def final_lists(records: list[Record]) -> dict[str, list[tuple[str, float]]]:
 
 
 def test_exactly_once_failure_leaves_the_same_user_state(kafka_broker, tmp_path: Path) -> None:
-    """A user's step depends on their state, their event and the item vectors; its random
-    draws and learning rate on the user and their event count only. With item learning
-    off (``job.learn_items=false``) the item vectors are fixed, so replaying a user's events
-    after a restore must repeat that user's steps exactly: the final lists and their scores
-    (a function of the user vector) equal those of an uninterrupted run. With item learning
-    on, item vectors depend on how different users' gradients interleave, which no run
-    reproduces; the test before this one checks counts and order in that case."""
+    """A user's step depends on their state, their event and the shared parameters (item
+    vectors, co-visitation, the score blend); its random draws and learning rate on the
+    user and their event count only. With the shared parameters fixed (item learning off,
+    ``job.learn_items=false``, which also stops co-visitation; blend learning off,
+    ``model.blend_learning_rate=0``), replaying a user's events after a restore must repeat
+    that user's steps exactly: the final lists and their scores (a function of the user
+    vector) equal those of an uninterrupted run. With them learning, they depend on how
+    different users' events interleave into bundles, which no run reproduces; the test
+    before this one checks counts and order in that case."""
     events, counts = storefront_traffic(n_users=12, per_user=25, prefix="det")
     runs: dict[str, dict[str, list[tuple[str, float]]]] = {}
     for name in ("uninterrupted", "failed"):
@@ -157,7 +159,7 @@ def test_exactly_once_failure_leaves_the_same_user_state(kafka_broker, tmp_path:
         settings, overrides = job_settings(
             kafka_broker.settings, work,
             ["job.parallelism=2", "job.delivery=exactly-once", "job.learn_items=false",
-             "model.exploration=0.0"])
+             "model.blend_learning_rate=0", "model.exploration=0.0"])
         env = {ENV_VAR: f"60:{marker}"} if name == "failed" else {}
         job = start_with_catalogue(settings, overrides, work / "job.log", env=env)
         try:

@@ -44,6 +44,15 @@ def test_table_keeps_the_strongest_neighbours() -> None:
     assert set(t.neighbours["a"]) == {"n0", "n2"}  # pruned at 2x the cap, to the cap
 
 
+def test_scores_survive_items_published_without_events() -> None:
+    # The changelog can carry neighbours of an item whose count is still 0 (pairs reached
+    # its owner before any positive event did): no division by zero.
+    t = CoVisitTable()
+    t.set_item("a", [("b", 1.0)], 0.0)
+    t.set_item("b", [], 0.0)
+    assert t.scores(["a"])["b"][0] == 1.0
+
+
 def test_bundle_pairs_a_users_second_event_with_the_first() -> None:
     rep = ItemReplica(CFG)
     step = learn_bundle({}, _views("u", ["a", "b"]) + _views("v", ["c"]), rep, CFG)
@@ -56,8 +65,9 @@ def test_blend_learns_that_the_next_item_follows_the_last_one() -> None:
     # Every user walks the same chain i0 -> i1 -> ... : the next item is always the last
     # one's co-visited neighbour and never a repeat, so the co-visitation weight must rise
     # and the recent-history weight fall.
-    model = FreshRecModel(CFG)
-    start = ScoreBlend.initial(CFG).weights
+    cfg = CFG.replace(cold_events=0)  # the newcomer's list is not a cold one
+    model = FreshRecModel(cfg)
+    start = ScoreBlend.initial(cfg).weights
     chain = [f"i{n}" for n in range(8)]
     for u in range(60):
         for ev in _views(f"u{u}", chain, t0=u * 100_000):
