@@ -108,23 +108,26 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
             r = index.get(item, -1)
             if r < 0:
                 continue
-            f = feats.get(r)
-            if f is None:
-                f = feats[r] = [0.0] * len(FEATURES)
+            f = _row(feats, r)
             f[COVISIT] = math.log1p(3.0 * all_)
             f[COVISIT_LAST] = math.log1p(3.0 * last)
             sources[r] = src
     c_rows, c_vals = cold
     if c_rows is not None and c_vals is not None:
         for r, v in zip(c_rows.tolist(), c_vals.tolist(), strict=True):
-            f = feats.get(r)
-            if f is None:
-                f = feats[r] = [0.0] * len(FEATURES)
-            f[COLD] = v
+            _row(feats, r)[COLD] = v
     if not feats:
         return UserFeatures.empty()
     return UserFeatures(np.fromiter(feats.keys(), dtype=np.int64, count=len(feats)),
                         np.array(list(feats.values()), dtype=np.float32), sources)
+
+
+def _row(feats: dict[int, list[float]], r: int) -> list[float]:
+    """The feature list of row ``r``, created zeroed."""
+    f = feats.get(r)
+    if f is None:
+        f = feats[r] = [0.0] * len(FEATURES)
+    return f
 
 
 def _new_in_categories(replica: ItemReplica, feats: dict[int, list[float]]) -> None:
@@ -139,10 +142,7 @@ def _new_in_categories(replica: ItemReplica, feats: dict[int, list[float]]) -> N
                 break
     for c in codes:
         for place, r in enumerate(replica.new_rows(c, _NEW_PER_CATEGORY)):
-            f = feats.get(r)
-            if f is None:
-                f = feats[r] = [0.0] * len(FEATURES)
-            f[NEW_IN_CATEGORY] = 1.0 / (1 + place)
+            _row(feats, r)[NEW_IN_CATEGORY] = 1.0 / (1 + place)
 
 
 def spread(replica: ItemReplica, scores: np.ndarray) -> float:

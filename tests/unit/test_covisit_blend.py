@@ -7,7 +7,6 @@ import pytest
 
 from freshrec.settings import SettingsError, load_settings
 from online_models import FreshRecModel, ItemReplica, ModelConfig, UserState, learn_bundle
-from online_models.baselines import ItemKNNModel, RecentItemsModel, SessionKNNModel
 from online_models.blend import COVISIT_LAST, FEATURES, RECENT_POSITION, ScoreBlend
 from online_models.covisit import CoVisits, CoVisitTable, covisit_pairs
 from schemas.events import Event
@@ -90,29 +89,6 @@ def test_blend_bytes_round_trip_and_reject_other_layouts() -> None:
     assert ScoreBlend.from_bytes(b.to_bytes()) == b
     with pytest.raises(ValueError, match="not a score blend"):
         ScoreBlend.from_bytes(b"XYZ" + b.to_bytes()[3:])
-
-
-def test_recent_ranks_the_users_own_items_newest_first() -> None:
-    m = RecentItemsModel(CFG)
-    for ev in _views("u", ["a", "b", "c", "a"]) + _views("v", ["z", "z", "z"]):
-        m.learn_one(ev)
-    assert [r.item_id for r in m.recommend("u", k=4)] == ["a", "c", "b", "z"]
-
-
-def test_item_knn_and_sknn_recommend_what_others_took_next() -> None:
-    knn, sknn = ItemKNNModel(CFG), SessionKNNModel(CFG)
-    events = []
-    for u in range(5):
-        events += _views(f"u{u}", ["a", "b"], t0=u * 10_000)
-    events += _views("w", ["x", "y", "x", "y", "x"], t0=90_000)  # popular, unrelated
-    events += _views("me", ["a"], t0=200_000)
-    for ev in events:
-        knn.learn_one(ev)
-        sknn.learn_one(ev)
-    assert knn.recommend("me", k=1)[0].item_id == "b"
-    assert [r.item_id for r in sknn.recommend("me", k=2)] == ["a", "b"]
-    knn.learn_one(Event("f", "forget_user", 300_000, user_id="me"))
-    assert "me" not in knn.recent
 
 
 @pytest.mark.parametrize("override", [
