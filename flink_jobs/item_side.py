@@ -27,15 +27,16 @@ import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from flink_jobs.bundles import ITEM_EMBEDDINGS, OutputBundle
 from flink_jobs.user_side import COVISIT_MESSAGE, GRADIENT_MESSAGE, UPSERT_MESSAGE, Loader
-from online_models.bundle import ItemGradients, apply_gradients_to_items
+from online_models.bundle import ItemGradients, apply_gradients_to_rows
 from online_models.config import ModelConfig
 from online_models.core import new_item_state
 from online_models.covisit import CoVisits, add_pair, strongest
 from online_models.replica import LN2, NEW_ITEM_TREND
-from online_models.state import ItemState
+from online_models.state import ItemRows, ItemState
 from schemas.events import DecodeError, Event, decode_event
 from schemas.item_embedding import ItemEmbedding
 
@@ -117,52 +118,58 @@ class ItemSide:
                 upserts.append(event)
             else:
                 raise ValueError(f"unknown item message kind {kind!r}")
+        new_meta: dict[str, Mapping[str, Any] | None] = {}
+        for g in gradients:
+            for i, m in zip(g.item_ids, g.meta, strict=True):
+                new_meta.setdefault(i, m)
+        for a in pairs.a:
+            new_meta.setdefault(a, None)
         ids = list(dict.fromkeys(
-            [*(e.item_id for e in upserts if e.item_id is not None),
-             *(i for g in gradients for i in g.item_ids), *pairs.a]))
+            [*(e.item_id for e in upserts if e.item_id is not None), *new_meta]))
         stored = load(ids)
-        items: dict[str, ItemState] = {
-            i: ItemState.from_bytes(b) for i in ids if (b := stored.get(i)) is not None}
+        writes: dict[str, bytes] = {}
         soon: dict[str, None] = {}
         for m in upserts:
             item_id = m.item_id
             assert item_id is not None
             meta = {"category": m.category, "brand": m.brand, "price": m.price,
                     "title": m.title, "available": m.available}
-            item = items.get(item_id) or new_item_state(item_id, self.config, meta)
-            items[item_id] = item.replace(**{k: v for k, v in meta.items() if v is not None},
-                                          last_ts=max(item.last_ts, m.ts_ms))
+            blob = writes.get(item_id) or stored.get(item_id)
+            item = (ItemState.from_bytes(blob) if blob is not None
+                    else new_item_state(item_id, self.config, meta))
+            writes[item_id] = item.replace(
+                **{k: v for k, v in meta.items() if v is not None},
+                last_ts=max(item.last_ts, m.ts_ms)).to_bytes()
             soon[item_id] = None
         later: dict[str, None] = {}
-        # One Adagrad step per message (a user bundle's sums), in arrival order: with one
-        # step per item bundle the items learned too little from bursts of events.
-        for g in gradients:
-            items.update(apply_gradients_to_items(items, g, self.config))
-            for item_id, tw in zip(g.item_ids, g.trend_weight.tolist(), strict=True):
-                (soon if tw > 0 else later)[item_id] = None
-        self._add_pairs(items, pairs, later)
-        writes = {i: s.to_bytes() for i, s in items.items()}
+        if new_meta:
+            rows = ItemRows([
+                writes.get(i) or stored.get(i) or new_item_state(i, self.config, m).to_bytes()
+                for i, m in new_meta.items()])
+            # One Adagrad step per message (a user bundle's sums), in arrival order: with
+            # one step per item bundle the items learned too little from bursts of events.
+            for g in gradients:
+                apply_gradients_to_rows(rows, g, self.config)
+                for item_id, tw in zip(g.item_ids, g.trend_weight.tolist(), strict=True):
+                    (soon if tw > 0 else later)[item_id] = None
+            self._add_pairs(rows, pairs, later)
+            writes.update(rows.blobs())
         fore, back = self.publish_interval_ms, self.background_interval_ms
         return ItemBundleResult(writes, list(soon), (now // fore + 1) * fore,
                                 [i for i in later if i not in soon], (now // back + 1) * back,
                                 upsert_ids, duplicates)
 
-    def _add_pairs(self, items: dict[str, ItemState], pairs: CoVisits,
-                   changed: dict[str, None]) -> None:
+    def _add_pairs(self, rows: ItemRows, pairs: CoVisits, changed: dict[str, None]) -> None:
         """Co-visitation pairs into their first item's bounded neighbours."""
-        if not len(pairs):
-            return
         cap = self.config.covisit_neighbours
         table: dict[str, dict[str, float]] = {}
         for a, b, w in zip(pairs.a, pairs.b, pairs.w, strict=True):
             nb = table.get(a)
             if nb is None:
-                item = items.get(a)
-                nb = dict(item.neighbours) if item is not None else {}
+                nb = dict(rows.neighbours(rows.index[a]))
             table[a] = add_pair(nb, b, w, cap)
         for a, nb in table.items():
-            item = items.get(a) or new_item_state(a, self.config)
-            items[a] = item.replace(neighbours=strongest(nb, cap))
+            rows.set_neighbours(rows.index[a], strongest(nb, cap))
             changed[a] = None
 
     def publish(self, item_ids: list[str], stored: Mapping[str, bytes | None]

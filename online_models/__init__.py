@@ -1,7 +1,7 @@
 """freshrec's online model core: pure numpy / torch / river, no pyflink, kafka or prometheus.
 
 Pure functions on plain state for the PyFlink job (:func:`learn_bundle`,
-:func:`apply_gradients_to_items`, :func:`recommend_for_user`), the in-memory
+:func:`apply_gradients_to_rows`, :func:`recommend_for_user`), the in-memory
 :class:`FreshRecModel` composed of the same functions, baselines, and prequential
 evaluation.
 
@@ -22,6 +22,7 @@ from online_models.baselines import (
 from online_models.bundle import (
     ItemGradients,
     apply_gradients_to_items,
+    apply_gradients_to_rows,
     apply_item_gradients,
     learn_bundle,
 )
@@ -36,7 +37,7 @@ from online_models.core import (
 from online_models.evaluate import ModelResult, prequential
 from online_models.model import FreshRecModel, Recommender
 from online_models.replica import ItemReplica
-from online_models.state import ItemState, UserState
+from online_models.state import ItemRows, ItemState, UserState
 from online_models.streaming import DriftMonitor, RollingMetrics, UserClusters
 from online_models.tables import EmbeddingTable, content_vector
 
@@ -48,6 +49,7 @@ __all__ = [
     "ItemGradients",
     "ItemKNNModel",
     "ItemReplica",
+    "ItemRows",
     "ItemState",
     "ModelConfig",
     "ModelResult",
@@ -61,6 +63,7 @@ __all__ = [
     "UserState",
     "adagrad_rows",
     "apply_gradients_to_items",
+    "apply_gradients_to_rows",
     "apply_item_gradients",
     "content_vector",
     "learn_bundle",

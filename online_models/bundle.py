@@ -64,7 +64,7 @@ from online_models.core import (
 )
 from online_models.covisit import CoVisits, covisit_pairs
 from online_models.replica import ItemReplica, logaddexp
-from online_models.state import ItemState, UserState
+from online_models.state import ItemRows, ItemState, UserState
 from schemas.events import Event
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -503,33 +503,42 @@ def trend_log_epoch(trend_weight: float, ts_ms: int, config: ModelConfig) -> flo
     return math.log(trend_weight) + ts_ms * math.log(2.0) / (config.trend_half_life_s * 1000.0)
 
 
+def apply_gradients_to_rows(rows: ItemRows, gradients: ItemGradients,
+                            config: ModelConfig) -> None:
+    """The item owner's step for a bundle of gradients, in place on ``rows`` (which hold
+    every item of ``gradients``): row-wise Adagrad, bias, trending counter (forward-decayed
+    from the epoch), event count, and the category, brand or price an event carried for an
+    item that had none."""
+    if not len(gradients):
+        return
+    idx = np.fromiter((rows.index[i] for i in gradients.item_ids), dtype=np.int64,
+                      count=len(gradients))
+    for j, m in zip(idx.tolist(), gradients.meta, strict=True):
+        if m and rows.lacks(j, m):
+            s = rows.state(j)
+            rows.set_state(j, s.replace(
+                category=s.category or m.get("category"), brand=s.brand or m.get("brand"),
+                price=s.price if s.price is not None else m.get("price")))
+    g = gradients.grads
+    acc = rows.acc[idx].astype(np.float32) + np.einsum("ij,ij->i", g, g) / np.float32(g.shape[1])
+    rows.vectors[idx] -= (np.float32(config.learning_rate)
+                          / np.sqrt(acc + np.float32(EPS)))[:, None] * g
+    rows.acc[idx] = acc
+    rows.bias[idx] = (rows.bias[idx] - config.learning_rate
+                      * gradients.bias_grads.astype(np.float64)).astype(np.float32)
+    rows.n_events[idx] += gradients.n_positive
+    rows.last_ts[idx] = np.maximum(rows.last_ts[idx], gradients.last_ts)
+    for j, tw, ts in zip(idx.tolist(), gradients.trend_weight.tolist(),
+                         gradients.last_ts.tolist(), strict=True):
+        if tw > 0:
+            rows.trend[j] = logaddexp(float(rows.trend[j]), trend_log_epoch(tw, ts, config))
+
+
 def apply_gradients_to_items(items: Mapping[str, ItemState], gradients: ItemGradients,
                              config: ModelConfig) -> dict[str, ItemState]:
-    """The item owner's step for a bundle of gradients: row-wise Adagrad, bias, trending
-    counter (forward-decayed from the epoch), event count and metadata an event carried.
-    Items missing from ``items`` start from :func:`~online_models.core.new_item_state`."""
-    if not len(gradients):
-        return {}
-    states = [items.get(i) or new_item_state(i, config, m)
-              for i, m in zip(gradients.item_ids, gradients.meta, strict=True)]
-    V = np.stack([s.vector for s in states]).astype(np.float32)
-    acc = np.fromiter((s.acc for s in states), dtype=np.float32, count=len(states))
-    g = gradients.grads
-    acc = acc + np.einsum("ij,ij->i", g, g) / np.float32(g.shape[1])
-    V -= (np.float32(config.learning_rate) / np.sqrt(acc + np.float32(EPS)))[:, None] * g
-    out: dict[str, ItemState] = {}
-    for j, s in enumerate(states):
-        tw = float(gradients.trend_weight[j])
-        ts = int(gradients.last_ts[j])
-        trend = s.trend if tw <= 0 else logaddexp(s.trend, trend_log_epoch(tw, ts, config))
-        m = gradients.meta[j] or {}
-        vec = V[j]
-        vec.setflags(write=False)
-        out[s.item_id] = ItemState(
-            s.item_id, vec, float(acc[j]),
-            float(np.float32(s.bias - config.learning_rate * float(gradients.bias_grads[j]))),
-            trend, s.n_events + int(gradients.n_positive[j]), max(s.last_ts, ts),
-            s.category or m.get("category"), s.brand or m.get("brand"),
-            s.price if s.price is not None else m.get("price"), s.available, s.title,
-            s.neighbours)
-    return out
+    """:func:`apply_gradients_to_rows` over states (items missing from ``items`` start from
+    :func:`~online_models.core.new_item_state`); returns the new states of the items."""
+    rows = ItemRows([(items.get(i) or new_item_state(i, config, m)).to_bytes()
+                     for i, m in zip(gradients.item_ids, gradients.meta, strict=True)])
+    apply_gradients_to_rows(rows, gradients, config)
+    return {i: ItemState.from_bytes(b) for i, b in rows.blobs().items()}

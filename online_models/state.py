@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -328,8 +329,11 @@ class ItemState:
             _ITEM_MAGIC, self.vector.shape[0], self.n_events, self.acc, self.bias, self.trend,
             self.last_ts, -1.0 if self.price is None else self.price,
         )
-        tail = json.dumps([self.item_id, self.category, self.brand, self.available, self.title],
-                          separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        fields: list[Any] = [self.item_id, self.category, self.brand, self.available,
+                             self.title]
+        if self.neighbours:
+            fields.append([list(nb) for nb in self.neighbours])
+        tail = json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return head + self.vector.astype(np.float32, copy=False).tobytes() + tail
 
     @classmethod
@@ -367,6 +371,175 @@ class ItemState:
         _, dim, n_events, acc, bias, trend, last_ts, price = _ITEM_HEAD.unpack_from(blob)
         off = _ITEM_HEAD.size
         vec = np.frombuffer(blob, dtype=np.float32, count=dim, offset=off)
-        item_id, category, brand, available, title = json.loads(blob[off + 4 * dim:])
+        item_id, category, brand, available, title, *nb = json.loads(blob[off + 4 * dim:])
         return cls(item_id, vec, acc, bias, trend, n_events, last_ts, category, brand,
-                   None if price < 0 else price, available, title)
+                   None if price < 0 else price, available, title,
+                   tuple((i, float(w)) for i, w in nb[0]) if nb else ())
+
+
+class ItemRows:
+    """Item states as columns, for the item owner's gradient steps.
+
+    A step changes only the numbers (vector, Adagrad accumulator, bias, trend, event count,
+    last time); they are arrays here, and the rest of each state's bytes (flags, price,
+    metadata, neighbours) is kept verbatim, so a step neither decodes nor re-encodes it.
+    :meth:`blob` gives what :meth:`ItemState.to_bytes` would for the same state.
+
+    >>> it = ItemState.new("i1", dim=4, seed=0, category="shoes", price=20.0)
+    >>> rows = ItemRows([it.to_bytes()])
+    >>> rows.n_events[0] += 1
+    >>> ItemState.from_bytes(rows.blob(0)) == it.replace(n_events=1)
+    True
+    """
+
+    def __init__(self, blobs: Sequence[bytes]) -> None:
+        self.ids: list[str] = []
+        self.index: dict[str, int] = {}
+        self._layout: list[tuple[int, int, float, int]] = []  # version, flags, price, n_nb
+        self._tails: list[bytes] = []
+        numbers: list[tuple[int, float, float, float, int]] = []
+        vectors: list[bytes] = []
+        dim = -1
+        for blob in blobs:
+            row = _item_row(blob)
+            if dim not in (-1, row.dim):
+                raise ValueError(f"item {row.item_id!r} has dim {row.dim}, the others {dim}")
+            dim = row.dim
+            self.index[row.item_id] = len(self.ids)
+            self.ids.append(row.item_id)
+            self._layout.append((row.version, row.flags, row.price, row.n_nb))
+            self._tails.append(row.tail)
+            numbers.append(row.numbers)
+            vectors.append(row.vector)
+        self.vectors = np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(
+            len(vectors), max(dim, 0)).copy()
+        n_events, acc, bias, trend, last_ts = zip(*numbers, strict=True) if numbers else [()] * 5
+        self.n_events = np.array(n_events, dtype=np.int64)
+        self.acc = np.array(acc, dtype=np.float64)
+        self.bias = np.array(bias, dtype=np.float64)
+        self.trend = np.array(trend, dtype=np.float64)
+        self.last_ts = np.array(last_ts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lacks(self, j: int, meta: Mapping[str, Any]) -> bool:
+        """Whether row ``j`` lacks a category, brand or price that ``meta`` has."""
+        flags = self._layout[j][1]
+        return ((meta.get("category") is not None and not flags & _F_CATEGORY)
+                or (meta.get("brand") is not None and not flags & _F_BRAND)
+                or (meta.get("price") is not None and not flags & _F_PRICE))
+
+    def state(self, j: int) -> ItemState:
+        return ItemState.from_bytes(self.blob(j))
+
+    def set_state(self, j: int, state: ItemState) -> None:
+        """Replace row ``j`` by ``state`` (same id)."""
+        row = _item_row(state.to_bytes())
+        self._layout[j] = (row.version, row.flags, row.price, row.n_nb)
+        self._tails[j] = row.tail
+        self.vectors[j] = np.frombuffer(row.vector, dtype=np.float32)
+        (self.n_events[j], self.acc[j], self.bias[j], self.trend[j],
+         self.last_ts[j]) = row.numbers
+
+    def neighbours(self, j: int) -> tuple[tuple[str, float], ...]:
+        """Row ``j``'s co-visitation neighbours (see :attr:`ItemState.neighbours`)."""
+        version, _, _, n_nb = self._layout[j]
+        if version == 1:
+            return self.state(j).neighbours
+        if not n_nb:
+            return ()
+        tail = self._tails[j]
+        weights = np.frombuffer(tail, dtype="<f8", count=n_nb).tolist()
+        ids = tail[8 * n_nb:].decode("utf-8").split(_NUL)[4:]
+        return tuple(zip(ids, weights, strict=True))
+
+    def set_neighbours(self, j: int, neighbours: tuple[tuple[str, float], ...]) -> None:
+        """Replace row ``j``'s neighbours (written in layout ``FI3``, or ``FI2`` if none)."""
+        version, flags, price, n_nb = self._layout[j]
+        if version == 1:
+            self.set_state(j, self.state(j).replace(neighbours=neighbours))
+            return
+        tail = self._tails[j]
+        text = tail[8 * n_nb:].split(b"\x00", 4)[:4]
+        if not neighbours:
+            self._layout[j] = (2, flags, price, 0)
+            self._tails[j] = b"\x00".join(text)
+            return
+        ids = _NUL.join(i for i, _ in neighbours)
+        if ids.count(_NUL) != len(neighbours) - 1:
+            raise ValueError(f"item {self.ids[j]!r}: a neighbour id contains NUL")
+        self._layout[j] = (3, flags, price, len(neighbours))
+        self._tails[j] = b"".join((
+            np.fromiter((w for _, w in neighbours), dtype="<f8",
+                        count=len(neighbours)).tobytes(),
+            b"\x00".join(text), b"\x00", ids.encode("utf-8")))
+
+    def blob(self, j: int) -> bytes:
+        """Row ``j`` in its state layout (the one it was read in)."""
+        version, flags, price, n_nb = self._layout[j]
+        numbers = (int(self.n_events[j]), float(self.acc[j]), float(self.bias[j]),
+                   float(self.trend[j]), int(self.last_ts[j]))
+        return _pack_item_row(version, flags, price, n_nb, self.vectors[j], numbers,
+                              self._tails[j])
+
+    def blobs(self) -> dict[str, bytes]:
+        """Every row's bytes by item id."""
+        columns = zip(self.ids, self._layout, self.vectors, self.n_events.tolist(),
+                      self.acc.tolist(), self.bias.tolist(), self.trend.tolist(),
+                      self.last_ts.tolist(), self._tails, strict=True)
+        return {item_id: _pack_item_row(*layout, vec, (n, acc, bias, trend, ts), tail)
+                for item_id, layout, vec, n, acc, bias, trend, ts, tail in columns}
+
+
+@dataclass(frozen=True, slots=True)
+class _ItemRow:
+    item_id: str
+    version: int
+    flags: int
+    price: float
+    n_nb: int
+    dim: int
+    numbers: tuple[int, float, float, float, int]  # n_events, acc, bias, trend, last_ts
+    vector: bytes
+    tail: bytes
+
+
+def _item_row(blob: bytes) -> _ItemRow:
+    """The parts of an item state's bytes (any layout) that :class:`ItemRows` keeps."""
+    magic = blob[:3]
+    if magic == _ITEM_MAGIC3:
+        (_, flags, dim, n_events, acc, bias, trend, last_ts, price,
+         n_nb) = _ITEM_HEAD3.unpack_from(blob)
+        version, off = 3, _ITEM_HEAD3.size
+        item_id = blob[off + 4 * dim + 8 * n_nb:].split(b"\x00", 1)[0].decode("utf-8")
+    elif magic == _ITEM_MAGIC2:
+        (_, flags, dim, n_events, acc, bias, trend, last_ts,
+         price) = _ITEM_HEAD2.unpack_from(blob)
+        version, off, n_nb = 2, _ITEM_HEAD2.size, 0
+        item_id = blob[off + 4 * dim:].split(b"\x00", 1)[0].decode("utf-8")
+    else:  # version 1: decoded in full (ids with NUL only), for its id and flags
+        state = ItemState.from_bytes(blob)
+        _, dim, n_events, acc, bias, trend, last_ts, price = _ITEM_HEAD.unpack_from(blob)
+        version, off, n_nb, item_id = 1, _ITEM_HEAD.size, 0, state.item_id
+        flags = ((0 if state.category is None else _F_CATEGORY)
+                 | (0 if state.brand is None else _F_BRAND)
+                 | (0 if state.price is None else _F_PRICE))
+    return _ItemRow(item_id, version, flags, price, n_nb, dim,
+                    (n_events, acc, bias, trend, last_ts), blob[off:off + 4 * dim],
+                    blob[off + 4 * dim:])
+
+
+def _pack_item_row(version: int, flags: int, price: float, n_nb: int, vector: np.ndarray,
+                   numbers: tuple[int, float, float, float, int], tail: bytes) -> bytes:
+    n_events, acc, bias, trend, last_ts = numbers
+    dim = vector.shape[0]
+    if version == 3:
+        head = _ITEM_HEAD3.pack(_ITEM_MAGIC3, flags, dim, n_events, acc, bias, trend, last_ts,
+                                price, n_nb)
+    elif version == 2:
+        head = _ITEM_HEAD2.pack(_ITEM_MAGIC2, flags, dim, n_events, acc, bias, trend, last_ts,
+                                price)
+    else:
+        head = _ITEM_HEAD.pack(_ITEM_MAGIC, dim, n_events, acc, bias, trend, last_ts, price)
+    return b"".join((head, vector.tobytes(), tail))

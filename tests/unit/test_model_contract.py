@@ -11,6 +11,7 @@ from freshrec.generator import Storefront, generate_events
 from online_models import (
     FreshRecModel,
     ItemReplica,
+    ItemRows,
     ItemState,
     ModelConfig,
     UserState,
@@ -149,6 +150,30 @@ def test_item_state_round_trip_and_update() -> None:
     assert it.category == "shoes" and it.price == 12.5
     changed = it.replace(available=False, title="Red shoe ✓")
     assert ItemState.from_bytes(changed.to_bytes()) == changed != it
+
+
+@pytest.mark.parametrize("title", ["Red shoe ✓", "nul\x00title", None])
+def test_item_rows_write_what_item_state_writes(title: str | None) -> None:
+    """ItemRows (the item owner's columns) give the bytes ItemState gives, in every layout
+    (a NUL in the metadata keeps version 1), after number and neighbour changes."""
+    base = new_item_state("i9", CFG, {"category": "shoes", "price": 12.5}).replace(title=title)
+    with_nb = base.replace(neighbours=(("i2", 3.0), ("i1", 0.5)))
+    bare = new_item_state("i8", CFG)
+    rows = ItemRows([base.to_bytes(), with_nb.replace(item_id="i7").to_bytes(),
+                     bare.to_bytes()])
+    assert [rows.blob(j) for j in range(3)] == [
+        base.to_bytes(), with_nb.replace(item_id="i7").to_bytes(), bare.to_bytes()]
+    assert rows.neighbours(1) == with_nb.neighbours and rows.neighbours(0) == ()
+    rows.n_events[0] += 2
+    rows.vectors[0] += 1.0
+    rows.set_neighbours(0, (("x", 1.5),))
+    rows.set_neighbours(1, ())
+    expected = base.replace(n_events=2, vector=base.vector + 1.0, neighbours=(("x", 1.5),))
+    assert rows.state(0) == expected and rows.blobs()["i9"] == expected.to_bytes()
+    assert rows.state(1) == with_nb.replace(item_id="i7", neighbours=())
+    assert rows.lacks(2, {"brand": "b"}) and not rows.lacks(0, {"category": "c"})
+    with pytest.raises(ValueError, match="contains NUL"):
+        rows.set_neighbours(2, (("a\x00b", 1.0),))
 
 
 def test_job_split_equals_in_memory_model(events: list[Event]) -> None:
