@@ -34,11 +34,13 @@ def _rate(n: int, seconds: float) -> str:
     return f"{n / seconds:>12,.0f} ev/s"
 
 
-def job_path(n_ev: int, dim: int, bundle: int = 256) -> None:
+def job_path(n_ev: int, dim: int, bundle: int = 256, rate: float = 5000.0) -> None:
     """Per-event CPU cost of the job's two Python operators, through their own code
     (``flink_jobs.user_side`` / ``item_side`` over bytes, the Flink state a dict): the user
     side per record bundle, the item side per gradient bundle and publish, and the replica
-    applying the published changelog."""
+    applying the published changelog. The clock moves as for ``rate`` events/s, which sets
+    how many events find their user's refresh due (a list each) and how often items
+    publish."""
     from flink_jobs.bundles import (
         ITEM_EMBEDDINGS,
         ITEM_GRADIENTS,
@@ -53,7 +55,8 @@ def job_path(n_ev: int, dim: int, bundle: int = 256) -> None:
 
     cfg = ModelConfig(dim=dim)
     events = list(generate_events(n_ev, seed=1, n_users=5000, n_items=20000))
-    settings = UserSideSettings(cfg, "bench", "events", 200, 3600, 64, 65536, 128, 32)
+    settings = UserSideSettings(cfg, "bench", "events", 200, 3600, 64, 65536, 128,
+                                item_shards=4)  # the job's default
     users_side, items_side = UserSide(settings), ItemSide(cfg, 200, 5000)
     user_values: dict[str, bytes] = {}
     item_values: dict[str, bytes] = {}
@@ -65,21 +68,25 @@ def job_path(n_ev: int, dim: int, bundle: int = 256) -> None:
     now = 1_800_000_000_000
     n_lists = n_msgs = n_published = 0
     for lo in range(0, len(records), bundle):
-        now += 20  # one bundle per shard and 20 ms: the job's flush age
+        now += max(round(bundle * 1000 / rate), 1)
         t0 = clock()
         res = users_side.process(records[lo:lo + bundle],
                                  lambda ids: {u: user_values.get(u) for u in ids}, now)
         user_values.update(res.writes)
         out = decode_output_bundle(res.output.to_bytes())
         t1 = clock()
-        msgs = [m for _, m in out.get(ITEM_GRADIENTS, [])]
-        done = items_side.process(msgs, lambda ids: {i: item_values.get(i) for i in ids},
-                                  lambda _: False, now)
-        item_values.update(done.writes)
-        for item_id in done.soon:
-            due[item_id] = min(due.get(item_id, done.soon_at), done.soon_at)
-        for item_id in done.later:
-            due[item_id] = min(due.get(item_id, done.later_at), done.later_at)
+        msgs = out.get(ITEM_GRADIENTS, [])
+        by_shard: dict[object, list[bytes]] = {}
+        for shard, m in msgs:  # one item-update call per item shard, as in the job
+            by_shard.setdefault(shard, []).append(m)
+        for part in by_shard.values():
+            done = items_side.process(part, lambda ids: {i: item_values.get(i) for i in ids},
+                                      lambda _: False, now)
+            item_values.update(done.writes)
+            for item_id in done.soon:
+                due[item_id] = min(due.get(item_id, done.soon_at), done.soon_at)
+            for item_id in done.later:
+                due[item_id] = min(due.get(item_id, done.later_at), done.later_at)
         ready = [i for i, at in due.items() if at <= now]
         for i in ready:
             del due[i]
@@ -97,7 +104,8 @@ def job_path(n_ev: int, dim: int, bundle: int = 256) -> None:
     n = len(records)
     per = 1e6 / n
     total = t_user + t_item + t_replica
-    print(f"job path, CPU time ({n:,} events in bundles of {bundle}, {n_lists:,} lists, "
+    print(f"job path, CPU time ({n:,} events in bundles of {bundle} at {rate:,.0f}/s, "
+          f"{n_lists:,} lists, "
           f"{n_published:,} items published)")
     print(f"  user side  (decode, learn, score, state bytes)  {t_user * per:7.1f} us/event")
     print(f"  item side  (gradient bundles, publish)           {t_item * per:7.1f} us/event")

@@ -37,7 +37,13 @@ from flink_jobs.user_value import (
     unpack_user_value,
 )
 from freshrec.privacy import pseudonymize
-from online_models.blend import ScoreBlend, UserFeatures, blend_step, user_features
+from online_models.blend import (
+    BlendSchedule,
+    ScoreBlend,
+    UserFeatures,
+    blend_step,
+    user_features,
+)
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
 from online_models.core import recommend_for_users
@@ -57,9 +63,6 @@ log = logging.getLogger(__name__)
 GRADIENT_MESSAGE = b"G"
 UPSERT_MESSAGE = b"U"
 COVISIT_MESSAGE = b"C"
-# Blend steps per call: each ranks the catalogue once, so a bundle teaches the blend from
-# its first few known users' positive events (plenty: the blend has 8 weights).
-_BLEND_STEPS_PER_BUNDLE = 8
 # Reads the stored values of some keys (missing or None: nothing stored).
 Loader = Callable[[list[str]], Mapping[str, bytes | None]]
 
@@ -141,6 +144,8 @@ class UserSide:
         self.clusters = UserClusters(cfg.n_clusters, cfg.dim, cfg.seed, cfg.trend_half_life_s)
         self.covisit = CoVisitTable(cfg.covisit_neighbours)
         self.blend = ScoreBlend.initial(cfg)
+        # It starts from sensible weights: a few hundred steps, then one chance in 32.
+        self.blend_schedule = BlendSchedule(200, 32)
         self.rolling = PrequentialWindow(cfg.top_k)
         self.drift = DriftMonitor()
         self.loss = RollingMean(1000)
@@ -287,20 +292,20 @@ class UserSide:
         return UserBundleResult(writes, removes, owed, out, stats)
 
     def _learn_blend(self, users: Mapping[str, UserState], events: Iterable[Event]) -> None:
-        """Blend steps on the bundle's first positive events of known users (before the
-        bundle is learned, so each is a test of the lists they would have had)."""
+        """Blend steps on known users' positive events (one per user and bundle, on the
+        chances the schedule takes), before the bundle is learned, so each is a test of the
+        list the user would have had."""
         cfg, rep = self.config, self.replica
         done: set[str] = set()
         for ev in events:
-            if len(done) == _BLEND_STEPS_PER_BUNDLE:
-                break
             uid = ev.user_id
             user = users.get(uid or "")
             row = rep.row(ev.item_id or "")
             if user is None or uid in done or row < 0 or cfg.event_weight(ev.event_type) <= 0:
                 continue
-            done.add(user.user_id)
-            blend_step(self.blend, user, rep, cfg, self._features(user), row)
+            if self.blend_schedule.take():
+                done.add(user.user_id)
+                blend_step(self.blend, user, rep, cfg, self._features(user), row)
 
     def _features(self, user: UserState) -> UserFeatures:
         return user_features(user, self.replica, self.config, user.last_ts, self.covisit,

@@ -239,6 +239,27 @@ def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
     blend.learn(F, 0)
 
 
+@dataclass
+class BlendSchedule:
+    """Which chances to learn the blend (known users' positive events) take a step: every
+    one of the first ``warm``, then one in ``every``. A step ranks the catalogue, and the
+    blend has a few weights that settle early; counting events (not calls) keeps the cost
+    per event the same whatever the bundle size.
+
+    >>> s = BlendSchedule(2, 3)
+    >>> [s.take() for _ in range(7)]
+    [True, True, True, False, False, True, False]
+    """
+
+    warm: int
+    every: int
+    chances: int = 0
+
+    def take(self) -> bool:
+        self.chances += 1
+        return self.chances <= self.warm or self.chances % self.every == 0
+
+
 BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top this many
 
 

@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from online_models.blend import (
+    BlendSchedule,
     ScoreBlend,
     UserFeatures,
     blend_step,
@@ -45,7 +46,6 @@ from schemas.events import INTERACTION_TYPES, Event
 from schemas.recommendation import ScoredItem
 
 _INTERACTIONS = frozenset(INTERACTION_TYPES)
-_BLEND_WARM, _BLEND_EVERY = 5000, 2
 
 
 def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemReplica,
@@ -124,7 +124,8 @@ class FreshRecModel:
         self.now_ms = 0
         self.covisit = CoVisitTable(self.config.covisit_neighbours)
         self.blend = ScoreBlend.initial(self.config)
-        self._blend_chances = 0
+        # Replays are short: the blend learns from every chance for a while.
+        self._blend_schedule = BlendSchedule(5000, 2)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -182,15 +183,13 @@ class FreshRecModel:
                              max(cfg.event_weight(ev.event_type), 0.0), ev.ts_ms)
 
     def _learn_blend(self, event: Event) -> None:
-        """Test the blend on a known user's positive event before learning it: every such
-        event for the first ``_BLEND_WARM`` steps, then one in ``_BLEND_EVERY`` (a step
-        ranks the catalogue; the blend has a few weights and settles early)."""
+        """Test the blend on a known user's positive event before learning it (on the
+        chances :class:`~online_models.blend.BlendSchedule` takes)."""
         user = self.users.get(event.user_id or "")
         row = self.replica.row(event.item_id or "")
         if user is None or row < 0 or self.config.event_weight(event.event_type) <= 0:
             return
-        self._blend_chances += 1
-        if self._blend_chances > _BLEND_WARM and self._blend_chances % _BLEND_EVERY:
+        if not self._blend_schedule.take():
             return
         blend_step(self.blend, user, self.replica, self.config,
                    self.features(user, max(user.last_ts, self.now_ms)), row)
