@@ -199,28 +199,36 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
     f = features.values
     ctx_ids = [replica.ids[r] for r in ctx_rows.tolist()]
     verb_of = {h[0]: _VERBS.get(h[3], "viewed") for h in user.history}
-    sims = V[rows] @ V[ctx_rows].T if ctx_rows.size and rows.size else None
+    rows_l = rows.tolist()
+    if ctx_rows.size and rows.size:
+        vr = V[rows]
+        sims = vr @ V[ctx_rows].T
+        best, most_similar = sims.max(axis=1).tolist(), sims.argmax(axis=1).tolist()
+        own = np.einsum("ij,ij->i", vr, vr).tolist()
+    else:
+        best = most_similar = own = []
+    recent, cold, new = (f[:, c].tolist() for c in (RECENT_POSITION, COLD, NEW_IN_CATEGORY))
     out = []
-    for j, r in enumerate(rows.tolist()):
+    for j, r in enumerate(rows_l):
         meta = replica.meta[r]
         category = meta.get("category")
         item_id = replica.ids[r]
         fj = f_row.get(r)
-        if fj is not None and f[fj, RECENT_POSITION] > 0:
+        if fj is not None and recent[fj] > 0:
             verb = verb_of.get(item_id, "viewed")
             out.append("you added this to your cart" if verb == "added to cart"
                        else f"you {verb} this recently")
-        elif fj is not None and f[fj, COLD] > 0:  # a cold user's list is their cluster's
+        elif fj is not None and cold[fj] > 0:  # a cold user's list is their cluster's
             out.append("popular with shoppers like you")
-        elif fj is not None and f[fj, NEW_IN_CATEGORY] > 0:
+        elif fj is not None and new[fj] > 0:
             out.append(f"new in {category}" if category else "new arrival")
         elif fj is not None and r in features.sources:
             src = features.sources[r]
             out.append(f"often {verb_of.get(src, 'viewed')} with {src}")
-        elif sims is not None and float(sims[j].max()) > 0.5 * float(V[r] @ V[r]):
-            src = ctx_ids[int(np.argmax(sims[j]))]
+        elif best and best[j] > 0.5 * own[j]:
+            src = ctx_ids[most_similar[j]]
             out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
-        elif r in trending or (sims is None and category is None):
+        elif r in trending or (not best and category is None):
             out.append(f"trending in {category}" if category else "popular now")
         elif category is not None:
             out.append(f"trending in {category}")
@@ -351,16 +359,19 @@ def recommend_for_users(
     top_r: list[Any] = []
     # Users go through in chunks: a chunk's score block stays cache-sized, where one
     # users x items matrix (400 MB at 1,000 x 100k) is bound by memory bandwidth.
+    available = torch.isfinite(static)  # unavailable rows are -inf
+    n_available = int(available.sum())
     for lo in range(0, len(users), _SCORE_CHUNK):
         chunk = users[lo:lo + _SCORE_CHUNK]
         scores = torch.addmm(static, tq[lo:lo + len(chunk)], vt)
+        # Each user's spread of dense scores over the available items, before any bonus.
+        spreads = ((scores if n_available == scores.shape[1] else scores[:, available])
+                   .std(dim=1).tolist() if n_available > 1 else [1.0] * len(chunk))
         for j, user in enumerate(chunk):
             row = scores[j]
             f = features[lo + j]
             if f.rows.size:
-                finite = row[torch.isfinite(row)]  # unavailable rows are -inf
-                scale = float(finite.std()) if finite.shape[0] > 1 else 1.0
-                bonus = blend.bonus(f, scale or 1.0)
+                bonus = blend.bonus(f, spreads[j] or 1.0)
                 row.index_add_(0, torch.from_numpy(f.rows), torch.from_numpy(bonus))
             excluded = [index[i] for i in excluded_items(user, config) if i in index]
             if excluded:

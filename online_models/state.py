@@ -399,20 +399,21 @@ class ItemRows:
         self._tails: list[bytes] = []
         numbers: list[tuple[int, float, float, float, int]] = []
         vectors: list[bytes] = []
-        dim = -1
+        width = -1  # bytes of a vector
         for blob in blobs:
-            row = _item_row(blob)
-            if dim not in (-1, row.dim):
-                raise ValueError(f"item {row.item_id!r} has dim {row.dim}, the others {dim}")
-            dim = row.dim
-            self.index[row.item_id] = len(self.ids)
-            self.ids.append(row.item_id)
-            self._layout.append((row.version, row.flags, row.price, row.n_nb))
-            self._tails.append(row.tail)
-            numbers.append(row.numbers)
-            vectors.append(row.vector)
+            item_id, layout, row_numbers, vector, tail = _item_row(blob)
+            if len(vector) != width and width != -1:
+                raise ValueError(f"item {item_id!r} has dim {len(vector) // 4}, the others "
+                                 f"{width // 4}")
+            width = len(vector)
+            self.index[item_id] = len(self.ids)
+            self.ids.append(item_id)
+            self._layout.append(layout)
+            self._tails.append(tail)
+            numbers.append(row_numbers)
+            vectors.append(vector)
         self.vectors = np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(
-            len(vectors), max(dim, 0)).copy()
+            len(vectors), max(width // 4, 0)).copy()
         n_events, acc, bias, trend, last_ts = zip(*numbers, strict=True) if numbers else [()] * 5
         self.n_events = np.array(n_events, dtype=np.int64)
         self.acc = np.array(acc, dtype=np.float64)
@@ -435,12 +436,10 @@ class ItemRows:
 
     def set_state(self, j: int, state: ItemState) -> None:
         """Replace row ``j`` by ``state`` (same id)."""
-        row = _item_row(state.to_bytes())
-        self._layout[j] = (row.version, row.flags, row.price, row.n_nb)
-        self._tails[j] = row.tail
-        self.vectors[j] = np.frombuffer(row.vector, dtype=np.float32)
+        _, self._layout[j], numbers, vector, self._tails[j] = _item_row(state.to_bytes())
+        self.vectors[j] = np.frombuffer(vector, dtype=np.float32)
         (self.n_events[j], self.acc[j], self.bias[j], self.trend[j],
-         self.last_ts[j]) = row.numbers
+         self.last_ts[j]) = numbers
 
     def neighbours(self, j: int) -> tuple[tuple[str, float], ...]:
         """Row ``j``'s co-visitation neighbours (see :attr:`ItemState.neighbours`)."""
@@ -492,17 +491,10 @@ class ItemRows:
                 for item_id, layout, vec, n, acc, bias, trend, ts, tail in columns}
 
 
-@dataclass(frozen=True, slots=True)
-class _ItemRow:
-    item_id: str
-    version: int
-    flags: int
-    price: float
-    n_nb: int
-    dim: int
-    numbers: tuple[int, float, float, float, int]  # n_events, acc, bias, trend, last_ts
-    vector: bytes
-    tail: bytes
+# What ItemRows keeps of one state: id, (version, flags, price, n_nb), the numbers a step
+# changes (n_events, acc, bias, trend, last_ts), the vector's bytes and the rest verbatim.
+_ItemRow = tuple[str, tuple[int, int, float, int], tuple[int, float, float, float, int], bytes,
+                 bytes]
 
 
 def _item_row(blob: bytes) -> _ItemRow:
@@ -525,9 +517,8 @@ def _item_row(blob: bytes) -> _ItemRow:
         flags = ((0 if state.category is None else _F_CATEGORY)
                  | (0 if state.brand is None else _F_BRAND)
                  | (0 if state.price is None else _F_PRICE))
-    return _ItemRow(item_id, version, flags, price, n_nb, dim,
-                    (n_events, acc, bias, trend, last_ts), blob[off:off + 4 * dim],
-                    blob[off + 4 * dim:])
+    return (item_id, (version, flags, price, n_nb), (n_events, acc, bias, trend, last_ts),
+            blob[off:off + 4 * dim], blob[off + 4 * dim:])
 
 
 def _pack_item_row(version: int, flags: int, price: float, n_nb: int, vector: np.ndarray,

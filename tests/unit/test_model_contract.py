@@ -174,6 +174,8 @@ def test_item_rows_write_what_item_state_writes(title: str | None) -> None:
     assert rows.lacks(2, {"brand": "b"}) and not rows.lacks(0, {"category": "c"})
     with pytest.raises(ValueError, match="contains NUL"):
         rows.set_neighbours(2, (("a\x00b", 1.0),))
+    with pytest.raises(ValueError, match="'i1' has dim 4, the others 16"):
+        ItemRows([bare.to_bytes(), ItemState.new("i1", dim=4, seed=0).to_bytes()])
 
 
 def test_job_split_equals_in_memory_model(events: list[Event]) -> None:
