@@ -214,6 +214,11 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     if not Path(args.path).exists():
         print(f"freshrec replay: {args.path} does not exist", file=sys.stderr)
         return 2
+    if Path(args.path).is_dir():
+        inside = ", ".join(sorted(p.name for p in Path(args.path).iterdir())[:5])
+        print(f"freshrec replay: {args.path} is a directory; pass a log file in it "
+              f"({inside or 'it is empty'})", file=sys.stderr)
+        return 2
     cfg = ModelConfig.from_mapping(settings.model)
     t0 = time.perf_counter()
     events, skipped = load_events(args.path, args.fmt, args.limit)

@@ -71,6 +71,13 @@ def test_replay_rejects_unknown_model(log: Path, capsys: pytest.CaptureFixture[s
     assert "unknown model" in capsys.readouterr().err
 
 
+def test_replay_names_the_files_of_a_directory(log: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(log.parent), "--format", "jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory; pass a log file in it" in err and log.name in err
+
+
 def test_replay_tune_reports_tuned_next_to_defaults(log: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     out_json = tmp_path / "tune.json"
