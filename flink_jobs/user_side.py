@@ -318,6 +318,7 @@ class UserSide:
         now = now_ms() if now is None else now
         stats, out = BundleStats(), OutputBundle()
         due: dict[str, tuple[UserState, RefreshState]] = {}
+        blobs: dict[str, bytes] = {}
         for uid in user_ids:
             value = stored.get(uid)
             if value is None:
@@ -325,8 +326,10 @@ class UserSide:
             blob, rs = unpack_user_value(value)
             if rs.timer_pending and blob:
                 due[uid] = (UserState.from_bytes(blob), rs)
+                blobs[uid] = blob
         lists = self._score(due, now, out, stats)
-        writes = {uid: pack_user_value(due[uid][0].to_bytes(), rs) for uid, rs in lists.items()}
+        # Scoring leaves the user state alone: its stored bytes go back as they came.
+        writes = {uid: pack_user_value(blobs[uid], rs) for uid, rs in lists.items()}
         return UserBundleResult(writes, [], {}, out, stats)
 
     def _score(self, due: Mapping[str, tuple[UserState, RefreshState]], now: int,
