@@ -111,14 +111,14 @@ def test_duplicates_are_dropped_within_and_across_bundles() -> None:
 def test_refreshes_within_the_interval_are_owed_then_scored() -> None:
     side, store = UserSide(settings()), Store()
     catalogue(side)
-    r1 = side.process([event(1, "u1", "i1")], store.load, now=T0)
+    r1 = side.process([event(1, "u1", "i1")], store.load, now=T0 + 10)
     store.apply(r1.writes)
-    r2 = side.process([event(2, "u1", "i2"), event(3, "u2", "i3")], store.load, now=T0 + 50)
+    r2 = side.process([event(2, "u1", "i2"), event(3, "u2", "i3")], store.load, now=T0 + 60)
     store.apply(r2.writes)
-    assert r2.owed == {"u1": T0 + 200}
+    assert r2.owed == {"u1": T0 + 250}  # 200 ms after the last list, up to the 50 ms grid
     published = decode_output_bundle(r2.output.to_bytes())[RECOMMENDATIONS]
     assert [k for k, _ in published] == [b"u2"] and r2.stats.coalesced == 1
-    r3 = side.refresh(["u1"], store.load(["u1"]), now=T0 + 200)
+    r3 = side.refresh(["u1"], store.load(["u1"]), now=T0 + 250)
     store.apply(r3.writes)
     rec = Recommendation.from_json(decode_output_bundle(r3.output.to_bytes())
                                     [RECOMMENDATIONS][0][1])
