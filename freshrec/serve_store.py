@@ -1,0 +1,157 @@
+"""The store of ``freshrec serve``: the topics it materialises, in LMDB on disk.
+
+Three tables in one LMDB environment (``serve.store_dir``):
+
+- ``recs``: user id -> the user's latest list, as :func:`pack_list` lays it out: store
+  format byte, ``seq`` and ``generated_at`` (so an ``If-None-Match`` is answered without
+  parsing), then the recommendation v1 record exactly as it was on the topic;
+- ``items``: item id -> the item-embedding v1 record exactly as it was on the changelog;
+- ``offsets``: ``topic`` NUL ``partition`` -> the next offset to read (8 bytes, big endian);
+
+plus ``meta`` (store format, the two topic names). A batch of records and the offsets after
+it are written in one transaction, so after any stop the store holds exactly the records
+before its offsets: a restart resumes there (no re-read), and a deleted store is rebuilt
+from the topics (compacted: they hold every user's and item's latest record). Readers
+(the HTTP handlers) never wait for the writer: LMDB gives each read transaction a snapshot.
+
+>>> import tempfile
+>>> from schemas.recommendation import Recommendation, ScoredItem
+>>> rec = Recommendation("u1", (ScoredItem("i2", 0.5, "popular now"),), "m", 7, 6, "e1", 3)
+>>> with tempfile.TemporaryDirectory() as d:
+...     store = Store(d, 2**24, "recs", "items")
+...     store.commit([Change("recs", 0, b"u1", pack_list(rec, rec.to_bytes()))], {("recs", 0): 12})
+...     header, body = store.get_list("u1")
+...     print(header, Recommendation.from_json(body) == rec, store.offsets())
+...     store.commit([Change("recs", 0, b"u1", None)], {("recs", 0): 13})
+...     print(store.get_list("u1"), store.offsets(), len(store))
+...     store.close()
+ListHeader(seq=3, generated_at=7) True {('recs', 0): 12}
+None {('recs', 0): 13} 0
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from schemas.recommendation import Recommendation
+
+# Bump when the layout of any table changes; a store of another format is refused.
+STORE_FORMAT = 1
+_LIST_HEADER = struct.Struct(">BQq")  # format, seq, generated_at (epoch ms)
+_OFFSET = struct.Struct(">q")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used with these settings; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListHeader:
+    seq: int
+    generated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One record read from a topic: ``value`` None is a tombstone (the key is deleted)."""
+
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes | None
+
+
+def pack_list(rec: Recommendation, record: bytes) -> bytes:
+    """The ``recs`` value of a list: header, then the topic record's bytes."""
+    return _LIST_HEADER.pack(STORE_FORMAT, rec.seq, rec.generated_at) + record
+
+
+class Store:
+    """The LMDB environment at ``path`` for the topics ``recs_topic`` and ``items_topic``.
+
+    One writer (the consumer thread) and any number of readers; ``map_size`` bounds the
+    file (disk is only used as data arrives).
+    """
+
+    def __init__(self, path: str | Path, map_size: int, recs_topic: str,
+                 items_topic: str) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.recs_topic, self.items_topic = recs_topic, items_topic
+        # metasync=False: the data pages are flushed at every commit, the meta page lazily; a
+        # machine crash may lose the last commits but never mixes data with other offsets.
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, metasync=False,
+                             readahead=False)
+        self._meta = self.env.open_db(b"meta")
+        self._recs = self.env.open_db(b"recs")
+        self._items = self.env.open_db(b"items")
+        self._offsets = self.env.open_db(b"offsets")
+        self._check_meta()
+
+    def _check_meta(self) -> None:
+        want = {b"format": str(STORE_FORMAT).encode(), b"recs_topic": self.recs_topic.encode(),
+                b"items_topic": self.items_topic.encode()}
+        with self.env.begin(db=self._meta, write=True) as txn:
+            have = {k: txn.get(k) for k in want}
+            if all(v is None for v in have.values()):
+                for k, v in want.items():
+                    txn.put(k, v)
+                return
+        if have != want:
+            shown = {k.decode(): (v or b"").decode() for k, v in have.items()}
+            raise StoreError(
+                f"serve.store_dir {self.path} holds a store of {shown}, not of format "
+                f"{STORE_FORMAT} for topics {self.recs_topic} and {self.items_topic}: point "
+                "serve.store_dir elsewhere, or delete it to rebuild it from the topics")
+
+    def commit(self, changes: Iterable[Change], offsets: Mapping[tuple[str, int], int]) -> None:
+        """Apply ``changes`` (recommendation records must be valid: see :func:`pack_list`)
+        and store ``offsets`` in one transaction."""
+        with self.env.begin(write=True) as txn:
+            for ch in changes:
+                db = self._recs if ch.topic == self.recs_topic else self._items
+                if ch.value is None:
+                    txn.delete(ch.key, db=db)
+                else:
+                    txn.put(ch.key, ch.value, db=db)
+            for (topic, partition), offset in offsets.items():
+                txn.put(f"{topic}\0{partition}".encode(), _OFFSET.pack(offset), db=self._offsets)
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        """``(topic, partition) -> next offset`` as committed."""
+        out: dict[tuple[str, int], int] = {}
+        with self.env.begin(db=self._offsets) as txn:
+            for key, value in txn.cursor():
+                topic, _, partition = bytes(key).decode().rpartition("\0")
+                out[(topic, int(partition))] = _OFFSET.unpack(value)[0]
+        return out
+
+    def get_list(self, user_id: str) -> tuple[ListHeader, bytes] | None:
+        """The stored list of a user: its header and the recommendation v1 record."""
+        with self.env.begin(db=self._recs) as txn:
+            value = txn.get(user_id.encode("utf-8"))
+        if value is None:
+            return None
+        _, seq, generated_at = _LIST_HEADER.unpack_from(value)
+        return ListHeader(seq, generated_at), value[_LIST_HEADER.size:]
+
+    def items(self) -> Iterator[bytes]:
+        """Every stored item-embedding record (one read snapshot)."""
+        with self.env.begin(db=self._items) as txn:
+            for value in txn.cursor().iternext(keys=False, values=True):
+                yield bytes(value)
+
+    def __len__(self) -> int:
+        """Users with a list."""
+        with self.env.begin() as txn:
+            return int(txn.stat(self._recs)["entries"])
+
+    def close(self) -> None:
+        """Flush to disk and close (after the writer has stopped)."""
+        self.env.sync(True)
+        self.env.close()
