@@ -169,7 +169,7 @@ def check_id(value: Any, name: str, max_len: int) -> str | DecodeError:
     """An id or label: a non-empty string without control characters (events, and the ids
     in ``freshrec serve``'s paths).
 
-    >>> check_id("u42", "user_id", 128), check_id("u\n42", "user_id", 128).message
+    >>> check_id("u42", "user_id", 128), check_id("u\\n42", "user_id", 128).message
     ('u42', 'user_id contains control characters')
     """
     if type(value) is not str:
