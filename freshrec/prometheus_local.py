@@ -80,6 +80,7 @@ def scrape_targets(settings: Settings, produce_port: int = PRODUCE_METRICS_PORT,
                                    for p in _port_range(settings.cluster.metrics_ports)],
         "freshrec-produce": [f"127.0.0.1:{produce_port}"] if produce_port > 0 else [],
         "freshrec-replay": [f"127.0.0.1:{replay_port}"] if replay_port > 0 else [],
+        "freshrec-serve": [f"127.0.0.1:{settings.serve.port}"],
     }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import hmac
 import ipaddress
 import logging
@@ -169,7 +170,11 @@ class Materializer(threading.Thread):
         consumer = kafka_config.consumer(
             self.settings, client_id="freshrec-serve", group_id=None,
             enable_auto_commit=False, isolation_level="read_committed",
-            auto_offset_reset="earliest")
+            auto_offset_reset="earliest",
+            # kafka-python checks CRC32C in pure Python: 60% of this thread's time while
+            # rebuilding (py-spy). The broker checked each batch when it was written, and a
+            # damaged record fails its schema decoder here and is skipped.
+            check_crcs=False)
         try:
             partitions = self._partitions(consumer)
             for topic in (self.store.recs_topic, self.store.items_topic):  # series from 0
@@ -346,6 +351,11 @@ class Service:
 
     # -- replica updates (on the loop, from the consumer thread) ---------------------------
     def apply_items(self, batch: list[tuple[str, ItemEmbedding | None]]) -> None:
+        if not self.items_loaded:
+            # The first batch ends the start-up (torch imported, stored items loaded): move
+            # what exists now out of the collector's sight, so that full collections, which
+            # would scan torch's and the replica's objects, stop stalling requests.
+            gc.freeze()
         for item_id, emb in batch:
             if emb is None:
                 self.removed.add(item_id)
