@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,11 @@ def say(msg: str) -> None:
 
 
 def a_list(user: str, seq: int, now: int) -> Recommendation:
-    items = tuple(ScoredItem(f"item-{(hash(user) + 7 * j) % 50_000}", 1.0 - j / 50,
-                             "bought with item-123") for j in range(20))
+    # Ids and reasons vary as in the job's lists (they decide the compressed size).
+    base = zlib.crc32(user.encode())
+    items = tuple(ScoredItem(f"item-{(base + 7 * j) % 50_000}", 1.0 - j / 50 + seq / 1e4,
+                             f"similar to item-{(base + 13 * j) % 50_000} you viewed")
+                  for j in range(20))
     return Recommendation(user, items, "freshrec-d32", now, now, f"ev-{user}-{seq}", seq)
 
 

@@ -400,14 +400,13 @@ class Service:
         k = parse_k(request.query)
         key = (pseudonymize(self.pseudonym_key, user_id) if self.pseudonym_key is not None
                else user_id)
-        found = self.store.get_list(key)
-        if found is None:
+        stored = self.store.get_list(key)
+        if stored is None:
             return _error(404, f"no recommendations for user {user_id!r}")
-        header, record = found
-        etag = f'"{header.seq}-{header.generated_at}"'
+        etag = f'"{stored.seq}-{stored.generated_at}"'
         if etag_matches(request.headers.get("If-None-Match"), etag):
             return web.Response(status=304, headers={"ETag": etag})
-        rec = Recommendation.from_json(record)
+        rec = Recommendation.from_json(stored.record())
         self.metrics.staleness.observe(max(time.time() - rec.generated_at / 1000.0, 0.0))
         return _json(200, {
             "user_id": user_id,

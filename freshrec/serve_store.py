@@ -4,7 +4,10 @@ Three tables in one LMDB environment (``serve.store_dir``):
 
 - ``recs``: user id -> the user's latest list, as :func:`pack_list` lays it out: store
   format byte, ``seq`` and ``generated_at`` (so an ``If-None-Match`` is answered without
-  parsing), then the recommendation v1 record exactly as it was on the topic;
+  parsing), then the recommendation v1 record as it was on the topic, zlib-compressed
+  (level 1): a 20-item list shrinks from ~1.6 KB to 0.3-0.6 KB, which LMDB then packs
+  several to a 4 KB page instead of one or two (3.5 GiB per million lists uncompressed),
+  for ~4 us of inflating per answer;
 - ``items``: item id -> the item-embedding v1 record exactly as it was on the changelog;
 - ``offsets``: ``topic`` NUL ``partition`` -> the next offset to read (8 bytes, big endian);
 
@@ -20,20 +23,21 @@ from the topics (compacted: they hold every user's and item's latest record). Re
 >>> with tempfile.TemporaryDirectory() as d:
 ...     store = Store(d, 2**24, "recs", "items")
 ...     store.commit([Change("recs", 0, b"u1", pack_list(rec, rec.to_bytes()))], {("recs", 0): 12})
-...     header, body = store.get_list("u1")
-...     print(header, Recommendation.from_json(body) == rec, store.offsets())
+...     stored = store.get_list("u1")
+...     print(stored, Recommendation.from_json(stored.record()) == rec, store.offsets())
 ...     store.commit([Change("recs", 0, b"u1", None)], {("recs", 0): 13})
 ...     print(store.get_list("u1"), store.offsets(), len(store))
 ...     store.close()
-ListHeader(seq=3, generated_at=7) True {('recs', 0): 12}
+StoredList(seq=3, generated_at=7) True {('recs', 0): 12}
 None {('recs', 0): 13} 0
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
@@ -51,9 +55,16 @@ class StoreError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class ListHeader:
+class StoredList:
+    """A user's stored list: ``seq`` and ``generated_at`` at hand, the record compressed."""
+
     seq: int
     generated_at: int
+    compressed: bytes = field(repr=False)
+
+    def record(self) -> bytes:
+        """The recommendation v1 record, as it was on the topic."""
+        return zlib.decompress(self.compressed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +78,8 @@ class Change:
 
 
 def pack_list(rec: Recommendation, record: bytes) -> bytes:
-    """The ``recs`` value of a list: header, then the topic record's bytes."""
-    return _LIST_HEADER.pack(STORE_FORMAT, rec.seq, rec.generated_at) + record
+    """The ``recs`` value of a list: header, then the topic record's bytes, compressed."""
+    return _LIST_HEADER.pack(STORE_FORMAT, rec.seq, rec.generated_at) + zlib.compress(record, 1)
 
 
 class Store:
@@ -131,14 +142,14 @@ class Store:
                 out[(topic, int(partition))] = _OFFSET.unpack(value)[0]
         return out
 
-    def get_list(self, user_id: str) -> tuple[ListHeader, bytes] | None:
-        """The stored list of a user: its header and the recommendation v1 record."""
+    def get_list(self, user_id: str) -> StoredList | None:
+        """The stored list of a user."""
         with self.env.begin(db=self._recs) as txn:
             value = txn.get(user_id.encode("utf-8"))
         if value is None:
             return None
         _, seq, generated_at = _LIST_HEADER.unpack_from(value)
-        return ListHeader(seq, generated_at), value[_LIST_HEADER.size:]
+        return StoredList(seq, generated_at, value[_LIST_HEADER.size:])
 
     def items(self) -> Iterator[bytes]:
         """Every stored item-embedding record (one read snapshot)."""

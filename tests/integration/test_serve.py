@@ -153,7 +153,7 @@ def test_lists_etag_tombstones_and_aborted_lists(topics: Topics, serve_process: 
     store = Store(topics.store_dir, 2**30, topics.recs, topics.items)
     try:
         assert store.get_list("u5") is None and store.get_list("ghost") is None
-        assert store.get_list("u0")[0].seq == 2 and len(store) == 19
+        assert store.get_list("u0").seq == 2 and len(store) == 19
     finally:
         store.close()
 
