@@ -41,7 +41,7 @@ from aiohttp import web
 from freshrec.metrics import SERVE_LATENCY_BUCKETS_S, SERVE_METRICS, STALENESS_BUCKETS_S
 from freshrec.privacy import PseudonymKeyError, load_key, pseudonymize
 from freshrec.serve_store import Change, Store, StoreError, pack_list
-from freshrec.settings import Settings
+from freshrec.settings import Settings, SettingsError, load_settings
 from online_models.config import ModelConfig
 from online_models.core import apply_item_embedding, similar_items
 from online_models.replica import ItemReplica
@@ -513,9 +513,13 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if overrides:
-        settings = settings.replace("serve", **overrides)
+    flags = [f"serve.{k}={v}" for k, v in (("host", args.host), ("port", args.port))
+             if v is not None]
+    try:  # --host/--port are --set serve.host/serve.port: validated the same way
+        settings = load_settings(args.config, overrides=[*args.overrides, *flags])
+    except SettingsError as exc:
+        print(f"freshrec serve: bad setting: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:

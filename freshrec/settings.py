@@ -338,9 +338,8 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key == "model.blend_learning_rate" and not 0 <= value < math.inf:
         raise SettingsError(
             f"{key}: must be a finite number >= 0 (0 = fixed blend), got {value}{where}")
-    if key == "serve.port" and not 0 <= value <= 65535:
-        raise SettingsError(f"{key}: must be a TCP port 0..65535 (0 = any free one), "
-                            f"got {value}{where}")
+    if key == "serve.port" and not 0 < value <= 65535:
+        raise SettingsError(f"{key}: must be a TCP port 1..65535, got {value}{where}")
     if key == "model.ann_min_items" and value < 0:
         raise SettingsError(f"{key}: must be >= 0 (0 = always exact), got {value}{where}")
     negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")

@@ -32,7 +32,7 @@ def test_auth_token_comes_from_the_environment_only(tmp_path: Path) -> None:
         load_settings(env={}, overrides=["serve.auth_token=s3cret"])
 
 
-@pytest.mark.parametrize("override", ["serve.port=70000", "serve.port=-1",
+@pytest.mark.parametrize("override", ["serve.port=70000", "serve.port=0",
                                       "serve.store_max_gb=0"])
 def test_bad_serve_settings_are_refused_by_name(override: str) -> None:
     with pytest.raises(SettingsError, match=override.split("=")[0].replace(".", r"\.")):
