@@ -170,7 +170,7 @@ def fill_store(path: Path, settings: Settings, lists: int) -> float:
     batch: list[Change] = []
     for u in range(lists):
         rec = a_list(f"u{u}", 1, now)
-        batch.append(Change(topics.recommendations, 0, rec.user_id.encode(),
+        batch.append(Change(topics.recommendations, rec.user_id.encode(),
                             pack_list(rec, rec.to_bytes())))
         if len(batch) == 20_000:
             store.commit(batch, {})

@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import logging
 import signal
+import struct
 import sys
 import threading
 import time
@@ -211,10 +212,11 @@ class Materializer(threading.Thread):
             read.inc(len(messages))
             self.records_read += len(messages)
             for m in messages:
-                change = self._decode(tp.topic, tp.partition, m.key, m.value, is_recs, items)
+                change = self._decode(tp.topic, m.key, m.value, is_recs, items)
                 if change is None:
                     self.metrics.records_skipped.labels(topic=tp.topic).inc()
-                    log.warning("record %s/%s@%s skipped: not a valid v1 record with a key",
+                    log.warning("record %s/%s@%s skipped: no usable key, or not a valid v1 "
+                                "record",
                                 tp.topic, tp.partition, m.offset)
                 else:
                     changes.append(change)
@@ -237,25 +239,25 @@ class Materializer(threading.Thread):
             self.metrics.lag.labels(topic=topic).set(n)
         self.lag = lag
 
-    @staticmethod
-    def _decode(topic: str, partition: int, key: bytes | None, value: bytes | None,
-                is_recs: bool, items: list[tuple[str, ItemEmbedding | None]]
-                ) -> Change | None:
-        if key is None:
+    def _decode(self, topic: str, key: bytes | None, value: bytes | None, is_recs: bool,
+                items: list[tuple[str, ItemEmbedding | None]]) -> Change | None:
+        """The store's change for one record, or None to skip it (no usable key, or not a
+        valid v1 record: whatever the topic holds must not stop the consumer)."""
+        if not key or len(key) > self.store.max_key_bytes:
             return None
         if value is None:  # tombstone: the user was forgotten, or the item removed
             if not is_recs:
                 items.append((key.decode("utf-8", "replace"), None))
-            return Change(topic, partition, key, None)
+            return Change(topic, key, None)
         try:
             if is_recs:
                 rec = Recommendation.from_json(value)
-                return Change(topic, partition, key, pack_list(rec, value))
+                return Change(topic, key, pack_list(rec, value))
             emb = ItemEmbedding.from_bytes(value)
-        except (ValueError, TypeError, AttributeError):
-            return None
+        except (ValueError, TypeError, AttributeError, struct.error):
+            return None  # struct.error: seq or generated_at beyond the store's 64 bits
         items.append((emb.item_id, emb))
-        return Change(topic, partition, key, value)
+        return Change(topic, key, value)
 
 
 # ------------------------------------------------------------------------------- HTTP

@@ -22,10 +22,10 @@ from the topics (compacted: they hold every user's and item's latest record). Re
 >>> rec = Recommendation("u1", (ScoredItem("i2", 0.5, "popular now"),), "m", 7, 6, "e1", 3)
 >>> with tempfile.TemporaryDirectory() as d:
 ...     store = Store(d, 2**24, "recs", "items")
-...     store.commit([Change("recs", 0, b"u1", pack_list(rec, rec.to_bytes()))], {("recs", 0): 12})
+...     store.commit([Change("recs", b"u1", pack_list(rec, rec.to_bytes()))], {("recs", 0): 12})
 ...     stored = store.get_list("u1")
 ...     print(stored, Recommendation.from_json(stored.record()) == rec, store.offsets())
-...     store.commit([Change("recs", 0, b"u1", None)], {("recs", 0): 13})
+...     store.commit([Change("recs", b"u1", None)], {("recs", 0): 13})
 ...     print(store.get_list("u1"), store.offsets(), len(store))
 ...     store.close()
 StoredList(seq=3, generated_at=7) True {('recs', 0): 12}
@@ -72,7 +72,6 @@ class Change:
     """One record read from a topic: ``value`` None is a tombstone (the key is deleted)."""
 
     topic: str
-    partition: int
     key: bytes
     value: bytes | None
 
@@ -102,6 +101,8 @@ class Store:
         self._recs = self.env.open_db(b"recs")
         self._items = self.env.open_db(b"items")
         self._offsets = self.env.open_db(b"offsets")
+        # LMDB keys are 1..511 bytes: 128 characters of UTF-8 may take 512.
+        self.max_key_bytes = self.env.max_key_size()
         self._check_meta()
 
     def _check_meta(self) -> None:
@@ -121,8 +122,8 @@ class Store:
                 "serve.store_dir elsewhere, or delete it to rebuild it from the topics")
 
     def commit(self, changes: Iterable[Change], offsets: Mapping[tuple[str, int], int]) -> None:
-        """Apply ``changes`` (recommendation records must be valid: see :func:`pack_list`)
-        and store ``offsets`` in one transaction."""
+        """Apply ``changes`` (keys of 1 to ``max_key_bytes`` bytes; recommendation records
+        packed by :func:`pack_list`) and store ``offsets``, in one transaction."""
         with self.env.begin(write=True) as txn:
             for ch in changes:
                 db = self._recs if ch.topic == self.recs_topic else self._items
@@ -144,8 +145,11 @@ class Store:
 
     def get_list(self, user_id: str) -> StoredList | None:
         """The stored list of a user."""
+        key = user_id.encode("utf-8")
+        if len(key) > self.max_key_bytes:  # never stored (see Materializer)
+            return None
         with self.env.begin(db=self._recs) as txn:
-            value = txn.get(user_id.encode("utf-8"))
+            value = txn.get(key)
         if value is None:
             return None
         _, seq, generated_at = _LIST_HEADER.unpack_from(value)

@@ -7,6 +7,7 @@ Lists come from a transactional producer (committed and aborted), from the real 
 from __future__ import annotations
 
 import http.client
+import json
 import shutil
 import time
 import uuid
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -156,6 +158,38 @@ def test_lists_etag_tombstones_and_aborted_lists(topics: Topics, serve_process: 
         assert store.get_list("u0").seq == 2 and len(store) == 19
     finally:
         store.close()
+
+
+def test_hostile_records_on_the_topics_are_skipped(topics: Topics, serve_process: Any
+                                                   ) -> None:
+    good = a_list("u1", 1).to_bytes()
+    doc = a_list("u1", 1).to_json()
+    bad_lists: list[tuple[bytes, bytes]] = [
+        # (A compacted topic refuses records without a key.) Empty, too long for LMDB:
+        (b"", good), (b"x" * 600, good),
+        (b"u1", b"not json"), (b"u1", b"[]"), (b"u1", b'{"schema_version": 2}'),
+        (b"u1", orjson.dumps({**doc, "seq": -1})),
+        (b"u1", json.dumps({**doc, "seq": 2**65}).encode()),
+        (b"u1", orjson.dumps({**doc, "items": [1, 2]})),
+    ]
+    p = topics.producer
+    p.begin_transaction()
+    for key, value in bad_lists:
+        p.send(topics.recs, key=key, value=value)
+    p.send(topics.items, key=b"i1", value=b"{}")
+    p.send(topics.items, key=b"", value=an_item("i2", np.ones(32)).to_bytes())
+    p.commit_transaction()
+    topics.send(lists=[a_list("after", 1)])
+    serve = serve_process(topics.overrides())
+    serve.wait_ready()
+    assert serve.get("/v1/users/after/recommendations").status == 200
+    assert serve.get("/v1/users/u1/recommendations").status == 404
+    assert serve.get("/v1/items/i1/similar").status == 404
+    skipped = "freshrec_serve_records_skipped_total"
+    assert serve.metric(skipped, topic=topics.recs) == len(bad_lists)
+    assert serve.metric(skipped, topic=topics.items) == 2
+    # 128 characters, 512 bytes of UTF-8: a valid id that no store key can hold.
+    assert serve.get("/v1/users/" + quote("\U0001f600" * 128) + "/recommendations").status == 404
 
 
 def test_similar_items_by_learned_vectors(topics: Topics, serve_process: Any) -> None:

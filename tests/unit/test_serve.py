@@ -91,7 +91,7 @@ def test_unavailable_items_are_never_similar() -> None:
 def test_store_refuses_other_topics_and_keeps_offsets_with_data(tmp_path: Path) -> None:
     store = Store(tmp_path, 2**24, "recs", "items")
     rec = Recommendation("u1", (ScoredItem("i1", 1.0, "r"),), "m", 5, 4, "e", 2)
-    store.commit([Change("recs", 1, b"u1", pack_list(rec, rec.to_bytes()))], {("recs", 1): 8})
+    store.commit([Change("recs", b"u1", pack_list(rec, rec.to_bytes()))], {("recs", 1): 8})
     # A failed transaction writes neither data nor offsets.
     with pytest.raises(RuntimeError), store.env.begin(write=True) as txn:
         txn.put(b"u2", b"x", db=store._recs)
