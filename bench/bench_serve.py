@@ -24,7 +24,7 @@ Usage::
 
 Goals (issue 12): >= 5,000 requests/s with 100k users, p99 <= 10 ms at half that rate;
 p99 freshness <= 100 ms; serving within 5 s of start with 1M stored lists. Prints the
-figures and writes ``bench/results/serve.json``.
+figures and writes ``bench/results/serve.json`` and the curve ``docs/img/serve.png``.
 """
 
 from __future__ import annotations
@@ -202,6 +202,30 @@ def start_up(overrides: list[str], log: Path, user: str) -> dict[str, float]:
     return {"first_list_s": first, "ready_s": ready}
 
 
+def plot(results: dict[str, Any], path: Path) -> None:
+    """The latency curve: p50/p99 against the achieved rate, and the most requests/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paced = results["paced"]
+    rates = [p["rps"] for p in paced]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(rates, [p["p50_ms"] for p in paced], "o-", label="p50")
+    ax.plot(rates, [p["p99_ms"] for p in paced], "s-", label="p99")
+    ax.axhline(10, color="grey", ls=":", label="goal: p99 10 ms")
+    ax.axvline(results["max"]["rps"], color="tab:red", ls="--",
+               label=f"most: {results['max']['rps']:,.0f}/s")
+    ax.set_xlabel("requests/s (wrk, GET a random user's list of 100k, k=10)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("freshrec serve on 2 shared cores")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -214,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run")
     ap.add_argument("--samples", type=int, default=300, help="freshness samples")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "serve.json")
+    ap.add_argument("--plot", type=Path, default=REPO_ROOT / "docs" / "img" / "serve.png")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
         sys.exit("bench_serve: needs wrk (Debian: apt-get install wrk)")
@@ -283,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    say(f"wrote {args.out}")
+    plot(results, args.plot)
+    say(f"wrote {args.out} and {args.plot}")
     return 0
 
 
