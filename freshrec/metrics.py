@@ -138,7 +138,8 @@ _SERVE = [
     MetricSpec("freshrec_serve_records_read_total", "counter",
                "Records read from a topic into the store.", ("topic",)),
     MetricSpec("freshrec_serve_records_skipped_total", "counter",
-               "Records left out of the store (no usable key, or not a valid v1 record).", ("topic",)),
+               "Records left out of the store (no usable key, or not a valid v1 record).",
+               ("topic",)),
     MetricSpec("freshrec_serve_ready", "gauge",
                "1 once the store caught up with the topics' end offsets taken at start."),
 ]

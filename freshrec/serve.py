@@ -10,10 +10,10 @@ A consumer thread reads ``topics.recommendations`` (read_committed, every partit
 consumer group) and ``topics.item_embeddings`` into the LMDB store of
 :mod:`freshrec.serve_store`, committing each batch with the offsets after it; a restart
 resumes at the stored offsets. The HTTP side (aiohttp, on the asyncio loop of the main
-thread) answers lists from the store and similar items from an in-memory item replica,
-the model core's own (:func:`online_models.core.similar_items`), which only the loop
-touches: the consumer hands it decoded records. Routes and their answers:
-``docs/serving.md``.
+thread) answers lists from the store, and similar items from an in-memory item replica
+with the model core's own retrieval (:func:`online_models.core.similar_items`) on a worker
+thread, so that a long scan never holds up list requests; a lock keeps the consumer's
+updates and those queries apart. Routes and their answers: ``docs/serving.md``.
 
 SIGTERM or SIGINT: the server stops accepting, the consumer finishes its batch and closes,
 the store is flushed, and the command exits 0.
@@ -109,10 +109,11 @@ class ServeMetrics:
 
 
 class Materializer(threading.Thread):
-    """Reads both topics into the store; hands item records to the loop's replica.
+    """Reads both topics into the store, and item records into the replica.
 
     ``on_items`` is called (from this thread) with the item-embedding records of each
-    batch, and first with those already stored; ``None`` for an item id means a tombstone.
+    batch, first with those already stored (``items_loaded`` is set after them); ``None``
+    for an item id means a tombstone.
     """
 
     def __init__(self, settings: Settings, store: Store, metrics: ServeMetrics,
@@ -124,6 +125,7 @@ class Materializer(threading.Thread):
         self.on_items = on_items
         self.stopping = threading.Event()
         self.ready = threading.Event()
+        self.items_loaded = threading.Event()
         self.error: BaseException | None = None
         self.lag: dict[str, int] = {}
         self.records_read = 0
@@ -149,6 +151,11 @@ class Materializer(threading.Thread):
                 self.on_items(batch)
                 batch = []
         self.on_items(batch)
+        # Start-up is over (torch imported, stored items loaded): move what exists now out of
+        # the collector's sight, so that full collections, which would scan torch's and the
+        # replica's objects, stop stalling requests.
+        gc.freeze()
+        self.items_loaded.set()
 
     def _partitions(self, consumer: Any) -> list[Any]:
         from kafka import TopicPartition
@@ -345,28 +352,29 @@ class Service:
         self.config = ModelConfig.from_mapping(dataclasses.asdict(settings.model))
         self.replica = ItemReplica(self.config)
         self.removed: set[str] = set()  # items tombstoned on the changelog
-        self.items_loaded = False
+        self.replica_lock = threading.Lock()  # the consumer writes, similar-item queries read
         self.materializer: Materializer | None = None
         token = settings.serve.auth_token
         self.token = f"Bearer {token}".encode() if token else None
         self.max_id = settings.job.max_id_length
 
-    # -- replica updates (on the loop, from the consumer thread) ---------------------------
+    # -- the item replica (the consumer thread writes, worker threads query) ---------------
     def apply_items(self, batch: list[tuple[str, ItemEmbedding | None]]) -> None:
-        if not self.items_loaded:
-            # The first batch ends the start-up (torch imported, stored items loaded): move
-            # what exists now out of the collector's sight, so that full collections, which
-            # would scan torch's and the replica's objects, stop stalling requests.
-            gc.freeze()
-        for item_id, emb in batch:
-            if emb is None:
-                self.removed.add(item_id)
-                if item_id in self.replica:  # never suggested again
-                    self.replica.upsert(item_id, meta={"available": False})
-            else:
-                self.removed.discard(item_id)
-                apply_item_embedding(self.replica, emb)
-        self.items_loaded = True
+        with self.replica_lock:
+            for item_id, emb in batch:
+                if emb is None:
+                    self.removed.add(item_id)
+                    if item_id in self.replica:  # never suggested again
+                        self.replica.upsert(item_id, meta={"available": False})
+                else:
+                    self.removed.discard(item_id)
+                    apply_item_embedding(self.replica, emb)
+
+    def similar_to(self, item_id: str, k: int) -> list[tuple[str, float]] | None:
+        with self.replica_lock:
+            if item_id in self.removed:
+                return None
+            return similar_items(self.replica, item_id, k, self.config)
 
     # -- middleware -------------------------------------------------------------------------
     @web.middleware
@@ -421,10 +429,9 @@ class Service:
     async def similar(self, request: web.Request) -> web.Response:
         item_id = parse_id(request.match_info["item_id"], "item_id", self.max_id)
         k = parse_k(request.query)
-        if not self.items_loaded:
+        if self.materializer is None or not self.materializer.items_loaded.is_set():
             return _error(503, "item vectors are still loading from the store")
-        found = None if item_id in self.removed else similar_items(
-            self.replica, item_id, k, self.config)
+        found = await asyncio.to_thread(self.similar_to, item_id, k)
         if found is None:
             return _error(404, f"unknown item {item_id!r}")
         return _json(200, {"item_id": item_id,
@@ -432,7 +439,7 @@ class Service:
 
     async def healthz(self, request: web.Request) -> web.Response:
         m = self.materializer
-        ready = m is not None and m.ready.is_set() and self.items_loaded
+        ready = m is not None and m.ready.is_set()  # set after the stored items are loaded
         lag = dict(m.lag) if m is not None else {}
         return _json(200 if ready else 503, {"status": "ready" if ready else "catching up",
                                              "lag": lag})
@@ -482,9 +489,7 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    materializer = Materializer(
-        settings, store, metrics,
-        lambda batch: loop.call_soon_threadsafe(service.apply_items, batch))
+    materializer = Materializer(settings, store, metrics, service.apply_items)
     service.materializer = materializer
     runner = web.AppRunner(service.app(), access_log=None, handle_signals=False)
     await runner.setup()
