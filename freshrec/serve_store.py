@@ -34,6 +34,7 @@ None {('recs', 0): 13} 0
 
 from __future__ import annotations
 
+import fcntl
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -93,6 +94,15 @@ class Store:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.recs_topic, self.items_topic = recs_topic, items_topic
+        # One process per store: a second one would read the same records again, and write
+        # them over the first one's.
+        self._owner = (self.path / "owner.lock").open("a+")
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._owner.close()
+            raise StoreError(f"serve.store_dir {self.path} is in use by another process (one "
+                             "freshrec serve per store)") from None
         # metasync=False: the data pages are flushed at every commit, the meta page lazily; a
         # machine crash may lose the last commits but never mixes data with other offsets.
         self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, metasync=False,
@@ -103,7 +113,12 @@ class Store:
         self._offsets = self.env.open_db(b"offsets")
         # LMDB keys are 1..511 bytes: 128 characters of UTF-8 may take 512.
         self.max_key_bytes = self.env.max_key_size()
-        self._check_meta()
+        try:
+            self._check_meta()
+        except StoreError:
+            self.env.close()
+            self._owner.close()
+            raise
 
     def _check_meta(self) -> None:
         want = {b"format": str(STORE_FORMAT).encode(), b"recs_topic": self.recs_topic.encode(),
@@ -170,3 +185,4 @@ class Store:
         """Flush to disk and close (after the writer has stopped)."""
         self.env.sync(True)
         self.env.close()
+        self._owner.close()  # releases the lock

@@ -100,6 +100,9 @@ def test_store_refuses_other_topics_and_keeps_offsets_with_data(tmp_path: Path) 
     again = Store(tmp_path, 2**24, "recs", "items")
     assert again.offsets() == {("recs", 1): 8} and len(again) == 1
     assert again.get_list("u1") is not None and again.get_list("u2") is None
+    with pytest.raises(StoreError, match="in use by another process"):
+        Store(tmp_path, 2**24, "recs", "items")
     again.close()
-    with pytest.raises(StoreError, match=r"serve\.store_dir"):
+    with pytest.raises(StoreError, match=r"serve\.store_dir .* holds a store of"):
         Store(tmp_path, 2**24, "other-recs", "items")
+    Store(tmp_path, 2**24, "recs", "items").close()  # a refusal leaves the store unlocked
