@@ -98,17 +98,17 @@ class ServeProcess:
                     return float(sample.value)
         return 0.0
 
-    def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM; the exit code (killed and failed if it does not stop in time)."""
+    def stop(self, timeout_s: float = 30.0, sig: signal.Signals = signal.SIGTERM) -> int:
+        """Send ``sig``; the exit code (killed and failed if it does not stop in time)."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
-                raise AssertionError(f"freshrec serve ignored SIGTERM for {timeout_s:.0f}s:\n"
+                raise AssertionError(f"freshrec serve ignored {sig.name} for {timeout_s:.0f}s:\n"
                                      f"{self.log_tail()}") from None
         return int(self.proc.returncode)
