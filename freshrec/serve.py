@@ -495,7 +495,11 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
     await runner.setup()
     try:
         site = web.TCPSite(runner, s.host, s.port, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ServeError(f"serve.port: cannot listen on {s.host}:{s.port}: "
+                             f"{exc.strerror}") from None
         materializer.start()
         announce(f"freshrec serve: http://{s.host}:{s.port} ({len(store)} users in the store "
                  f"at {s.store_dir}; /healthz turns ready once caught up)")
