@@ -47,7 +47,7 @@ from online_models.blend import (
 )
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
-from online_models.core import recommend_for_users
+from online_models.core import apply_item_embedding, recommend_for_users
 from online_models.covisit import CoVisitTable
 from online_models.model import cold_start_bonus, learn_cold_start
 from online_models.replica import ItemReplica
@@ -414,13 +414,5 @@ class UserSide:
         return stored, newest
 
     def apply_embedding(self, emb: ItemEmbedding) -> None:
-        meta = {"category": emb.category, "brand": emb.brand, "price": emb.price,
-                "available": emb.available, "title": emb.title}
-        # The changelog carries the log trend as of updated_at; rebase it on the replica's
-        # own forward-decay origin so all items stay comparable.
-        trend = None if emb.trend is None else emb.trend + self.replica.log_time(emb.updated_at)
-        # Until its first interaction an item lives where its category's items have moved.
-        vector = (self.replica.cold_item_vector(emb.item_id, meta) if emb.n_events == 0
-                  else np.asarray(emb.vector, dtype=np.float32))
-        self.replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)
+        apply_item_embedding(self.replica, emb)
         self.covisit.set_item(emb.item_id, emb.neighbours, float(emb.n_events))

@@ -20,6 +20,7 @@ _COMMANDS = (
     "freshrec.privacy",
     "freshrec.cluster",
     "freshrec.prometheus_local",
+    "freshrec.serve",
 )
 
 

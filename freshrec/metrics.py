@@ -122,3 +122,31 @@ _PROCESSES = [
                "Prequential Recall@k of each model, set when the replay ends.", ("model", "k")),
 ]
 PROCESS_METRICS: dict[str, MetricSpec] = {m.name: m for m in _PROCESSES}
+
+# ``freshrec serve``: on its own HTTP port (``serve.port``, path /metrics). ``route`` is the
+# route's pattern (or ``other``), never the ids in the path.
+_SERVE = [
+    MetricSpec("freshrec_serve_requests_total", "counter",
+               "HTTP requests answered, by route and status code.", ("route", "status")),
+    MetricSpec("freshrec_serve_request_latency_seconds", "histogram",
+               "Time to answer a request, by route.", ("route",)),
+    MetricSpec("freshrec_serve_list_staleness_seconds", "histogram",
+               "Age of each list served (now - its produced_at)."),
+    MetricSpec("freshrec_serve_consumer_lag_records", "gauge",
+               "Records of a topic not read into the store yet (high watermark - position).",
+               ("topic",)),
+    MetricSpec("freshrec_serve_records_read_total", "counter",
+               "Records read from a topic into the store.", ("topic",)),
+    MetricSpec("freshrec_serve_records_skipped_total", "counter",
+               "Records left out of the store (no usable key, or not a valid v1 record).",
+               ("topic",)),
+    MetricSpec("freshrec_serve_ready", "gauge",
+               "1 once the store caught up with the topics' end offsets taken at start."),
+]
+SERVE_METRICS: dict[str, MetricSpec] = {m.name: m for m in _SERVE}
+# Request latency buckets (seconds): the goal is a p99 under 10 ms.
+SERVE_LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# List age buckets (seconds): from the freshness goal (0.1 s) to lists a day old.
+STALENESS_BUCKETS_S: tuple[float, ...] = (
+    0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)

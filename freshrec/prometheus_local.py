@@ -41,6 +41,7 @@ DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "freshrec.json"
 # Conventional /metrics ports of our own processes (prometheus.yml scrapes them).
 PRODUCE_METRICS_PORT = 9300
 REPLAY_METRICS_PORT = 9301
+SERVE_PORT = 8000  # serve.port's default: the API and its /metrics
 DEFAULT_LISTEN = "127.0.0.1:9090"
 INSTALL_HINT = (
     "Prometheus is not installed. On Debian/Ubuntu it comes with promtool in the "
@@ -79,6 +80,7 @@ def scrape_targets(settings: Settings, produce_port: int = PRODUCE_METRICS_PORT,
                                    for p in _port_range(settings.cluster.metrics_ports)],
         "freshrec-produce": [f"127.0.0.1:{produce_port}"] if produce_port > 0 else [],
         "freshrec-replay": [f"127.0.0.1:{replay_port}"] if replay_port > 0 else [],
+        "freshrec-serve": [f"127.0.0.1:{settings.serve.port}"],
     }
 
 
@@ -338,7 +340,7 @@ REPLAY_SERIES = (
 
 def render_metrics_table() -> str:
     """The Markdown table of every metric, from ``freshrec.metrics`` (docs/metrics.md)."""
-    from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, exported_names
+    from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, SERVE_METRICS, exported_names
 
     rows = ["| name | type | labels | meaning | exported as (what Prometheus stores) "
             "| reported by | port |", "|---|---|---|---|---|---|---|"]
@@ -353,6 +355,10 @@ def render_metrics_table() -> str:
         rows.append(f"| `{spec.name}` | {spec.kind} | {', '.join(spec.labels) or '-'} | "
                     f"{spec.help} | `{spec.name}` | `freshrec {proc}` | "
                     f"`--metrics-port` (prometheus.yml: {port}) |")
+    for spec in SERVE_METRICS.values():
+        rows.append(f"| `{spec.name}` | {spec.kind} | {', '.join(spec.labels) or '-'} | "
+                    f"{spec.help} | `{spec.name}` | `freshrec serve` | "
+                    f"`serve.port` (prometheus.yml: {SERVE_PORT}), path /metrics |")
     known = set(PROCESS_METRICS)
     for name, kind, labels, meaning in REPLAY_SERIES:
         if name not in known:

@@ -144,6 +144,15 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class ServeSettings:
+    host: str
+    port: int
+    store_dir: str
+    store_max_gb: float
+    auth_token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings
     local: LocalSettings
@@ -152,6 +161,7 @@ class Settings:
     model: ModelSettings
     privacy: PrivacySettings
     cluster: ClusterSettings
+    serve: ServeSettings
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, section: str, **values: Any) -> Settings:
@@ -168,6 +178,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "privacy": PrivacySettings,
     "cluster": ClusterSettings,
+    "serve": ServeSettings,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -193,7 +204,11 @@ _POSITIVE = {
     "model.covisit_neighbours",
     "cluster.rest_port", "cluster.rpc_port", "cluster.taskmanagers",
     "cluster.slots_per_taskmanager", "cluster.parallelism", "cluster.start_timeout_s",
+    "serve.store_max_gb",
 }
+# Secrets that must come from the environment: a file or a --set flag would leave them in
+# the repository, a shell history or the process list.
+_ENV_ONLY = {"serve.auth_token"}
 # The broker's default transaction.max.timeout.ms is 15 minutes.
 _MAX_TRANSACTION_TIMEOUT_MS = 900_000
 
@@ -285,6 +300,9 @@ def load_settings(
             if f.name not in raw[sec]:
                 raise SettingsError(f"{key}: missing from default_settings.toml")
             value, source = raw[sec][f.name]
+            if key in _ENV_ONLY and source != "defaults" and source != _env_name(sec, f.name):
+                raise SettingsError(f"{key}: set it with the environment variable "
+                                    f"{_env_name(sec, f.name)}, never in {source}")
             value = _coerce(key, value, hints[f.name], source)
             _validate(key, value, source)
             kwargs[f.name] = value
@@ -320,6 +338,8 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key == "model.blend_learning_rate" and not 0 <= value < math.inf:
         raise SettingsError(
             f"{key}: must be a finite number >= 0 (0 = fixed blend), got {value}{where}")
+    if key == "serve.port" and not 0 < value <= 65535:
+        raise SettingsError(f"{key}: must be a TCP port 1..65535, got {value}{where}")
     if key == "model.ann_min_items" and value < 0:
         raise SettingsError(f"{key}: must be >= 0 (0 = always exact), got {value}{where}")
     negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")

@@ -43,6 +43,7 @@ from online_models.config import ModelConfig
 from online_models.replica import ItemReplica
 from online_models.state import HistoryEntry, ItemState, UserState
 from schemas.events import Event
+from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import ScoredItem
 
 EPS = 1e-6
@@ -399,3 +400,52 @@ def recommend_for_users(
         out.append([ScoredItem(ids[a], float(b), c)
                     for a, b, c in zip(r.tolist(), s.tolist(), why, strict=True)])
     return out
+
+
+def apply_item_embedding(replica: ItemReplica, emb: ItemEmbedding) -> int:
+    """Upsert one item-embedding changelog record into ``replica``; returns its row.
+
+    Every reader of the changelog (the job's replicas, ``freshrec serve``) applies records
+    this way, so they score items alike.
+    """
+    meta = {"category": emb.category, "brand": emb.brand, "price": emb.price,
+            "available": emb.available, "title": emb.title}
+    # The changelog carries the log trend as of updated_at; rebase it on the replica's
+    # own forward-decay origin so all items stay comparable.
+    trend = None if emb.trend is None else emb.trend + replica.log_time(emb.updated_at)
+    # Until its first interaction an item lives where its category's items have moved.
+    vector = (replica.cold_item_vector(emb.item_id, meta) if emb.n_events == 0
+              else np.asarray(emb.vector, dtype=np.float32))
+    return replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)
+
+
+def similar_items(replica: ItemReplica, item_id: str, k: int, config: ModelConfig
+                  ) -> list[tuple[str, float]] | None:
+    """The ``k`` items that score highest for a query equal to ``item_id``'s vector, best
+    first, with their scores (``q_item . v + static``: the model's score for a user whose
+    taste is that item); None for an unknown item.
+
+    The same retrieval as :func:`recommend_for_user`: an exact scan, or above
+    ``config.ann_min_items`` the approximate index rescored exactly. The item itself and
+    unavailable items are left out.
+
+    >>> cfg = ModelConfig(dim=4, seed=0)
+    >>> rep = ItemReplica(cfg)
+    >>> for i, v in enumerate([[1, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 0, 1, 0], [-1, 0, 0, 0]]):
+    ...     _ = rep.upsert(f"i{i}", np.asarray(v, dtype=np.float32))
+    >>> [item for item, _ in similar_items(rep, "i0", 2, cfg)]
+    ['i1', 'i2']
+    >>> similar_items(rep, "nope", 2, cfg) is None
+    True
+    """
+    row = replica.row(item_id)
+    if row < 0:
+        return None
+    query = replica.table._data[row].copy()
+    index = synced_index(replica, config)
+    if index is None:
+        rows, scores = replica.top_k(query, k, exclude_rows=(row,))
+    else:
+        rows, scores = approximate_top_k(replica, index, query, k, (row,))
+    ids = replica.ids
+    return [(ids[r], float(s)) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)]

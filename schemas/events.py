@@ -165,8 +165,13 @@ def parse_ts(value: Any) -> int | DecodeError:
     return ms
 
 
-def _check_str(value: Any, name: str, max_len: int) -> str | DecodeError:
-    """An id or label: a non-empty string without control characters."""
+def check_id(value: Any, name: str, max_len: int) -> str | DecodeError:
+    """An id or label: a non-empty string without control characters (events, and the ids
+    in ``freshrec serve``'s paths).
+
+    >>> check_id("u42", "user_id", 128), check_id("u\\n42", "user_id", 128).message
+    ('u42', 'user_id contains control characters')
+    """
     if type(value) is not str:
         what = "null" if value is None else type(value).__name__
         return _err("wrong_type", f"$.{name}", f"{name} must be a string, not {what}")
@@ -236,23 +241,23 @@ def validate_event(doc: Any, max_id_length: int = ID_MAX_LENGTH) -> Event | Deco
             "unknown_event_type", "$.event_type",
             f"event_type {event_type[:40]!r} is not one of {', '.join(EVENT_TYPES)}",
         )
-    event_id = _check_str(event_id, "event_id", max_id_length)
+    event_id = check_id(event_id, "event_id", max_id_length)
     if type(event_id) is DecodeError:
         return event_id
     # The three optional ids, checked only when present (absent -> None).
     user_id = get("user_id", _ABSENT)
     if user_id is not _ABSENT:
-        user_id = _check_str(user_id, "user_id", max_id_length)
+        user_id = check_id(user_id, "user_id", max_id_length)
         if type(user_id) is DecodeError:
             return user_id
     item_id = get("item_id", _ABSENT)
     if item_id is not _ABSENT:
-        item_id = _check_str(item_id, "item_id", max_id_length)
+        item_id = check_id(item_id, "item_id", max_id_length)
         if type(item_id) is DecodeError:
             return item_id
     session_id = get("session_id", _ABSENT)
     if session_id is not _ABSENT:
-        session_id = _check_str(session_id, "session_id", max_id_length)
+        session_id = check_id(session_id, "session_id", max_id_length)
         if type(session_id) is DecodeError:
             return session_id
     needs = _REQUIRED_BY_TYPE.get(event_type, ())
@@ -286,7 +291,7 @@ def _validate_optional(
         if value is _ABSENT:
             labels[name] = None
             continue
-        checked = _check_str(value, name, _LABEL_MAX)
+        checked = check_id(value, name, _LABEL_MAX)
         if type(checked) is DecodeError:
             return checked
         labels[name] = checked  # type: ignore[assignment]

@@ -6,8 +6,9 @@ port) on the suite's real Kafka broker and at ``freshrec produce --metrics-port`
 traffic with invalid records, duplicates, item upserts and forget_user so every counter
 moves; then asserts through Prometheus's HTTP API that
 
-* every metric of ``freshrec.metrics.JOB_METRICS`` (histograms: the ``_bucket`` series)
-  and of the producer has samples,
+* every metric of ``freshrec.metrics.JOB_METRICS`` (histograms: the ``_bucket`` series),
+  of the producer and of ``freshrec serve`` (asked for lists and similar items all along)
+  has samples,
 * every expression of every panel of the Grafana dashboard returns data (latency
   quantiles a number), and every alert and recording rule evaluates without error,
 
@@ -22,13 +23,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 
 import pytest
 
-from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, exported_names
+from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, SERVE_METRICS, exported_names
 from freshrec.processes import free_ports
 from freshrec.prometheus_local import (
     CONFIG_TEMPLATE,
@@ -43,6 +45,7 @@ from freshrec.prometheus_local import (
 from schemas.events import Event
 from tests.integration.conftest import kafka_broker  # noqa: F401 (fixture)
 from tests.integration.job_harness import REPO_ROOT, JobProcess, job_settings
+from tests.integration.serve_harness import ServeProcess
 
 pytestmark = pytest.mark.timeout(480)
 
@@ -115,6 +118,30 @@ def _forget(job: JobProcess) -> None:
                     for u in range(3))
 
 
+class _Storefront(threading.Thread):
+    """Asks ``freshrec serve`` for lists and similar items twice a second, so its request,
+    latency and staleness series keep moving while the test watches them."""
+
+    def __init__(self, serve: ServeProcess) -> None:
+        super().__init__(daemon=True)
+        self.serve = serve
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.stopping.wait(0.5):
+            n += 1
+            try:
+                self.serve.get(f"/v1/users/obs-user-{3 + n % 9}/recommendations", timeout=2)
+                self.serve.get(f"/v1/items/obs-item-{n % 7}/similar", timeout=2)
+            except OSError:  # not listening yet
+                pass
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+
+
 def _missing(server: PrometheusServer, names: list[str]) -> list[str]:
     return [name for name in names if not server.query(f"count({name})")]
 
@@ -124,8 +151,11 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
     job_port, produce_port, web_port = free_ports(3)
     settings, overrides = job_settings(
         kafka_broker.settings, tmp_path, [f"job.metrics_port={job_port}"])
+    serve = ServeProcess([*overrides, f"serve.store_dir={tmp_path / 'serve'}"],
+                         tmp_path / "serve.log")
     targets = {"freshrec-flink": [f"127.0.0.1:{job_port}"], "freshrec-flink-cluster": [],
-               "freshrec-produce": [f"127.0.0.1:{produce_port}"], "freshrec-replay": []}
+               "freshrec-produce": [f"127.0.0.1:{produce_port}"], "freshrec-replay": [],
+               "freshrec-serve": [f"127.0.0.1:{serve.port}"]}
     config = write_config(render_config(targets, scrape_interval="1s"),
                           tmp_path / "prometheus" / "prometheus.yml")
     checked = promtool("check", "config", str(config))
@@ -135,9 +165,12 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
                               tmp_path / "prometheus" / "prometheus.log")
     job = JobProcess(settings, overrides, tmp_path / "job.log")
     producer: subprocess.Popen[bytes] | None = None
+    storefront = _Storefront(serve)
     try:
         server.start()
         job.start()
+        serve.start()
+        storefront.start()
         # The real CLI with its /metrics; it keeps sending until the test stops it.
         producer = subprocess.Popen(
             [sys.executable, "-m", "freshrec.cli", *[a for o in overrides for a in ("--set", o)],
@@ -150,6 +183,8 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
 
         wanted = [n for spec in JOB_METRICS.values() for n in exported_names(spec)]
         wanted += [n for n in PROCESS_METRICS if n.startswith("freshrec_produce_")]
+        wanted += [n + "_bucket" if spec.kind == "histogram" else n
+                   for n, spec in SERVE_METRICS.items()]
         deadline = time.monotonic() + METRICS_DEADLINE_S
         missing = wanted
         forgotten = False
@@ -180,6 +215,8 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
         problems += late
         assert not problems, "\n".join(problems) + f"\njob log:\n{job.log_tail(15)}"
     finally:
+        storefront.stop()
+        assert serve.stop() == 0, serve.log_tail()
         if producer is not None and producer.poll() is None:
             os.killpg(producer.pid, signal.SIGKILL)
             producer.wait(timeout=30)
@@ -210,7 +247,7 @@ def _serving_problems(server: PrometheusServer) -> list[str]:
     if not groups >= {"freshrec-availability", "freshrec-pipeline", "freshrec-quality",
                       "freshrec-latency-histograms"}:
         problems.append(f"rule groups loaded: {sorted(groups)}")
-    down = server.query('up{job=~"freshrec-flink|freshrec-produce"} == 0')
+    down = server.query('up{job=~"freshrec-flink|freshrec-produce|freshrec-serve"} == 0')
     if down:
         problems.append(f"targets down: {down}")
     return problems

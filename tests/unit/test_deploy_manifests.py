@@ -198,3 +198,28 @@ def test_generated_cluster_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert "\nenv.java.home: /usr/lib/jvm/java-17\n" in cluster.render_config_yaml(conf)
     assert settings.cluster.parallelism <= (
         settings.cluster.taskmanagers * settings.cluster.slots_per_taskmanager)
+
+
+def test_serve_deployment_and_service() -> None:
+    deployment, service = load_all(K8S / "serve.yaml")
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    pod = deployment["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    [container] = pod["spec"]["containers"]
+    assert container["command"][-1] == "serve"
+    env = {e["name"]: e for e in container["env"]}
+    known = {f"FRESHREC_{sec.upper()}_{key.upper()}" for sec in ("kafka", "serve")
+             for key in vars(getattr(SETTINGS, sec))}
+    assert set(env) <= known, set(env) - known
+    # Binding beyond loopback needs the token, and the token comes from a Secret.
+    assert env["FRESHREC_SERVE_HOST"]["value"] == "0.0.0.0"
+    assert "secretKeyRef" in env["FRESHREC_SERVE_AUTH_TOKEN"]["valueFrom"]
+    port = int(env["FRESHREC_SERVE_PORT"]["value"])
+    assert container["ports"][0]["containerPort"] == port
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["FRESHREC_SERVE_STORE_DIR"]["value"] in mounts
+    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, exported_names
+from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, SERVE_METRICS, exported_names
 from freshrec.prometheus_local import (
     CONFIG_TEMPLATE,
     DASHBOARD,
@@ -65,6 +65,7 @@ def test_promtool_check_generated_config(tmp_path: Path) -> None:
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in doc["scrape_configs"]}
     assert jobs["freshrec-flink"] == ["127.0.0.1:19249"]
     assert jobs["freshrec-produce"] == ["127.0.0.1:19300"]
+    assert jobs["freshrec-serve"] == ["127.0.0.1:8000"]
     assert "freshrec-replay" not in jobs  # port 0: not scraped
     assert len(jobs["freshrec-flink-cluster"]) == 11
     assert doc["rule_files"] == [str(RULES_DIR.resolve() / "*.yml")]
@@ -106,7 +107,7 @@ def test_alerts_documented() -> None:
 def test_docs_table_matches_freshrec_metrics() -> None:
     assert docs_table_section(DOCS.read_text()) == render_metrics_table(), (
         "docs/metrics.md is out of date: run `freshrec prometheus docs`")
-    for name in [*JOB_METRICS, *PROCESS_METRICS]:
+    for name in [*JOB_METRICS, *PROCESS_METRICS, *SERVE_METRICS]:
         assert f"`{name}`" in DOCS.read_text()
 
 
@@ -134,6 +135,7 @@ def test_dashboard_covers_the_table_and_uses_the_provisioned_datasource() -> Non
                  if not any(n in exprs for n in exported_names(spec))
                  and not (spec.kind == "histogram" and "latency_seconds_bucket" in exprs)]
     assert uncovered == []
+    assert [name for name in SERVE_METRICS if name.removesuffix("_total") not in exprs] == []
     for word in ("records_lag_max", "numberOfFailedCheckpoints", "lastCheckpointSize",
                  "backPressuredTimeMsPerSecond", "freshrec_produce_events_acked_total"):
         assert word in exprs
