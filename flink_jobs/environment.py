@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pyflink.common import Configuration
 from pyflink.datastream import (
@@ -14,6 +17,7 @@ from pyflink.datastream import (
 )
 
 from flink_jobs.glue import build_metrics_jar
+from freshrec.processes import chain_preexec, die_with_parent
 from freshrec.settings import Settings
 
 
@@ -112,6 +116,18 @@ def _put_on_jvm_classpath(jars: list[Path]) -> None:
     os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(current)
 
 
+def _bound_popen(*args: Any, preexec_fn: Any = None, **kwargs: Any) -> subprocess.Popen:
+    """PyFlink's launch of the gateway JVM (which hosts the MiniCluster, so the whole job),
+    bound to this process.
+
+    Without it the JVM outlives a Python process killed by SIGKILL (and, in Flink 2.2, one
+    that simply exits), and keeps consuming and writing. ``PR_SET_PDEATHSIG`` has the kernel
+    kill it when we end, however we end. In its own session a signal to our process group
+    (Ctrl-C, ``kill -- -PGID``) reaches only us, and we stop the job in order."""
+    return subprocess.Popen(*args, preexec_fn=chain_preexec(
+        preexec_fn, die_with_parent(signal.SIGKILL)), start_new_session=True, **kwargs)
+
+
 def make_environment(
     settings: Settings, jars: list[Path], restart_attempts: int = 3
 ) -> StreamExecutionEnvironment:
@@ -123,6 +139,9 @@ def make_environment(
     if settings.job.metrics_port > 0:
         classpath.append(prometheus_reporter_jar())
     _put_on_jvm_classpath(classpath)
+    from pyflink import pyflink_gateway_server
+
+    pyflink_gateway_server.Popen = _bound_popen  # its launcher calls Popen(command, ...)
     env = StreamExecutionEnvironment.get_execution_environment(
         flink_configuration(settings, restart_attempts)
     )
