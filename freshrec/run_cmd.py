@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -155,28 +156,35 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
         while not pending.done() and time.monotonic() < job_deadline:
             time.sleep(0.2)
         if pending.done() and job.savepoint_on_stop:
-            savepoint = str(pending.result())
+            # A local path, as job.restore_from takes it.
+            savepoint = urllib.parse.urlparse(str(pending.result())).path
         while _ended(client) is None and time.monotonic() < job_deadline:
             time.sleep(0.2)
         stopped = pending.done() and _ended(client) is not None
     except Exception as exc:  # the JVM died or refused: the bound still holds below
         _say(f"freshrec run: stopping job {job_id} failed: {str(exc).strip()[:300]}")
         stopped = False
+    job_s = time.monotonic() - STOP.received_at
     _close_gateway()
     jvm = children()
+    names = ", ".join(describe(p) for p in jvm) or "no process"
     killed = stop_processes(jvm, timeout_s=max(deadline - time.monotonic(), 1.0),
                             what="freshrec run", log=_say)
     took = time.monotonic() - STOP.received_at
     if stopped and not killed:
         what = f"stopped with savepoint {savepoint} (resume: --set job.restore_from={savepoint})" \
             if savepoint else "cancelled"
-        _say(f"freshrec run: job {job_id} {what}; JVM ended; stopped in {took:.1f}s, exit"
-             f" {exit_code(STOP.signum or 0)}")
+        _say(f"freshrec run: job {job_id} {what}; JVM ended; stopped in {took:.1f}s (job"
+             f" {job_s:.1f}s, JVM {took - job_s:.1f}s), exit {exit_code(STOP.signum or 0)}")
+        # A cancelled exactly-once job aborts its open transactions, if the broker hears it.
+        if job.delivery == "exactly-once" and not _broker_reachable(settings, timeout_ms=2000):
+            _say(f"freshrec run: the broker does not answer; {_left_behind(settings)}")
         return exit_code(STOP.signum or 0)
-    if not stopped and not killed:  # the JVM went away without the job's answer
-        killed = jvm
-    _say(f"freshrec run: job {job_id} did not stop within {job.stop_timeout_s:.0f}s; killed"
-         f" {', '.join(describe(p) for p in killed) or 'nothing'} after {took:.1f}s")
+    if not stopped:
+        _say(f"freshrec run: job {job_id} did not stop within"
+             f" {job_deadline - STOP.received_at:.0f}s")
+    how = "killed with SIGKILL" if killed else "ended with SIGTERM"
+    _say(f"freshrec run: its JVM {names} {how}, {took:.1f}s after {STOP.name}")
     _say(f"freshrec run: {_left_behind(settings)}; exit {EXIT_FORCED}")
     return EXIT_FORCED
 
@@ -224,9 +232,10 @@ def _left_behind(settings: Settings) -> str:
             " so some lists may be published twice")
 
 
-def _broker_reachable(settings: Settings) -> bool:
+def _broker_reachable(settings: Settings, timeout_ms: int = 5000) -> bool:
     try:
-        admin = kafka_config.admin_client(settings, request_timeout_ms=5000)
+        admin = kafka_config.admin_client(settings, request_timeout_ms=timeout_ms,
+                                          bootstrap_timeout_ms=timeout_ms)
     except Exception:  # NoBrokersAvailable and connection errors
         return False
     admin.close()
