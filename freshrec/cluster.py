@@ -48,7 +48,15 @@ from typing import Any
 
 import psutil
 
-from freshrec.processes import cmdline, locked, port_in_use, settings_args, stop_processes
+from freshrec.processes import (
+    Log,
+    cmdline,
+    locked,
+    port_in_use,
+    say,
+    settings_args,
+    stop_processes,
+)
 from freshrec.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,11 +82,6 @@ _FALLBACK_JAVA_OPTS = (
     "--add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED"
 )
 
-Log = Callable[[str], None]
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
 
 
 class ClusterError(RuntimeError):
@@ -437,7 +440,7 @@ def _wait_ready(settings: Settings, deadline: float) -> dict[str, Any]:
         f" last /overview: {last}\n{_log_tail(paths)}")
 
 
-def cluster_up(settings: Settings, *, log: Log = _say) -> ClusterInfo:
+def cluster_up(settings: Settings, *, log: Log = say) -> ClusterInfo:
     """Start the JobManager and the missing TaskManagers; safe to call when running."""
     c = settings.cluster
     paths = ClusterPaths.of(settings)
@@ -498,7 +501,7 @@ def cluster_up(settings: Settings, *, log: Log = _say) -> ClusterInfo:
     )
 
 
-def _stop(procs: Sequence[Process], *, timeout_s: float = 20.0, log: Log = _say) -> None:
+def _stop(procs: Sequence[Process], *, timeout_s: float = 20.0, log: Log = say) -> None:
     live = []
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -506,7 +509,7 @@ def _stop(procs: Sequence[Process], *, timeout_s: float = 20.0, log: Log = _say)
     stop_processes(live, timeout_s=timeout_s, what="cluster", log=log)
 
 
-def cluster_down(settings: Settings, *, log: Log = _say) -> int:
+def cluster_down(settings: Settings, *, log: Log = say) -> int:
     """Stop every process of the cluster (TaskManagers first); returns how many were running.
 
     Running jobs are not savepointed: use ``freshrec cancel`` first to keep their state.
@@ -627,7 +630,7 @@ _JOB_ID = re.compile(r"JobID ([0-9a-f]{32})")
 
 def submit(settings: Settings, parallelism: int | None = None, from_savepoint: str | None = None,
            allow_non_restored: bool = False, passthrough: Sequence[str] = (),
-           log: Log = _say) -> Submitted:
+           log: Log = say) -> Submitted:
     """Submit the job (detached) and return its id once the cluster accepted it."""
     from flink_jobs.recommender_job import job_jars
 

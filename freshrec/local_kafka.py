@@ -46,7 +46,15 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from freshrec import kafka_config
-from freshrec.processes import cmdline, die_with_parent, locked, port_in_use, stop_processes
+from freshrec.processes import (
+    Log,
+    cmdline,
+    die_with_parent,
+    locked,
+    port_in_use,
+    say,
+    stop_processes,
+)
 
 if TYPE_CHECKING:
     from kafka.admin import KafkaAdminClient
@@ -66,11 +74,6 @@ _STAMP = ".fetched"
 # (tests start one and stop it in the same process).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
-Log = Callable[[str], None]
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
 
 
 class LocalKafkaError(RuntimeError):
@@ -293,7 +296,7 @@ def _run_maven(mvn: str, args: list[str], log: Log) -> None:
     log(f"  maven: done ({downloaded} files downloaded, the rest from ~/.m2)")
 
 
-def ensure_jars(settings: Settings, *, log: Log = _say) -> JarPaths:
+def ensure_jars(settings: Settings, *, log: Log = say) -> JarPaths:
     """Fetch Kafka ``local.kafka_version`` and the Flink connector once; return their paths.
 
     Cached by a stamp file recording the pom's hash and versions: when it matches, no Maven
@@ -694,7 +697,7 @@ def _topic_overrides(admin: KafkaAdminClient, names: list[str]) -> dict[str, dic
     }
 
 
-def ensure_topics(settings: Settings, admin: KafkaAdminClient, log: Log = _say) -> list[str]:
+def ensure_topics(settings: Settings, admin: KafkaAdminClient, log: Log = say) -> list[str]:
     """Create the missing freshrec topics; bring the configs of existing ones to
     :func:`default_topics` (only the keys that differ; other overrides are kept); note too few
     partitions. Idempotent: a second call changes nothing."""
@@ -733,7 +736,7 @@ def ensure_topics(settings: Settings, admin: KafkaAdminClient, log: Log = _say) 
 # --------------------------------------------------------------------------- up / down / status
 
 
-def broker_up(settings: Settings, *, log: Log = _say, bound_to_caller: bool = False
+def broker_up(settings: Settings, *, log: Log = say, bound_to_caller: bool = False
               ) -> BrokerInfo:
     """Start the local broker if it is not running, then make sure the topics exist.
 
@@ -831,7 +834,7 @@ def _stop(pid: int, paths: _Paths, *, timeout_s: float, log: Log) -> None:
     paths.pid.unlink(missing_ok=True)
 
 
-def broker_down(settings: Settings, *, timeout_s: float = 30.0, log: Log = _say) -> bool:
+def broker_down(settings: Settings, *, timeout_s: float = 30.0, log: Log = say) -> bool:
     """Stop the local broker (SIGTERM, SIGKILL after ``timeout_s``). True if it was running."""
     paths = _Paths.of(settings)
     if not paths.state.is_dir():

@@ -35,6 +35,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
+def say(message: str) -> None:
+    """A progress line of a command, flushed at once (its output may be a log file)."""
+    print(message, flush=True)
+
+
 def exit_code(signum: int) -> int:
     """The shell's convention for a command ended by a signal: 128 + its number."""
     return 128 + signum

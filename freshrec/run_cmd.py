@@ -29,6 +29,7 @@ from freshrec.processes import (
     exit_code,
     hold_lock,
     process_tree,
+    say,
     settings_args,
     stop_processes,
 )
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _run_job(settings)
     finally:
         # Whatever ended the run (an error, a signal during start-up), no JVM outlives it.
-        stop_processes(children(), timeout_s=5, what="freshrec run", log=_say)
+        stop_processes(children(), timeout_s=5, what="freshrec run", log=say)
 
 
 def job_lock_paths(settings: Settings) -> list[Path]:
@@ -89,10 +90,6 @@ def hold_job_locks(settings: Settings) -> None:
              f" {settings.job.group_id} on {settings.kafka.bootstrap_servers}")
     for path in job_lock_paths(settings):
         hold_lock(path, about)
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
 
 
 def _run_job(settings: Settings) -> int:
@@ -145,7 +142,7 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
     # The JVM needs a moment to end once the job is over (MiniCluster shutdown).
     job_deadline = deadline - min(5.0, job.stop_timeout_s / 3)
     how = f"stop-with-savepoint into {job.savepoint_dir}" if job.savepoint_on_stop else "cancel"
-    _say(f"freshrec run: {STOP.name} received; stopping job {job_id} ({how}) within"
+    say(f"freshrec run: {STOP.name} received; stopping job {job_id} ({how}) within"
          f" {job.stop_timeout_s:.0f}s")
     savepoint = ""
     try:
@@ -162,30 +159,30 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
             time.sleep(0.2)
         stopped = pending.done() and _ended(client) is not None
     except Exception as exc:  # the JVM died or refused: the bound still holds below
-        _say(f"freshrec run: stopping job {job_id} failed: {str(exc).strip()[:300]}")
+        say(f"freshrec run: stopping job {job_id} failed: {str(exc).strip()[:300]}")
         stopped = False
     job_s = time.monotonic() - STOP.received_at
     _close_gateway()
     jvm = children()
     names = ", ".join(describe(p) for p in jvm) or "no process"
     killed = stop_processes(jvm, timeout_s=max(deadline - time.monotonic(), 1.0),
-                            what="freshrec run", log=_say)
+                            what="freshrec run", log=say)
     took = time.monotonic() - STOP.received_at
     if stopped and not killed:
         what = f"stopped with savepoint {savepoint} (resume: --set job.restore_from={savepoint})" \
             if savepoint else "cancelled"
-        _say(f"freshrec run: job {job_id} {what}; JVM ended; stopped in {took:.1f}s (job"
+        say(f"freshrec run: job {job_id} {what}; JVM ended; stopped in {took:.1f}s (job"
              f" {job_s:.1f}s, JVM {took - job_s:.1f}s), exit {exit_code(STOP.signum or 0)}")
         # A cancelled exactly-once job aborts its open transactions, if the broker hears it.
         if job.delivery == "exactly-once" and not _broker_reachable(settings, timeout_ms=2000):
-            _say(f"freshrec run: the broker does not answer; {_left_behind(settings)}")
+            say(f"freshrec run: the broker does not answer; {_left_behind(settings)}")
         return exit_code(STOP.signum or 0)
     if not stopped:
-        _say(f"freshrec run: job {job_id} did not stop within"
+        say(f"freshrec run: job {job_id} did not stop within"
              f" {job_deadline - STOP.received_at:.0f}s")
     how = "killed with SIGKILL" if killed else "ended with SIGTERM"
-    _say(f"freshrec run: its JVM {names} {how}, {took:.1f}s after {STOP.name}")
-    _say(f"freshrec run: {_left_behind(settings)}; exit {EXIT_FORCED}")
+    say(f"freshrec run: its JVM {names} {how}, {took:.1f}s after {STOP.name}")
+    say(f"freshrec run: {_left_behind(settings)}; exit {EXIT_FORCED}")
     return EXIT_FORCED
 
 
@@ -349,7 +346,7 @@ def _stop_run_child(job: subprocess.Popen[bytes], job_bound: float) -> int:
         code: int | None = job.wait(timeout=job_bound + 3)
     except subprocess.TimeoutExpired:
         code = None
-    if stop_processes(tree, timeout_s=1, what="demo", log=_say):
+    if stop_processes(tree, timeout_s=1, what="demo", log=say):
         code = None
     job.wait()
     print(f"demo: job stopped (exit {code if code is not None else 'killed'})", flush=True)
