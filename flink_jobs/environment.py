@@ -116,16 +116,26 @@ def _put_on_jvm_classpath(jars: list[Path]) -> None:
     os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(current)
 
 
+def _ignore_stop_signals() -> None:
+    # HotSpot installs no shutdown handler for a signal ignored at start (as PyFlink does for
+    # SIGINT), and thread dumps (SIGQUIT) keep working.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def _bound_popen(*args: Any, preexec_fn: Any = None, **kwargs: Any) -> subprocess.Popen:
     """PyFlink's launch of the gateway JVM (which hosts the MiniCluster, so the whole job),
     bound to this process.
 
     Without it the JVM outlives a Python process killed by SIGKILL (and, in Flink 2.2, one
     that simply exits), and keeps consuming and writing. ``PR_SET_PDEATHSIG`` has the kernel
-    kill it when we end, however we end. In its own session a signal to our process group
-    (Ctrl-C, ``kill -- -PGID``) reaches only us, and we stop the job in order."""
+    kill it when we end, however we end. In its own session, ignoring SIGTERM and SIGHUP, it
+    is stopped only by us: a signal to our process group or control group (Ctrl-C, ``kill --
+    -PGID``, systemd's default KillMode) would otherwise start its shutdown hooks under the
+    running job, which then neither stops in order nor answers us."""
     return subprocess.Popen(*args, preexec_fn=chain_preexec(
-        preexec_fn, die_with_parent(signal.SIGKILL)), start_new_session=True, **kwargs)
+        preexec_fn, _ignore_stop_signals, die_with_parent(signal.SIGKILL)),
+        start_new_session=True, **kwargs)
 
 
 def make_environment(

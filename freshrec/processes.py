@@ -159,19 +159,20 @@ def process_tree(pid: int) -> list[psutil.Process]:
 
 
 def stop_processes(procs: Sequence[psutil.Process], *, timeout_s: float, what: str,
-                   log: Log) -> list[psutil.Process]:
-    """SIGTERM each process, wait up to ``timeout_s`` for all of them, SIGKILL the rest
-    (saying so). Returns the processes that had to be killed.
+                   log: Log, ask: Callable[[psutil.Process], None] = psutil.Process.terminate,
+                   asked: str = "SIGTERM") -> list[psutil.Process]:
+    """Ask each process to end (``ask``: SIGTERM by default), wait up to ``timeout_s`` for all
+    of them, SIGKILL the rest (saying so). Returns the processes that had to be killed.
 
     psutil checks a process's start time before signalling it, so a pid reused by another
     program meanwhile is never hit."""
     live = [p for p in procs if p.is_running()]
     for p in live:
         with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
+            ask(p)
     _, stubborn = psutil.wait_procs(live, timeout=max(timeout_s, 0.0))
     for p in stubborn:
-        log(f"{what}: {describe(p)} still running {timeout_s:.0f}s after SIGTERM; killing it")
+        log(f"{what}: {describe(p)} still running {timeout_s:.0f}s after {asked}; killing it")
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(stubborn, timeout=10)

@@ -16,6 +16,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from freshrec import kafka_config
 from freshrec.local_kafka import LocalKafkaError, broker_down, broker_status, broker_up, ensure_jars
 from freshrec.processes import (
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return _run_job(settings)
     finally:
         # Whatever ended the run (an error, a signal during start-up), no JVM outlives it.
-        stop_processes(children(), timeout_s=5, what="freshrec run", log=say)
+        _end_jvm(children(), time.monotonic() + 5)
 
 
 def job_lock_paths(settings: Settings) -> list[Path]:
@@ -143,7 +145,17 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
     job_deadline = deadline - min(5.0, job.stop_timeout_s / 3)
     how = f"stop-with-savepoint into {job.savepoint_dir}" if job.savepoint_on_stop else "cancel"
     say(f"freshrec run: {STOP.name} received; stopping job {job_id} ({how}) within"
-         f" {job.stop_timeout_s:.0f}s")
+        f" {job.stop_timeout_s:.0f}s")
+    _quiet_py4j()
+    jvm = children()
+    names = ", ".join(describe(p) for p in jvm) or "no process"
+    # py4j calls have no timeout: a JVM that stops answering would hold this thread past the
+    # bound. At the job deadline this timer ends the JVM, which also fails any call waiting.
+    ended_early: list[list[psutil.Process]] = []
+    timer = threading.Timer(max(job_deadline - time.monotonic(), 0.0),
+                            lambda: ended_early.append(_end_jvm(jvm, deadline)))
+    timer.daemon = True
+    timer.start()
     savepoint = ""
     try:
         if job.savepoint_on_stop:
@@ -158,44 +170,61 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
         while _ended(client) is None and time.monotonic() < job_deadline:
             time.sleep(0.2)
         stopped = pending.done() and _ended(client) is not None
-    except Exception as exc:  # the JVM died or refused: the bound still holds below
-        say(f"freshrec run: stopping job {job_id} failed: {str(exc).strip()[:300]}")
+    except Exception as exc:  # the JVM died or hung: the bound still holds below
+        if not ended_early:
+            say(f"freshrec run: stopping job {job_id} failed: {str(exc).strip()[:300]}")
         stopped = False
+    timer.cancel()
+    timer.join()  # when it fired: until the JVM is gone
     job_s = time.monotonic() - STOP.received_at
-    _close_gateway()
-    jvm = children()
-    names = ", ".join(describe(p) for p in jvm) or "no process"
-    killed = stop_processes(jvm, timeout_s=max(deadline - time.monotonic(), 1.0),
-                            what="freshrec run", log=say)
+    if ended_early:
+        stopped, killed = False, ended_early[0]
+    else:
+        killed = _end_jvm(jvm, deadline)
     took = time.monotonic() - STOP.received_at
     if stopped and not killed:
         what = f"stopped with savepoint {savepoint} (resume: --set job.restore_from={savepoint})" \
             if savepoint else "cancelled"
         say(f"freshrec run: job {job_id} {what}; JVM ended; stopped in {took:.1f}s (job"
-             f" {job_s:.1f}s, JVM {took - job_s:.1f}s), exit {exit_code(STOP.signum or 0)}")
+            f" {job_s:.1f}s, JVM {took - job_s:.1f}s), exit {exit_code(STOP.signum or 0)}")
         # A cancelled exactly-once job aborts its open transactions, if the broker hears it.
         if job.delivery == "exactly-once" and not _broker_reachable(settings, timeout_ms=2000):
             say(f"freshrec run: the broker does not answer; {_left_behind(settings)}")
         return exit_code(STOP.signum or 0)
     if not stopped:
         say(f"freshrec run: job {job_id} did not stop within"
-             f" {job_deadline - STOP.received_at:.0f}s")
-    how = "killed with SIGKILL" if killed else "ended with SIGTERM"
+            f" {job_deadline - STOP.received_at:.0f}s")
+    how = "killed with SIGKILL" if killed else "ended"
     say(f"freshrec run: its JVM {names} {how}, {took:.1f}s after {STOP.name}")
     say(f"freshrec run: {_left_behind(settings)}; exit {EXIT_FORCED}")
     return EXIT_FORCED
 
 
-def _close_gateway() -> None:
-    """Drop our connections to the JVM before it ends, so that py4j does not log each call
-    it can no longer make (object finalizers at exit)."""
-    import logging
-
+def _exit_jvm_in_order() -> None:
     from pyflink.java_gateway import get_gateway
 
-    logging.getLogger("py4j").setLevel(logging.CRITICAL)
-    with contextlib.suppress(Exception):
-        get_gateway().close(keep_callback_server=False, close_callback_server_connections=True)
+    with contextlib.suppress(Exception):  # never returns: the connection drops
+        get_gateway().jvm.java.lang.System.exit(0)
+
+
+def _end_jvm(jvm: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+    """Ask the JVM to exit (it ignores SIGTERM, see flink_jobs.environment) and SIGKILL it at
+    ``deadline``; the processes that had to be killed."""
+    # System.exit runs Flink's shutdown hooks (temporary dirs, the MiniCluster); the call
+    # waits on a thread of its own.
+    return stop_processes(
+        jvm, timeout_s=max(deadline - time.monotonic(), 1.0), what="freshrec run", log=say,
+        ask=lambda _: threading.Thread(target=_exit_jvm_in_order, daemon=True).start(),
+        asked="System.exit")
+
+
+def _quiet_py4j() -> None:
+    """py4j logs a traceback for every call it can no longer make once the JVM is going
+    (object finalizers at exit, the exit call itself), partly on the root logger; freshrec
+    prints its own lines, which say what happened."""
+    import logging
+
+    logging.disable(logging.ERROR)
 
 
 def _stop_with_savepoint(client: Any, directory: str) -> Any:

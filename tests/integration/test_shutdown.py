@@ -1,8 +1,9 @@
 """Stopping `freshrec run` and `freshrec demo`: real processes, the whole tree checked with
 psutil (docs/operations.md, "Stopping and signals").
 
-- SIGTERM to `freshrec run` (at-least-once and exactly-once) cancels the job, ends its JVM
-  and exits 143 within the bound; events sent afterwards get no list.
+- SIGTERM to `freshrec run` (at-least-once and exactly-once; to it alone, or to its JVM too
+  as systemd's control-group kill does) cancels the job, ends its JVM and exits 143 within
+  the bound; events sent afterwards get no list.
 - A second `freshrec run` on the same checkpoint dir or consumer group is refused (exit 75)
   and names the running one; SIGKILL to the first leaves no JVM and frees the job.
 - SIGTERM while the broker is down (exactly-once) still ends within the bound and names the
@@ -72,9 +73,10 @@ def stopped_in(job: JobProcess) -> float:
     return float(match[1])
 
 
-@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
-def test_sigterm_stops_the_job_and_every_process(kafka_broker, tmp_path: Path,
-                                                 delivery: str) -> None:
+# "tree": SIGTERM to every process at once, as systemd's default KillMode=control-group does.
+@pytest.mark.parametrize(("delivery", "to"), [("at-least-once", "run"), ("exactly-once", "tree")])
+def test_sigterm_stops_the_job_and_every_process(kafka_broker, tmp_path: Path, delivery: str,
+                                                 to: str) -> None:
     settings, overrides = job_settings(kafka_broker.settings, tmp_path,
                                        [f"job.delivery={delivery}"])
     job = JobProcess(settings, overrides, tmp_path / "run.log", run_args=()).start()
@@ -89,12 +91,16 @@ def test_sigterm_stops_the_job_and_every_process(kafka_broker, tmp_path: Path,
         tree = process_tree(job.proc.pid)
         assert [p for p in tree if p.name() == "java"], "no JVM under freshrec run"
 
+        if to == "tree":
+            for p in tree[1:]:
+                p.terminate()
         code, took = stop_with(job, signal.SIGTERM)
         output = job.log_path.read_text("utf-8", "replace")
         assert code == 128 + signal.SIGTERM, output
         assert "SIGTERM received; stopping job" in output and "cancelled; JVM ended" in output
         assert took <= BOUND_S, f"stopped in {took:.1f}s"
-        print(f"\n{delivery}: stopped in {stopped_in(job):.1f}s, process gone after {took:.1f}s")
+        print(f"\n{delivery}, SIGTERM to the {to}: stopped in {stopped_in(job):.1f}s, process"
+              f" gone after {took:.1f}s")
         assert survivors(tree, 5) == []
 
         # Nothing reads the events topic any more: new users get no list.

@@ -5,7 +5,10 @@ with pyproject.toml, freshrec/default_settings.toml and freshrec/local_kafka.py.
 
 from __future__ import annotations
 
+import configparser
 import re
+import shutil
+import signal
 import subprocess
 import tomllib
 from importlib.util import find_spec
@@ -20,6 +23,7 @@ from freshrec.local_kafka import (
     FLINK_CONNECTOR_VERSION,
     default_topics,
 )
+from freshrec.processes import EXIT_REFUSED, exit_code
 from freshrec.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,3 +202,26 @@ def test_generated_cluster_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert "\nenv.java.home: /usr/lib/jvm/java-17\n" in cluster.render_config_yaml(conf)
     assert settings.cluster.parallelism <= (
         settings.cluster.taskmanagers * settings.cluster.slots_per_taskmanager)
+
+
+def test_systemd_unit_signals_and_exit_codes_agree_with_freshrec(tmp_path: Path) -> None:
+    """deploy/systemd/freshrec.service: SIGTERM to `freshrec run` alone, a stop timeout above
+    job.stop_timeout_s, the clean-stop exit a success, a refused start not retried."""
+    path = ROOT / "deploy" / "systemd" / "freshrec.service"
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # keys are case-sensitive
+    unit.read_string(path.read_text("utf-8"))
+    service = unit["Service"]
+    assert service["ExecStart"].endswith("/.venv/bin/freshrec run")
+    assert service["KillMode"] == "mixed" and service["KillSignal"] == "SIGTERM"
+    assert float(service["TimeoutStopSec"]) > SETTINGS.job.stop_timeout_s
+    assert str(exit_code(signal.SIGTERM)) in service["SuccessExitStatus"].split()
+    assert {"2", str(EXIT_REFUSED)} <= set(service["RestartPreventExitStatus"].split())
+    if shutil.which("systemd-analyze") is None:
+        return
+    # systemd's own check, with the paths of this checkout.
+    local = tmp_path / "freshrec.service"
+    local.write_text(path.read_text("utf-8").replace("/opt/freshrec", str(ROOT)), "utf-8")
+    done = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
