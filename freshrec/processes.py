@@ -28,7 +28,8 @@ import psutil
 
 Log = Callable[[str], None]
 
-# Exit codes of the commands that run until stopped (docs/operations.md, "Signals").
+# Exit codes of the commands that run until stopped (docs/operations.md, "Stopping and
+# signals").
 EXIT_REFUSED = 75  # another process holds the same job state (EX_TEMPFAIL: retry later)
 EXIT_FORCED = 124  # the stop overran its bound: children were killed
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

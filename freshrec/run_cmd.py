@@ -170,8 +170,8 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
         while _ended(client) is None and time.monotonic() < job_deadline:
             time.sleep(0.2)
         stopped = pending.done() and _ended(client) is not None
-    except Exception as exc:  # the JVM died or hung: the bound still holds below
-        if not ended_early:
+    except Exception as exc:  # the JVM died, or the timer ended it: the bound holds below
+        if time.monotonic() < job_deadline:
             say(f"freshrec run: stopping job {job_id} failed: {str(exc).strip()[:300]}")
         stopped = False
     timer.cancel()
