@@ -367,7 +367,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def _stop_run_child(job: subprocess.Popen[bytes], job_bound: float) -> int:
     """SIGTERM to ``freshrec run`` (which stops its job and JVM within ``job_bound``), then
-    kill whatever of its tree is left; returns its exit code (None: it had to be killed)."""
+    kill whatever of its tree is left; its exit code, EXIT_FORCED when anything was killed."""
     tree = process_tree(job.pid)  # before the stop: a JVM left behind is still found
     if job.poll() is None:
         job.send_signal(signal.SIGTERM)
