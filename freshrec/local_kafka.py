@@ -491,7 +491,7 @@ def _broker_command(settings: Settings, java: str, jars: JarPaths, paths: _Paths
     ]  # fmt: skip
 
 
-def _spawn(cmd: list[str], paths: _Paths, bound_to_caller: bool) -> int:
+def _spawn(cmd: list[str], paths: _Paths, bound_to_caller: bool = False) -> int:
     paths.logs.mkdir(parents=True, exist_ok=True)
     with open(paths.out, "ab") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
