@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pyflink.common import Configuration
 from pyflink.datastream import (
@@ -112,6 +115,32 @@ def _put_on_jvm_classpath(jars: list[Path]) -> None:
     os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(current)
 
 
+def _ignore_stop_signals() -> None:
+    # HotSpot installs no shutdown handler for a signal ignored at start (as PyFlink does for
+    # SIGINT), and thread dumps (SIGQUIT) keep working.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _bound_popen(*args: Any, preexec_fn: Any = None, **kwargs: Any) -> subprocess.Popen:
+    """PyFlink's launch of the gateway JVM (which hosts the MiniCluster, so the whole job),
+    bound to this process.
+
+    Without it the JVM outlives a Python process killed by SIGKILL (and, in Flink 2.2, one
+    that simply exits), and keeps consuming and writing. ``PR_SET_PDEATHSIG`` has the kernel
+    kill it when we end, however we end. In its own session, ignoring SIGTERM and SIGHUP, it
+    is stopped only by us: a signal to our process group or control group (Ctrl-C, ``kill --
+    -PGID``, systemd's default KillMode) would otherwise start its shutdown hooks under the
+    running job, which then neither stops in order nor answers us."""
+    # Imported here, in the client only: freshrec.processes loads psutil, a native module,
+    # which must not load inside a TaskManager's Python (flink_jobs.native_imports).
+    from freshrec.processes import chain_preexec, die_with_parent
+
+    return subprocess.Popen(*args, preexec_fn=chain_preexec(
+        preexec_fn, _ignore_stop_signals, die_with_parent(signal.SIGKILL)),
+        start_new_session=True, **kwargs)
+
+
 def make_environment(
     settings: Settings, jars: list[Path], restart_attempts: int = 3
 ) -> StreamExecutionEnvironment:
@@ -123,6 +152,9 @@ def make_environment(
     if settings.job.metrics_port > 0:
         classpath.append(prometheus_reporter_jar())
     _put_on_jvm_classpath(classpath)
+    from pyflink import pyflink_gateway_server
+
+    pyflink_gateway_server.Popen = _bound_popen  # its launcher calls Popen(command, ...)
     env = StreamExecutionEnvironment.get_execution_environment(
         flink_configuration(settings, restart_attempts)
     )

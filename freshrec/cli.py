@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from freshrec.kafka_config import KafkaConfigError
+from freshrec.processes import STOP, exit_code
 from freshrec.settings import Settings, SettingsError, load_settings
 
 # Subcommand modules; each exposes register(subparsers) that sets ``func(args, settings)``.
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM, SIGINT and SIGHUP stop every command the same way: its cleanup runs, and the
+    # commands that start children stop them within a bound (docs/operations.md).
+    STOP.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -52,9 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KafkaConfigError as exc:  # bad kafka.* settings, or the broker refused the login
         print(f"freshrec: kafka: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("freshrec: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # processes.Stopped: a stop signal ended the command early
+        print(f"freshrec {args.command}: stopped by {STOP.name}", file=sys.stderr)
+        return exit_code(STOP.signum or 2)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -47,7 +46,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from freshrec.processes import cmdline, locked, port_in_use, settings_args
+import psutil
+
+from freshrec.processes import (
+    Log,
+    cmdline,
+    locked,
+    port_in_use,
+    say,
+    settings_args,
+    stop_processes,
+)
 from freshrec.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,11 +82,6 @@ _FALLBACK_JAVA_OPTS = (
     "--add-opens=java.base/java.util.concurrent.locks=ALL-UNNAMED"
 )
 
-Log = Callable[[str], None]
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
 
 
 class ClusterError(RuntimeError):
@@ -436,7 +440,7 @@ def _wait_ready(settings: Settings, deadline: float) -> dict[str, Any]:
         f" last /overview: {last}\n{_log_tail(paths)}")
 
 
-def cluster_up(settings: Settings, *, log: Log = _say) -> ClusterInfo:
+def cluster_up(settings: Settings, *, log: Log = say) -> ClusterInfo:
     """Start the JobManager and the missing TaskManagers; safe to call when running."""
     c = settings.cluster
     paths = ClusterPaths.of(settings)
@@ -462,19 +466,28 @@ def cluster_up(settings: Settings, *, log: Log = _say) -> ClusterInfo:
                                    " cluster.rpc_port")
         home = flink_home()
         write_conf_dir(settings, home)
-        if not jms:
-            link_lib_dir(settings, cluster_jars(settings), home)
-            log(f"cluster: starting the JobManager on {c.host} (REST {rest_url(settings)})")
-            _run_script(settings, "jobmanager.sh", "start")
-        missing = c.taskmanagers - len(tms)
-        if missing > 0:
-            log(f"cluster: starting {missing} TaskManager(s)")
-            # In parallel: each script spends seconds parsing the config in a JVM before
-            # flink-daemon.sh takes its lock on the pid dir.
-            with ThreadPoolExecutor(missing) as pool:
-                list(pool.map(lambda _: _run_script(settings, "taskmanager.sh", "start"),
-                              range(missing)))
-        ov = _wait_ready(settings, time.monotonic() + c.start_timeout_s)
+        before = {p.pid for p in procs}
+        try:
+            if not jms:
+                link_lib_dir(settings, cluster_jars(settings), home)
+                log(f"cluster: starting the JobManager on {c.host} (REST {rest_url(settings)})")
+                _run_script(settings, "jobmanager.sh", "start")
+            missing = c.taskmanagers - len(tms)
+            if missing > 0:
+                log(f"cluster: starting {missing} TaskManager(s)")
+                # In parallel: each script spends seconds parsing the config in a JVM before
+                # flink-daemon.sh takes its lock on the pid dir.
+                with ThreadPoolExecutor(missing) as pool:
+                    list(pool.map(lambda _: _run_script(settings, "taskmanager.sh", "start"),
+                                  range(missing)))
+            ov = _wait_ready(settings, time.monotonic() + c.start_timeout_s)
+        except KeyboardInterrupt:  # processes.Stopped: undo this start, keep what ran before
+            new = [p for p in running_processes(settings) if p.pid not in before]
+            log(f"cluster: start interrupted; stopping the {len(new)} process(es) it started")
+            for role in ("taskmanager", "jobmanager"):
+                _stop([p for p in new if p.role == role], log=log)
+            _prune_pid_files(paths)
+            raise
     return ClusterInfo(
         rest_url=rest_url(settings),
         processes=tuple(running_processes(settings)),
@@ -488,27 +501,15 @@ def cluster_up(settings: Settings, *, log: Log = _say) -> ClusterInfo:
     )
 
 
-def _stop(procs: Sequence[Process], *, timeout_s: float = 20.0, log: Log = _say) -> None:
+def _stop(procs: Sequence[Process], *, timeout_s: float = 20.0, log: Log = say) -> None:
+    live = []
     for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    alive = list(procs)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.3)
-        alive = [p for p in alive if cmdline(p.pid) is not None]
-    for p in alive:
-        log(f"cluster: {p.role} (pid {p.pid}) ignored SIGTERM for {timeout_s:.0f}s; killing it")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p.pid, signal.SIGKILL)
-    for p in alive:
-        for _ in range(50):
-            if cmdline(p.pid) is None:
-                break
-            time.sleep(0.1)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            live.append(psutil.Process(p.pid))
+    stop_processes(live, timeout_s=timeout_s, what="cluster", log=log)
 
 
-def cluster_down(settings: Settings, *, log: Log = _say) -> int:
+def cluster_down(settings: Settings, *, log: Log = say) -> int:
     """Stop every process of the cluster (TaskManagers first); returns how many were running.
 
     Running jobs are not savepointed: use ``freshrec cancel`` first to keep their state.
@@ -629,7 +630,7 @@ _JOB_ID = re.compile(r"JobID ([0-9a-f]{32})")
 
 def submit(settings: Settings, parallelism: int | None = None, from_savepoint: str | None = None,
            allow_non_restored: bool = False, passthrough: Sequence[str] = (),
-           log: Log = _say) -> Submitted:
+           log: Log = say) -> Submitted:
     """Submit the job (detached) and return its id once the cluster accepted it."""
     from flink_jobs.recommender_job import job_jars
 

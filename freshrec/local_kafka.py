@@ -43,8 +43,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from freshrec import kafka_config
-from freshrec.processes import cmdline, locked, port_in_use
+from freshrec.processes import (
+    Log,
+    cmdline,
+    die_with_parent,
+    locked,
+    port_in_use,
+    say,
+    stop_processes,
+)
 
 if TYPE_CHECKING:
     from kafka.admin import KafkaAdminClient
@@ -64,11 +74,6 @@ _STAMP = ".fetched"
 # (tests start one and stop it in the same process).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
-Log = Callable[[str], None]
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
 
 
 class LocalKafkaError(RuntimeError):
@@ -291,7 +296,7 @@ def _run_maven(mvn: str, args: list[str], log: Log) -> None:
     log(f"  maven: done ({downloaded} files downloaded, the rest from ~/.m2)")
 
 
-def ensure_jars(settings: Settings, *, log: Log = _say) -> JarPaths:
+def ensure_jars(settings: Settings, *, log: Log = say) -> JarPaths:
     """Fetch Kafka ``local.kafka_version`` and the Flink connector once; return their paths.
 
     Cached by a stamp file recording the pom's hash and versions: when it matches, no Maven
@@ -486,7 +491,7 @@ def _broker_command(settings: Settings, java: str, jars: JarPaths, paths: _Paths
     ]  # fmt: skip
 
 
-def _spawn(cmd: list[str], paths: _Paths) -> int:
+def _spawn(cmd: list[str], paths: _Paths, bound_to_caller: bool = False) -> int:
     paths.logs.mkdir(parents=True, exist_ok=True)
     with open(paths.out, "ab") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
@@ -499,6 +504,8 @@ def _spawn(cmd: list[str], paths: _Paths) -> int:
             cwd=paths.state,
             start_new_session=True,  # its own session: no SIGINT/SIGHUP from our terminal
             close_fds=True,
+            # A broker started for one command (the demo) stops when that command dies.
+            preexec_fn=die_with_parent(signal.SIGTERM) if bound_to_caller else None,
         )
     _CHILDREN[proc.pid] = proc
     tmp = paths.pid.with_suffix(".tmp")
@@ -690,7 +697,7 @@ def _topic_overrides(admin: KafkaAdminClient, names: list[str]) -> dict[str, dic
     }
 
 
-def ensure_topics(settings: Settings, admin: KafkaAdminClient, log: Log = _say) -> list[str]:
+def ensure_topics(settings: Settings, admin: KafkaAdminClient, log: Log = say) -> list[str]:
     """Create the missing freshrec topics; bring the configs of existing ones to
     :func:`default_topics` (only the keys that differ; other overrides are kept); note too few
     partitions. Idempotent: a second call changes nothing."""
@@ -729,8 +736,12 @@ def ensure_topics(settings: Settings, admin: KafkaAdminClient, log: Log = _say) 
 # --------------------------------------------------------------------------- up / down / status
 
 
-def broker_up(settings: Settings, *, log: Log = _say) -> BrokerInfo:
-    """Start the local broker if it is not running, then make sure the topics exist."""
+def broker_up(settings: Settings, *, log: Log = say, bound_to_caller: bool = False
+              ) -> BrokerInfo:
+    """Start the local broker if it is not running, then make sure the topics exist.
+
+    ``bound_to_caller``: a broker started here gets SIGTERM when this process ends, however
+    it ends (else it runs until ``broker_down``)."""
     started = time.monotonic()
     paths = _Paths.of(settings)
     paths.state.mkdir(parents=True, exist_ok=True)
@@ -774,7 +785,7 @@ def broker_up(settings: Settings, *, log: Log = _say) -> BrokerInfo:
             paths.data.mkdir(parents=True, exist_ok=True)
             paths.config.write_text(render_server_properties(settings, paths.data), "utf-8")
             _format_storage(java, jars, paths, log)
-            pid = _spawn(_broker_command(settings, java, jars, paths), paths)
+            pid = _spawn(_broker_command(settings, java, jars, paths), paths, bound_to_caller)
             bootstrap = f"{loc.host}:{loc.port}"
             log(f"kafka: starting broker (pid {pid}) on {bootstrap}, logs in {paths.logs}")
             try:
@@ -813,21 +824,9 @@ def _with_address(settings: Settings, address: str) -> Settings:
 
 
 def _stop(pid: int, paths: _Paths, *, timeout_s: float, log: Log) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _is_our_broker(pid, paths):
-            break
-        time.sleep(0.1)
-    else:
-        log(f"kafka: broker (pid {pid}) still running after {timeout_s:.0f}s; sending SIGKILL")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        for _ in range(100):
-            if not _is_our_broker(pid, paths):
-                break
-            time.sleep(0.1)
+    if _is_our_broker(pid, paths):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            stop_processes([psutil.Process(pid)], timeout_s=timeout_s, what="kafka", log=log)
     proc = _CHILDREN.pop(pid, None)
     if proc is not None:
         with contextlib.suppress(Exception):
@@ -835,7 +834,7 @@ def _stop(pid: int, paths: _Paths, *, timeout_s: float, log: Log) -> None:
     paths.pid.unlink(missing_ok=True)
 
 
-def broker_down(settings: Settings, *, timeout_s: float = 30.0, log: Log = _say) -> bool:
+def broker_down(settings: Settings, *, timeout_s: float = 30.0, log: Log = say) -> bool:
     """Stop the local broker (SIGTERM, SIGKILL after ``timeout_s``). True if it was running."""
     paths = _Paths.of(settings)
     if not paths.state.is_dir():

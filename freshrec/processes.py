@@ -1,15 +1,212 @@
-"""Small process and port helpers shared by the local stacks (Kafka broker, Flink cluster)."""
+"""Process, signal and port helpers shared by every command and the local stacks.
+
+The one process supervisor of freshrec lives here (built on psutil): how a command reacts to
+SIGTERM/SIGINT/SIGHUP (:class:`StopSignals`), how its children die with it even when it is
+killed with SIGKILL (:func:`die_with_parent`), how a group of processes is stopped within a
+bound (:func:`stop_processes`), and the lock that keeps a second copy of a job from starting
+(:func:`hold_lock`). docs/operations.md describes what each signal does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
+import os
 import random
+import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import IO
+
+import psutil
+
+Log = Callable[[str], None]
+
+# Exit codes of the commands that run until stopped (docs/operations.md, "Stopping and
+# signals").
+EXIT_REFUSED = 75  # another process holds the same job state (EX_TEMPFAIL: retry later)
+EXIT_FORCED = 124  # the stop overran its bound: children were killed
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def say(message: str) -> None:
+    """A progress line of a command, flushed at once (its output may be a log file)."""
+    print(message, flush=True)
+
+
+def exit_code(signum: int) -> int:
+    """The shell's convention for a command ended by a signal: 128 + its number."""
+    return 128 + signum
+
+
+class Stopped(KeyboardInterrupt):
+    """The first stop signal, raised in the main thread. A KeyboardInterrupt, so every
+    Ctrl-C cleanup path (``finally``, ``except KeyboardInterrupt``) serves SIGTERM and SIGHUP."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGHUP all mean "stop cleanly", for every command.
+
+    The first one sets :attr:`requested` and raises :class:`Stopped` in the main thread,
+    except inside :meth:`deferred`, where code polls :attr:`requested` between calls that
+    must not be torn in the middle (calls into the Flink JVM). Later signals only say that
+    the stop is under way: the stop's bound, not a repeated Ctrl-C, decides when children
+    are killed.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.signum: int | None = None
+        self.received_at = 0.0  # time.monotonic() of the first signal
+        self._deferred = 0
+
+    def install(self) -> StopSignals:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+        return self
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "no signal"
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            # os.write, not print: the main thread may be inside a print already.
+            os.write(2, f"freshrec: {signal.Signals(signum).name} received; already stopping"
+                        "\n".encode())
+            return
+        self.signum, self.received_at = signum, time.monotonic()
+        self.requested.set()
+        if not self._deferred:
+            raise Stopped(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Signals only set :attr:`requested` inside this block."""
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+
+
+# The process's one handler; ``freshrec.cli.main`` installs it for every command.
+STOP = StopSignals()
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` from the kernel the moment this process
+    ends, however it ends, SIGKILL included (Linux ``PR_SET_PDEATHSIG``).
+
+    The kernel sends it when the *thread* that started the child ends, so start children
+    from the main thread. Elsewhere than Linux there is no such call and the child is not
+    bound (docs/operations.md).
+    """
+    parent = os.getpid()
+    # Looked up now: the child between fork and exec must not load libraries.
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+
+    def preexec() -> None:
+        if prctl is None:
+            return
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def chain_preexec(*fns: Callable[[], None] | None) -> Callable[[], None]:
+    """One ``preexec_fn`` running each given one in turn."""
+
+    def preexec() -> None:
+        for fn in fns:
+            if fn is not None:
+                fn()
+
+    return preexec
+
+
+def describe(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.name()} (pid {proc.pid})"
+    except psutil.Error:
+        return f"pid {proc.pid}"
+
+
+def children() -> list[psutil.Process]:
+    """Every live descendant of this process."""
+    return psutil.Process().children(recursive=True)
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its live descendants (empty when it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_processes(procs: Sequence[psutil.Process], *, timeout_s: float, what: str,
+                   log: Log, ask: Callable[[psutil.Process], None] = psutil.Process.terminate,
+                   asked: str = "SIGTERM") -> list[psutil.Process]:
+    """Ask each process to end (``ask``: SIGTERM by default), wait up to ``timeout_s`` for all
+    of them, SIGKILL the rest (saying so). Returns the processes that had to be killed.
+
+    psutil checks a process's start time before signalling it, so a pid reused by another
+    program meanwhile is never hit."""
+    live = [p for p in procs if p.is_running()]
+    for p in live:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            ask(p)
+    _, stubborn = psutil.wait_procs(live, timeout=max(timeout_s, 0.0))
+    for p in stubborn:
+        log(f"{what}: {describe(p)} still running {timeout_s:.0f}s after {asked}; killing it")
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(stubborn, timeout=10)
+    return stubborn
+
+
+class AlreadyRunning(RuntimeError):
+    """Another live process holds the lock; the message is what it wrote about itself."""
+
+
+_HELD: list[IO[str]] = []  # open lock files: the kernel releases them when this process ends
+
+
+def hold_lock(path: Path, about: str) -> None:
+    """Hold an exclusive lock on ``path`` until this process ends, and write who holds it.
+
+    flock(2) locks end with the process however it ends (SIGKILL included), so a crash never
+    leaves a stale lock behind. Raises :class:`AlreadyRunning` naming the holder (pid, since
+    when) when another process has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        raise AlreadyRunning(holder or f"a process holding {path}") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {about}\n")
+    fh.flush()
+    _HELD.append(fh)
 
 
 def cmdline(pid: int) -> str | None:

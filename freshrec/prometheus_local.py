@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +28,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from freshrec.processes import stop_processes
 from freshrec.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,13 +166,17 @@ class PrometheusServer:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=detach)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n"
-                                      f"{self.log_tail()}")
-            if is_ready(self.url):
-                return self
-            time.sleep(0.3)
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n"
+                                          f"{self.log_tail()}")
+                if is_ready(self.url):
+                    return self
+                time.sleep(0.3)
+        except KeyboardInterrupt:  # processes.Stopped: a start cut short leaves nothing behind
+            self.stop()
+            raise
         self.stop()
         raise PrometheusError(f"prometheus not ready on {self.url} after {timeout_s:.0f}s:\n"
                               f"{self.log_tail()}")
@@ -184,12 +189,10 @@ class PrometheusServer:
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            stop_processes([psutil.Process(self.proc.pid)], timeout_s=timeout_s,
+                           what="prometheus", log=print)
+        self.proc.wait(timeout=10)
 
     def query(self, expr: str, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Instant query through the HTTP API: the result vector (or matrix) list."""
@@ -220,20 +223,14 @@ def _pid_file(settings: Settings) -> Path:
     return state_dir(settings) / "prometheus.pid"
 
 
-def _our_pid(settings: Settings) -> int | None:
-    """The pid of the Prometheus this command started, if it still runs."""
+def _our_process(settings: Settings) -> psutil.Process | None:
+    """The Prometheus this command started, if it still runs."""
     try:
-        pid = int(_pid_file(settings).read_text().strip())
-    except (OSError, ValueError):
+        proc = psutil.Process(int(_pid_file(settings).read_text().strip()))
+        cmd = " ".join(proc.cmdline())
+    except (OSError, ValueError, psutil.Error):
         return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        with contextlib.suppress(OSError, ProcessLookupError):
-            os.kill(pid, 0)
-            return pid  # no /proc (macOS): trust the pid file
-        return None
-    return pid if str(state_dir(settings)) in cmdline and "prometheus" in cmdline else None
+    return proc if str(state_dir(settings)) in cmd and "prometheus" in cmd else None
 
 
 def up(args: argparse.Namespace, settings: Settings) -> int:
@@ -241,9 +238,9 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"freshrec prometheus: {INSTALL_HINT}", file=sys.stderr)
         return 1
     listen = args.listen
-    pid = _our_pid(settings)
-    if pid is not None:
-        print(f"prometheus: already running (pid {pid}) on http://{listen}")
+    running = _our_process(settings)
+    if running is not None:
+        print(f"prometheus: already running (pid {running.pid}) on http://{listen}")
         return 0
     root = state_dir(settings)
     targets = scrape_targets(settings, args.produce_port, args.replay_port)
@@ -268,31 +265,24 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def down(args: argparse.Namespace, settings: Settings) -> int:
-    pid = _our_pid(settings)
-    if pid is None:
+    proc = _our_process(settings)
+    if proc is None:
         print("prometheus: not running")
         _pid_file(settings).unlink(missing_ok=True)
         return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and _our_pid(settings) is not None:
-        time.sleep(0.2)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-    if _our_pid(settings) is not None:
-        os.kill(pid, signal.SIGKILL)
+    stop_processes([proc], timeout_s=20, what="prometheus", log=print)
     _pid_file(settings).unlink(missing_ok=True)
-    print(f"prometheus: stopped (pid {pid})")
+    print(f"prometheus: stopped (pid {proc.pid})")
     return 0
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    pid = _our_pid(settings)
-    if pid is None:
+    proc = _our_process(settings)
+    if proc is None:
         hint = "" if binary("prometheus") else f"\n{INSTALL_HINT}"
         print(f"prometheus: not running{hint}")
         return 1
-    print(f"prometheus: running (pid {pid}) on http://{args.listen}")
+    print(f"prometheus: running (pid {proc.pid}) on http://{args.listen}")
     with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
         doc = http_get_json(f"http://{args.listen}/api/v1/targets?state=active")
         for t in doc["data"]["activeTargets"]:

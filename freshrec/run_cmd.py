@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from freshrec import kafka_config
 from freshrec.local_kafka import LocalKafkaError, broker_down, broker_status, broker_up, ensure_jars
-from freshrec.processes import settings_args
+from freshrec.processes import (
+    EXIT_FORCED,
+    EXIT_REFUSED,
+    STOP,
+    AlreadyRunning,
+    children,
+    describe,
+    die_with_parent,
+    exit_code,
+    hold_lock,
+    process_tree,
+    say,
+    settings_args,
+    stop_processes,
+)
 from freshrec.settings import Settings
 
 
@@ -33,15 +52,51 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the job in this process on a local MiniCluster until Ctrl-C."""
-    from flink_jobs.recommender_job import JOB_NAME, create_job
-
+    """Run the job in this process on a local MiniCluster until a stop signal."""
+    if args.savepoint:
+        settings = settings.replace("job", savepoint_on_stop=True)
     if not _broker_reachable(settings):
         print(f"freshrec run: no Kafka broker answers at {settings.kafka.bootstrap_servers}; "
               "start the local one with `freshrec kafka up`", file=sys.stderr)
         return 1
-    # SIGTERM ends the client with its cleanup, so the JVM it launched sees its stdin close.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if not args.ignore_running:
+        try:
+            hold_job_locks(settings)
+        except AlreadyRunning as exc:
+            print(f"freshrec run: refused: this job is already running ({exc}); stop that one"
+                  " first, or pass --ignore-running to start a second copy anyway",
+                  file=sys.stderr)
+            return EXIT_REFUSED
+    try:
+        return _run_job(settings)
+    finally:
+        # Whatever ended the run (an error, a signal during start-up), no JVM outlives it.
+        _end_jvm(children(), time.monotonic() + 5)
+
+
+def job_lock_paths(settings: Settings) -> list[Path]:
+    """Lock files of the job's state: its checkpoint directory (when local) and its consumer
+    group on its brokers (machine-wide, under the temp dir)."""
+    key = hashlib.sha256(
+        f"{settings.kafka.bootstrap_servers}|{settings.job.group_id}".encode()).hexdigest()[:16]
+    group = Path(tempfile.gettempdir()) / f"freshrec-{os.getuid()}" / f"run-{key}.lock"
+    checkpoints = settings.job.checkpoint_dir
+    if "://" in checkpoints and not checkpoints.startswith("file://"):
+        return [group]  # shared storage: the consumer group still names the job
+    local = Path(checkpoints.removeprefix("file://")).expanduser().resolve()
+    return [local / ".freshrec-run.lock", group]
+
+
+def hold_job_locks(settings: Settings) -> None:
+    about = (f"freshrec run, checkpoints {settings.job.checkpoint_dir}, group"
+             f" {settings.job.group_id} on {settings.kafka.bootstrap_servers}")
+    for path in job_lock_paths(settings):
+        hold_lock(path, about)
+
+
+def _run_job(settings: Settings) -> int:
+    from flink_jobs.recommender_job import JOB_NAME, create_job
+
     env = create_job(settings)
     print(f"freshrec run: job '{JOB_NAME}' on the local MiniCluster, parallelism "
           f"{settings.job.parallelism}, {settings.job.delivery}; reading "
@@ -49,13 +104,164 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.job.metrics_port > 0:
         print(f"freshrec run: Flink metrics at http://127.0.0.1:{settings.job.metrics_port}/metrics",
               flush=True)
-    env.execute(JOB_NAME)
-    return 0
+    # From here a signal only sets STOP.requested: a py4j call torn in the middle would leave
+    # no way to stop the job in order.
+    with STOP.deferred():
+        client = env.execute_async(JOB_NAME)
+        job_id = str(client.get_job_id())
+        print(f"freshrec run: job {job_id} running (pid {os.getpid()}); SIGTERM, SIGINT or"
+              f" SIGHUP stops it within {settings.job.stop_timeout_s:.0f}s", flush=True)
+        while not STOP.requested.wait(0.5):
+            ended = _ended(client)
+            if ended is not None:
+                state, error = ended
+                print(f"freshrec run: job {job_id} ended {state}{error}", file=sys.stderr)
+                return 0 if state == "FINISHED" else 1
+        return _stop_job(client, job_id, settings)
 
 
-def _broker_reachable(settings: Settings) -> bool:
+def _ended(client: Any) -> tuple[str, str] | None:
+    """(final state, error) once the job is over, None while it runs."""
     try:
-        admin = kafka_config.admin_client(settings, request_timeout_ms=5000)
+        status = client.get_job_status().result()
+        if not status.is_globally_terminal_state():
+            return None
+        state = status.name
+    except Exception:  # the per-job MiniCluster is gone with its job
+        state = "FAILED"
+    try:
+        client.get_job_execution_result().result()
+    except Exception as exc:
+        return state, f": {str(exc).strip().splitlines()[0][:500]}"
+    return state, ""
+
+
+def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
+    """Cancel (or stop with a savepoint) the running job, then end the JVM, within
+    ``job.stop_timeout_s`` of the signal; kill the JVM after that and say what was left."""
+    job = settings.job
+    deadline = STOP.received_at + job.stop_timeout_s
+    # The JVM needs a moment to end once the job is over (MiniCluster shutdown).
+    job_deadline = deadline - min(5.0, job.stop_timeout_s / 3)
+    how = f"stop-with-savepoint into {job.savepoint_dir}" if job.savepoint_on_stop else "cancel"
+    say(f"freshrec run: {STOP.name} received; stopping job {job_id} ({how}) within"
+        f" {job.stop_timeout_s:.0f}s")
+    _quiet_py4j()
+    jvm = children()
+    names = ", ".join(describe(p) for p in jvm) or "no process"
+    # py4j calls have no timeout: a JVM that stops answering would hold this thread past the
+    # bound. At the job deadline this timer ends the JVM, which also fails any call waiting.
+    ended_early: list[list[psutil.Process]] = []
+    timer = threading.Timer(max(job_deadline - time.monotonic(), 0.0),
+                            lambda: ended_early.append(_end_jvm(jvm, deadline)))
+    timer.daemon = True
+    timer.start()
+    savepoint = ""
+    try:
+        if job.savepoint_on_stop:
+            pending = _stop_with_savepoint(client, job.savepoint_dir)
+        else:
+            pending = client.cancel()
+        while not pending.done() and time.monotonic() < job_deadline:
+            time.sleep(0.2)
+        if pending.done() and job.savepoint_on_stop:
+            # A local path, as job.restore_from takes it.
+            savepoint = urllib.parse.urlparse(str(pending.result())).path
+        while _ended(client) is None and time.monotonic() < job_deadline:
+            time.sleep(0.2)
+        stopped = pending.done() and _ended(client) is not None
+    except Exception as exc:  # the JVM died, or the timer ended it: the bound holds below
+        if time.monotonic() < job_deadline:
+            say(f"freshrec run: stopping job {job_id} failed: {str(exc).strip()[:300]}")
+        stopped = False
+    timer.cancel()
+    timer.join()  # when it fired: until the JVM is gone
+    job_s = time.monotonic() - STOP.received_at
+    if ended_early:
+        stopped, killed = False, ended_early[0]
+    else:
+        killed = _end_jvm(jvm, deadline)
+    took = time.monotonic() - STOP.received_at
+    if stopped and not killed:
+        what = f"stopped with savepoint {savepoint} (resume: --set job.restore_from={savepoint})" \
+            if savepoint else "cancelled"
+        say(f"freshrec run: job {job_id} {what}; JVM ended; stopped in {took:.1f}s (job"
+            f" {job_s:.1f}s, JVM {took - job_s:.1f}s), exit {exit_code(STOP.signum or 0)}")
+        # A cancelled exactly-once job aborts its open transactions, if the broker hears it.
+        if job.delivery == "exactly-once" and not _broker_reachable(settings, timeout_ms=2000):
+            say(f"freshrec run: the broker does not answer; {_left_behind(settings)}")
+        return exit_code(STOP.signum or 0)
+    if not stopped:
+        say(f"freshrec run: job {job_id} did not stop within"
+            f" {job_deadline - STOP.received_at:.0f}s")
+    how = "killed with SIGKILL" if killed else "ended"
+    say(f"freshrec run: its JVM {names} {how}, {took:.1f}s after {STOP.name}")
+    say(f"freshrec run: {_left_behind(settings)}; exit {EXIT_FORCED}")
+    return EXIT_FORCED
+
+
+def _exit_jvm_in_order() -> None:
+    from pyflink.java_gateway import get_gateway
+
+    with contextlib.suppress(Exception):  # never returns: the connection drops
+        get_gateway().jvm.java.lang.System.exit(0)
+
+
+def _end_jvm(jvm: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+    """Ask the JVM to exit (it ignores SIGTERM, see flink_jobs.environment) and SIGKILL it at
+    ``deadline``; the processes that had to be killed."""
+    # System.exit runs Flink's shutdown hooks (temporary dirs, the MiniCluster); the call
+    # waits on a thread of its own.
+    return stop_processes(
+        jvm, timeout_s=max(deadline - time.monotonic(), 1.0), what="freshrec run", log=say,
+        ask=lambda _: threading.Thread(target=_exit_jvm_in_order, daemon=True).start(),
+        asked="System.exit")
+
+
+def _quiet_py4j() -> None:
+    """py4j logs a traceback for every call it can no longer make once the JVM is going
+    (object finalizers at exit, the exit call itself), partly on the root logger; freshrec
+    prints its own lines, which say what happened."""
+    import logging
+
+    logging.disable(logging.ERROR)
+
+
+def _stop_with_savepoint(client: Any, directory: str) -> Any:
+    from pyflink.common.completable_future import CompletableFuture
+    from pyflink.java_gateway import get_gateway
+
+    from flink_jobs.environment import storage_uri
+
+    canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    # PyFlink's JobClient.stop_with_savepoint calls a signature Flink 2 no longer has.
+    return CompletableFuture(
+        client._j_job_client.stopWithSavepoint(False, storage_uri(directory), canonical), str)
+
+
+def _left_behind(settings: Settings) -> str:
+    """What a killed job leaves, for the operator: open transactions or a replay."""
+    from flink_jobs.environment import resolve_restore_path
+
+    job = settings.job
+    try:
+        since = f"since checkpoint {resolve_restore_path(job.checkpoint_dir, 'latest').name}"
+    except ValueError:
+        since = "since the start (no completed checkpoint)"
+    if job.delivery == "exactly-once":
+        ids = ", ".join(f"{job.group_id}-{sink}-*" for sink in ("recs", "items", "dlq"))
+        return (f"Kafka transactions left to time out: transactional ids {ids} (the"
+                f" transactions opened {since}); the broker aborts them after"
+                f" job.transaction_timeout_ms={job.transaction_timeout_ms} ms, or the next run of"
+                " this job aborts them at start; read_committed consumers never see them")
+    return (f"the events read {since} are read again on the next start (at-least-once),"
+            " so some lists may be published twice")
+
+
+def _broker_reachable(settings: Settings, timeout_ms: int = 5000) -> bool:
+    try:
+        admin = kafka_config.admin_client(settings, request_timeout_ms=timeout_ms,
+                                          bootstrap_timeout_ms=timeout_ms)
     except Exception:  # NoBrokersAvailable and connection errors
         return False
     admin.close()
@@ -87,91 +293,105 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     """Broker up, job started, generator traffic, live recommendations printed."""
     from freshrec.tail import format_record
 
-    # SIGTERM (e.g. from a supervisor) stops the demo like Ctrl-C: through the cleanup below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    bound = settings.job.stop_timeout_s
     started_broker = not broker_status(settings).running
     try:
-        broker_up(settings)
+        broker_up(settings, bound_to_caller=started_broker)
     except LocalKafkaError as exc:
         print(f"freshrec demo: {exc}", file=sys.stderr)
         return 1
     log_path = Path(settings.local.state_dir).parent / "job.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"demo: starting the Flink job (MiniCluster); its log is {log_path}", flush=True)
+    # The job gets most of the bound; the rest is for stopping the broker.
+    job_bound = round(bound * 0.7, 1)
     with log_path.open("ab") as log:
+        # Its own session (the terminal's Ctrl-C reaches only us, and we stop it in order),
+        # and SIGTERM from the kernel if we die without stopping it.
         job = subprocess.Popen(
-            [sys.executable, "-m", "freshrec.cli", *settings_args(args), "run"],
+            [sys.executable, "-m", "freshrec.cli", *settings_args(args),
+             "--set", f"job.stop_timeout_s={job_bound}", "run"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
     stop = threading.Event()
     producer = threading.Thread(
         target=_produce_demo_traffic, args=(settings, args.rate, stop), daemon=True)
-    producer.start()
-    print(f"demo: sending generated storefront events at {args.rate:.0f}/s to "
-          f"{settings.topics.events}", flush=True)
-    if settings.job.metrics_port > 0:
-        print(f"demo: Flink job metrics at http://127.0.0.1:{settings.job.metrics_port}/metrics",
-              flush=True)
-    print("demo: live recommendations follow (Ctrl-C stops everything)\n", flush=True)
-    consumer: Any = kafka_config.consumer(
-        settings, settings.topics.recommendations, isolation_level="read_committed",
-        auto_offset_reset="latest", consumer_timeout_ms=1000,
-    )
-    shown = 0
-    deadline = time.monotonic() + args.seconds if args.seconds else None
+    shown, code = 0, 1
     try:
-        while deadline is None or time.monotonic() < deadline:
-            if job.poll() is not None:
-                print(f"demo: the job exited with {job.returncode}; see {log_path}",
-                      file=sys.stderr)
-                return 1
-            for msg in consumer:
-                shown += 1
-                if shown % args.every == 1 or args.every == 1:
-                    print(format_record(msg.key, msg.value), flush=True)
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-    except KeyboardInterrupt:
-        print("\ndemo: stopping", flush=True)
+        producer.start()
+        print(f"demo: sending generated storefront events at {args.rate:.0f}/s to "
+              f"{settings.topics.events}", flush=True)
+        if settings.job.metrics_port > 0:
+            print(f"demo: Flink job metrics at http://127.0.0.1:{settings.job.metrics_port}"
+                  "/metrics", flush=True)
+        print("demo: live recommendations follow (Ctrl-C stops everything)\n", flush=True)
+        consumer: Any = kafka_config.consumer(
+            settings, settings.topics.recommendations, isolation_level="read_committed",
+            auto_offset_reset="latest", consumer_timeout_ms=1000,
+        )
+        deadline = time.monotonic() + args.seconds if args.seconds else None
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                if job.poll() is not None:
+                    print(f"demo: the job exited with {job.returncode}; see {log_path}",
+                          file=sys.stderr)
+                    return 1
+                for msg in consumer:
+                    shown += 1
+                    if shown % args.every == 1 or args.every == 1:
+                        print(format_record(msg.key, msg.value), flush=True)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+        finally:
+            consumer.close()
+        code = 0 if shown else 1
+    except KeyboardInterrupt:  # processes.Stopped: SIGTERM, SIGINT or SIGHUP
+        print(f"\ndemo: {STOP.name} received; stopping the job, the traffic"
+              f"{' and the broker' if started_broker else ''} within {bound:.0f}s", flush=True)
+        code = exit_code(STOP.signum or 0)
     finally:
+        started = STOP.received_at or time.monotonic()
         stop.set()
-        consumer.close()
-        _stop_job(job)
-        producer.join(timeout=10)
+        if _stop_run_child(job, job_bound) == EXIT_FORCED:
+            code = EXIT_FORCED
+        producer.join(timeout=5)
         if started_broker:
-            broker_down(settings)
+            broker_down(settings, timeout_s=max(started + bound - time.monotonic(), 3.0))
+        if STOP.signum:
+            print(f"demo: stopped in {time.monotonic() - started:.1f}s, exit {code}",
+                  flush=True)
     print(f"demo: {shown} recommendation lists received")
-    return 0 if shown else 1
+    return code
 
 
-def _stop_job(job: subprocess.Popen[bytes]) -> None:
-    """Stop the job's whole process group: the Python client and the JVM it launched."""
+def _stop_run_child(job: subprocess.Popen[bytes], job_bound: float) -> int:
+    """SIGTERM to ``freshrec run`` (which stops its job and JVM within ``job_bound``), then
+    kill whatever of its tree is left; its exit code, EXIT_FORCED when anything was killed."""
+    tree = process_tree(job.pid)  # before the stop: a JVM left behind is still found
     if job.poll() is None:
-        os.killpg(job.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            job.wait(timeout=20)
-    # The JVM may outlive the Python client while its MiniCluster shuts down.
-    deadline = time.monotonic() + 10
-    while _group_alive(job.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _group_alive(job.pid):
-        os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
-    print("demo: job stopped", flush=True)
-
-
-def _group_alive(pgid: int) -> bool:
+        job.send_signal(signal.SIGTERM)
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        code: int | None = job.wait(timeout=job_bound + 3)
+    except subprocess.TimeoutExpired:
+        code = None
+    if stop_processes(tree, timeout_s=1, what="demo", log=say):
+        code = None
+    job.wait()
+    print(f"demo: job stopped (exit {code if code is not None else 'killed'})", flush=True)
+    return EXIT_FORCED if code is None else code
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("setup", help="fetch the Kafka and Flink jars and build the glue")
     p.set_defaults(func=setup)
-    p = subparsers.add_parser("run", help="run the job on the local MiniCluster (blocking)")
+    p = subparsers.add_parser(
+        "run", help="run the job on the local MiniCluster (blocking; SIGTERM/SIGINT/SIGHUP stop"
+        " it, see docs/operations.md)")
+    p.add_argument("--savepoint", action="store_true",
+                   help="on stop, take a savepoint into job.savepoint_dir (job.savepoint_on_stop)")
+    p.add_argument("--ignore-running", action="store_true",
+                   help="start even when another run holds the same checkpoint dir or group id")
     p.set_defaults(func=run)
     p = subparsers.add_parser(
         "demo", help="local broker + job + generated traffic, printing live recommendations")

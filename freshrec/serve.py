@@ -15,8 +15,9 @@ with the model core's own retrieval (:func:`online_models.core.similar_items`) o
 thread, so that a long scan never holds up list requests; a lock keeps the consumer's
 updates and those queries apart. Routes and their answers: ``docs/serving.md``.
 
-SIGTERM or SIGINT: the server stops accepting, the consumer finishes its batch and closes,
-the store is flushed, and the command exits 0.
+SIGTERM, SIGINT or SIGHUP: the server stops accepting, the consumer finishes its batch and
+closes, the store is flushed, and the command exits 128 + the signal's number, as every
+command does.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from aiohttp import web
 
 from freshrec.metrics import SERVE_LATENCY_BUCKETS_S, SERVE_METRICS, STALENESS_BUCKETS_S
 from freshrec.privacy import PseudonymKeyError, load_key, pseudonymize
+from freshrec.processes import STOP_SIGNALS, exit_code
 from freshrec.serve_store import Change, Store, StoreError, pack_list
 from freshrec.settings import Settings, SettingsError, load_settings
 from online_models.config import ModelConfig
@@ -478,7 +480,8 @@ def check_settings(settings: Settings) -> bytes | None:
 
 
 async def serve(settings: Settings, announce: Callable[[str], None] = print) -> int:
-    """Run until SIGTERM/SIGINT (or a consumer failure: exit 1); see the module docs."""
+    """Run until SIGTERM, SIGINT or SIGHUP (exit 128 + its number) or a consumer failure
+    (exit 1); see the module docs."""
     key = check_settings(settings)
     s = settings.serve
     store = Store(s.store_dir, int(s.store_max_gb * 2**30), settings.topics.recommendations,
@@ -487,8 +490,14 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
     service = Service(settings, store, metrics, key)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    received: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        received.append(sig)
+        stop.set()
+
+    for sig in STOP_SIGNALS:  # the same stop as every command's (docs/operations.md)
+        loop.add_signal_handler(sig, on_signal, sig)
     materializer = Materializer(settings, store, metrics, service.apply_items)
     service.materializer = materializer
     runner = web.AppRunner(service.app(), access_log=None, handle_signals=False)
@@ -520,6 +529,10 @@ async def serve(settings: Settings, announce: Callable[[str], None] = print) -> 
         store.close()
     if materializer.error is not None:
         raise materializer.error
+    if received:
+        print(f"freshrec serve: stopped by {signal.Signals(received[0]).name}",
+              file=sys.stderr)
+        return exit_code(received[0])
     return 0
 
 

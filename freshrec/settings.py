@@ -90,6 +90,9 @@ class JobSettings:
     transaction_timeout_ms: int
     metrics_port: int
     learn_items: bool
+    stop_timeout_s: float
+    savepoint_on_stop: bool
+    savepoint_dir: str
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ _POSITIVE = {
     "job.transaction_timeout_ms", "model.dim", "model.top_k", "model.learning_rate",
     "model.history_len", "local.start_timeout_s", "model.covisit_window",
     "model.covisit_neighbours",
-    "cluster.rest_port", "cluster.rpc_port", "cluster.taskmanagers",
+    "job.stop_timeout_s", "cluster.rest_port", "cluster.rpc_port", "cluster.taskmanagers",
     "cluster.slots_per_taskmanager", "cluster.parallelism", "cluster.start_timeout_s",
     "serve.store_max_gb",
 }

@@ -21,6 +21,7 @@ from typing import Any
 
 from freshrec import kafka_config
 from freshrec.local_kafka import create_topic, dlq_topic_configs
+from freshrec.processes import process_tree
 from freshrec.settings import Settings, load_settings
 from schemas.events import Event, encode_event
 
@@ -50,20 +51,36 @@ class JobProcess:
     log_path: Path
     # Extra environment of the job process (e.g. FRESHREC_INJECT_FAULT).
     env: dict[str, str] = field(default_factory=dict)
+    # Run it as `freshrec run <run_args>` (signals, locks) instead of the job module's main.
+    run_args: tuple[str, ...] | None = None
     proc: subprocess.Popen[bytes] | None = None
     _producer: Any = field(default=None, repr=False)
+
+    def command(self) -> list[str]:
+        sets = [arg for o in self.overrides for arg in ("--set", o)]
+        if self.run_args is None:
+            return [sys.executable, "-m", "flink_jobs.recommender_job", *sets]
+        return [sys.executable, "-m", "freshrec.cli", *sets, "run", *self.run_args]
 
     def start(self) -> JobProcess:
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "FLINK_LOG_DIR": str(self.log_dir), **self.env}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flink_jobs.recommender_job",
-             *[arg for o in self.overrides for arg in ("--set", o)]],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
-            start_new_session=True,
-        )
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=REPO_ROOT, env=env, start_new_session=True)
         return self
+
+    def wait_for_line(self, text: str, timeout_s: float = 180) -> str:
+        """The first line of the job's output containing ``text``, once it is written."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text("utf-8", "replace").splitlines():
+                if text in line:
+                    return line
+            self.assert_alive()
+            time.sleep(0.3)
+        raise AssertionError(f"no {text!r} in the job's output after {timeout_s:.0f}s\n"
+                             f"{self.log_tail()}")
 
     def assert_alive(self) -> None:
         assert self.proc is not None
@@ -196,10 +213,9 @@ class JobProcess:
         lines = [f"task not running: {task} ({state})"
                  for task, state in self.task_states().items() if state != "RUNNING"]
         assert self.proc is not None
-        ps = subprocess.run(["ps", "-o", "pid=,comm=", "-s", str(self.proc.pid)],
-                            capture_output=True, text=True, check=False).stdout
         py_spy = str(Path(sys.executable).parent / "py-spy")
-        for pid in [f[0] for f in map(str.split, ps.splitlines()) if f[1:] == ["java"]]:
+        # The JVM runs in a session of its own (flink_jobs.environment): found by parentage.
+        for pid in [str(p.pid) for p in process_tree(self.proc.pid) if p.name() == "java"]:
             tools = (("jstack", ["jstack", pid]),
                      ("py-spy", [py_spy, "dump", "--pid", pid]))
             for tool, argv in tools:
@@ -231,6 +247,7 @@ def job_settings(broker_settings: Settings, tmp: Path, extra: Iterable[str] = ()
         f"topics.item_embeddings=it-{tag}.item-embeddings",
         f"job.group_id=it-{tag}",
         f"job.checkpoint_dir={tmp / 'checkpoints'}",
+        f"job.savepoint_dir={tmp / 'savepoints'}",
         "job.starting_offsets=earliest",
         "job.checkpoint_interval_ms=2000",
         "job.metrics_port=0",

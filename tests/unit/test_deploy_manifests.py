@@ -5,7 +5,10 @@ with pyproject.toml, freshrec/default_settings.toml and freshrec/local_kafka.py.
 
 from __future__ import annotations
 
+import configparser
 import re
+import shutil
+import signal
 import subprocess
 import tomllib
 from importlib.util import find_spec
@@ -20,6 +23,7 @@ from freshrec.local_kafka import (
     FLINK_CONNECTOR_VERSION,
     default_topics,
 )
+from freshrec.processes import EXIT_REFUSED, exit_code
 from freshrec.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,3 +227,26 @@ def test_serve_deployment_and_service() -> None:
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert env["FRESHREC_SERVE_STORE_DIR"]["value"] in mounts
     assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+
+
+def test_systemd_unit_signals_and_exit_codes_agree_with_freshrec(tmp_path: Path) -> None:
+    """deploy/systemd/freshrec.service: SIGTERM to `freshrec run` alone, a stop timeout above
+    job.stop_timeout_s, the clean-stop exit a success, a refused start not retried."""
+    path = ROOT / "deploy" / "systemd" / "freshrec.service"
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # keys are case-sensitive
+    unit.read_string(path.read_text("utf-8"))
+    service = unit["Service"]
+    assert service["ExecStart"].endswith("/.venv/bin/freshrec run")
+    assert service["KillMode"] == "mixed" and service["KillSignal"] == "SIGTERM"
+    assert float(service["TimeoutStopSec"]) > SETTINGS.job.stop_timeout_s
+    assert str(exit_code(signal.SIGTERM)) in service["SuccessExitStatus"].split()
+    assert {"2", str(EXIT_REFUSED)} <= set(service["RestartPreventExitStatus"].split())
+    if shutil.which("systemd-analyze") is None:
+        return
+    # systemd's own check, with the paths of this checkout.
+    local = tmp_path / "freshrec.service"
+    local.write_text(path.read_text("utf-8").replace("/opt/freshrec", str(ROOT)), "utf-8")
+    done = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
