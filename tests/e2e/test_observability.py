@@ -216,7 +216,7 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
         assert not problems, "\n".join(problems) + f"\njob log:\n{job.log_tail(15)}"
     finally:
         storefront.stop()
-        assert serve.stop() == 0, serve.log_tail()
+        assert serve.stop() == 143, serve.log_tail()  # SIGTERM: 128 + 15, as every command
         if producer is not None and producer.poll() is None:
             os.killpg(producer.pid, signal.SIGKILL)
             producer.wait(timeout=30)
