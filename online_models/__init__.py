@@ -10,15 +10,7 @@ evaluation.
 0
 """
 
-from online_models.baselines import (
-    MODEL_NAMES,
-    ItemKNNModel,
-    PopularityModel,
-    RecentItemsModel,
-    RiverMFModel,
-    SessionKNNModel,
-    make_model,
-)
+from online_models.baselines import MODEL_NAMES, PopularityModel, RiverMFModel, make_model
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
 from online_models.evaluate import ModelResult, prequential
@@ -31,6 +23,7 @@ from online_models.item_gradients import (
 from online_models.item_state import ItemRows, ItemState
 from online_models.learning import adagrad_rows, lr_schedule, new_item_state
 from online_models.model import FreshRecModel, Recommender
+from online_models.neighbour_baselines import ItemKNNModel, RecentItemsModel, SessionKNNModel
 from online_models.replica import ItemReplica
 from online_models.scoring import query_vector, recommend_for_user
 from online_models.state import UserState
