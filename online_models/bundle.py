@@ -60,39 +60,10 @@ from online_models.learning import (
     recent_context,
     updated_user,
 )
+from online_models.negatives import negative_positions
 from online_models.replica import ItemReplica
 from online_models.state import UserState
 from schemas.events import Event
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser, element-wise on uint64 (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        return z ^ (z >> np.uint64(31))
-
-
-def negative_positions(seed: int, user_hash: np.ndarray, n_events: np.ndarray, k: int,
-                       pool_size: int) -> np.ndarray:
-    """``len(user_hash) x k`` positions in the negatives pool, a pure function of the seed,
-    the user and the user's event count (so a user's draws repeat after a restore).
-
-    >>> a = negative_positions(1, np.array([7, 7]), np.array([0, 1]), 3, 100)
-    >>> a.shape, bool((a[0] != a[1]).any()), bool((a < 100).all())
-    ((2, 3), True, True)
-    >>> bool((negative_positions(1, np.array([7]), np.array([1]), 3, 100) == a[1]).all())
-    True
-    """
-    base = (np.asarray(user_hash, dtype=np.uint64) << np.uint64(32)) ^ np.asarray(
-        n_events, dtype=np.uint64) ^ _splitmix64(np.array([seed], dtype=np.uint64))
-    draws = _splitmix64(base[:, None] * np.uint64(k + 1) + np.arange(k, dtype=np.uint64))
-    return (draws % np.uint64(max(pool_size, 1))).astype(np.int64)
 
 
 @dataclass(frozen=True, slots=True)
