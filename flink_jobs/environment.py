@@ -17,6 +17,7 @@ from pyflink.datastream import (
 )
 
 from flink_jobs.glue import build_metrics_jar
+from flink_jobs.shard_keys import MAX_PARALLELISM
 from freshrec.settings import Settings
 
 
@@ -160,6 +161,9 @@ def make_environment(
     )
     env.add_jars(*(jar.resolve().as_uri() for jar in jars))
     env.set_parallelism(settings.job.parallelism)
+    # Pinned: the shards' keys are chosen for it (flink_jobs.shard_keys), and changing it
+    # would lose keyed state. Flink's default below 86 subtasks, so older state restores.
+    env.set_max_parallelism(MAX_PARALLELISM)
     mode = (
         CheckpointingMode.EXACTLY_ONCE
         if settings.job.delivery == "exactly-once"

@@ -30,6 +30,7 @@ from flink_jobs.operators import (
     ItemUpdate,
     UserUpdate,
 )
+from flink_jobs.shard_keys import shard_keys
 from flink_jobs.user_side import UserSideSettings
 from freshrec.privacy import load_key
 from freshrec.settings import Settings, load_settings
@@ -109,8 +110,10 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         dedup_max_ids=job.dedup_max_ids, max_payload_bytes=job.max_payload_bytes,
         max_id_length=job.max_id_length, item_shards=job.item_shards,
         learn_items=job.learn_items)
+    # Keyed by keys that spread the shards evenly over the subtasks (flink_jobs.shard_keys).
+    user_keys, item_keys = shard_keys(job.user_shards), shard_keys(job.item_shards)
     users = (
-        events.key_by(lambda bundle: bundle[0], Types.INT())
+        events.key_by(lambda bundle, keys=user_keys: keys[bundle[0]], Types.INT())
         .connect(replica_feed)
         .process(UserUpdate(user_side, job.user_state_ttl_days, job.user_shards, key_file),
                  OUTPUT_TYPE)
@@ -132,7 +135,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         "bundle-item-messages", glue.ShardRecordBundler(max_records, max_age),
         SHARD_BUNDLE_TYPE).start_new_chain()
     items = (
-        item_messages.key_by(lambda bundle: bundle[0], Types.INT())
+        item_messages.key_by(lambda bundle, keys=item_keys: keys[bundle[0]], Types.INT())
         .process(ItemUpdate(config, job.item_publish_interval_ms,
                             job.item_background_publish_interval_ms, job.dedup_window_s,
                             job.item_shards),

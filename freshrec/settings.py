@@ -180,6 +180,8 @@ _POSITIVE = {
 # Secrets that must come from the environment: a file or a --set flag would leave them in
 # the repository, a shell history or the process list.
 _ENV_ONLY = {"serve.auth_token"}
+# The job's max parallelism (flink_jobs.shard_keys.MAX_PARALLELISM): a shard is a key.
+_MAX_SHARDS = 128
 # The broker's default transaction.max.timeout.ms is 15 minutes.
 _MAX_TRANSACTION_TIMEOUT_MS = 900_000
 
@@ -310,5 +312,8 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key == "cluster.metrics_ports" and not re.fullmatch(r"\d+(-\d+)?", value):
         raise SettingsError(
             f"{key}: expected a port or a range like 9250-9260, got {value!r}{where}")
+    if key in ("job.user_shards", "job.item_shards") and value > _MAX_SHARDS:
+        raise SettingsError(f"{key}: at most {_MAX_SHARDS} (the job's max parallelism), got "
+                            f"{value}{where}")
     if key == "serve.port" and not 0 < value <= 65535:
         raise SettingsError(f"{key}: must be a TCP port 1..65535, got {value}{where}")

@@ -1,7 +1,8 @@
 """The job restores a checkpoint written by an earlier version of its state layout.
 
 ``fixtures/state-fv2`` holds a retained checkpoint of the bundled job (user values ``FV2``,
-items ``FI2``, owed refreshes ``FD1``; hashmap backend, parallelism 1, 4 shards each) taken
+items ``FI2``, owed refreshes ``FD1``; hashmap backend, parallelism 1, 4 shards each, keyed
+by ``flink_jobs.shard_keys``) taken
 after the storefront scenario of ``test_job`` (catalogue, tastes), with ``meta.json``: the
 Kafka offsets the checkpoint had reached and each user's count and seq. A later layout must
 keep restoring it (or say in docs/operations.md why not and replace the fixture).
