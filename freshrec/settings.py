@@ -127,6 +127,7 @@ class ModelSettings:
     covisit_window: int
     covisit_neighbours: int
     blend_learning_rate: float
+    text_encoder: str
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "job.starting_offsets": ("earliest", "latest", "committed"),
     "model.exclude": ("purchased", "seen", "none"),
     "model.ann_dtype": ("f16", "f32"),
+    "model.text_encoder": ("wordllama", ""),
 }
 _POSITIVE = {
     "local.port", "local.controller_port", "topics.partitions",

@@ -97,6 +97,11 @@ class ModelConfig:
         (HNSW) index instead of an exact scan (``online_models.ann``; 0 = always exact).
     ann_dtype : str
         Storage of vectors in that index: ``"f16"`` (half the memory) or ``"f32"``.
+    text_encoder : str
+        ``"wordllama"``: a new item starts from its text (:mod:`online_models.text`) when
+        the package is installed; ``""``: from its metadata only.
+    text_map_min : int
+        Warm examples the text map needs before new items start from it.
     """
 
     dim: int = 32
@@ -136,6 +141,8 @@ class ModelConfig:
     min_step_ratio: float = 1e-3
     ann_min_items: int = 250_000
     ann_dtype: str = "f16"
+    text_encoder: str = "wordllama"
+    text_map_min: int = 50
 
     def __post_init__(self) -> None:
         if self.exclude not in EXCLUDE_CHOICES:

@@ -62,6 +62,7 @@ _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 _QUANTITY_MAX: int = _PROPS["quantity"]["maximum"]
 _PRICE_MAX: float = _PROPS["price"]["maximum"]
 _TITLE_MAX: int = _PROPS["title"]["maxLength"]
+_DESCRIPTION_MAX: int = _PROPS["description"]["maxLength"]
 _CTX_MAX_KEYS: int = _CTX["maxProperties"]
 _CTX_KEY_MAX: int = _CTX["propertyNames"]["maxLength"]
 _CTX_STR_MAX: int = _CTX["additionalProperties"]["oneOf"][0]["maxLength"]
@@ -87,6 +88,7 @@ class Event:
     title: str | None = None
     available: bool | None = None
     context: dict[str, Any] | None = None
+    description: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The wire form (event v1), omitting absent optional fields."""
@@ -283,7 +285,7 @@ def _validate_optional(
     doc: dict[str, Any], event_id: str, event_type: str, ts: int,
     user_id: str | None, item_id: str | None, session_id: str | None,
 ) -> Event | DecodeError:
-    """The rarer fields: quantity, price, labels, title, available, context."""
+    """The rarer fields: quantity, price, labels, title, description, available, context."""
     get = doc.get
     labels: dict[str, str | None] = {}
     for name in _LABEL_FIELDS:
@@ -324,6 +326,14 @@ def _validate_optional(
         return _err("wrong_type", "$.title", "title must be a string")
     elif len(title) > _TITLE_MAX:
         return _err("bad_length", "$.title", f"title must be at most {_TITLE_MAX} characters")
+    description = get("description", _ABSENT)
+    if description is _ABSENT:
+        description = None
+    elif type(description) is not str:
+        return _err("wrong_type", "$.description", "description must be a string")
+    elif len(description) > _DESCRIPTION_MAX:
+        return _err("bad_length", "$.description",
+                    f"description must be at most {_DESCRIPTION_MAX} characters")
     available = get("available", _ABSENT)
     if available is _ABSENT:
         available = None
@@ -340,7 +350,7 @@ def _validate_optional(
         event_id=event_id, event_type=event_type, ts_ms=ts,
         user_id=user_id, item_id=item_id, session_id=session_id,
         quantity=quantity, price=price, category=labels["category"], brand=labels["brand"],
-        title=title, available=available, context=context,
+        title=title, available=available, context=context, description=description,
     )
 
 
