@@ -83,11 +83,13 @@ from flink_jobs.operators import item_state_descriptors, user_state_descriptors 
 from flink_jobs.user_side import shard_of  # noqa: E402
 from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value  # noqa: E402
 from freshrec.generator import category_label  # noqa: E402
-from online_models.bundle import ItemGradients, apply_gradients_to_items, learn_bundle  # noqa: E402
+from online_models.bundle import learn_bundle  # noqa: E402
 from online_models.config import ModelConfig  # noqa: E402
-from online_models.core import new_item_state  # noqa: E402
+from online_models.item_gradients import ItemGradients, apply_gradients_to_items  # noqa: E402
+from online_models.item_state import ItemState  # noqa: E402
+from online_models.learning import new_item_state  # noqa: E402
 from online_models.replica import ItemReplica  # noqa: E402
-from online_models.state import ItemState, UserState  # noqa: E402
+from online_models.state import UserState  # noqa: E402
 from schemas.events import Event  # noqa: E402
 
 GOAL_FACTOR = 1.5
@@ -288,7 +290,7 @@ def fill_main(argv: list[str]) -> int:
     from pyflink.common import WatermarkStrategy
 
     from flink_jobs import environment, kafka_io
-    from flink_jobs.recommender_job import job_jars, model_config
+    from flink_jobs.recommender_job import job_jars
     from freshrec.settings import load_settings
 
     ap = argparse.ArgumentParser(prog="bench_state _fill-job")
@@ -317,7 +319,7 @@ def fill_main(argv: list[str]) -> int:
     environment.flink_configuration = with_extra  # type: ignore[assignment]
     env = environment.make_environment(settings, job_jars(settings))
     env.add_python_file(str(Path(__file__).resolve()))
-    job, config = settings.job, model_config(settings)
+    job, config = settings.job, settings.model
     spec = FillSpec(args.n_items, args.dedup_ids, args.events_per_user, args.event_id_chars)
     group = job.group_id
     users = env.from_source(
@@ -833,7 +835,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench_e2e import machine
 
-    from flink_jobs.recommender_job import model_config
     from freshrec import kafka_config
     from freshrec.local_kafka import broker_down, broker_up, create_topic
     from freshrec.processes import free_ports
@@ -890,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
         broker_up(started, log=say)
     base_sets = [*boot, *sets]
     settings = load_settings(overrides=base_sets)
-    config = model_config(settings)
+    config = settings.model
     args.events_per_user = args.events_per_user or config.history_len
     spec = FillSpec(args.items, args.dedup_ids, args.events_per_user, args.event_id_chars)
     raw = raw_sizes(config, spec, settings.job.dedup_window_s)

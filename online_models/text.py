@@ -40,9 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from online_models.config import TEXT_ENCODERS
+
 log = logging.getLogger(__name__)
 
-ENCODERS = ("wordllama", "")
 TEXT_DIM = 64  # WordLlama vectors are Matryoshka-trained: the first 64 of 256 dims suffice
 _WORD_SPLIT = re.compile(r"[._/|>,;]+")
 
@@ -97,8 +98,8 @@ class TextEncoder:
 def load_text_encoder(name: str) -> TextEncoder | None:
     """The encoder ``name`` (``"wordllama"``), or ``None`` when ``name`` is empty or its
     package is not installed (logged once: cold items then get metadata vectors only)."""
-    if name not in ENCODERS:
-        raise ValueError(f"text_encoder must be one of {ENCODERS}; got {name!r}")
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"text_encoder must be one of {TEXT_ENCODERS}; got {name!r}")
     if not name:
         return None
     try:
