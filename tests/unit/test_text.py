@@ -7,9 +7,16 @@ import logging
 import numpy as np
 import pytest
 
+from flink_jobs.bundles import ITEM_EMBEDDINGS, decode_output_bundle
+from flink_jobs.item_side import ItemSide
+from flink_jobs.user_side import GRADIENT_MESSAGE, UPSERT_MESSAGE
 from freshrec.generator import Storefront, category_words
 from online_models.config import ModelConfig
+from online_models.item_gradients import ItemGradients
+from online_models.item_state import ItemState
+from online_models.learning import apply_item_embedding
 from online_models.model import FreshRecModel
+from online_models.replica import ItemReplica
 from online_models.text import (
     TEXT_DIM,
     ColdText,
@@ -19,6 +26,7 @@ from online_models.text import (
     warm_milestone,
 )
 from schemas.events import Event, decode_event, encode_event
+from schemas.item_embedding import ItemEmbedding
 
 
 def test_item_text_keeps_words_and_drops_numeric_ids() -> None:
@@ -151,3 +159,59 @@ def test_description_is_an_event_field_with_a_length_limit() -> None:
                               description="x" * 4097))
     err = decode_event(long)
     assert getattr(err, "field", None) == "$.description"
+
+
+def _seeded_map(dim: int) -> bytes:
+    enc = load_text_encoder("wordllama")
+    assert enc is not None
+    cold = ColdText(enc, dim, min_examples=4)
+    target = np.zeros((4, dim), dtype=np.float32)
+    target[:2, 0] = 1.0
+    target[2:, 1] = 1.0
+    cold.learn(["mobile phones b1", "mobile phones b2", "camping tents b1", "camping tents b3"],
+               target)
+    return cold.map.to_bytes()
+
+
+def test_item_side_starts_upserted_items_from_text_and_replicas_keep_it() -> None:
+    cfg = ModelConfig(dim=8, seed=1, text_map_min=4)
+    side = ItemSide(cfg, 200, 5000)
+    upsert = UPSERT_MESSAGE + encode_event(Event(
+        "u1", "item_upsert", 1_700_000_000_000, item_id="new-phone",
+        title="b7 mobile phones item 9", description="A phone with a large screen."))
+    cold = side.process([upsert], lambda ids: {}, lambda e: False, 1_000)
+    plain = ItemState.from_bytes(side.process([upsert], lambda ids: {}, lambda e: False, 1_000,
+                                              None).writes["new-phone"]).vector
+    placed = ItemState.from_bytes(side.process([upsert], lambda ids: {}, lambda e: False, 1_000,
+                                               _seeded_map(8)).writes["new-phone"]).vector
+    np.testing.assert_array_equal(
+        ItemState.from_bytes(cold.writes["new-phone"]).vector, plain)  # no map yet: content
+    moved = placed - plain
+    assert moved[0] > moved[1] + 0.2 and cold.text_map is None
+    out, n = side.publish(["new-phone"], {"new-phone": ItemState(
+        "new-phone", placed, title="b7 mobile phones item 9").to_bytes()})
+    assert n == 1
+    emb = ItemEmbedding.from_bytes(decode_output_bundle(out.to_bytes())[ITEM_EMBEDDINGS][0][1])
+    replica = ItemReplica(cfg)
+    row = apply_item_embedding(replica, emb)
+    np.testing.assert_allclose(replica.table.vectors[row], placed, rtol=1e-6)
+
+
+def test_item_side_teaches_the_map_at_warm_milestones() -> None:
+    cfg = ModelConfig(dim=8, seed=1)
+    side = ItemSide(cfg, 200, 5000)
+
+    def grads(n_positive: int) -> bytes:
+        return GRADIENT_MESSAGE + ItemGradients(
+            ["i1"], np.full((1, 8), 0.1, dtype=np.float32), np.zeros(1, np.float32),
+            np.ones(1), np.array([n_positive], np.int32), np.array([5], np.int64),
+            [{"category": "garden.hoses", "brand": "acme", "price": None}]).to_bytes()
+
+    store: dict[str, bytes] = {}
+    first = side.process([grads(2)], lambda ids: {i: store.get(i) for i in ids},
+                         lambda e: False, 1_000)
+    store.update(first.writes)
+    assert first.text_map is None  # 2 interactions: below the first milestone
+    second = side.process([grads(1)], lambda ids: {i: store.get(i) for i in ids},
+                          lambda e: False, 2_000)
+    assert second.text_map is not None and TextMap.from_bytes(second.text_map).n == 1
