@@ -342,3 +342,56 @@ def test_a_users_events_meet_in_one_state_whatever_the_kafka_key(kafka_broker,
         job.assert_alive()
     finally:
         job.stop()
+
+
+def test_job_starts_an_untagged_item_from_its_text(kafka_broker, tmp_path: Path) -> None:
+    """Items without a category, named by their titles: once the item shards' text maps have
+    learned from warm items, a new item's published vector is its content vector plus the
+    map's vector for its words, nearest to the items named like it."""
+    pytest.importorskip("wordllama")
+    import numpy as np
+
+    from online_models.tables import content_vector
+    from schemas.item_embedding import ItemEmbedding
+
+    words = {"shoes": "running shoes", "books": "crime novels", "garden": "garden hoses",
+             "audio": "wireless headphones"}
+    settings, overrides = job_settings(kafka_broker.settings, tmp_path,
+                                       ["model.text_map_min=3"])
+    topics, cfg = settings.topics, settings.model
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    try:
+        job.send_events([
+            Event(f"up-{item_id(cat, n)}", "item_upsert", BASE_TS, item_id=item_id(cat, n),
+                  brand=f"brand-{n % 3}", title=f"brand-{n % 3} {words[cat]} {n}")
+            for cat in CATEGORIES for n in range(ITEMS_PER_CATEGORY)])
+        # Each item gets 3 views (its first warm milestone) from users of its category.
+        job.send_events([
+            Event(f"v-{cat}-{n}-{k}", "view", BASE_TS + 1000 + 10 * n + k,
+                  user_id=f"user-{cat}-{k}", item_id=item_id(cat, n))
+            for cat in CATEGORIES for n in range(ITEMS_PER_CATEGORY) for k in range(3)])
+        warm = {item_id(cat, n) for cat in CATEGORIES for n in range(ITEMS_PER_CATEGORY)}
+        job.wait_for(topics.item_embeddings, lambda rs: all(
+            r.value is not None and ItemEmbedding.from_bytes(r.value).n_events >= 3
+            for k, r in latest_by_key(rs).items() if k in warm) and warm <= set(
+            latest_by_key(rs)), what="every catalogue item warm", timeout_s=180)
+        job.send_events([Event("up-new", "item_upsert", BASE_TS + 5000, item_id="new-shoe",
+                               brand="brand-9", title="brand-9 running shoes deluxe",
+                               description="Light running shoes.")])
+        records = job.wait_for(topics.item_embeddings,
+                               lambda rs: "new-shoe" in latest_by_key(rs),
+                               what="the new item's record")
+    finally:
+        job.stop()
+    latest = {k: ItemEmbedding.from_bytes(r.value) for k, r in latest_by_key(records).items()
+              if r.value is not None}
+    new = latest["new-shoe"]
+    assert new.n_events == 0
+    from_text = np.asarray(new.vector) - content_vector("new-shoe", cfg.dim, cfg.seed, None,
+                                                        "brand-9", None, cfg.init_scale)
+    assert np.linalg.norm(from_text) > 1e-3, "the new item was not placed by its text"
+    means = {cat: np.mean([latest[item_id(cat, n)].vector for n in range(ITEMS_PER_CATEGORY)],
+                          axis=0) for cat in CATEGORIES}
+    cos = {cat: float(from_text @ m / (np.linalg.norm(m) * np.linalg.norm(from_text)))
+           for cat, m in means.items()}
+    assert max(cos, key=cos.__getitem__) == "shoes", cos
