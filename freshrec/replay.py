@@ -21,12 +21,15 @@ from typing import Any
 
 from online_models.baselines import MODEL_NAMES, make_model
 from online_models.config import ModelConfig
-from online_models.evaluate import COLD_BELOW, ModelResult, Progress, prequential
+from online_models.evaluate import COLD_BELOW, ModelResult, Progress, SliceResult, prequential
+from online_models.experiment_model import ExperimentModel
+from online_models.experiments import Experiment, ExperimentError, compare, proportion_ci
 from online_models.streaming import rolling_series
 from schemas.events import Event
 
 TUNED = "freshrec_tuned"
 FRESHREC = ("freshrec", TUNED)  # never counted as baselines
+EXPERIMENT = "experiment"  # the experiment's variants among the replayed models
 FORMATS = ("jsonl", "taobao", "rees46", "retailrocket", "diginetica", "movielens")
 TUNE_GRID: dict[str, tuple[float, ...]] = {
     "learning_rate": (0.02, 0.05, 0.1),
@@ -58,6 +61,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tune-fraction", type=float, default=0.3,
                    help="share of the log (time-ordered) used for tuning (default 0.3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--experiments", metavar="FILE",
+                   help="also replay the variants of this experiment file side by side "
+                        "(users split by keyed hash, one shared item side; docs/model.md)")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics (freshrec_replay_*) on this port")
     p.set_defaults(func=run)
@@ -117,7 +123,7 @@ def tune(events: Sequence[Event], base: ModelConfig, log: Any = None
 def _ratio_lines(results: dict[str, ModelResult], what: str,
                  recall: Callable[[ModelResult], float], goal: float) -> list[str]:
     """``freshrec`` (and ``freshrec_tuned``) over the best baseline by ``recall``."""
-    baselines = [r for n, r in results.items() if n not in FRESHREC]
+    baselines = [r for n, r in results.items() if n not in FRESHREC and n != EXPERIMENT]
     if not baselines:
         return []
     base = max(baselines, key=recall)
@@ -165,6 +171,29 @@ def format_table(results: dict[str, ModelResult], tuned: str = "") -> str:
         if first.slices[s].n_evaluated:
             lines += _ratio_lines(results, f"{title} R@20",
                                   lambda r, s=s: r.slices[s].recall(20), 1.0)
+    return "\n".join(lines)
+
+
+def format_experiment(result: ModelResult, experiment: Experiment, k: int = 20) -> str:
+    """Each variant's tests and Recall@k with its 95 % interval, and each variant against
+    the first (difference, two-proportion z-test p-value, verdict at 5 %)."""
+    lines = [f"{'variant':<16}{'share':>7}{'tests':>9}{f'recall@{k}':>11}{'95% CI':>18}"
+             f"{'vs ' + experiment.names[0]:>16}{'p':>8}  verdict",
+             "-" * 96]
+    first = result.slices.get("variant:" + experiment.names[0], SliceResult())
+    for v in experiment.variants:
+        s = result.slices.get("variant:" + v.name, SliceResult())
+        hits, n = s.hits.get(k, 0), s.n_evaluated
+        lo, hi = proportion_ci(hits, n)
+        line = (f"{v.name:<16}{v.share:>7.2f}{n:>9,}{s.recall(k):>11.4f}"
+                f"{f'[{lo:.4f}, {hi:.4f}]':>18}")
+        if v.name != experiment.names[0]:
+            diff, p = compare(first.hits.get(k, 0), first.n_evaluated, hits, n)
+            verdict = "significant" if p < 0.05 else "not significant"
+            line += f"{diff:>+16.4f}{p:>8.3f}  {verdict}"
+        lines.append(line)
+    lines.append("recall = hit rate of the tested item in the list (one relevant item per "
+                 "test); Wilson interval; p: two-sided two-proportion z-test")
     return "\n".join(lines)
 
 
@@ -240,6 +269,14 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         if "freshrec" not in names:  # the tuned model is always shown next to the default
             names.insert(0, "freshrec")
     models: dict[str, Any] = {}
+    experiment = None
+    if args.experiments:
+        try:
+            experiment = Experiment.load(args.experiments)
+        except ExperimentError as exc:
+            print(f"freshrec replay: --experiments: {exc}", file=sys.stderr)
+            return 2
+        models[EXPERIMENT] = ExperimentModel(experiment, cfg)
     for n in names:
         models[n] = make_model(n, cfg)
         if n == "freshrec" and tuned_cfg is not None:
@@ -254,6 +291,9 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     if args.metrics_port:
         bar.report(results)
     print(format_table(results, note))
+    if experiment is not None:
+        print()
+        print(format_experiment(results[EXPERIMENT], experiment))
     if args.json_out:
         doc = {name: r.summary() for name, r in results.items()}
         Path(args.json_out).write_text(json.dumps(doc, indent=2) + "\n")

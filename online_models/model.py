@@ -111,9 +111,12 @@ class FreshRecModel:
 
     name = "freshrec"
 
-    def __init__(self, config: ModelConfig | None = None) -> None:
+    def __init__(self, config: ModelConfig | None = None,
+                 items_of: FreshRecModel | None = None) -> None:
         self.config = config or ModelConfig()
-        self.replica = ItemReplica(self.config)
+        # An experiment's variants share one item side (items_of's): replica (vectors,
+        # trend), co-visitation and the text map.
+        self.replica = ItemReplica(self.config) if items_of is None else items_of.replica
         self.users: dict[str, UserState] = {}
         self.explore_rng = np.random.default_rng([self.config.seed, 1])
         self.clusters = UserClusters(self.config.n_clusters, self.config.dim, self.config.seed,
@@ -122,10 +125,15 @@ class FreshRecModel:
         self.metrics = RollingMetrics()
         self.step = 0  # events since start or last drift (drives the lr schedule)
         self.now_ms = 0
-        self.covisit = CoVisitTable(self.config.covisit_neighbours)
+        self.covisit = (CoVisitTable(self.config.covisit_neighbours) if items_of is None
+                        else items_of.covisit)
         self.blend = ScoreBlend.initial(self.config)
         # Replays are short: the blend learns from every chance for a while.
         self._blend_schedule = BlendSchedule(5000, 2)
+        if items_of is not None:
+            self.text, self._item_text = items_of.text, items_of._item_text
+            self._item_positives = items_of._item_positives
+            return
         encoder = load_text_encoder(self.config.text_encoder)
         self.text = (None if encoder is None
                      else ColdText(encoder, self.config.dim, self.config.text_map_min))
