@@ -9,7 +9,8 @@ started). Tests are events whose user had been shown a list before them; a hit i
 event's item in that list, so hits / tests is the variant's prequential hit rate
 (Recall@top_k) and hits_at_10 / tests its Recall@10. The verdict is a two-sided
 two-proportion z-test on the hit rate against the first variant of the experiment file
-(``experiments.file``) at the 5 % level.
+(``experiments.file``) at the 5 % level. The counters hold no per-user counts, so tests are
+taken as independent: with heavy users the interval is too narrow (docs/model.md).
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ def report(counts: Mapping[str, Mapping[str, float]], order: Sequence[str]) -> s
                      f"{'significant' if p < 0.05 else 'not significant'}")
         lines.append(line)
     lines.append("hit rate = Recall@top_k of the list shown before each event (test-then-"
-                 "learn); Wilson intervals; p: two-sided two-proportion z-test on the hit rate")
+                 "learn); Wilson intervals; p: two-sided two-proportion z-test on the hit rate."
+                 "\nTests are counted as independent: where a few users make many events the "
+                 "intervals are too narrow (replay --experiments tests with users as units).")
     return "\n".join(lines)
 
 

@@ -21,9 +21,14 @@ from typing import Any
 
 from online_models.baselines import MODEL_NAMES, make_model
 from online_models.config import ModelConfig
-from online_models.evaluate import COLD_BELOW, ModelResult, Progress, SliceResult, prequential
+from online_models.evaluate import COLD_BELOW, ModelResult, Progress, prequential
 from online_models.experiment_model import ExperimentModel
-from online_models.experiments import Experiment, ExperimentError, compare, proportion_ci
+from online_models.experiments import (
+    Experiment,
+    ExperimentError,
+    clustered_rate,
+    compare_clustered,
+)
 from online_models.streaming import rolling_series
 from schemas.events import Event
 
@@ -176,26 +181,27 @@ def format_table(results: dict[str, ModelResult], tuned: str = "") -> str:
     return "\n".join(lines)
 
 
-def format_experiment(result: ModelResult, experiment: Experiment, k: int = 20) -> str:
-    """Each variant's tests and Recall@k with its 95 % interval, and each variant against
-    the first (difference, two-proportion z-test p-value, verdict at 5 %)."""
-    lines = [f"{'variant':<16}{'share':>7}{'tests':>9}{f'recall@{k}':>11}{'95% CI':>18}"
-             f"{'vs ' + experiment.names[0]:>16}{'p':>8}  verdict",
-             "-" * 96]
-    first = result.slices.get("variant:" + experiment.names[0], SliceResult())
+def format_experiment(model: ExperimentModel) -> str:
+    """Each variant's users, tests and Recall@20 (its hit rate: one relevant item per test)
+    with a 95 % interval, and each variant against the first: difference, p-value and
+    verdict at 5 %, all with users as the unit (a user's tests are not independent)."""
+    experiment = model.experiment
+    first = experiment.names[0]
+    lines = [f"{'variant':<16}{'share':>7}{'users':>8}{'tests':>9}{'recall@20':>11}"
+             f"{'95% CI':>18}{'vs ' + first:>16}{'p':>8}  verdict", "-" * 101]
+    base = [tuple(c) for c in model.per_user[first].values()]
     for v in experiment.variants:
-        s = result.slices.get("variant:" + v.name, SliceResult())
-        hits, n = s.hits.get(k, 0), s.n_evaluated
-        lo, hi = proportion_ci(hits, n)
-        line = (f"{v.name:<16}{v.share:>7.2f}{n:>9,}{s.recall(k):>11.4f}"
-                f"{f'[{lo:.4f}, {hi:.4f}]':>18}")
-        if v.name != experiment.names[0]:
-            diff, p = compare(first.hits.get(k, 0), first.n_evaluated, hits, n)
-            verdict = "significant" if p < 0.05 else "not significant"
-            line += f"{diff:>+16.4f}{p:>8.3f}  {verdict}"
+        users = [(t, h) for t, h in model.per_user[v.name].values()]
+        rate, se = clustered_rate(users)
+        lo, hi = max(rate - 1.96 * se, 0.0), min(rate + 1.96 * se, 1.0)
+        line = (f"{v.name:<16}{v.share:>7.2f}{len(users):>8,}{sum(t for t, _ in users):>9,}"
+                f"{rate:>11.4f}{f'[{lo:.4f}, {hi:.4f}]':>18}")
+        if v.name != first:
+            diff, p = compare_clustered(base, users)  # type: ignore[arg-type]
+            line += f"{diff:>+16.4f}{p:>8.3f}  {'significant' if p < 0.05 else 'not significant'}"
         lines.append(line)
-    lines.append("recall = hit rate of the tested item in the list (one relevant item per "
-                 "test); Wilson interval; p: two-sided two-proportion z-test")
+    lines.append("recall@20 = hit rate of the tested item in the list; intervals and the "
+                 "z-test use user-clustered standard errors (delta method)")
     return "\n".join(lines)
 
 
@@ -295,7 +301,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     print(format_table(results, note))
     if experiment is not None:
         print()
-        print(format_experiment(results[EXPERIMENT], experiment))
+        print(format_experiment(models[EXPERIMENT]))
     if args.json_out:
         doc = {name: r.summary() for name, r in results.items()}
         Path(args.json_out).write_text(json.dumps(doc, indent=2) + "\n")

@@ -45,7 +45,9 @@ class ExperimentModel:
             self.models[v.name] = model
         self._items = first
         self._trending = {v.name for v in experiment.variants if v.trending_only}
-        self._last: str | None = None
+        self._last: tuple[str, str] | None = None  # (variant, user) of the last list
+        # Per variant, each tested user's [tests, hits]: significance with users as units.
+        self.per_user: dict[str, dict[str, list[int]]] = {n: {} for n in experiment.names}
 
     @property
     def n_items(self) -> int:
@@ -72,7 +74,8 @@ class ExperimentModel:
 
     def recommend(self, user_id: str, k: int = 20, exclude: Iterable[str] = ()
                   ) -> list[ScoredItem]:
-        variant = self._last = self.experiment.variant_of(user_id)
+        variant = self.experiment.variant_of(user_id)
+        self._last = (variant, user_id)
         model = self.models[variant]
         if variant in self._trending:
             return trending_list(model.replica, model.user(user_id), model.config, k, exclude)
@@ -82,8 +85,15 @@ class ExperimentModel:
         return [self.recommend(u, k) for u in user_ids]
 
     def observe(self, hit: bool) -> bool:
-        """The hit of the last list goes to the variant that made it."""
-        return self._last is not None and self.models[self._last].observe(hit)
+        """The hit of the last list goes to the variant that made it (and its user's
+        counts)."""
+        if self._last is None:
+            return False
+        variant, user_id = self._last
+        counts = self.per_user[variant].setdefault(user_id, [0, 0])
+        counts[0] += 1
+        counts[1] += int(hit)
+        return self.models[variant].observe(hit)
 
     def score_items(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
         return self.models[self.experiment.variant_of(user_id)].score_items(user_id, item_ids)

@@ -40,7 +40,7 @@ import dataclasses
 import hashlib
 import math
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,36 @@ def compare(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[float, float]
         return pb - pa, 1.0
     z = (pb - pa) / se
     return pb - pa, math.erfc(abs(z) / math.sqrt(2))
+
+
+def clustered_rate(per_user: Sequence[tuple[int, int]]) -> tuple[float, float]:
+    """Hit rate ``sum(hits) / sum(tests)`` over users' ``(tests, hits)`` and its standard
+    error with the user as the unit (delta method): a user's tests are not independent, and
+    a few heavy users would otherwise make the interval far too narrow.
+
+    >>> rate, se = clustered_rate([(10, 5), (10, 5), (10, 5)])
+    >>> rate, se
+    (0.5, 0.0)
+    """
+    n = len(per_user)
+    tests = sum(t for t, _ in per_user)
+    if n < 2 or tests == 0:
+        return (sum(h for _, h in per_user) / tests if tests else 0.0), math.inf
+    rate = sum(h for _, h in per_user) / tests
+    resid = sum((h - rate * t) ** 2 for t, h in per_user)
+    return rate, math.sqrt(n / (n - 1) * resid) / tests
+
+
+def compare_clustered(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]
+                      ) -> tuple[float, float]:
+    """Difference of two variants' hit rates (``b - a``) and its two-sided p-value, with
+    user-clustered standard errors (:func:`clustered_rate`)."""
+    ra, sa = clustered_rate(a)
+    rb, sb = clustered_rate(b)
+    se = math.hypot(sa, sb)
+    if not math.isfinite(se) or se == 0:
+        return rb - ra, 1.0
+    return rb - ra, math.erfc(abs(rb - ra) / se / math.sqrt(2))
 
 
 def trending_list(replica: ItemReplica, user: UserState, config: ModelConfig, k: int,

@@ -319,21 +319,16 @@ def _validate_optional(
         if not (0 <= price <= _PRICE_MAX and math.isfinite(price)):
             return _err("out_of_range", "$.price", f"price must be a number in 0..{_PRICE_MAX:g}")
         price = float(price)
-    title = get("title", _ABSENT)
-    if title is _ABSENT:
-        title = None
-    elif type(title) is not str:
-        return _err("wrong_type", "$.title", "title must be a string")
-    elif len(title) > _TITLE_MAX:
-        return _err("bad_length", "$.title", f"title must be at most {_TITLE_MAX} characters")
-    description = get("description", _ABSENT)
-    if description is _ABSENT:
-        description = None
-    elif type(description) is not str:
-        return _err("wrong_type", "$.description", "description must be a string")
-    elif len(description) > _DESCRIPTION_MAX:
-        return _err("bad_length", "$.description",
-                    f"description must be at most {_DESCRIPTION_MAX} characters")
+    texts: dict[str, str | None] = {}
+    for name, limit in (("title", _TITLE_MAX), ("description", _DESCRIPTION_MAX)):
+        text = get(name, _ABSENT)
+        if text is _ABSENT:
+            text = None
+        elif type(text) is not str:
+            return _err("wrong_type", f"$.{name}", f"{name} must be a string")
+        elif len(text) > limit:
+            return _err("bad_length", f"$.{name}", f"{name} must be at most {limit} characters")
+        texts[name] = text
     available = get("available", _ABSENT)
     if available is _ABSENT:
         available = None
@@ -350,7 +345,8 @@ def _validate_optional(
         event_id=event_id, event_type=event_type, ts_ms=ts,
         user_id=user_id, item_id=item_id, session_id=session_id,
         quantity=quantity, price=price, category=labels["category"], brand=labels["brand"],
-        title=title, available=available, context=context, description=description,
+        title=texts["title"], available=available, context=context,
+        description=texts["description"],
     )
 
 

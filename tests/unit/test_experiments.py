@@ -10,10 +10,18 @@ from flink_jobs.bundles import RECOMMENDATIONS, decode_output_bundle
 from flink_jobs.user_side import UserSide
 from freshrec.experiments_cmd import counts_from_exposition, report
 from freshrec.generator import generate_events
+from freshrec.replay import format_experiment
 from online_models.config import ModelConfig
 from online_models.evaluate import prequential
 from online_models.experiment_model import ExperimentModel
-from online_models.experiments import Experiment, ExperimentError, compare, proportion_ci
+from online_models.experiments import (
+    Experiment,
+    ExperimentError,
+    clustered_rate,
+    compare,
+    compare_clustered,
+    proportion_ci,
+)
 from schemas.loader import load_schema
 from schemas.recommendation import Recommendation
 from tests.unit.test_bundle_sides import T0, Store, catalogue, event, settings
@@ -72,6 +80,16 @@ def test_intervals_and_the_z_test() -> None:
     assert compare(300, 1000, 300, 1000) == (0.0, 1.0)
     assert compare(300, 1000, 330, 1000)[1] > 0.05   # 3 points on 1,000 tests: noise
     assert compare(3000, 10000, 3300, 10000)[1] < 0.001
+    # Users, not tests, are the unit: with one test each the two agree; one heavy user's
+    # 1,000 hits are one observation, and the interval widens accordingly.
+    single = [(1, 1)] * 60 + [(1, 0)] * 140
+    rate, se = clustered_rate(single)
+    assert rate == 0.3 and abs(se - (0.3 * 0.7 / 200) ** 0.5) < 0.002
+    heavy = [(1000, 1000)] + [(1, 0)] * 200
+    rate, se = clustered_rate(heavy)
+    assert abs(rate - 1000 / 1200) < 1e-12
+    assert se > 10 * (rate * (1 - rate) / 1200) ** 0.5
+    assert compare_clustered(single, single) == (0.0, 1.0)
 
 
 def test_user_side_lists_carry_their_variant_and_the_counts_add_up() -> None:
@@ -125,6 +143,14 @@ def test_replay_runs_the_variants_side_by_side_on_one_item_side() -> None:
     a, b = res.slices["variant:a"], res.slices["variant:b"]
     assert a.n_evaluated + b.n_evaluated == res.overall.n_evaluated > 1000
     assert a.hits[20] + b.hits[20] == res.overall.hits[20]
+    for name, part in (("a", a), ("b", b)):
+        users = model.per_user[name]
+        assert sum(t for t, _ in users.values()) == part.n_evaluated
+        assert sum(h for _, h in users.values()) == part.hits[20]
+        assert {exp.variant_of(u) for u in users} == {name}
+    table = format_experiment(model)
+    assert "not significant" in table or "significant" in table
+    assert table.splitlines()[2].startswith("a ")
     assert model.models["a"].replica is model.models["b"].replica
     assert not set(model.models["a"].users) & set(model.models["b"].users)
     assert model.models["b"].config.recency_boost == 2.0
