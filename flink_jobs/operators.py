@@ -102,6 +102,32 @@ def _load(state: Any, keys: list[str]) -> dict[str, bytes | None]:
     return {k: state.get(k) for k in keys}
 
 
+class ShardCount:
+    """Each shard's state remembers the shard count it was written with, and a restore
+    with another count stops the job: keys would land in other shards and start over."""
+
+    def __init__(self, runtime_context: RuntimeContext, setting: str, shards: int) -> None:
+        self.state = runtime_context.get_state(
+            ValueStateDescriptor(f"{setting.removeprefix('job.')}-count", Types.INT()))
+        self.setting, self.shards = setting, shards
+        self._checked: set[int] = set()  # shards of this instance already checked
+
+    def check(self, ctx: Any) -> None:
+        shard = ctx.get_current_key()
+        if shard in self._checked:
+            return
+        written = self.state.value()
+        if written is None:
+            self.state.update(self.shards)
+        elif written != self.shards:
+            raise ValueError(
+                f"{self.setting} is {self.shards}, but the restored state was written with "
+                f"{written} shards: its users or items would land in other shards and start "
+                f"over. Restore with --set {self.setting}={written} (the count is fixed for "
+                "the life of the state; docs/operations.md, Rescale).")
+        self._checked.add(shard)
+
+
 def _take_due(schedule: Any, timestamp: int, ctx: Any) -> list[str]:
     """Keys of a schedule (a ValueState of :func:`pack_due`) due at ``timestamp``; the rest
     stay, with a timer at the earliest of them."""
@@ -120,10 +146,11 @@ class UserUpdate(KeyedBroadcastProcessFunction):
     """Keyed by user shard: one call per record bundle (see :class:`UserSide`), the item
     replica fed by bundles of the changelog (broadcast)."""
 
-    def __init__(self, settings: UserSideSettings, user_ttl_days: int,
+    def __init__(self, settings: UserSideSettings, user_ttl_days: int, user_shards: int,
                  pseudonym_key_file: str | None = None) -> None:
         self.settings = settings
         self.user_ttl_days = user_ttl_days
+        self.user_shards = user_shards
         # None: keep user ids; else pseudonymise with the key read in open(), so the key is
         # never part of the job graph.
         self.pseudonym_key_file = pseudonym_key_file
@@ -134,6 +161,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         users, owed = user_state_descriptors(self.user_ttl_days)
         self.users = runtime_context.get_map_state(users)
         self.owed = runtime_context.get_state(owed)
+        self.shard_count = ShardCount(runtime_context, "job.user_shards", self.user_shards)
         self._replica_loaded = False
         self._replica_state: Any = None
         m = self.metrics = JobMetrics(runtime_context)
@@ -168,6 +196,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)
+        self.shard_count.check(ctx)
         records = decode_record_bundle(value[1])
         if self._fault is not None:
             for _ in records:
@@ -250,8 +279,10 @@ class ItemUpdate(KeyedProcessFunction):
     publishes each changed item to the changelog when its publish time comes."""
 
     def __init__(self, config: ModelConfig, publish_interval_ms: int,
-                 background_publish_interval_ms: int, dedup_window_s: int) -> None:
+                 background_publish_interval_ms: int, dedup_window_s: int,
+                 item_shards: int) -> None:
         self.config = config
+        self.item_shards = item_shards
         self.publish_interval_ms = publish_interval_ms
         self.background_publish_interval_ms = background_publish_interval_ms
         self.dedup_window_s = dedup_window_s
@@ -265,11 +296,13 @@ class ItemUpdate(KeyedProcessFunction):
         self.soon = runtime_context.get_list_state(soon)
         self.later = runtime_context.get_list_state(later)
         self.text_map = runtime_context.get_state(TEXT_MAP_DESCRIPTOR)
+        self.shard_count = ShardCount(runtime_context, "job.item_shards", self.item_shards)
         metrics = JobMetrics(runtime_context)
         self._published = metrics.counter("freshrec_job_item_updates_published_total")
         self._duplicates = metrics.counter("freshrec_job_duplicates_dropped_total")
 
     def process_element(self, value: Row, ctx: Any) -> list[Any]:
+        self.shard_count.check(ctx)
         text_map = self.text_map.value() if self.side.text_encoder is not None else None
         result = self.side.process(decode_shard_bundle(value[1]),
                                    lambda ids: _load(self.items, ids), self.seen_ids.contains,

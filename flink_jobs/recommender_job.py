@@ -116,7 +116,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     users = (
         events.key_by(lambda bundle: bundle[0], Types.INT())
         .connect(replica_feed)
-        .process(UserUpdate(user_side, job.user_state_ttl_days, key_file), OUTPUT_TYPE)
+        .process(UserUpdate(user_side, job.user_state_ttl_days, job.user_shards, key_file),
+                 OUTPUT_TYPE)
         .name("user-update").uid("user-update")
     )
     java_operator(users, "split-dead-letters", glue.KeyedRecordSplitter(DEAD_LETTERS),
@@ -137,7 +138,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     items = (
         item_messages.key_by(lambda bundle: bundle[0], Types.INT())
         .process(ItemUpdate(config, job.item_publish_interval_ms,
-                            job.item_background_publish_interval_ms, job.dedup_window_s),
+                            job.item_background_publish_interval_ms, job.dedup_window_s,
+                            job.item_shards),
                  OUTPUT_TYPE)
         .name("item-update").uid("item-update")
     )

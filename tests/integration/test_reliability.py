@@ -135,6 +135,36 @@ def test_injected_task_failure_restores_from_checkpoint(kafka_broker, tmp_path: 
         job.stop()
 
 
+def test_a_restore_with_another_shard_count_stops_naming_the_setting(
+        kafka_broker, tmp_path: Path) -> None:
+    """Users are keyed by ``crc32(user_id) % job.user_shards``: restoring with another count
+    would send them to other shards with empty state. The job refuses, naming the setting
+    and the count the state was written with."""
+    settings, overrides = job_settings(
+        kafka_broker.settings, tmp_path, ["job.user_shards=4", "job.item_shards=4"])
+    job = start_with_catalogue(settings, overrides, tmp_path / "first.log")
+    events, _ = storefront_traffic(n_users=8, per_user=4)
+    try:
+        job.send_events(events[:16])
+        job.wait_for_checkpoint()
+    finally:
+        job.stop()
+    again = JobProcess(settings, [*overrides, "job.user_shards=2", "job.restore_from=latest"],
+                       tmp_path / "second.log").start()
+    try:
+        again.send_events(events[16:])
+        assert again.proc is not None
+        again.proc.wait(timeout=180)  # three restarts, then the job fails for good
+        log = "\n".join([again.log_path.read_text("utf-8", "replace"),
+                         *again.flink_log_lines()])
+        assert ("job.user_shards is 2, but the restored state was written with 4 shards"
+                in log), again.log_tail()
+        assert "--set job.user_shards=4" in log
+        assert again.proc.returncode != 0
+    finally:
+        again.stop()
+
+
 def final_lists(records: list[Record]) -> dict[str, list[tuple[str, float]]]:
     return {user: [(it.item_id, it.score) for it in Recommendation.from_json(rec.value).items]
             for user, rec in latest_by_key(records).items() if rec.value is not None}
