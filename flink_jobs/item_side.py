@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from flink_jobs.bundles import ITEM_EMBEDDINGS, OutputBundle
 from flink_jobs.user_side import COVISIT_MESSAGE, GRADIENT_MESSAGE, UPSERT_MESSAGE, Loader
 from online_models.config import ModelConfig
@@ -37,6 +39,7 @@ from online_models.item_gradients import ItemGradients, apply_gradients_to_rows
 from online_models.item_state import ItemRows, ItemState
 from online_models.learning import new_item_state
 from online_models.replica import LN2, NEW_ITEM_TREND
+from online_models.text import ColdText, TextMap, item_text, load_text_encoder, warm_milestone
 from schemas.events import DecodeError, Event, decode_event
 from schemas.item_embedding import ItemEmbedding
 
@@ -79,6 +82,7 @@ class ItemBundleResult:
     later_at: int
     upsert_ids: list[str]
     duplicates: int
+    text_map: bytes | None = None  # the shard's text map after the bundle, if it learned
 
 
 class ItemSide:
@@ -90,11 +94,16 @@ class ItemSide:
         self.publish_interval_ms = publish_interval_ms
         self.background_interval_ms = background_interval_ms
         self._decay_per_ms = LN2 / (config.trend_half_life_s * 1000.0)
+        # Cold items from their text: only here, on the item side (None: off).
+        self.text_encoder = load_text_encoder(config.text_encoder)
 
     def process(self, messages: list[bytes], load: Loader,
-                seen_upsert: Callable[[str], bool], now: int) -> ItemBundleResult:
+                seen_upsert: Callable[[str], bool], now: int,
+                text_map: bytes | None = None) -> ItemBundleResult:
         """Apply the bundle's upserts, then each gradient message in arrival order;
-        ``seen_upsert(event_id)`` tells a re-sent upsert."""
+        ``seen_upsert(event_id)`` tells a re-sent upsert. ``text_map`` is the shard's
+        :class:`~online_models.text.TextMap` bytes: new items with words start from it,
+        and items reaching a warm milestone teach it (returned when it learned)."""
         gradients: list[ItemGradients] = []
         pairs = CoVisits()
         upserts: list[Event] = []
@@ -129,12 +138,20 @@ class ItemSide:
         stored = load(ids)
         writes: dict[str, bytes] = {}
         soon: dict[str, None] = {}
+        cold = None if self.text_encoder is None else ColdText(
+            self.text_encoder, self.config.dim, self.config.text_map_min,
+            TextMap.from_bytes(text_map) if text_map else None)
+        learned_before = 0 if cold is None else cold.map.n
+        new_texts: dict[str, str] = {}  # words of the items this bundle creates
         for m in upserts:
             item_id = m.item_id
             assert item_id is not None
             meta = {"category": m.category, "brand": m.brand, "price": m.price,
                     "title": m.title, "available": m.available}
             blob = writes.get(item_id) or stored.get(item_id)
+            if blob is None:
+                new_texts[item_id] = item_text(m.title, m.description, m.category, m.brand,
+                                               m.context)
             item = (ItemState.from_bytes(blob) if blob is not None
                     else new_item_state(item_id, self.config, meta))
             writes[item_id] = item.replace(
@@ -142,10 +159,19 @@ class ItemSide:
                 last_ts=max(item.last_ts, m.ts_ms)).to_bytes()
             soon[item_id] = None
         later: dict[str, None] = {}
+        rows = None
         if new_meta:
+            for i, m in new_meta.items():
+                if i not in writes and stored.get(i) is None:
+                    new_texts[i] = item_text(category=(m or {}).get("category"),
+                                             brand=(m or {}).get("brand"))
             rows = ItemRows([
                 writes.get(i) or stored.get(i) or new_item_state(i, self.config, m).to_bytes()
                 for i, m in new_meta.items()])
+        if cold is not None and new_texts:
+            self._place_new(cold, new_texts, writes, rows)
+        if rows is not None:
+            before = rows.n_events.copy()
             # One Adagrad step per message (a user bundle's sums), in arrival order: with
             # one step per item bundle the items learned too little from bursts of events.
             for g in gradients:
@@ -153,11 +179,45 @@ class ItemSide:
                 for item_id, tw in zip(g.item_ids, g.trend_weight.tolist(), strict=True):
                     (soon if tw > 0 else later)[item_id] = None
             self._add_pairs(rows, pairs, later)
+            if cold is not None:
+                self._teach(cold, rows, before)
             writes.update(rows.blobs())
         fore, back = self.publish_interval_ms, self.background_interval_ms
         return ItemBundleResult(writes, list(soon), (now // fore + 1) * fore,
                                 [i for i in later if i not in soon], (now // back + 1) * back,
-                                upsert_ids, duplicates)
+                                upsert_ids, duplicates,
+                                None if cold is None or cold.map.n == learned_before
+                                else cold.map.to_bytes())
+
+    @staticmethod
+    def _place_new(cold: ColdText, texts: dict[str, str], writes: dict[str, bytes],
+                   rows: ItemRows | None) -> None:
+        """Start the bundle's new items with words at ``content + map(text)`` (replicas
+        keep that vector while the item's category has no learned items)."""
+        ids = list(texts)
+        content = np.stack([
+            rows.vectors[rows.index[i]] if rows is not None and i in rows.index
+            else ItemState.from_bytes(writes[i]).vector for i in ids])
+        for item_id, vector in zip(ids, cold.start_vectors(list(texts.values()), content),
+                                   strict=True):
+            if vector is None:
+                continue
+            if rows is not None and item_id in rows.index:
+                rows.vectors[rows.index[item_id]] = vector
+            if item_id in writes:
+                item = ItemState.from_bytes(writes[item_id])
+                writes[item_id] = item.replace(vector=vector.astype(np.float32)).to_bytes()
+
+    @staticmethod
+    def _teach(cold: ColdText, rows: ItemRows, before: np.ndarray) -> None:
+        """Teach the text map the vectors of items that reached a warm milestone."""
+        warm = [j for j, (a, b) in enumerate(zip(before.tolist(), rows.n_events.tolist(),
+                                                  strict=True)) if warm_milestone(a, b)]
+        if not warm:
+            return
+        states = [rows.state(j) for j in warm]
+        cold.learn([item_text(s.title, None, s.category, s.brand) for s in states],
+                   rows.vectors[warm])
 
     def _add_pairs(self, rows: ItemRows, pairs: CoVisits, changed: dict[str, None]) -> None:
         """Co-visitation pairs into their first item's bounded neighbours."""

@@ -94,6 +94,10 @@ def item_state_descriptors(dedup_window_s: int
     return items, seen, soon, later
 
 
+# item-update's text map per item shard (online_models.text.TextMap bytes).
+TEXT_MAP_DESCRIPTOR = ValueStateDescriptor("text-map", Types.PICKLED_BYTE_ARRAY())
+
+
 def _load(state: Any, keys: list[str]) -> dict[str, bytes | None]:
     return {k: state.get(k) for k in keys}
 
@@ -237,6 +241,13 @@ class UserUpdate(KeyedBroadcastProcessFunction):
                         ("drift_detections_total", stats.drifts)):
             if n:
                 c[name].inc(n)
+        for name, counts in (("lists", stats.variant_lists), ("tests", stats.variant_tests),
+                             ("hits", stats.variant_hits),
+                             ("hits_at_10", stats.variant_hits_at_10)):
+            for variant, n in counts.items():
+                if n:
+                    self.metrics.counter(f"freshrec_job_experiment_{name}_total",
+                                         variant).inc(n)
         if stats.new_users:
             self._n_users += stats.new_users
             self._users_gauge.set(float(self._n_users))
@@ -284,6 +295,7 @@ class ItemUpdate(KeyedProcessFunction):
         self.seen_ids = runtime_context.get_map_state(seen)
         self.soon = runtime_context.get_list_state(soon)
         self.later = runtime_context.get_list_state(later)
+        self.text_map = runtime_context.get_state(TEXT_MAP_DESCRIPTOR)
         self.shard_count = ShardCount(runtime_context, "job.item_shards", self.item_shards)
         metrics = JobMetrics(runtime_context)
         self._published = metrics.counter("freshrec_job_item_updates_published_total")
@@ -291,11 +303,14 @@ class ItemUpdate(KeyedProcessFunction):
 
     def process_element(self, value: Row, ctx: Any) -> list[Any]:
         self.shard_count.check(ctx)
+        text_map = self.text_map.value() if self.side.text_encoder is not None else None
         result = self.side.process(decode_shard_bundle(value[1]),
                                    lambda ids: _load(self.items, ids), self.seen_ids.contains,
-                                   now_ms())
+                                   now_ms(), text_map)
         if result.writes:
             self.items.put_all(result.writes)
+        if result.text_map is not None:
+            self.text_map.update(result.text_map)
         if result.upsert_ids:
             self.seen_ids.put_all(dict.fromkeys(result.upsert_ids, True))
         if result.duplicates:

@@ -35,6 +35,7 @@ from flink_jobs.user_side import UserSideSettings
 from freshrec.privacy import load_key
 from freshrec.settings import Settings, load_settings
 from online_models.config import ModelConfig
+from online_models.experiments import Experiment
 
 MODEL_NAME = "freshrec-fpmc"
 JOB_NAME = "freshrec"
@@ -109,7 +110,10 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         refresh_interval_ms=job.refresh_interval_ms, dedup_window_s=job.dedup_window_s,
         dedup_max_ids=job.dedup_max_ids, max_payload_bytes=job.max_payload_bytes,
         max_id_length=job.max_id_length, item_shards=job.item_shards,
-        learn_items=job.learn_items)
+        learn_items=job.learn_items,
+        # Read at submission: a bad file fails the start, naming the variant and key.
+        experiment=(Experiment.load(settings.experiments.file) if settings.experiments.file
+                    else None))
     # Keyed by keys that spread the shards evenly over the subtasks (flink_jobs.shard_keys).
     user_keys, item_keys = shard_keys(job.user_shards), shard_keys(job.item_shards)
     users = (

@@ -45,9 +45,10 @@ from online_models.blend import (
     blend_step,
     user_features,
 )
-from online_models.bundle import learn_bundle
+from online_models.bundle import BundleStep, learn_bundle
 from online_models.config import ModelConfig
 from online_models.covisit import CoVisitTable
+from online_models.experiments import Experiment, trending_list
 from online_models.learning import apply_item_embedding
 from online_models.model import cold_start_bonus, learn_cold_start
 from online_models.replica import ItemReplica
@@ -57,7 +58,7 @@ from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMean
 from schemas.dlq import DeadLetter, encode_dead_letter
 from schemas.events import DecodeError, Event, decode_event
 from schemas.item_embedding import ItemEmbedding
-from schemas.recommendation import Recommendation
+from schemas.recommendation import Recommendation, ScoredItem
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class UserSideSettings:
     max_id_length: int
     item_shards: int
     learn_items: bool = True
+    experiment: Experiment | None = None
 
 
 @dataclass
@@ -137,6 +139,12 @@ class BundleStats:
     scored: int = 0
     event_latency_s: list[float] = field(default_factory=list)
     ingest_latency_s: list[float] = field(default_factory=list)
+    # Per experiment variant: lists published, events tested against the list shown before
+    # them, hits in that list (Recall@top_k) and in its first 10 (Recall@10).
+    variant_lists: dict[str, int] = field(default_factory=dict)
+    variant_tests: dict[str, int] = field(default_factory=dict)
+    variant_hits: dict[str, int] = field(default_factory=dict)
+    variant_hits_at_10: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,6 +174,14 @@ class UserSide:
         self.blend = ScoreBlend.initial(cfg)
         # It starts from sensible weights: a few hundred steps, then one chance in 32.
         self.blend_schedule = BlendSchedule(200, 32)
+        # An experiment's variants: settings and score blend each; the rest is shared.
+        self.experiment = settings.experiment
+        self.variant_configs: dict[str | None, ModelConfig] = {None: cfg}
+        self.blends: dict[str | None, ScoreBlend] = {None: self.blend}
+        if self.experiment is not None:
+            for name in self.experiment.names:
+                vcfg = self.variant_configs[name] = self.experiment.config(name, cfg)
+                self.blends[name] = ScoreBlend.initial(vcfg)
         self.rolling = PrequentialWindow(cfg.top_k)
         self.drift = DriftMonitor()
         self.loss = RollingMean(1000)
@@ -273,23 +289,17 @@ class UserSide:
         users = {uid: UserState.from_bytes(b) for uid in to_learn
                  if (b := blobs[uid]) is not None}
         self._learn_blend(users, learn_events)
-        step = learn_bundle(users, learn_events, self.replica, cfg)
-        self.loss.update_many(step.losses)
-        new_users = {uid: step.users.get(uid) or users.get(uid)
+        learned: dict[str, UserState] = {}
+        # One learning step per variant (its users' events under its settings); the items'
+        # gradients of every variant go to the one shared item side.
+        for variant, group in self._by_variant(learn_events).items():
+            step = learn_bundle(users, group, self.replica, self.variant_configs[variant])
+            self.loss.update_many(step.losses)
+            learned.update(step.users)
+            if s.learn_items:
+                self._send_item_messages(step, out)
+        new_users = {uid: learned.get(uid) or users.get(uid)
                      or UserState.new(uid, cfg.dim, cfg.seed) for uid in to_learn}
-        if s.learn_items and len(step.gradients):
-            shards = np.fromiter((shard_of(i, s.item_shards) for i in step.gradients.item_ids),
-                                 dtype=np.int64, count=len(step.gradients))
-            for shard in np.unique(shards).tolist():
-                part = step.gradients.take(np.flatnonzero(shards == shard))
-                out.sharded(ITEM_GRADIENTS, shard, GRADIENT_MESSAGE + part.to_bytes())
-        pairs = step.covisits
-        if s.learn_items and len(pairs):
-            shards = np.fromiter((shard_of(i, s.item_shards) for i in pairs.a), dtype=np.int64,
-                                 count=len(pairs))
-            for shard in np.unique(shards).tolist():
-                part_c = pairs.take(np.flatnonzero(shards == shard))
-                out.sharded(ITEM_GRADIENTS, shard, COVISIT_MESSAGE + part_c.to_bytes())
         writes: dict[str, bytes] = {}
         owed: dict[str, int] = {}
         due_now: list[str] = []
@@ -311,25 +321,53 @@ class UserSide:
         removes = [uid for uid in forgotten if uid not in to_learn]
         return UserBundleResult(writes, removes, owed, out, stats)
 
+    def variant_of(self, user_id: str) -> str | None:
+        """The user's experiment variant (``None`` when no experiment runs)."""
+        return None if self.experiment is None else self.experiment.variant_of(user_id)
+
+    def _by_variant(self, events: list[Event]) -> dict[str | None, list[Event]]:
+        """Events grouped by their user's variant, each group in arrival order."""
+        if self.experiment is None:
+            return {None: events}
+        groups: dict[str | None, list[Event]] = {}
+        for ev in events:
+            groups.setdefault(self.variant_of(ev.user_id or ""), []).append(ev)
+        return groups
+
+    def _send_item_messages(self, step: BundleStep, out: OutputBundle) -> None:
+        """A step's item gradients and co-visitation pairs, one message per item shard."""
+        n_shards = self.settings.item_shards
+        for ids, payload, kind in ((step.gradients.item_ids, step.gradients, GRADIENT_MESSAGE),
+                                   (step.covisits.a, step.covisits, COVISIT_MESSAGE)):
+            if not len(ids):
+                continue
+            shards = np.fromiter((shard_of(i, n_shards) for i in ids), dtype=np.int64,
+                                 count=len(ids))
+            for shard in np.unique(shards).tolist():
+                part = payload.take(np.flatnonzero(shards == shard))
+                out.sharded(ITEM_GRADIENTS, shard, kind + part.to_bytes())
+
     def _learn_blend(self, users: Mapping[str, UserState], events: Iterable[Event]) -> None:
         """Blend steps on known users' positive events (one per user and bundle, on the
         chances the schedule takes), before the bundle is learned, so each is a test of the
         list the user would have had."""
-        cfg, rep = self.config, self.replica
+        rep = self.replica
         done: set[str] = set()
         for ev in events:
             uid = ev.user_id
             user = users.get(uid or "")
             row = rep.row(ev.item_id or "")
+            variant = self.variant_of(uid or "")
+            cfg = self.variant_configs[variant]
             if user is None or uid in done or row < 0 or cfg.event_weight(ev.event_type) <= 0:
                 continue
             if self.blend_schedule.take():
                 done.add(user.user_id)
-                blend_step(self.blend, user, rep, cfg, self._features(user), row)
+                blend_step(self.blends[variant], user, rep, cfg, self._features(user, cfg), row)
 
-    def _features(self, user: UserState) -> UserFeatures:
-        return user_features(user, self.replica, self.config, user.last_ts, self.covisit,
-                             cold_start_bonus(self.clusters, user, self.replica, self.config))
+    def _features(self, user: UserState, cfg: ModelConfig) -> UserFeatures:
+        return user_features(user, self.replica, cfg, user.last_ts, self.covisit,
+                             cold_start_bonus(self.clusters, user, self.replica, cfg))
 
     def refresh(self, user_ids: list[str], stored: Mapping[str, bytes | None],
                 now: int | None = None) -> UserBundleResult:
@@ -359,31 +397,37 @@ class UserSide:
         if not due:
             return {}
         cfg = self.config
-        for user, rs in due.values():
+        for uid, (user, rs) in due.items():
+            variant = self.variant_of(uid)
             for item in rs.pending.items:
                 if rs.shown:
                     hit = self.rolling.update(rs.shown, item)
                     if self.drift.update(hit):
                         stats.drifts += 1
+                    if variant is not None:
+                        _count(stats.variant_tests, variant)
+                        _count(stats.variant_hits, variant, hit)
+                        _count(stats.variant_hits_at_10, variant, item in rs.shown[:10])
             if user.n_events <= 4 * cfg.cold_events:
                 for item, weight in zip(rs.pending.items, rs.pending.weights, strict=True):
                     learn_cold_start(self.clusters, user, self.replica, cfg, item, weight,
                                      rs.last_event_ts)
-        users = [u for u, _ in due.values()]
-        lists = recommend_for_users(users, self.replica, cfg,
-                                    features=[self._features(u) for u in users],
-                                    blend=self.blend)
-        stats.scored += len(users)
+        lists = self._lists(due)
+        stats.scored += len(due)
         settled: dict[str, RefreshState] = {}
-        for (uid, (user, rs)), items in zip(due.items(), lists, strict=True):
+        for uid, (user, rs) in due.items():
+            items, variant = lists[uid]
             seq = rs.seq + 1
             rec = Recommendation(
                 user_id=uid, items=tuple(items), model_version=self.settings.model_version,
                 generated_at=now, last_event_ts=rs.last_event_ts,
                 last_event_id=rs.last_event_id, seq=seq,
-                cold_start=user.n_events < cfg.cold_events, events_applied=user.n_events)
+                cold_start=user.n_events < cfg.cold_events, events_applied=user.n_events,
+                variant=variant)
             out.keyed(RECOMMENDATIONS, uid.encode("utf-8"), rec.to_bytes())
             stats.published += 1
+            if variant is not None:
+                _count(stats.variant_lists, variant)
             if rec.cold_start:
                 stats.cold_start += 1
             stats.event_latency_s.extend((now - ts) / 1000.0 for ts in rs.pending.event_ts)
@@ -392,6 +436,27 @@ class UserSide:
                 rs, seq=seq, last_refresh_ms=now, timer_pending=False, pending=NO_PENDING,
                 shown=tuple(it.item_id for it in items))
         return settled
+
+    def _lists(self, due: Mapping[str, tuple[UserState, RefreshState]]
+               ) -> dict[str, tuple[list[ScoredItem], str | None]]:
+        """Each due user's list and variant: one batched scoring per variant (the
+        trending-only control's users get the trending items)."""
+        groups: dict[str | None, list[str]] = {}
+        for uid in due:
+            groups.setdefault(self.variant_of(uid), []).append(uid)
+        out: dict[str, tuple[list[ScoredItem], str | None]] = {}
+        for variant, uids in groups.items():
+            cfg = self.variant_configs[variant]
+            users = [due[u][0] for u in uids]
+            if variant is not None and self.experiment is not None and \
+                    self.experiment.variant(variant).trending_only:
+                lists = [trending_list(self.replica, u, cfg, cfg.top_k) for u in users]
+            else:
+                lists = recommend_for_users(users, self.replica, cfg,
+                                            features=[self._features(u, cfg) for u in users],
+                                            blend=self.blends[variant])
+            out.update((u, (items, variant)) for u, items in zip(uids, lists, strict=True))
+        return out
 
     # -- the item changelog -----------------------------------------------------------------
     def apply_changelog(self, records: Iterable[RawRecord]) -> tuple[dict[str, bytes], int]:
@@ -417,3 +482,7 @@ class UserSide:
     def apply_embedding(self, emb: ItemEmbedding) -> None:
         apply_item_embedding(self.replica, emb)
         self.covisit.set_item(emb.item_id, emb.neighbours, float(emb.n_events))
+
+
+def _count(counts: dict[str, int], key: str, n: int | bool = 1) -> None:
+    counts[key] = counts.get(key, 0) + int(n)

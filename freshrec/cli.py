@@ -17,6 +17,7 @@ _COMMANDS = (
     "freshrec.produce",
     "freshrec.tail",
     "freshrec.replay",
+    "freshrec.experiments_cmd",
     "freshrec.run_cmd",
     "freshrec.privacy",
     "freshrec.cluster",

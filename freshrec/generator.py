@@ -73,6 +73,26 @@ def category_label(index: int) -> str:
     return f"c{index}"
 
 
+_CATEGORY_WORDS = (
+    "running shoes", "mobile phones", "kitchen knives", "board games", "garden hoses",
+    "wireless headphones", "winter jackets", "coffee makers", "office chairs", "yoga mats",
+    "baby strollers", "dog food", "desk lamps", "electric guitars", "car tyres",
+    "wrist watches", "cooking pots", "video games", "bath towels", "camping tents",
+)
+
+
+def category_words(label: str) -> str:
+    """The words a title uses for category ``label`` (``'c1'`` -> ``'mobile phones'``;
+    past the 20 named ones a number is added).
+
+    >>> category_words("c1"), category_words("c21")
+    ('mobile phones', 'mobile phones 1')
+    """
+    index = int(label[1:])
+    words = _CATEGORY_WORDS[index % len(_CATEGORY_WORDS)]
+    return words if index < len(_CATEGORY_WORDS) else f"{words} {index // len(_CATEGORY_WORDS)}"
+
+
 @dataclass
 class _Session:
     user: str
@@ -108,6 +128,9 @@ class Storefront:
         Event time of the first event (epoch ms).
     concurrent_sessions : int
         Sessions interleaved in the stream at any time.
+    untagged : bool
+        Item upserts carry no ``category``: a catalogue feed whose only description of an
+        item is its title (which names its category's words, :func:`category_words`).
     """
 
     def __init__(
@@ -126,6 +149,7 @@ class Storefront:
         mean_gap_ms: float = 50.0,
         start_ts_ms: int = DEFAULT_START_TS_MS,
         concurrent_sessions: int = 32,
+        untagged: bool = False,
     ) -> None:
         if min(n_users, n_items, n_categories, n_brands, n_clusters) < 1:
             raise ValueError("population sizes must be >= 1")
@@ -141,6 +165,7 @@ class Storefront:
         self.new_user_rate = new_user_rate
         self.mean_gap_ms = mean_gap_ms
         self.concurrent_sessions = concurrent_sessions
+        self.untagged = untagged
         self._ts = float(start_ts_ms)
         self.truth = GroundTruth()
         rng = self._rng
@@ -214,11 +239,12 @@ class Storefront:
     def _upsert(self, item: str, new: bool = False) -> Event:
         t = self.truth
         ctx = {"new": True} if new else None
+        category = t.item_category[item]
         return self._event(
             "item_upsert", None, item, None, price=t.item_price[item],
-            category=t.item_category[item], brand=t.item_brand[item],
-            title=f"{t.item_brand[item]} {t.item_category[item]} item {item}", available=True,
-            context=ctx,
+            category=None if self.untagged else category, brand=t.item_brand[item],
+            title=f"{t.item_brand[item]} {category_words(category)} item {item}",
+            available=True, context=ctx,
         )
 
     def _new_session(self) -> _Session:
@@ -339,5 +365,5 @@ def generate_events(
     return shop.events(n_events)
 
 
-__all__ = ["DEFAULT_START_TS_MS", "GroundTruth", "Storefront", "category_label",
+__all__ = ["DEFAULT_START_TS_MS", "GroundTruth", "Storefront", "category_label", "category_words",
            "generate_events"]

@@ -77,6 +77,19 @@ _JOB = [
     MetricSpec("freshrec_job_prequential_ndcg", "gauge",
                "Rolling NDCG@top_k of the last published lists (test-then-learn).", (),
                "user-update"),
+    MetricSpec("freshrec_job_experiment_lists_total", "counter",
+               "Lists published, by experiment variant (with experiments.file set).",
+               ("variant",), "user-update"),
+    MetricSpec("freshrec_job_experiment_tests_total", "counter",
+               "Events tested against the list their user was shown before them, by "
+               "experiment variant.", ("variant",), "user-update"),
+    MetricSpec("freshrec_job_experiment_hits_total", "counter",
+               "Tested events whose item was in that list (hits / tests = the variant's "
+               "prequential hit rate, Recall@top_k), by experiment variant.", ("variant",),
+               "user-update"),
+    MetricSpec("freshrec_job_experiment_hits_at_10_total", "counter",
+               "Tested events whose item was in the list's first 10 (Recall@10), by "
+               "experiment variant.", ("variant",), "user-update"),
     MetricSpec("freshrec_job_drift_detections_total", "counter",
                "ADWIN drift detections on the prequential hit stream.", (), "user-update"),
     MetricSpec("freshrec_job_users_in_state", "gauge",

@@ -22,11 +22,19 @@ from typing import Any
 from online_models.baselines import MODEL_NAMES, make_model
 from online_models.config import ModelConfig
 from online_models.evaluate import COLD_BELOW, ModelResult, Progress, prequential
+from online_models.experiment_model import ExperimentModel
+from online_models.experiments import (
+    Experiment,
+    ExperimentError,
+    clustered_rate,
+    compare_clustered,
+)
 from online_models.streaming import rolling_series
 from schemas.events import Event
 
 TUNED = "freshrec_tuned"
 FRESHREC = ("freshrec", TUNED)  # never counted as baselines
+EXPERIMENT = "experiment"  # the experiment's variants among the replayed models
 FORMATS = ("jsonl", "taobao", "rees46", "retailrocket", "diginetica", "movielens")
 TUNE_GRID: dict[str, tuple[float, ...]] = {
     "learning_rate": (0.02, 0.05, 0.1),
@@ -58,6 +66,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tune-fraction", type=float, default=0.3,
                    help="share of the log (time-ordered) used for tuning (default 0.3)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--experiments", metavar="FILE",
+                   help="also replay the variants of this experiment file side by side "
+                        "(users split by keyed hash, one shared item side; docs/model.md)")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics (freshrec_replay_*) on this port")
     p.set_defaults(func=run)
@@ -117,7 +128,7 @@ def tune(events: Sequence[Event], base: ModelConfig, log: Any = None
 def _ratio_lines(results: dict[str, ModelResult], what: str,
                  recall: Callable[[ModelResult], float], goal: float) -> list[str]:
     """``freshrec`` (and ``freshrec_tuned``) over the best baseline by ``recall``."""
-    baselines = [r for n, r in results.items() if n not in FRESHREC]
+    baselines = [r for n, r in results.items() if n not in FRESHREC and n != EXPERIMENT]
     if not baselines:
         return []
     base = max(baselines, key=recall)
@@ -167,6 +178,30 @@ def format_table(results: dict[str, ModelResult], tuned: str = "") -> str:
         if first.slices[s].n_evaluated:
             lines += _ratio_lines(results, f"{title} R@20",
                                   lambda r, s=s: r.slices[s].recall(20), 1.0)
+    return "\n".join(lines)
+
+
+def format_experiment(model: ExperimentModel) -> str:
+    """Each variant's users, tests and Recall@20 (its hit rate: one relevant item per test)
+    with a 95 % interval, and each variant against the first: difference, p-value and
+    verdict at 5 %, all with users as the unit (a user's tests are not independent)."""
+    experiment = model.experiment
+    first = experiment.names[0]
+    lines = [f"{'variant':<16}{'share':>7}{'users':>8}{'tests':>9}{'recall@20':>11}"
+             f"{'95% CI':>18}{'vs ' + first:>16}{'p':>8}  verdict", "-" * 101]
+    base = [tuple(c) for c in model.per_user[first].values()]
+    for v in experiment.variants:
+        users = [(t, h) for t, h in model.per_user[v.name].values()]
+        rate, se = clustered_rate(users)
+        lo, hi = max(rate - 1.96 * se, 0.0), min(rate + 1.96 * se, 1.0)
+        line = (f"{v.name:<16}{v.share:>7.2f}{len(users):>8,}{sum(t for t, _ in users):>9,}"
+                f"{rate:>11.4f}{f'[{lo:.4f}, {hi:.4f}]':>18}")
+        if v.name != first:
+            diff, p = compare_clustered(base, users)  # type: ignore[arg-type]
+            line += f"{diff:>+16.4f}{p:>8.3f}  {'significant' if p < 0.05 else 'not significant'}"
+        lines.append(line)
+    lines.append("recall@20 = hit rate of the tested item in the list; intervals and the "
+                 "z-test use user-clustered standard errors (delta method)")
     return "\n".join(lines)
 
 
@@ -242,6 +277,14 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         if "freshrec" not in names:  # the tuned model is always shown next to the default
             names.insert(0, "freshrec")
     models: dict[str, Any] = {}
+    experiment = None
+    if args.experiments:
+        try:
+            experiment = Experiment.load(args.experiments)
+        except ExperimentError as exc:
+            print(f"freshrec replay: --experiments: {exc}", file=sys.stderr)
+            return 2
+        models[EXPERIMENT] = ExperimentModel(experiment, cfg)
     for n in names:
         models[n] = make_model(n, cfg)
         if n == "freshrec" and tuned_cfg is not None:
@@ -256,6 +299,9 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     if args.metrics_port:
         bar.report(results)
     print(format_table(results, note))
+    if experiment is not None:
+        print()
+        print(format_experiment(models[EXPERIMENT]))
     if args.json_out:
         doc = {name: r.summary() for name, r in results.items()}
         Path(args.json_out).write_text(json.dumps(doc, indent=2) + "\n")

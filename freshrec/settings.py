@@ -129,6 +129,11 @@ class ServeSettings:
 
 
 @dataclass(frozen=True)
+class ExperimentsSettings:
+    file: str
+
+
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaSettings
     local: LocalSettings
@@ -138,6 +143,7 @@ class Settings:
     privacy: PrivacySettings
     cluster: ClusterSettings
     serve: ServeSettings
+    experiments: ExperimentsSettings
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, section: str, **values: Any) -> Settings:
@@ -155,6 +161,7 @@ _SECTIONS: dict[str, type] = {
     "privacy": PrivacySettings,
     "cluster": ClusterSettings,
     "serve": ServeSettings,
+    "experiments": ExperimentsSettings,
 }
 
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -23,6 +23,7 @@ from typing import Any
 
 EXCLUDE_CHOICES = ("purchased", "seen", "none")
 ANN_DTYPES = ("f16", "f32")
+TEXT_ENCODERS = ("wordllama", "")
 
 
 class ModelConfigError(ValueError):
@@ -107,6 +108,11 @@ class ModelConfig:
         (HNSW) index instead of an exact scan (``online_models.ann``; 0 = always exact).
     ann_dtype : str
         Storage of vectors in that index: ``"f16"`` (half the memory) or ``"f32"``.
+    text_encoder : str
+        ``"wordllama"``: a new item starts from its text (:mod:`online_models.text`) when
+        the package is installed; ``""``: from its metadata only.
+    text_map_min : int
+        Warm examples the text map needs before new items start from it.
     """
 
     dim: int = 32
@@ -146,13 +152,16 @@ class ModelConfig:
     min_step_ratio: float = 1e-3
     ann_min_items: int = 250_000
     ann_dtype: str = "f16"
+    text_encoder: str = "wordllama"
+    text_map_min: int = 50
 
     def __post_init__(self) -> None:
         for name in ("dim", "top_k", "history_len", "context_len", "covisit_window",
-                     "covisit_neighbours", "negatives", "n_clusters"):
+                     "covisit_neighbours", "negatives", "n_clusters", "text_map_min"):
             if getattr(self, name) < 1:
                 raise ModelConfigError(name, f"must be >= 1, got {getattr(self, name)!r}")
-        for name, choices in (("exclude", EXCLUDE_CHOICES), ("ann_dtype", ANN_DTYPES)):
+        for name, choices in (("exclude", EXCLUDE_CHOICES), ("ann_dtype", ANN_DTYPES),
+                              ("text_encoder", TEXT_ENCODERS)):
             if getattr(self, name) not in choices:
                 listed = ", ".join(repr(c) for c in choices)
                 raise ModelConfigError(name, f"must be one of {listed}, got "

@@ -295,7 +295,8 @@ def prequential(
         ``observe(hit)``, fed with the model's own hits (drift detection), and
         ``score_items(user_id, item_ids) -> numpy array`` of the model's full scores,
         used for the sampled AUC (without it the AUC comes from the list, see
-        :func:`auc_from_list`).
+        :func:`auc_from_list`), and ``slice_of(user_id) -> str``, a slice of the model's
+        own that each test of the user also counts in (an experiment's variant).
     events : iterable of Event
         Time-ordered stream.
     k : int
@@ -324,6 +325,7 @@ def prequential(
     """
     results = {name: ModelResult(name) for name in models}
     scorers = {name: getattr(model, "score_items", None) for name, model in models.items()}
+    slicers = {name: getattr(model, "slice_of", None) for name, model in models.items()}
     for name, scorer in scorers.items():
         results[name].auc_from_scores = scorer is not None
     rng = np.random.default_rng(seed)
@@ -374,6 +376,9 @@ def prequential(
                 res.overall.add(rank, k, auc)
                 for s in parts:
                     res.slices[s].add(rank, k, auc)
+                slice_of = slicers[name]
+                if slice_of is not None:
+                    res.slices.setdefault(slice_of(user), SliceResult()).add(rank, k, auc)
                 hit = int(0 <= rank < k)
                 res.hit_series.append(hit)
                 res.ts_series.append(ev.ts_ms)

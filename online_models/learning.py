@@ -146,7 +146,11 @@ def apply_item_embedding(replica: ItemReplica, emb: ItemEmbedding) -> int:
     # The changelog carries the log trend as of updated_at; rebase it on the replica's
     # own forward-decay origin so all items stay comparable.
     trend = None if emb.trend is None else emb.trend + replica.log_time(emb.updated_at)
-    # Until its first interaction an item lives where its category's items have moved.
-    vector = (replica.cold_item_vector(emb.item_id, meta) if emb.n_events == 0
-              else np.asarray(emb.vector, dtype=np.float32))
+    vector = np.asarray(emb.vector, dtype=np.float32)
+    if emb.n_events == 0:
+        # Until its first interaction an item lives where its category's items have moved;
+        # with none learned, where the item side started it (its text, or its content).
+        mean = replica.category_mean(emb.category)
+        if mean is not None:
+            vector = replica.cold_item_vector(emb.item_id, meta)
     return replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)

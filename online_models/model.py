@@ -35,11 +35,13 @@ from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
 from online_models.covisit import CoVisitTable
 from online_models.item_gradients import apply_item_gradients
-from online_models.learning import lr_schedule
+from online_models.learning import event_meta, lr_schedule
 from online_models.replica import ItemReplica
 from online_models.scoring import query_vector, recommend_for_user, recommend_for_users
 from online_models.state import UserState
 from online_models.streaming import DriftMonitor, RollingMetrics, UserClusters
+from online_models.tables import content_vector
+from online_models.text import ColdText, item_text, load_text_encoder, warm_milestone
 from schemas.events import INTERACTION_TYPES, Event
 from schemas.recommendation import ScoredItem
 
@@ -109,9 +111,12 @@ class FreshRecModel:
 
     name = "freshrec"
 
-    def __init__(self, config: ModelConfig | None = None) -> None:
+    def __init__(self, config: ModelConfig | None = None,
+                 items_of: FreshRecModel | None = None) -> None:
         self.config = config or ModelConfig()
-        self.replica = ItemReplica(self.config)
+        # An experiment's variants share one item side (items_of's): replica (vectors,
+        # trend), co-visitation and the text map.
+        self.replica = ItemReplica(self.config) if items_of is None else items_of.replica
         self.users: dict[str, UserState] = {}
         self.explore_rng = np.random.default_rng([self.config.seed, 1])
         self.clusters = UserClusters(self.config.n_clusters, self.config.dim, self.config.seed,
@@ -120,10 +125,21 @@ class FreshRecModel:
         self.metrics = RollingMetrics()
         self.step = 0  # events since start or last drift (drives the lr schedule)
         self.now_ms = 0
-        self.covisit = CoVisitTable(self.config.covisit_neighbours)
+        self.covisit = (CoVisitTable(self.config.covisit_neighbours) if items_of is None
+                        else items_of.covisit)
         self.blend = ScoreBlend.initial(self.config)
         # Replays are short: the blend learns from every chance for a while.
         self._blend_schedule = BlendSchedule(5000, 2)
+        if items_of is not None:
+            self.text, self._item_text = items_of.text, items_of._item_text
+            self._item_positives = items_of._item_positives
+            return
+        encoder = load_text_encoder(self.config.text_encoder)
+        self.text = (None if encoder is None
+                     else ColdText(encoder, self.config.dim, self.config.text_map_min))
+        # The item side's memory for the text map: each item's words and interactions.
+        self._item_text: dict[str, str] = {}
+        self._item_positives: dict[str, int] = {}
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -158,7 +174,10 @@ class FreshRecModel:
             if ev.event_type == "item_upsert" and ev.item_id is not None:
                 meta = {"category": ev.category, "brand": ev.brand, "price": ev.price,
                         "available": ev.available, "title": ev.title}
-                self.replica.upsert(ev.item_id, meta=meta, ts_ms=ev.ts_ms)
+                vector = None
+                if ev.item_id not in self.replica:
+                    vector = self._start_vectors([ev])[0]
+                self.replica.upsert(ev.item_id, vector, meta, ts_ms=ev.ts_ms)
             elif ev.event_type == "forget_user" and ev.user_id is not None:
                 self.users.pop(ev.user_id, None)
         self._learn_run(run)
@@ -169,8 +188,16 @@ class FreshRecModel:
         cfg = self.config
         for ev in events:
             self._learn_blend(ev)
+        if self.text is not None:
+            new = list({ev.item_id: ev for ev in events
+                        if ev.item_id is not None and ev.item_id not in self.replica}.values())
+            for ev, vector in zip(new, self._start_vectors(new), strict=True):
+                if vector is not None:
+                    self.replica.upsert(ev.item_id, vector, event_meta(ev), ts_ms=ev.ts_ms)
         step = learn_bundle(self.users, events, self.replica, cfg, lr_schedule(self.step, cfg))
         apply_item_gradients(self.replica, step.gradients, cfg)
+        if self.text is not None:
+            self._learn_text(step.gradients.item_ids, step.gradients.n_positive.tolist())
         self.covisit.add(step.covisits)
         self.users.update(step.users)
         self.step += len(step.learned)
@@ -179,6 +206,43 @@ class FreshRecModel:
             assert user_id is not None and item_id is not None
             learn_cold_start(self.clusters, self.users[user_id], self.replica, cfg, item_id,
                              max(cfg.event_weight(ev.event_type), 0.0), ev.ts_ms)
+
+    def _start_vectors(self, events: Sequence[Event]) -> list[np.ndarray | None]:
+        """Starting vectors of the new items of ``events`` from their text (``None``: from
+        metadata); remembers their words for the text map."""
+        if self.text is None or not events:
+            return [None] * len(events)
+        cfg = self.config
+        texts = [item_text(ev.title, ev.description, ev.category, ev.brand, ev.context)
+                 for ev in events]
+        for ev, t in zip(events, texts, strict=True):
+            if t:
+                self._item_text[ev.item_id or ""] = t
+        content = np.stack([content_vector(ev.item_id or "", cfg.dim, cfg.seed, ev.category,
+                                           ev.brand, ev.price, cfg.init_scale)
+                            for ev in events])
+        starts = self.text.start_vectors(texts, content)
+        # Text places an item only where its category has no learned items to place it by:
+        # measured, the category's mean beats the text map wherever it exists.
+        return [None if self.replica.category_mean(ev.category) is not None else v
+                for ev, v in zip(events, starts, strict=True)]
+
+    def _learn_text(self, item_ids: Sequence[str], positives: Sequence[int]) -> None:
+        """Teach the text map the vectors of items that just reached a warm milestone."""
+        assert self.text is not None
+        counts = self._item_positives
+        warm: list[str] = []
+        for item_id, n in zip(item_ids, positives, strict=True):
+            if n <= 0:
+                continue
+            before = counts.get(item_id, 0)
+            counts[item_id] = before + n
+            if item_id in self._item_text and warm_milestone(before, before + n):
+                warm.append(item_id)
+        if warm:
+            rows = [self.replica.row(i) for i in warm]
+            self.text.learn([self._item_text[i] for i in warm],
+                            self.replica.table.vectors[rows])
 
     def _learn_blend(self, event: Event) -> None:
         """Test the blend on a known user's positive event before learning it (on the

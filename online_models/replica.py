@@ -214,19 +214,25 @@ class ItemReplica:
         have moved), before any interaction. The job's item operator uses this too."""
         m = meta or {}
         cfg = self.config
-        vec = content = content_vector(item_id, cfg.dim, cfg.seed, m.get("category"),
-                                       m.get("brand"), m.get("price"), cfg.init_scale)
-        code = self._category_index.get(m.get("category"), -1)  # type: ignore[arg-type]
+        content = content_vector(item_id, cfg.dim, cfg.seed, m.get("category"),
+                                 m.get("brand"), m.get("price"), cfg.init_scale)
+        mean = self.category_mean(m.get("category"))
+        return content if mean is None else mean + content
+
+    def category_mean(self, category: str | None) -> np.ndarray | None:
+        """Mean learned vector of a category's latest 64 items; ``None`` if none learned."""
+        code = self._category_index.get(category, -1)  # type: ignore[arg-type]
         rows = self.category_rows.get(code, []) if code >= 0 else []
-        if rows:
-            sample = np.asarray(rows[-64:], dtype=np.int64)
-            # Learned rows only (a row's Adagrad accumulator grows with its first step): cold
-            # neighbours add noise, and whichever of them arrived first would decide it.
-            sample = sample[self.table._acc[sample] > 0]
-            if sample.shape[0]:
-                vec = self.table._data[sample].sum(axis=0)
-                vec *= np.float32(1.0 / sample.shape[0])
-                vec += content
+        if not rows:
+            return None
+        sample = np.asarray(rows[-64:], dtype=np.int64)
+        # Learned rows only (a row's Adagrad accumulator grows with its first step): cold
+        # neighbours add noise, and whichever of them arrived first would decide it.
+        sample = sample[self.table._acc[sample] > 0]
+        if not sample.shape[0]:
+            return None
+        vec = self.table._data[sample].sum(axis=0)
+        vec *= np.float32(1.0 / sample.shape[0])
         return vec
 
     def ensure(self, item_id: str, meta: Mapping[str, Any] | None = None,

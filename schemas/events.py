@@ -62,6 +62,7 @@ _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 _QUANTITY_MAX: int = _PROPS["quantity"]["maximum"]
 _PRICE_MAX: float = _PROPS["price"]["maximum"]
 _TITLE_MAX: int = _PROPS["title"]["maxLength"]
+_DESCRIPTION_MAX: int = _PROPS["description"]["maxLength"]
 _CTX_MAX_KEYS: int = _CTX["maxProperties"]
 _CTX_KEY_MAX: int = _CTX["propertyNames"]["maxLength"]
 _CTX_STR_MAX: int = _CTX["additionalProperties"]["oneOf"][0]["maxLength"]
@@ -87,6 +88,7 @@ class Event:
     title: str | None = None
     available: bool | None = None
     context: dict[str, Any] | None = None
+    description: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The wire form (event v1), omitting absent optional fields."""
@@ -283,7 +285,7 @@ def _validate_optional(
     doc: dict[str, Any], event_id: str, event_type: str, ts: int,
     user_id: str | None, item_id: str | None, session_id: str | None,
 ) -> Event | DecodeError:
-    """The rarer fields: quantity, price, labels, title, available, context."""
+    """The rarer fields: quantity, price, labels, title, description, available, context."""
     get = doc.get
     labels: dict[str, str | None] = {}
     for name in _LABEL_FIELDS:
@@ -317,13 +319,16 @@ def _validate_optional(
         if not (0 <= price <= _PRICE_MAX and math.isfinite(price)):
             return _err("out_of_range", "$.price", f"price must be a number in 0..{_PRICE_MAX:g}")
         price = float(price)
-    title = get("title", _ABSENT)
-    if title is _ABSENT:
-        title = None
-    elif type(title) is not str:
-        return _err("wrong_type", "$.title", "title must be a string")
-    elif len(title) > _TITLE_MAX:
-        return _err("bad_length", "$.title", f"title must be at most {_TITLE_MAX} characters")
+    texts: dict[str, str | None] = {}
+    for name, limit in (("title", _TITLE_MAX), ("description", _DESCRIPTION_MAX)):
+        text = get(name, _ABSENT)
+        if text is _ABSENT:
+            text = None
+        elif type(text) is not str:
+            return _err("wrong_type", f"$.{name}", f"{name} must be a string")
+        elif len(text) > limit:
+            return _err("bad_length", f"$.{name}", f"{name} must be at most {limit} characters")
+        texts[name] = text
     available = get("available", _ABSENT)
     if available is _ABSENT:
         available = None
@@ -340,7 +345,8 @@ def _validate_optional(
         event_id=event_id, event_type=event_type, ts_ms=ts,
         user_id=user_id, item_id=item_id, session_id=session_id,
         quantity=quantity, price=price, category=labels["category"], brand=labels["brand"],
-        title=title, available=available, context=context,
+        title=texts["title"], available=available, context=context,
+        description=texts["description"],
     )
 
 

@@ -40,6 +40,7 @@ class Recommendation:
     seq: int
     cold_start: bool = False
     events_applied: int | None = None
+    variant: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class Recommendation:
             "seq": self.seq,
             "cold_start": self.cold_start,
             **({} if self.events_applied is None else {"events_applied": self.events_applied}),
+            **({} if self.variant is None else {"variant": self.variant}),
         }
 
     def to_bytes(self) -> bytes:
@@ -81,6 +83,7 @@ class Recommendation:
                 last_event_id=str(doc["last_event_id"]), seq=int(doc["seq"]),
                 cold_start=bool(doc.get("cold_start", False)),
                 events_applied=doc.get("events_applied"),
+                variant=None if doc.get("variant") is None else str(doc["variant"]),
             )
         except KeyError as exc:
             raise ValueError(f"recommendation v1: missing field {exc.args[0]!r}") from None

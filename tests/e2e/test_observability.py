@@ -149,8 +149,14 @@ def _missing(server: PrometheusServer, names: list[str]) -> list[str]:
 def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: Path) -> None:  # noqa: F811
     _require_prometheus()
     job_port, produce_port, web_port = free_ports(3)
+    # An experiment runs, so the per-variant counters and the dashboard's experiment row
+    # have data too.
+    experiment = tmp_path / "experiment.toml"
+    experiment.write_text('key = "e2e"\n[variants.model]\nshare = 0.5\n'
+                          '[variants.trending]\nshare = 0.5\ntrending_only = true\n')
     settings, overrides = job_settings(
-        kafka_broker.settings, tmp_path, [f"job.metrics_port={job_port}"])
+        kafka_broker.settings, tmp_path,
+        [f"job.metrics_port={job_port}", f"experiments.file={experiment}"])
     serve = ServeProcess([*overrides, f"serve.store_dir={tmp_path / 'serve'}"],
                          tmp_path / "serve.log")
     targets = {"freshrec-flink": [f"127.0.0.1:{job_port}"], "freshrec-flink-cluster": [],

@@ -342,3 +342,128 @@ def test_a_users_events_meet_in_one_state_whatever_the_kafka_key(kafka_broker,
         job.assert_alive()
     finally:
         job.stop()
+
+
+def test_job_starts_an_untagged_item_from_its_text(kafka_broker, tmp_path: Path) -> None:
+    """Items without a category, named by their titles: once the item shards' text maps have
+    learned from warm items, a new item's published vector is its content vector plus the
+    map's vector for its words, nearest to the items named like it."""
+    pytest.importorskip("wordllama")
+    import numpy as np
+
+    from online_models.tables import content_vector
+    from schemas.item_embedding import ItemEmbedding
+
+    words = {"shoes": "running shoes", "books": "crime novels", "garden": "garden hoses",
+             "audio": "wireless headphones"}
+    settings, overrides = job_settings(kafka_broker.settings, tmp_path,
+                                       ["model.text_map_min=3"])
+    topics, cfg = settings.topics, settings.model
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    try:
+        job.send_events([
+            Event(f"up-{item_id(cat, n)}", "item_upsert", BASE_TS, item_id=item_id(cat, n),
+                  brand=f"brand-{n % 3}", title=f"brand-{n % 3} {words[cat]} {n}")
+            for cat in CATEGORIES for n in range(ITEMS_PER_CATEGORY)])
+        # Each item gets 3 views (its first warm milestone) from users of its category.
+        job.send_events([
+            Event(f"v-{cat}-{n}-{k}", "view", BASE_TS + 1000 + 10 * n + k,
+                  user_id=f"user-{cat}-{k}", item_id=item_id(cat, n))
+            for cat in CATEGORIES for n in range(ITEMS_PER_CATEGORY) for k in range(3)])
+        warm = {item_id(cat, n) for cat in CATEGORIES for n in range(ITEMS_PER_CATEGORY)}
+        job.wait_for(topics.item_embeddings, lambda rs: all(
+            r.value is not None and ItemEmbedding.from_bytes(r.value).n_events >= 3
+            for k, r in latest_by_key(rs).items() if k in warm) and warm <= set(
+            latest_by_key(rs)), what="every catalogue item warm", timeout_s=180)
+        job.send_events([Event("up-new", "item_upsert", BASE_TS + 5000, item_id="new-shoe",
+                               brand="brand-9", title="brand-9 running shoes deluxe",
+                               description="Light running shoes.")])
+        records = job.wait_for(topics.item_embeddings,
+                               lambda rs: "new-shoe" in latest_by_key(rs),
+                               what="the new item's record")
+    finally:
+        job.stop()
+    latest = {k: ItemEmbedding.from_bytes(r.value) for k, r in latest_by_key(records).items()
+              if r.value is not None}
+    new = latest["new-shoe"]
+    assert new.n_events == 0
+    from_text = np.asarray(new.vector) - content_vector("new-shoe", cfg.dim, cfg.seed, None,
+                                                        "brand-9", None, cfg.init_scale)
+    assert np.linalg.norm(from_text) > 1e-3, "the new item was not placed by its text"
+    means = {cat: np.mean([latest[item_id(cat, n)].vector for n in range(ITEMS_PER_CATEGORY)],
+                          axis=0) for cat in CATEGORIES}
+    cos = {cat: float(from_text @ m / (np.linalg.norm(m) * np.linalg.norm(from_text)))
+           for cat, m in means.items()}
+    assert max(cos, key=cos.__getitem__) == "shoes", cos
+
+
+def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """Two variants (the model and a trending-only control): each list carries its user's
+    variant, the control's lists are the trending items, and the per-variant counters on
+    the job's metrics endpoint add up to the overall ones (`freshrec experiments` reads
+    them)."""
+    import socket
+    import urllib.request
+
+    from freshrec.cli import main as cli_main
+    from freshrec.experiments_cmd import counts_from_exposition
+    from online_models.experiments import Experiment
+
+    exp_file = tmp_path / "experiment.toml"
+    exp_file.write_text('key = "it"\n[variants.model]\nshare = 0.5\n'
+                        '[variants.trending]\nshare = 0.5\ntrending_only = true\n')
+    experiment = Experiment.load(exp_file)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings, overrides = job_settings(kafka_broker.settings, tmp_path, [
+        f"experiments.file={exp_file}", f"job.metrics_port={port}"])
+    topics = settings.topics
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    all_users = [u for u, _ in users()]
+    assert {experiment.variant_of(u) for u in all_users} == {"model", "trending"}
+    try:
+        job.send_events(catalogue())
+        events, _, _ = taste_events()
+        job.send_events(events)
+        job.wait_for(topics.recommendations,
+                     lambda rs: set(all_users) <= set(latest_by_key(rs)), what="a list each")
+        # A second round: each event is tested against the list its user was shown.
+        job.send_events([Event(f"{u}-again", "view", BASE_TS + 5000, user_id=u,
+                               item_id=item_id(cat, 0)) for u, cat in users()])
+        records = job.wait_for(topics.recommendations, lambda rs: all(
+            r.value is not None and Recommendation.from_json(r.value).events_applied == 11
+            for k, r in latest_by_key(rs).items() if k in all_users), what="second lists")
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 60
+        while True:  # the counters of the last bundle are added after its lists went out
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                text = resp.read().decode()
+            counts = counts_from_exposition(text)
+            if sum(c["tests"] for c in counts.values()) >= len(all_users) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert cli_main([f"--set=experiments.file={exp_file}", "experiments",
+                         "--metrics", url]) == 0
+    finally:
+        job.stop()
+    for user, rec in latest_by_key(records).items():
+        doc = Recommendation.from_json(rec.value)
+        assert doc.variant == experiment.variant_of(user)
+        if doc.variant == "trending":
+            assert {it.reason for it in doc.items} == {"popular now"}
+    published = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if "job_recommendations_published_total" in line
+                    and not line.startswith("#"))
+    assert set(counts) == {"model", "trending"}
+    assert sum(c["lists"] for c in counts.values()) == published > 0
+    tests = sum(c["tests"] for c in counts.values())
+    hits = sum(c["hits"] for c in counts.values())
+    assert tests >= len(all_users)
+    hit_rate = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if "job_prequential_hit_rate" in line and not line.startswith("#")]
+    assert hit_rate and abs(hit_rate[0] - hits / tests) < 1e-6  # one subtask, < 1000 tests
+    out = capsys.readouterr().out
+    assert "model" in out and "trending" in out and "verdict" in out
