@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from freshrec.kafka_config import KafkaConfigError
+from freshrec.kafka_config import KafkaConfigError, KafkaUnreachable
 from freshrec.processes import STOP, exit_code
 from freshrec.settings import Settings, SettingsError, load_settings
 
@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args, settings) or 0)
+    except KafkaUnreachable as exc:  # no broker at kafka.bootstrap_servers
+        print(f"freshrec {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KafkaConfigError as exc:  # bad kafka.* settings, or the broker refused the login
         print(f"freshrec: kafka: {exc}", file=sys.stderr)
         return 2

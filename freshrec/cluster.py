@@ -48,6 +48,7 @@ from typing import Any
 
 import psutil
 
+from freshrec import kafka_config
 from freshrec.processes import (
     Log,
     cmdline,
@@ -632,9 +633,15 @@ def submit(settings: Settings, parallelism: int | None = None, from_savepoint: s
            allow_non_restored: bool = False, passthrough: Sequence[str] = (),
            log: Log = say) -> Submitted:
     """Submit the job (detached) and return its id once the cluster accepted it."""
-    from flink_jobs.recommender_job import job_jars
-
     p = parallelism or settings.cluster.parallelism
+    if from_savepoint:
+        sp = Path(from_savepoint.removeprefix("file:")).expanduser()
+        if "://" not in from_savepoint and not (sp / "_metadata").is_file():
+            raise ClusterError(f"{from_savepoint} is not a savepoint or checkpoint (no _metadata)")
+        if "://" not in from_savepoint:
+            from_savepoint = str(sp.resolve())
+    # A job without its broker would only restart in a loop on the cluster: say so here.
+    kafka_config.check_reachable(settings)
     ov = overview(settings)
     if ov is None:
         raise ClusterError(f"no Flink cluster answers at {rest_url(settings)}: start it with"
@@ -644,13 +651,9 @@ def submit(settings: Settings, parallelism: int | None = None, from_savepoint: s
             f"parallelism {p} needs {p} free slots, the cluster has {ov.get('slots-available')}"
             f" of {ov.get('slots-total')} free (running jobs: {ov.get('jobs-running')}); cancel a"
             " job, lower --parallelism or raise cluster.taskmanagers/slots_per_taskmanager")
-    if from_savepoint:
-        sp = Path(from_savepoint.removeprefix("file:")).expanduser()
-        if "://" not in from_savepoint and not (sp / "_metadata").is_file():
-            raise ClusterError(f"{from_savepoint} is not a savepoint or checkpoint (no _metadata)")
-        if "://" not in from_savepoint:
-            from_savepoint = str(sp.resolve())
     # Fetch/build the jars here, where errors are readable; the job attaches the same paths.
+    from flink_jobs.recommender_job import job_jars  # pyflink: seconds to import
+
     jars = job_jars(settings)
     stale = stale_lib_jars(settings, cluster_jars(settings))
     if stale:

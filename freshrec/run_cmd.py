@@ -55,10 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the job in this process on a local MiniCluster until a stop signal."""
     if args.savepoint:
         settings = settings.replace("job", savepoint_on_stop=True)
-    if not _broker_reachable(settings):
-        print(f"freshrec run: no Kafka broker answers at {settings.kafka.bootstrap_servers}; "
-              "start the local one with `freshrec kafka up`", file=sys.stderr)
-        return 1
+    kafka_config.check_reachable(settings)
     if not args.ignore_running:
         try:
             hold_job_locks(settings)
@@ -188,7 +185,7 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
         say(f"freshrec run: job {job_id} {what}; JVM ended; stopped in {took:.1f}s (job"
             f" {job_s:.1f}s, JVM {took - job_s:.1f}s), exit {exit_code(STOP.signum or 0)}")
         # A cancelled exactly-once job aborts its open transactions, if the broker hears it.
-        if job.delivery == "exactly-once" and not _broker_reachable(settings, timeout_ms=2000):
+        if job.delivery == "exactly-once" and not _broker_answers(settings):
             say(f"freshrec run: the broker does not answer; {_left_behind(settings)}")
         return exit_code(STOP.signum or 0)
     if not stopped:
@@ -258,25 +255,24 @@ def _left_behind(settings: Settings) -> str:
             " so some lists may be published twice")
 
 
-def _broker_reachable(settings: Settings, timeout_ms: int = 5000) -> bool:
+def _broker_answers(settings: Settings) -> bool:
     try:
-        admin = kafka_config.admin_client(settings, request_timeout_ms=timeout_ms,
-                                          bootstrap_timeout_ms=timeout_ms)
-    except Exception:  # NoBrokersAvailable and connection errors
+        kafka_config.check_reachable(settings, timeout_ms=2000)
+    except kafka_config.KafkaUnreachable:
         return False
-    admin.close()
     return True
 
 
 def _produce_demo_traffic(settings: Settings, rate: float, stop: threading.Event) -> None:
-    from freshrec.generator import generate_events
+    from freshrec.generator import generate_events, new_run_id
     from schemas.events import encode_event
 
     producer = kafka_config.producer(settings, acks="all", linger_ms=5)
     interval = 1.0 / rate
     start = time.perf_counter()
     events = generate_events(10_000_000, seed=settings.model.seed, n_users=500, n_items=2000,
-                             n_categories=12, start_ts_ms=int(time.time() * 1000))
+                             n_categories=12, start_ts_ms=int(time.time() * 1000),
+                             run_id=new_run_id())
     for i, event in enumerate(events):
         if stop.is_set():
             break

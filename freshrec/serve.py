@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from freshrec import kafka_config
 from freshrec.metrics import SERVE_LATENCY_BUCKETS_S, SERVE_METRICS, STALENESS_BUCKETS_S
 from freshrec.privacy import PseudonymKeyError, load_key, pseudonymize
 from freshrec.processes import STOP_SIGNALS, exit_code
@@ -175,8 +176,6 @@ class Materializer(threading.Thread):
         return out
 
     def _consume(self) -> None:
-        from freshrec import kafka_config
-
         consumer = kafka_config.consumer(
             self.settings, client_id="freshrec-serve", group_id=None,
             enable_auto_commit=False, isolation_level="read_committed",
@@ -544,6 +543,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except SettingsError as exc:
         print(f"freshrec serve: bad setting: {exc}", file=sys.stderr)
         return 2
+    # Before logging is set up: a missing broker is one line, not kafka-python's retries.
+    kafka_config.check_reachable(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:

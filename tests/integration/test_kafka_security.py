@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -254,11 +255,9 @@ def test_topic_round_trip_and_wrong_password(secure_broker: SecureBroker, mechan
 
 def test_tls_is_verified(secure_broker: SecureBroker) -> None:
     """Without the test CA the broker's certificate is not trusted: nothing connects."""
-    from kafka.errors import KafkaTimeoutError
-
     settings = secure_broker.settings("PLAIN", PLAIN_USER, PLAIN_PASSWORD)
     untrusting = settings.replace("kafka", ssl_cafile="")
-    with pytest.raises(KafkaTimeoutError):
+    with pytest.raises(kafka_config.KafkaUnreachable, match=r"check kafka\.ssl_cafile"):
         kafka_config.admin_client(untrusting, bootstrap_timeout_ms=2000)
 
 
@@ -296,7 +295,10 @@ def test_job_and_clis_over_sasl_ssl(secure_broker: SecureBroker, tmp_path: Path,
                   "--items", str(n_items), "--topic", settings.topics.events, "--no-progress")
         assert out.returncode == 0, out.stderr[-2000:]
         assert f"sent {count}, acked {count}, failed 0" in out.stdout
-        return list(generate_events(count, seed=seed, n_users=n_users, n_items=n_items))
+        run_id = re.search(rf"event ids g{seed}-(\w+)-\*, new to this run", out.stdout)
+        assert run_id, out.stdout
+        return list(generate_events(count, seed=seed, n_users=n_users, n_items=n_items,
+                                    run_id=run_id[1]))
 
     def current(record: Record | None, last_event_id: str) -> bool:
         """A list with items, made after the user's last event."""
