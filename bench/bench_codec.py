@@ -7,7 +7,7 @@ straightforward implementation would do. Goals (issue 2): >= 5x the baseline and
 
 Usage::
 
-    .venv/bin/python bench/bench_codec.py [--n 100000] [--seed 1] [--cpu 0]
+    .venv/bin/python -m bench.bench_codec [--n 100000] [--seed 1] [--cpu 0]
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from flink_jobs.operators import (
 from flink_jobs.user_side import UserSideSettings
 from freshrec.privacy import load_key
 from freshrec.settings import Settings, load_settings
+from freshrec.settings_args import add_settings_arguments
 from online_models.config import ModelConfig
 
 MODEL_NAME = "freshrec-fpmc"
@@ -167,8 +168,7 @@ def create_job(settings: Settings, io: JobIO | None = None, restart_attempts: in
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job (blocking) with settings from ``--config`` / env / ``--set``."""
     parser = argparse.ArgumentParser(prog="freshrec-job", description=__doc__)
-    parser.add_argument("--config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    add_settings_arguments(parser)
     args = parser.parse_args(argv)
     settings = load_settings(args.config, overrides=args.overrides)
     create_job(settings).execute(JOB_NAME)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from freshrec.kafka_config import KafkaConfigError, KafkaUnreachable
 from freshrec.processes import STOP, exit_code
 from freshrec.settings import Settings, SettingsError, load_settings
+from freshrec.settings_args import add_settings_arguments
 
 # Subcommand modules; each exposes register(subparsers) that sets ``func(args, settings)``.
 _COMMANDS = (
@@ -29,11 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freshrec", description="Real-time recommendations: Kafka -> PyFlink -> Kafka."
     )
-    parser.add_argument("--config", help="TOML settings file (see freshrec/default_settings.toml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set job.parallelism=2 (repeatable)",
-    )
+    add_settings_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMANDS:
         importlib.import_module(name).register(sub)

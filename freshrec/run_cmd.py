@@ -32,10 +32,10 @@ from freshrec.processes import (
     hold_lock,
     process_tree,
     say,
-    settings_args,
     stop_processes,
 )
 from freshrec.settings import Settings
+from freshrec.settings_args import settings_args
 
 
 def setup(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,10 +14,8 @@ password through ``FRESHREC_KAFKA_SASL_PASSWORD``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from freshrec import kafka_config
 from freshrec import local_kafka as lk
 from freshrec.generator import generate_events
 from freshrec.local_kafka import create_topic
-from freshrec.processes import free_ports
+from freshrec.processes import free_ports, process_tree, stop_processes
 from freshrec.settings import Settings, load_settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation
@@ -202,16 +200,12 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     format_storage_with_scram(java, jars, paths.config, paths.logs, {SCRAM_USER: SCRAM_PASSWORD})
     pid = lk._spawn(lk._broker_command(settings, java, jars, paths), paths)
     try:
-        deadline = time.monotonic() + settings.local.start_timeout_s
-        lk._wait_ready(settings, pid, paths, deadline).close()
+        lk._wait_ready(settings, pid, paths, settings.local.start_timeout_s).close()
         yield SecureBroker(settings, f"127.0.0.1:{sasl_port}", certs.ca_pem, pid)
     finally:
-        # The broker has its own session: stop the whole group, then reap it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        lk._stop(pid, paths, timeout_s=20, log=lambda _m: None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        tree = process_tree(pid)
+        lk._stop(pid, paths, timeout_s=20, log=print)  # the broker: stopped and reaped
+        stop_processes(tree, timeout_s=5, what="secure broker", log=print)  # what it left
 
 
 def cli(broker: SecureBroker, mechanism: str, user: str, password: str, *argv: str,

@@ -30,6 +30,7 @@ from freshrec.local_kafka import (
     default_topics,
     ensure_topics,
 )
+from freshrec.polling import wait_until
 from freshrec.processes import cmdline
 from freshrec.settings import Settings, load_settings
 from tests.integration.conftest import REPO_ROOT, KafkaBroker, local_broker_overrides
@@ -332,10 +333,8 @@ def cli_broker(tmp_path_factory) -> Iterator[CliBroker]:
 
 
 def _wait_gone(pid: int, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while cmdline(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not cmdline(pid), f"process {pid} still running"
+    assert wait_until(lambda: not cmdline(pid), timeout_s, interval_s=0.05), \
+        f"process {pid} still running"
 
 
 def test_up_twice_is_safe(cli_broker):
