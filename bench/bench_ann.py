@@ -8,7 +8,7 @@ or redraw the plot from a saved run:
 For each catalogue size it builds a clustered catalogue (a Gaussian mixture of categories
 with log-normal norms, a static term ``bias + pop_weight * log popularity`` as the replica
 keeps it, and a share of idle items at the replica's ``-inf`` trend floor) and user queries
-built like :func:`online_models.core.query_vector` (long-term vector plus recency-weighted
+built like :func:`online_models.scoring.query_vector` (long-term vector plus recency-weighted
 context items from one to three categories). The score is ``q . v + static``; the indexes
 hold ``[v, static]`` and are queried with ``[q, 1]`` (inner product), so one search covers
 both terms. Every approximate search fetches ``--pool`` candidates that are rescored exactly
@@ -55,7 +55,7 @@ POP_WEIGHT = 0.3  # ModelConfig.pop_weight
 IDLE_STATIC = POP_WEIGHT * -50.0  # the replica's static term for an item with no trend yet
 CONTEXT_DECAY = 0.6  # ModelConfig.context_decay
 USER_WEIGHT = 0.5  # ModelConfig.user_weight
-BATCH = 64  # online_models.core._SCORE_CHUNK
+BATCH = 64  # online_models.scoring._SCORE_CHUNK
 BLOCK = 16_384  # rows per dequantisation block: stays in L2 cache
 
 

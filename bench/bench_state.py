@@ -78,11 +78,13 @@ from flink_jobs.operators import item_state_descriptors, user_state_descriptors
 from flink_jobs.user_side import shard_of
 from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value
 from freshrec.generator import category_label
-from online_models.bundle import ItemGradients, apply_gradients_to_items, learn_bundle
+from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
-from online_models.core import new_item_state
+from online_models.item_gradients import ItemGradients, apply_gradients_to_items
+from online_models.item_state import ItemState
+from online_models.learning import new_item_state
 from online_models.replica import ItemReplica
-from online_models.state import ItemState, UserState
+from online_models.state import UserState
 from schemas.events import Event
 
 GOAL_FACTOR = 1.5
@@ -283,7 +285,7 @@ def fill_main(argv: list[str]) -> int:
     from pyflink.common import WatermarkStrategy
 
     from flink_jobs import environment, kafka_io
-    from flink_jobs.recommender_job import job_jars, model_config
+    from flink_jobs.recommender_job import job_jars
     from freshrec.settings import load_settings
     from freshrec.settings_args import add_settings_arguments
 
@@ -313,7 +315,7 @@ def fill_main(argv: list[str]) -> int:
     environment.flink_configuration = with_extra  # type: ignore[assignment]
     env = environment.make_environment(settings, job_jars(settings))
     env.add_python_file(str(Path(__file__).resolve()))
-    job, config = settings.job, model_config(settings)
+    job, config = settings.job, settings.model
     spec = FillSpec(args.n_items, args.dedup_ids, args.events_per_user, args.event_id_chars)
     group = job.group_id
     users = env.from_source(
@@ -785,7 +787,6 @@ def main(argv: list[str] | None = None) -> int:
         plot(json.loads(Path(argv[1]).read_text()), Path(argv[2]))
         return 0
     from bench.common import machine
-    from flink_jobs.recommender_job import model_config
     from freshrec import kafka_config
     from freshrec.local_kafka import broker_down, broker_up, create_topic
     from freshrec.processes import free_ports
@@ -842,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         broker_up(started, log=say)
     base_sets = [*boot, *sets]
     settings = load_settings(overrides=base_sets)
-    config = model_config(settings)
+    config = settings.model
     args.events_per_user = args.events_per_user or config.history_len
     spec = FillSpec(args.items, args.dedup_ids, args.events_per_user, args.event_id_chars)
     raw = raw_sizes(config, spec, settings.job.dedup_window_s)

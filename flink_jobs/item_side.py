@@ -31,12 +31,12 @@ from typing import Any
 
 from flink_jobs.bundles import ITEM_EMBEDDINGS, OutputBundle
 from flink_jobs.user_side import COVISIT_MESSAGE, GRADIENT_MESSAGE, UPSERT_MESSAGE, Loader
-from online_models.bundle import ItemGradients, apply_gradients_to_rows
 from online_models.config import ModelConfig
-from online_models.core import new_item_state
 from online_models.covisit import CoVisits, add_pair, strongest
+from online_models.item_gradients import ItemGradients, apply_gradients_to_rows
+from online_models.item_state import ItemRows, ItemState
+from online_models.learning import new_item_state
 from online_models.replica import LN2, NEW_ITEM_TREND
-from online_models.state import ItemRows, ItemState
 from schemas.events import DecodeError, Event, decode_event
 from schemas.item_embedding import ItemEmbedding
 

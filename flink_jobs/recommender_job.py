@@ -7,7 +7,6 @@ come from settings (``JobIO``), so tests can bound the sources.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,10 +67,6 @@ def kafka_io_from_settings(settings: Settings, bounded: bool = False) -> JobIO:
     )
 
 
-def model_config(settings: Settings) -> ModelConfig:
-    return ModelConfig.from_mapping(dataclasses.asdict(settings.model))
-
-
 def model_version(config: ModelConfig) -> str:
     return f"{MODEL_NAME}-d{config.dim}"
 
@@ -89,7 +84,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     Java gathers records into bundles and splits Python's output into records; Python is
     called once per bundle (``flink_jobs.bundles``)."""
     job = settings.job
-    config = model_config(settings)
+    config = settings.model
     glue = get_gateway().jvm.io.freshrec.flink
     max_records, max_age = job.bundle_max_records, job.bundle_max_age_ms
 

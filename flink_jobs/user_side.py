@@ -47,10 +47,11 @@ from online_models.blend import (
 )
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
-from online_models.core import apply_item_embedding, recommend_for_users
 from online_models.covisit import CoVisitTable
+from online_models.learning import apply_item_embedding
 from online_models.model import cold_start_bonus, learn_cold_start
 from online_models.replica import ItemReplica
+from online_models.scoring import recommend_for_users
 from online_models.state import UserState
 from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMean, UserClusters
 from schemas.dlq import DeadLetter, encode_dead_letter

@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         print(f"freshrec replay: {args.path} is a directory; pass a log file in it "
               f"({inside or 'it is empty'})", file=sys.stderr)
         return 2
-    cfg = ModelConfig.from_mapping(settings.model)
+    cfg = settings.model
     t0 = time.perf_counter()
     events, skipped = load_events(args.path, args.fmt, args.limit)
     print(f"freshrec replay: {len(events):,} events from {args.path} ({args.fmt}), "

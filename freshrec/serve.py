@@ -11,7 +11,7 @@ consumer group) and ``topics.item_embeddings`` into the LMDB store of
 :mod:`freshrec.serve_store`, committing each batch with the offsets after it; a restart
 resumes at the stored offsets. The HTTP side (aiohttp, on the asyncio loop of the main
 thread) answers lists from the store, and similar items from an in-memory item replica
-with the model core's own retrieval (:func:`online_models.core.similar_items`) on a worker
+with the model core's own retrieval (:func:`online_models.scoring.similar_items`) on a worker
 thread, so that a long scan never holds up list requests; a lock keeps the consumer's
 updates and those queries apart. Routes and their answers: ``docs/serving.md``.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import gc
 import hmac
 import ipaddress
@@ -47,9 +46,9 @@ from freshrec.privacy import PseudonymKeyError, load_key, pseudonymize
 from freshrec.processes import STOP_SIGNALS, exit_code
 from freshrec.serve_store import Change, Store, StoreError, pack_list
 from freshrec.settings import Settings, SettingsError, load_settings
-from online_models.config import ModelConfig
-from online_models.core import apply_item_embedding, similar_items
+from online_models.learning import apply_item_embedding
 from online_models.replica import ItemReplica
+from online_models.scoring import similar_items
 from schemas.events import DecodeError, check_id
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation
@@ -355,7 +354,7 @@ class Service:
         self.store = store
         self.metrics = metrics
         self.pseudonym_key = pseudonym_key
-        self.config = ModelConfig.from_mapping(dataclasses.asdict(settings.model))
+        self.config = settings.model
         self.replica = ItemReplica(self.config)
         self.removed: set[str] = set()  # items tombstoned on the changelog
         self.replica_lock = threading.Lock()  # the consumer writes, similar-item queries read

@@ -17,7 +17,6 @@ freshrec.settings.SettingsError: job.parallelism: expected an integer, got 'zero
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import tomllib
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
+
+from online_models.config import ModelConfig, ModelConfigError
 
 
 class SettingsError(ValueError):
@@ -102,34 +103,6 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    dim: int
-    top_k: int
-    learning_rate: float
-    l2: float
-    negatives: int
-    history_len: int
-    exclude: str
-    exploration: float
-    seed: int
-    weight_view: float
-    weight_click: float
-    weight_favorite: float
-    weight_add_to_cart: float
-    weight_purchase: float
-    weight_unfavorite: float
-    weight_remove_from_cart: float
-    ann_min_items: int
-    ann_dtype: str
-    cold_events: int
-    n_clusters: int
-    cluster_weight: float
-    covisit_window: int
-    covisit_neighbours: int
-    blend_learning_rate: float
-
-
-@dataclass(frozen=True)
 class ClusterSettings:
     state_dir: str
     host: str
@@ -161,7 +134,7 @@ class Settings:
     local: LocalSettings
     topics: TopicSettings
     job: JobSettings
-    model: ModelSettings
+    model: ModelConfig
     privacy: PrivacySettings
     cluster: ClusterSettings
     serve: ServeSettings
@@ -178,7 +151,7 @@ _SECTIONS: dict[str, type] = {
     "local": LocalSettings,
     "topics": TopicSettings,
     "job": JobSettings,
-    "model": ModelSettings,
+    "model": ModelConfig,
     "privacy": PrivacySettings,
     "cluster": ClusterSettings,
     "serve": ServeSettings,
@@ -190,8 +163,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "job.delivery": ("at-least-once", "exactly-once"),
     "job.state_backend": ("hashmap", "rocksdb"),
     "job.starting_offsets": ("earliest", "latest", "committed"),
-    "model.exclude": ("purchased", "seen", "none"),
-    "model.ann_dtype": ("f16", "f32"),
 }
 _POSITIVE = {
     "local.port", "local.controller_port", "topics.partitions",
@@ -200,11 +171,8 @@ _POSITIVE = {
     "job.item_shards", "job.bundle_max_records", "job.bundle_max_age_ms",
     "job.item_publish_interval_ms",
     "job.item_background_publish_interval_ms", "job.dedup_window_s", "job.dedup_max_ids",
-    "model.n_clusters",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",
-    "job.transaction_timeout_ms", "model.dim", "model.top_k", "model.learning_rate",
-    "model.history_len", "local.start_timeout_s", "model.covisit_window",
-    "model.covisit_neighbours",
+    "job.transaction_timeout_ms", "local.start_timeout_s",
     "job.stop_timeout_s", "cluster.rest_port", "cluster.rpc_port", "cluster.taskmanagers",
     "cluster.slots_per_taskmanager", "cluster.parallelism", "cluster.start_timeout_s",
     "serve.store_max_gb",
@@ -257,9 +225,12 @@ def load_settings(
 ) -> Settings:
     """Build and validate the settings; see the module docstring for precedence."""
     env = os.environ if env is None else env
+    document = _default_document()
+    # The model section's defaults are ModelConfig's own; the TOML only documents them.
+    document["model"] = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     raw: dict[str, dict[str, tuple[Any, str]]] = {
         sec: {k: (v, "defaults") for k, v in values.items()}
-        for sec, values in _default_document().items()
+        for sec, values in document.items()
     }
     config = config or env.get("FRESHREC_CONFIG")
     if config:
@@ -310,7 +281,11 @@ def load_settings(
             _validate(key, value, source)
             kwargs[f.name] = value
             sources[key] = source
-        sections[sec] = cls(**kwargs)
+        try:
+            sections[sec] = cls(**kwargs)
+        except ModelConfigError as exc:  # ModelConfig checks its own fields
+            key = f"{sec}.{exc.field}"
+            raise SettingsError(f"{key}: {exc.problem} (from {sources[key]})") from None
     settings = Settings(**sections, sources=sources)
     if settings.job.transaction_timeout_ms > _MAX_TRANSACTION_TIMEOUT_MS:
         raise SettingsError(
@@ -327,7 +302,7 @@ def _validate(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{key}: must be one of {choices}, got {value!r}{where}")
     if key in _POSITIVE and value <= 0:
         raise SettingsError(f"{key}: must be > 0, got {value!r}{where}")
-    if key in ("model.exploration", "cluster.managed_memory_fraction") and not 0.0 <= value <= 1.0:
+    if key == "cluster.managed_memory_fraction" and not 0.0 <= value <= 1.0:
         raise SettingsError(f"{key}: must be in [0, 1], got {value!r}{where}")
     if key in ("cluster.jobmanager_memory", "cluster.taskmanager_memory") and not re.fullmatch(
             r"\d+[kmg]", value):
@@ -335,16 +310,5 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key == "cluster.metrics_ports" and not re.fullmatch(r"\d+(-\d+)?", value):
         raise SettingsError(
             f"{key}: expected a port or a range like 9250-9260, got {value!r}{where}")
-    if key in ("model.cold_events", "model.cluster_weight") and not 0 <= value < math.inf:
-        raise SettingsError(
-            f"{key}: must be a finite number >= 0 (0 = no cluster bonus), got {value}{where}")
-    if key == "model.blend_learning_rate" and not 0 <= value < math.inf:
-        raise SettingsError(
-            f"{key}: must be a finite number >= 0 (0 = fixed blend), got {value}{where}")
     if key == "serve.port" and not 0 < value <= 65535:
         raise SettingsError(f"{key}: must be a TCP port 1..65535, got {value}{where}")
-    if key == "model.ann_min_items" and value < 0:
-        raise SettingsError(f"{key}: must be >= 0 (0 = always exact), got {value}{where}")
-    negative = key in ("model.weight_unfavorite", "model.weight_remove_from_cart")
-    if negative and value > 0:
-        raise SettingsError(f"{key}: negative feedback needs a weight <= 0, got {value}{where}")

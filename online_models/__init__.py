@@ -10,34 +10,23 @@ evaluation.
 0
 """
 
-from online_models.baselines import (
-    MODEL_NAMES,
-    ItemKNNModel,
-    PopularityModel,
-    RecentItemsModel,
-    RiverMFModel,
-    SessionKNNModel,
-    make_model,
-)
-from online_models.bundle import (
+from online_models.baselines import MODEL_NAMES, PopularityModel, RiverMFModel, make_model
+from online_models.bundle import learn_bundle
+from online_models.config import ModelConfig
+from online_models.evaluate import ModelResult, prequential
+from online_models.item_gradients import (
     ItemGradients,
     apply_gradients_to_items,
     apply_gradients_to_rows,
     apply_item_gradients,
-    learn_bundle,
 )
-from online_models.config import ModelConfig
-from online_models.core import (
-    adagrad_rows,
-    lr_schedule,
-    new_item_state,
-    query_vector,
-    recommend_for_user,
-)
-from online_models.evaluate import ModelResult, prequential
+from online_models.item_state import ItemRows, ItemState
+from online_models.learning import adagrad_rows, lr_schedule, new_item_state
 from online_models.model import FreshRecModel, Recommender
+from online_models.neighbour_baselines import ItemKNNModel, RecentItemsModel, SessionKNNModel
 from online_models.replica import ItemReplica
-from online_models.state import ItemRows, ItemState, UserState
+from online_models.scoring import query_vector, recommend_for_user
+from online_models.state import UserState
 from online_models.streaming import DriftMonitor, RollingMetrics, UserClusters
 from online_models.tables import EmbeddingTable, content_vector
 

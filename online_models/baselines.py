@@ -1,5 +1,7 @@
-"""Baselines under the same interface: time-decayed popularity, the user's recent items,
-item-to-item co-occurrence (item kNN), session kNN (V-SKNN), River FunkMF / BiasedMF.
+"""Baselines under the same interface: time-decayed popularity and River FunkMF / BiasedMF
+here; the user's recent items, item-to-item co-occurrence (item kNN) and session kNN
+(V-SKNN) in :mod:`online_models.neighbour_baselines`; :func:`make_model` builds any of
+them by name.
 
 River models are trained by River itself (``learn_one(user, item, weight)`` on
 positive interactions); for ranking every item, each keeps a numpy mirror of River's
@@ -10,16 +12,16 @@ River's ``predict_one`` up to the user/global constant.
 >>> from schemas.events import Event
 >>> evs = [Event(f"e{n}", "view", n, user_id=f"u{n % 3}", item_id=f"i{n % 5}")
 ...        for n in range(30)]
->>> for m in (PopularityModel(), RiverMFModel("funkmf"), RiverMFModel("biasedmf"),
-...           RecentItemsModel(), ItemKNNModel(), SessionKNNModel()):
+>>> for name in MODEL_NAMES[1:]:
+...     m = make_model(name)
 ...     m.learn_many(evs)
 ...     print(m.name, len(m.recommend("u1", k=3)), m.n_items)
 popularity 3 5
-river_funkmf 3 5
-river_biasedmf 3 5
 recent 3 5
 item_knn 3 5
 sknn 3 5
+river_funkmf 3 5
+river_biasedmf 3 5
 """
 
 from __future__ import annotations
@@ -235,177 +237,6 @@ class RiverMFModel(_Base):
         return self.V[:n] @ u + self.b[:n]
 
 
-class _PopularityFilled(PopularityModel):
-    """A neighbourhood baseline whose own scores are >= 0 and sparse; the rest of the list
-    is filled by time-decayed popularity (a value below 1e-3, so it only breaks ties)."""
-
-    def _own_scores(self, user_id: str) -> dict[str, float]:
-        raise NotImplementedError
-
-    def _scores(self, user_id: str) -> np.ndarray:
-        n = self.n_items
-        logc = self.logc[:n]
-        top = float(logc.max()) if n else 0.0
-        s = 1e-3 * np.exp(logc - top) if np.isfinite(top) else np.zeros(n)
-        idx = self.items.index
-        for item, v in self._own_scores(user_id).items():
-            s[idx[item]] += v
-        return s
-
-    def _learn(self, event: Event, w: float) -> None:
-        super()._learn(event, w)
-        if w > 0:
-            self._learn_positive(event.user_id, event.item_id)  # type: ignore[arg-type]
-
-    def _learn_positive(self, user_id: str, item_id: str) -> None:
-        raise NotImplementedError
-
-    def learn_one(self, event: Event) -> None:
-        if event.event_type == "forget_user" and event.user_id is not None:
-            self._forget(event.user_id)
-        super().learn_one(event)
-
-    def _forget(self, user_id: str) -> None:
-        raise NotImplementedError
-
-
-def _push_recent(seq: list[str], item_id: str, n: int) -> None:
-    """Move ``item_id`` to the end of ``seq`` (distinct items, oldest first), keep ``n``."""
-    if item_id in seq:
-        seq.remove(item_id)
-    seq.append(item_id)
-    if len(seq) > n:
-        del seq[0]
-
-
-class RecentItemsModel(_PopularityFilled):
-    """Repeat consumption: the user's own recent positive items, most recent first."""
-
-    name = "recent"
-    _reason = "you viewed this recently"
-
-    def __init__(self, config: ModelConfig | None = None, n_recent: int = 50) -> None:
-        super().__init__(config)
-        self.n_recent = n_recent
-        self.recent: dict[str, list[str]] = {}
-
-    def _learn_positive(self, user_id: str, item_id: str) -> None:
-        _push_recent(self.recent.setdefault(user_id, []), item_id, self.n_recent)
-
-    def _forget(self, user_id: str) -> None:
-        self.recent.pop(user_id, None)
-
-    def _own_scores(self, user_id: str) -> dict[str, float]:
-        seq = self.recent.get(user_id, [])
-        return {item: 1.0 + pos for pos, item in enumerate(seq)}
-
-
-class ItemKNNModel(_PopularityFilled):
-    """Streaming item-to-item co-occurrence (item-based CF in the style of Amazon's and of
-    the session-based "SR"/"AR" rules): each positive event pairs its item with the
-    user's last ``window`` distinct items, weighted ``1 / distance``; a pair's similarity
-    is its weight over ``sqrt(n_a n_b)`` (cosine of the occurrence vectors). A user's
-    scores sum the similarities of their recent items' neighbours, the most recent item
-    weighted most. Each item keeps its ``max_neighbours`` strongest neighbours.
-    """
-
-    name = "item_knn"
-    _reason = "bought together"
-
-    def __init__(self, config: ModelConfig | None = None, window: int = 10,
-                 max_neighbours: int = 100) -> None:
-        super().__init__(config)
-        self.window, self.max_neighbours = window, max_neighbours
-        self.recent: dict[str, list[str]] = {}
-        self.pairs: dict[str, dict[str, float]] = {}
-        self.count: dict[str, float] = {}
-
-    def _add_pair(self, a: str, b: str, w: float) -> None:
-        nb = self.pairs.setdefault(a, {})
-        nb[b] = nb.get(b, 0.0) + w
-        if len(nb) > 2 * self.max_neighbours:  # prune to the strongest half, amortised
-            keep = sorted(nb.items(), key=lambda kv: -kv[1])[: self.max_neighbours]
-            self.pairs[a] = dict(keep)
-
-    def _learn_positive(self, user_id: str, item_id: str) -> None:
-        self.count[item_id] = self.count.get(item_id, 0.0) + 1.0
-        seq = self.recent.setdefault(user_id, [])
-        for dist, other in enumerate(reversed(seq), start=1):
-            if other != item_id:
-                self._add_pair(item_id, other, 1.0 / dist)
-                self._add_pair(other, item_id, 1.0 / dist)
-        _push_recent(seq, item_id, self.window)
-
-    def _forget(self, user_id: str) -> None:
-        self.recent.pop(user_id, None)
-
-    def _own_scores(self, user_id: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        count = self.count
-        for pos, item in enumerate(reversed(self.recent.get(user_id, []))):
-            w = 1.0 / (pos + 1) / math.sqrt(count[item])
-            for other, c in self.pairs.get(item, {}).items():
-                out[other] = out.get(other, 0.0) + w * c / math.sqrt(count[other])
-        return out
-
-
-class SessionKNNModel(_PopularityFilled):
-    """Sequence kNN in the V-SKNN style (Ludewig & Jannach 2018): each user's recent
-    distinct items are their "session"; neighbours are the sessions, among the latest
-    ``sample`` ones sharing an item, most similar to the user's last ``m`` items
-    (position-weighted: the newest counts 1, the oldest ``1/m``); an item scores the sum
-    of the similarities of the ``k`` best neighbours holding it."""
-
-    name = "sknn"
-    _reason = "shoppers like you viewed"
-
-    def __init__(self, config: ModelConfig | None = None, session_len: int = 50,
-                 m: int = 10, k: int = 100, sample: int = 500, per_item: int = 100) -> None:
-        super().__init__(config)
-        self.session_len, self.m, self.k, self.sample = session_len, m, k, sample
-        self.per_item = per_item
-        self.sessions: dict[str, list[str]] = {}
-        self.holders: dict[str, dict[str, None]] = {}  # item -> users, oldest first
-
-    def _learn_positive(self, user_id: str, item_id: str) -> None:
-        _push_recent(self.sessions.setdefault(user_id, []), item_id, self.session_len)
-        users = self.holders.setdefault(item_id, {})
-        users.pop(user_id, None)
-        users[user_id] = None
-        if len(users) > self.per_item:
-            del users[next(iter(users))]
-
-    def _forget(self, user_id: str) -> None:
-        self.sessions.pop(user_id, None)
-        for users in self.holders.values():
-            users.pop(user_id, None)
-
-    def _own_scores(self, user_id: str) -> dict[str, float]:
-        current = self.sessions.get(user_id, [])[-self.m:]
-        if not current:
-            return {}
-        weight = {item: (pos + 1) / len(current) for pos, item in enumerate(current)}
-        candidates: dict[str, None] = {}
-        for item in reversed(current):  # the newest item's holders first
-            for other in reversed(self.holders.get(item, {})):
-                if other != user_id:
-                    candidates[other] = None
-            if len(candidates) >= self.sample:
-                break
-        sims = []
-        for other in list(candidates)[: self.sample]:
-            session = self.sessions[other]
-            sim = sum(weight.get(i, 0.0) for i in session)
-            if sim > 0:
-                sims.append((sim, other))
-        sims.sort(reverse=True)
-        out: dict[str, float] = {}
-        for sim, other in sims[: self.k]:
-            for item in self.sessions[other]:
-                out[item] = out.get(item, 0.0) + sim
-        return out
-
-
 MODEL_NAMES = ("freshrec", "popularity", "recent", "item_knn", "sknn", "river_funkmf",
                "river_biasedmf")
 
@@ -417,6 +248,11 @@ def make_model(name: str, config: ModelConfig | None = None) -> object:
     'item_knn'
     """
     from online_models.model import FreshRecModel
+    from online_models.neighbour_baselines import (
+        ItemKNNModel,
+        RecentItemsModel,
+        SessionKNNModel,
+    )
 
     cfg = config or ModelConfig()
     if name == "freshrec":

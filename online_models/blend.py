@@ -266,8 +266,8 @@ BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top
 def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config: ModelConfig,
                features: UserFeatures, item_row: int) -> None:
     """Test the blend on a user's positive event on ``item_row`` before it is learned: rank
-    as :func:`~online_models.core.recommend_for_user` would, then :func:`learn_blend`."""
-    from online_models.core import excluded_items, query_vector
+    as :func:`~online_models.scoring.recommend_for_user` would, then :func:`learn_blend`."""
+    from online_models.scoring import excluded_items, query_vector
 
     index = replica.table.index
     excluded = [index[i] for i in excluded_items(user, config) if i in index]

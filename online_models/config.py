@@ -1,16 +1,17 @@
 """Model configuration: a plain frozen dataclass, free of any freshrec/pyflink import.
 
-The first fields mirror ``freshrec.settings.ModelSettings`` one to one, so the job and
-the CLI build a config with ``ModelConfig(**dataclasses.asdict(settings.model))``; the
-remaining fields are model internals with defaults.
+It is also the ``[model]`` section of freshrec's settings (``freshrec.settings``): the
+defaults and the checks of every model setting live here, and a bad value raises
+:class:`ModelConfigError` naming the field, which the settings loader reports with the
+value's source.
 
 >>> cfg = ModelConfig(dim=8, seed=1)
 >>> cfg.event_weight("purchase"), cfg.event_weight("unfavorite"), cfg.event_weight("item_upsert")
 (5.0, -1.0, 0.0)
->>> ModelConfig(exclude="everything")
+>>> ModelConfig(exclude="everything")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-ValueError: exclude must be one of purchased, seen, none; got 'everything'
+online_models.config.ModelConfigError: exclude: must be one of 'purchased', ..., got 'everything'
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 EXCLUDE_CHOICES = ("purchased", "seen", "none")
+ANN_DTYPES = ("f16", "f32")
+
+
+class ModelConfigError(ValueError):
+    """A model setting has a bad value; ``field`` names it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,27 +148,31 @@ class ModelConfig:
     ann_dtype: str = "f16"
 
     def __post_init__(self) -> None:
-        if self.exclude not in EXCLUDE_CHOICES:
-            raise ValueError(
-                f"exclude must be one of {', '.join(EXCLUDE_CHOICES)}; got {self.exclude!r}"
-            )
         for name in ("dim", "top_k", "history_len", "context_len", "covisit_window",
-                     "covisit_neighbours"):
+                     "covisit_neighbours", "negatives", "n_clusters"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
-        if self.negatives < 1:
-            raise ValueError(f"negatives must be >= 1; got {self.negatives!r}")
+                raise ModelConfigError(name, f"must be >= 1, got {getattr(self, name)!r}")
+        for name, choices in (("exclude", EXCLUDE_CHOICES), ("ann_dtype", ANN_DTYPES)):
+            if getattr(self, name) not in choices:
+                listed = ", ".join(repr(c) for c in choices)
+                raise ModelConfigError(name, f"must be one of {listed}, got "
+                                             f"{getattr(self, name)!r}")
         if not 0.0 <= self.exploration <= 1.0:
-            raise ValueError(f"exploration must be in [0, 1]; got {self.exploration!r}")
-        if not 0.0 <= self.blend_learning_rate < math.inf:
-            raise ValueError("blend_learning_rate must be >= 0 and finite; got "
-                             f"{self.blend_learning_rate!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate!r}")
-        if self.ann_min_items < 0:
-            raise ValueError(f"ann_min_items must be >= 0; got {self.ann_min_items!r}")
-        if self.ann_dtype not in ("f16", "f32"):
-            raise ValueError(f"ann_dtype must be f16 or f32; got {self.ann_dtype!r}")
+            raise ModelConfigError("exploration", f"must be in [0, 1], got {self.exploration!r}")
+        if not self.learning_rate > 0:
+            raise ModelConfigError("learning_rate", f"must be > 0, got {self.learning_rate!r}")
+        for name, zero in (("cold_events", "no cluster bonus"),
+                           ("cluster_weight", "no cluster bonus"),
+                           ("blend_learning_rate", "fixed blend"),
+                           ("ann_min_items", "always exact"), ("diversity_cap", "no cap"),
+                           ("min_step_ratio", "send every gradient")):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ModelConfigError(name, f"must be a finite number >= 0 (0 = {zero}), "
+                                             f"got {getattr(self, name)!r}")
+        for name in ("weight_unfavorite", "weight_remove_from_cart"):
+            if getattr(self, name) > 0:
+                raise ModelConfigError(name, "negative feedback needs a weight <= 0, got "
+                                             f"{getattr(self, name)!r}")
 
     def event_weight(self, event_type: str) -> float:
         """Loss weight of an event type (0 for non-interactions such as ``item_upsert``)."""
@@ -167,11 +181,3 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_mapping(cls, values: Any) -> ModelConfig:
-        """Build from a mapping or dataclass (e.g. ``ModelSettings``), ignoring unknown keys."""
-        if dataclasses.is_dataclass(values) and not isinstance(values, type):
-            values = dataclasses.asdict(values)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(values).items() if k in known})

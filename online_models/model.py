@@ -1,4 +1,5 @@
-"""The in-memory freshrec model: a River-like API over the pure functions of ``core``.
+"""The in-memory freshrec model: a River-like API over the pure functions of ``bundle``
+and ``scoring``.
 
 >>> from schemas.events import Event
 >>> m = FreshRecModel(ModelConfig(dim=8, seed=1, exploration=0.0))
@@ -30,16 +31,13 @@ from online_models.blend import (
     spread,
     user_features,
 )
-from online_models.bundle import apply_item_gradients, learn_bundle
+from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
-from online_models.core import (
-    lr_schedule,
-    query_vector,
-    recommend_for_user,
-    recommend_for_users,
-)
 from online_models.covisit import CoVisitTable
+from online_models.item_gradients import apply_item_gradients
+from online_models.learning import lr_schedule
 from online_models.replica import ItemReplica
+from online_models.scoring import query_vector, recommend_for_user, recommend_for_users
 from online_models.state import UserState
 from online_models.streaming import DriftMonitor, RollingMetrics, UserClusters
 from schemas.events import INTERACTION_TYPES, Event
@@ -105,7 +103,7 @@ class FreshRecModel:
     -----
     ``learn_many`` is the job's bundle learner (:func:`~online_models.bundle.learn_bundle`)
     with the item gradients applied to the model's own replica at once, and ``learn_one``
-    is a bundle of one; ``recommend`` is :func:`~online_models.core.recommend_for_user`
+    is a bundle of one; ``recommend`` is :func:`~online_models.scoring.recommend_for_user`
     plus a cluster-popular bonus for cold users.
     """
 
@@ -246,7 +244,7 @@ class FreshRecModel:
     def recommend_many(self, user_ids: Sequence[str], k: int = 20, reasons: bool = True
                        ) -> list[list[ScoredItem]]:
         """Lists for many users with one matrix product (see
-        :func:`~online_models.core.recommend_for_users`). No exploration."""
+        :func:`~online_models.scoring.recommend_for_users`). No exploration."""
         users = [self.user(u) for u in user_ids]
         return recommend_for_users(users, self.replica, self.config, k, self.now_ms,
                                    [self.features(u, max(u.last_ts, self.now_ms)) for u in users],

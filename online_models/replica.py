@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from online_models.config import ModelConfig
+from online_models.negatives import NegativePool
 from online_models.tables import EmbeddingTable, content_vector
 
 LN2 = math.log(2.0)
 # Trending weight a brand-new item starts with (a small "new listing" bonus).
 NEW_ITEM_TREND = 0.1
-_NEG_BUFFER = 4096
 _TREND_CACHE_EVERY = 256
 
 
@@ -81,12 +81,7 @@ class ItemReplica:
         self.meta: list[dict[str, Any]] = []
         self._k = LN2 / (config.trend_half_life_s * 1000.0)  # per ms
         self._t0: float | None = None
-        # The negatives pool, redrawn with the replica's own generator (see sample_negatives).
-        self._neg: np.ndarray = np.zeros(0, dtype=np.int64)
-        self._neg_rng = np.random.default_rng(config.seed)
-        self._neg_drawn = 0
-        self._neg_version = -1
-        self._rows_in_id_order: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.negatives = NegativePool(config.seed, config.neg_pop_alpha)
         # Set by online_models.ann once the catalogue is large enough for approximate top-K;
         # rows whose vector or static score changed since the index last saw them.
         self.ann: Any = None
@@ -279,47 +274,8 @@ class ItemReplica:
     def negative_pool(self, n_draws: int) -> np.ndarray:
         """The pool :meth:`sample_negatives` picks from, counting ``n_draws`` picks against
         its redraw; callers pick positions of their own (the bundle learner hashes them)."""
-        stale = self._neg_drawn >= _NEG_BUFFER and self._neg_version != self._version
-        if self._neg.shape[0] == 0 or stale or (self._neg_version == -1 and len(self)):
-            self._refill_negatives()
-        self._neg_drawn += n_draws
-        return self._neg
-
-    def _rows_by_id(self) -> np.ndarray:
-        """Rows in item-id order, re-sorted only after rows were added."""
-        n = len(self)
-        if self._rows_in_id_order.shape[0] != n:
-            ids = self.table.ids
-            self._rows_in_id_order = np.asarray(sorted(range(n), key=ids.__getitem__),
-                                                dtype=np.int64)
-        return self._rows_in_id_order
-
-    def _refill_negatives(self) -> None:
-        size = len(self)
-        alpha = self.config.neg_pop_alpha
-        rng = self._neg_rng
-        # -1 marks a pool drawn from an empty replica: redrawn as soon as rows exist.
-        self._neg_version = self._version if size else -1
-        self._neg_drawn = 0
-        if size == 0:
-            self._neg = np.zeros(_NEG_BUFFER, dtype=np.int64)
-            return
-        # Drawn over the items in id order: the same items and weights give the same pool
-        # whatever order the items arrived in (and so whichever rows they got).
-        order = self._rows_by_id()
-        if alpha <= 0:
-            self._neg = order[rng.integers(0, size, _NEG_BUFFER)]
-            return
-        t = self.trend[order]
-        finite = np.isfinite(t)
-        w = np.zeros(size)
-        if finite.any():
-            w[finite] = np.exp(alpha * (t[finite] - t[finite].max()))
-        w = w / w.sum() if w.sum() > 0 else w
-        p = 0.5 * w + 0.5 / size if w.sum() > 0 else np.full(size, 1.0 / size)
-        cdf = np.cumsum(p)
-        picks = np.minimum(np.searchsorted(cdf, rng.random(_NEG_BUFFER) * cdf[-1]), size - 1)
-        self._neg = order[picks]
+        return self.negatives.pool(self.table.ids, self.trend[: len(self)], self._version,
+                                   n_draws)
 
     # -- trending -------------------------------------------------------------------------
     def trending_rows(self, n: int, category: str | None = None,

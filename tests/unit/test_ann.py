@@ -144,7 +144,7 @@ def test_recommend_switches_to_the_index_by_catalogue_size() -> None:
     index without a rebuild."""
     from online_models import UserState
     from online_models.ann import BUILD_ROWS_PER_CALL
-    from online_models.core import recommend_for_user, recommend_for_users
+    from online_models.scoring import recommend_for_user, recommend_for_users
 
     rep, queries = _clustered_replica(2_500, seed=3)
     exact_cfg = CFG

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from online_models import ModelConfig
-from online_models.baselines import ItemKNNModel, RecentItemsModel, SessionKNNModel
+from online_models.neighbour_baselines import ItemKNNModel, RecentItemsModel, SessionKNNModel
 from schemas.events import Event
 
 pytestmark = pytest.mark.unit

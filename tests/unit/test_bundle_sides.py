@@ -28,7 +28,8 @@ from flink_jobs.user_side import (
 from flink_jobs.user_value import unpack_user_value
 from freshrec.privacy import pseudonymize
 from online_models.config import ModelConfig
-from online_models.state import ItemState, UserState
+from online_models.item_state import ItemState
+from online_models.state import UserState
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation
 

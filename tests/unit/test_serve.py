@@ -12,8 +12,9 @@ from freshrec.serve import ServeError, check_settings
 from freshrec.serve_store import Change, Store, StoreError, pack_list
 from freshrec.settings import SettingsError, load_settings
 from online_models.config import ModelConfig
-from online_models.core import apply_item_embedding, similar_items
+from online_models.learning import apply_item_embedding
 from online_models.replica import ItemReplica
+from online_models.scoring import similar_items
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation, ScoredItem
 

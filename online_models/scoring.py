@@ -3,9 +3,11 @@
 The model is an FPMC / item2vec-style factorisation trained with a pairwise (BPR) loss:
 the query of a user is ``user_weight * p_u + sum_j c_j q_{h_j}`` over the most recent
 items ``h_j`` (recency-weighted), and an item scores ``query . q_i + b_i + pop_weight *
-log trend_i``, plus a recency bonus for items in the recent history. Learning is the
-bundle learner of :mod:`online_models.bundle`; this module holds the pieces it shares
-with scoring (:func:`recommend_for_user`, :func:`recommend_for_users`) and explanations.
+log trend_i``, plus a recency bonus for items in the recent history. This module
+scores: one user's list (:func:`recommend_for_user`), many users' lists with one matrix
+product (:func:`recommend_for_users`) and an item's neighbours (:func:`similar_items`).
+Learning is :mod:`online_models.bundle` (with :mod:`online_models.learning`); reasons
+are :mod:`online_models.explain`.
 
 >>> from online_models.config import ModelConfig
 >>> from online_models.replica import ItemReplica
@@ -22,86 +24,19 @@ with scoring (:func:`recommend_for_user`, :func:`recommend_for_users`) and expla
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from online_models.ann import approximate_top_k, synced_index
-from online_models.blend import (
-    COLD,
-    NEW_IN_CATEGORY,
-    RECENT_POSITION,
-    ScoreBlend,
-    UserFeatures,
-    dense_scale,
-    spread,
-    user_features,
-)
+from online_models.blend import ScoreBlend, UserFeatures, dense_scale, spread, user_features
 from online_models.config import ModelConfig
+from online_models.explain import explain
+from online_models.learning import context_rows
 from online_models.replica import ItemReplica
-from online_models.state import HistoryEntry, ItemState, UserState
-from schemas.events import Event
-from schemas.item_embedding import ItemEmbedding
+from online_models.state import UserState
 from schemas.recommendation import ScoredItem
-
-EPS = 1e-6
-NEGATIVE_TYPES = frozenset({"unfavorite", "remove_from_cart"})
-_VERBS = {
-    "view": "viewed", "click": "viewed", "favorite": "saved", "add_to_cart": "added to cart",
-    "purchase": "bought",
-}
-
-
-def new_item_state(item_id: str, config: ModelConfig,
-                   meta: Mapping[str, Any] | None = None) -> ItemState:
-    """A new :class:`ItemState` with the content vector implied by ``config``."""
-    m = dict(meta or {})
-    return ItemState.new(item_id, config.dim, config.seed, m.get("category"), m.get("brand"),
-                         m.get("price"), m.get("available", True) is not False, m.get("title"),
-                         config.init_scale)
-
-
-@lru_cache(maxsize=64)
-def context_weights(n: int, decay: float) -> np.ndarray:
-    """Normalised weights of the last ``n`` context items, oldest first (most recent largest).
-
-    >>> [round(float(x), 3) for x in context_weights(3, 0.5)]
-    [0.143, 0.286, 0.571]
-    """
-    w = decay ** np.arange(n - 1, -1, -1, dtype=np.float64)
-    w = (w / w.sum()).astype(np.float32)
-    w.setflags(write=False)
-    return w
-
-
-def lr_schedule(step: float, config: ModelConfig) -> float:
-    """Global learning-rate factor ``max(min_lr_scale, 1 / sqrt(1 + step / lr_decay_events))``.
-
-    >>> cfg = ModelConfig()
-    >>> lr_schedule(0, cfg), round(lr_schedule(300_000, cfg), 3)
-    (1.0, 0.5)
-    """
-    return max(config.min_lr_scale, 1.0 / math.sqrt(1.0 + step / config.lr_decay_events))
-
-
-def context_rows(user: UserState, replica: ItemReplica, config: ModelConfig
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Replica rows of the user's last ``context_len`` positive items and their weights."""
-    rows: list[int] = []
-    index = replica.table.index
-    for entry in user.history[::-1]:
-        if entry[2] > 0:
-            r = index.get(entry[0], -1)
-            if r >= 0:
-                rows.append(r)
-                if len(rows) == config.context_len:
-                    break
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    rows.reverse()
-    return np.asarray(rows, dtype=np.int64), context_weights(len(rows), config.context_decay)
 
 
 def query_vector(user: UserState, replica: ItemReplica, config: ModelConfig) -> np.ndarray:
@@ -113,73 +48,6 @@ def query_vector(user: UserState, replica: ItemReplica, config: ModelConfig) -> 
     return q.astype(np.float32, copy=False)
 
 
-def _event_meta(event: Event) -> dict[str, Any] | None:
-    if event.category is None and event.brand is None and event.price is None:
-        return None
-    return {"category": event.category, "brand": event.brand, "price": event.price}
-
-
-def _updated_user(user: UserState, event: Event, weight: float, config: ModelConfig,
-                  vector: np.ndarray, acc: float) -> UserState:
-    item = event.item_id
-    assert item is not None
-    history: tuple[HistoryEntry, ...]
-    if weight < 0:
-        history = tuple(h for h in user.history if h[0] != item)
-    else:
-        history = (*user.history, (item, event.ts_ms, weight, event.event_type))
-        if len(history) > config.history_len:
-            history = history[-config.history_len:]
-    purchased = user.purchased
-    if event.event_type == "purchase" and item not in purchased:
-        purchased = purchased | {item}
-    seen = user.seen
-    if config.exclude == "seen" and item not in seen:  # grows with the catalogue: only if used
-        seen = seen | {item}
-    vector.setflags(write=False)
-    return UserState(user.user_id, vector, acc, history, purchased, seen, user.n_events + 1,
-                     max(user.last_ts, event.ts_ms))
-
-
-_WEIGHTS: dict[int, tuple[ModelConfig, dict[str, float]]] = {}
-
-
-def _event_weight(config: ModelConfig, event_type: str) -> float:
-    """``config.event_weight`` through a per-config table (the getattr costs ~1 us)."""
-    hit = _WEIGHTS.get(id(config))
-    if hit is None or hit[0] is not config:
-        if len(_WEIGHTS) > 64:
-            _WEIGHTS.clear()
-        names = ("view", "click", "favorite", "add_to_cart", "purchase", "unfavorite",
-                 "remove_from_cart")
-        hit = _WEIGHTS[id(config)] = (config, {t: config.event_weight(t) for t in names})
-    w = hit[1].get(event_type)
-    return config.event_weight(event_type) if w is None else w
-
-
-def _context(user: UserState, index: Mapping[str, int], n_max: int) -> list[int]:
-    """Rows of the last ``n_max`` positive history items, oldest first."""
-    rows: list[int] = []
-    for entry in reversed(user.history):
-        if entry[2] > 0:
-            r = index.get(entry[0], -1)
-            if r >= 0:
-                rows.append(r)
-                if len(rows) == n_max:
-                    break
-    rows.reverse()
-    return rows
-
-
-def adagrad_rows(vectors: np.ndarray, acc: np.ndarray, rows: np.ndarray, grads: np.ndarray,
-                 lr: float) -> None:
-    """Row-wise Adagrad on ``vectors[rows]`` in place (rows must be distinct)."""
-    a = acc[rows] + np.einsum("ij,ij->i", grads, grads) / grads.shape[1]
-    acc[rows] = a
-    vectors[rows] -= (lr / np.sqrt(a + EPS))[:, None] * grads
-
-
-# -- recommendation ---------------------------------------------------------------------
 def excluded_items(user: UserState, config: ModelConfig, extra: Iterable[str] = ()
                    ) -> set[str]:
     """Item ids the user must not be shown under ``config.exclude`` plus ``extra``."""
@@ -191,54 +59,6 @@ def excluded_items(user: UserState, config: ModelConfig, extra: Iterable[str] = 
     return out
 
 
-def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
-            features: UserFeatures, trending: frozenset[int] = frozenset()) -> list[str]:
-    """A human-readable reason per recommended row."""
-    V = replica.table.vectors
-    ctx_rows, _ = context_rows(user, replica, _CTX_ALL)
-    f_row = {r: j for j, r in enumerate(features.rows.tolist())}
-    f = features.values
-    ctx_ids = [replica.ids[r] for r in ctx_rows.tolist()]
-    verb_of = {h[0]: _VERBS.get(h[3], "viewed") for h in user.history}
-    rows_l = rows.tolist()
-    if ctx_rows.size and rows.size:
-        vr = V[rows]
-        sims = vr @ V[ctx_rows].T
-        best, most_similar = sims.max(axis=1).tolist(), sims.argmax(axis=1).tolist()
-        own = np.einsum("ij,ij->i", vr, vr).tolist()
-    else:
-        best = most_similar = own = []
-    recent, cold, new = (f[:, c].tolist() for c in (RECENT_POSITION, COLD, NEW_IN_CATEGORY))
-    out = []
-    for j, r in enumerate(rows_l):
-        meta = replica.meta[r]
-        category = meta.get("category")
-        item_id = replica.ids[r]
-        fj = f_row.get(r)
-        if fj is not None and recent[fj] > 0:
-            verb = verb_of.get(item_id, "viewed")
-            out.append("you added this to your cart" if verb == "added to cart"
-                       else f"you {verb} this recently")
-        elif fj is not None and cold[fj] > 0:  # a cold user's list is their cluster's
-            out.append("popular with shoppers like you")
-        elif fj is not None and new[fj] > 0:
-            out.append(f"new in {category}" if category else "new arrival")
-        elif fj is not None and r in features.sources:
-            src = features.sources[r]
-            out.append(f"often {verb_of.get(src, 'viewed')} with {src}")
-        elif best and best[j] > 0.5 * own[j]:
-            src = ctx_ids[most_similar[j]]
-            out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
-        elif r in trending or (not best and category is None):
-            out.append(f"trending in {category}" if category else "popular now")
-        elif category is not None:
-            out.append(f"trending in {category}")
-        else:
-            out.append("popular now")
-    return out
-
-
-_CTX_ALL = ModelConfig(context_len=5)
 _SCORE_CHUNK = 64  # users per score block in recommend_for_users
 
 
@@ -400,23 +220,6 @@ def recommend_for_users(
         out.append([ScoredItem(ids[a], float(b), c)
                     for a, b, c in zip(r.tolist(), s.tolist(), why, strict=True)])
     return out
-
-
-def apply_item_embedding(replica: ItemReplica, emb: ItemEmbedding) -> int:
-    """Upsert one item-embedding changelog record into ``replica``; returns its row.
-
-    Every reader of the changelog (the job's replicas, ``freshrec serve``) applies records
-    this way, so they score items alike.
-    """
-    meta = {"category": emb.category, "brand": emb.brand, "price": emb.price,
-            "available": emb.available, "title": emb.title}
-    # The changelog carries the log trend as of updated_at; rebase it on the replica's
-    # own forward-decay origin so all items stay comparable.
-    trend = None if emb.trend is None else emb.trend + replica.log_time(emb.updated_at)
-    # Until its first interaction an item lives where its category's items have moved.
-    vector = (replica.cold_item_vector(emb.item_id, meta) if emb.n_events == 0
-              else np.asarray(emb.vector, dtype=np.float32))
-    return replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)
 
 
 def similar_items(replica: ItemReplica, item_id: str, k: int, config: ModelConfig

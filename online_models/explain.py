@@ -1,0 +1,66 @@
+"""Reasons for recommended items, in the words a shopper reads ("you viewed this recently",
+"often viewed with <item>", "new in <category>", "trending in <category>").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from online_models.blend import COLD, NEW_IN_CATEGORY, RECENT_POSITION, UserFeatures
+from online_models.config import ModelConfig
+from online_models.learning import context_rows
+from online_models.replica import ItemReplica
+from online_models.state import UserState
+
+_VERBS = {
+    "view": "viewed", "click": "viewed", "favorite": "saved", "add_to_cart": "added to cart",
+    "purchase": "bought",
+}
+_CTX_ALL = ModelConfig(context_len=5)
+
+
+def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
+            features: UserFeatures, trending: frozenset[int] = frozenset()) -> list[str]:
+    """A human-readable reason per recommended row."""
+    V = replica.table.vectors
+    ctx_rows, _ = context_rows(user, replica, _CTX_ALL)
+    f_row = {r: j for j, r in enumerate(features.rows.tolist())}
+    f = features.values
+    ctx_ids = [replica.ids[r] for r in ctx_rows.tolist()]
+    verb_of = {h[0]: _VERBS.get(h[3], "viewed") for h in user.history}
+    rows_l = rows.tolist()
+    if ctx_rows.size and rows.size:
+        vr = V[rows]
+        sims = vr @ V[ctx_rows].T
+        best, most_similar = sims.max(axis=1).tolist(), sims.argmax(axis=1).tolist()
+        own = np.einsum("ij,ij->i", vr, vr).tolist()
+    else:
+        best = most_similar = own = []
+    recent, cold, new = (f[:, c].tolist() for c in (RECENT_POSITION, COLD, NEW_IN_CATEGORY))
+    out = []
+    for j, r in enumerate(rows_l):
+        meta = replica.meta[r]
+        category = meta.get("category")
+        item_id = replica.ids[r]
+        fj = f_row.get(r)
+        if fj is not None and recent[fj] > 0:
+            verb = verb_of.get(item_id, "viewed")
+            out.append("you added this to your cart" if verb == "added to cart"
+                       else f"you {verb} this recently")
+        elif fj is not None and cold[fj] > 0:  # a cold user's list is their cluster's
+            out.append("popular with shoppers like you")
+        elif fj is not None and new[fj] > 0:
+            out.append(f"new in {category}" if category else "new arrival")
+        elif fj is not None and r in features.sources:
+            src = features.sources[r]
+            out.append(f"often {verb_of.get(src, 'viewed')} with {src}")
+        elif best and best[j] > 0.5 * own[j]:
+            src = ctx_ids[most_similar[j]]
+            out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
+        elif r in trending or (not best and category is None):
+            out.append(f"trending in {category}" if category else "popular now")
+        elif category is not None:
+            out.append(f"trending in {category}")
+        else:
+            out.append("popular now")
+    return out
