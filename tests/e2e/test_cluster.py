@@ -29,7 +29,7 @@ from freshrec.settings import Settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
-from tests.integration.test_job import (
+from tests.integration.shop import (
     BASE_TS,
     CATEGORIES,
     ITEMS_PER_CATEGORY,

@@ -44,7 +44,6 @@ from freshrec.prometheus_local import (
     write_config,
 )
 from schemas.events import Event
-from tests.integration.conftest import kafka_broker  # noqa: F401 (fixture)
 from tests.integration.job_harness import REPO_ROOT, JobProcess, job_settings
 from tests.integration.serve_harness import ServeProcess
 
@@ -147,7 +146,7 @@ def _missing(server: PrometheusServer, names: list[str]) -> list[str]:
     return [name for name in names if not server.query(f"count({name})")]
 
 
-def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: Path) -> None:
     _require_prometheus()
     job_port, produce_port, web_port = free_ports(3)
     settings, overrides = job_settings(

@@ -18,7 +18,7 @@ from freshrec import cluster, prometheus_local
 from freshrec.polling import wait_until
 from freshrec.processes import free_ports
 from freshrec.settings import load_settings
-from tests.integration.conftest import REPO_ROOT
+from tests.kafka_fixtures import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -33,7 +33,6 @@ from freshrec.processes import free_ports, process_tree, stop_processes
 from freshrec.settings import Settings, load_settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation
-from tests.integration.conftest import local_broker_settings
 from tests.integration.job_harness import (
     REPO_ROOT,
     JobProcess,
@@ -41,6 +40,7 @@ from tests.integration.job_harness import (
     job_settings,
     latest_by_key,
 )
+from tests.kafka_fixtures import local_broker_settings
 
 FRESHREC_CLI = Path(sys.executable).with_name("freshrec")
 STORE_PASSWORD = "store-secret"

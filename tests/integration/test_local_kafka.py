@@ -33,7 +33,7 @@ from freshrec.local_kafka import (
 from freshrec.polling import wait_until
 from freshrec.processes import cmdline
 from freshrec.settings import Settings, load_settings
-from tests.integration.conftest import REPO_ROOT, KafkaBroker, local_broker_overrides
+from tests.kafka_fixtures import REPO_ROOT, KafkaBroker, local_broker_overrides
 
 
 def _produce(broker: KafkaBroker, topic: str, records: list[tuple]) -> list[tuple[int, int]]:

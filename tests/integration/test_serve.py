@@ -30,6 +30,7 @@ from freshrec.serve_store import Store
 from schemas.events import Event
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation, ScoredItem
+from tests.fuzzing import examples
 from tests.integration.job_harness import JobProcess, job_settings, latest_by_key
 from tests.integration.serve_harness import Reply, ServeProcess
 
@@ -306,7 +307,7 @@ def test_bad_requests_get_400s_and_change_nothing(topics: Topics, serve_process:
                        {"If-None-Match": "x" * 100_000})[0]
     assert huge in (400, 431)
 
-    @settings(max_examples=150, deadline=None,
+    @settings(max_examples=examples(150), deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(user=st.text(max_size=200), k=st.text(max_size=8))
     def any_input_is_answered(user: str, k: str) -> None:

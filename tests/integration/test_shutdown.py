@@ -31,14 +31,14 @@ from freshrec.polling import wait_until
 from freshrec.processes import EXIT_FORCED, EXIT_REFUSED, process_tree
 from freshrec.run_cmd import job_lock_paths
 from schemas.events import Event
-from tests.integration.conftest import (
+from tests.integration.job_harness import JobProcess, Record, job_settings
+from tests.integration.shop import BASE_TS, CATEGORIES, catalogue, item_id
+from tests.kafka_fixtures import (
     REPO_ROOT,
     local_broker_overrides,
     local_broker_settings,
     start_broker,
 )
-from tests.integration.job_harness import JobProcess, Record, job_settings
-from tests.integration.test_job import BASE_TS, CATEGORIES, catalogue, item_id
 
 BOUND_S = 30.0  # job.stop_timeout_s's default: the p99 goal
 
