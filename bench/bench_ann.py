@@ -1,4 +1,4 @@
-"""Catalogue scale: exact vs approximate top-K retrieval (issue 7, items 3 and 6).
+"""Catalogue scale: exact vs approximate top-K retrieval.
 
 Run: ``nice -n 10 .venv/bin/python -m bench.bench_ann [--sizes 10000,100000,1000000]
 [--dim 32] [--queries 500] [--out bench/results/ann.json] [--plot docs/img/ann_latency.png]``

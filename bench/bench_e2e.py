@@ -45,7 +45,7 @@ Usage::
     .venv/bin/python -m bench.bench_e2e --bootstrap 127.0.0.1:9092   # reuse a broker
     .venv/bin/python -m bench.bench_e2e --quick                       # smoke run
 
-Prints a table and writes ``bench/results/e2e.json``. Goals (issue 4): job >= 20k events/s
+Prints a table and writes ``bench/results/e2e.json``. Goals: job >= 20k events/s
 sustained, p99 <= 250 ms at half of max load (at-least-once), job throughput >= 50 % of
 the identity pipeline.
 """

@@ -14,7 +14,7 @@ Usage::
     .venv/bin/python -m bench.bench_recovery                 # 500k records, 2,600 items
     .venv/bin/python -m bench.bench_recovery --records 100000
 
-Goal (issue "The job in bundles"): fresh lists within 30 s with 500k changelog records.
+Goal: fresh lists within 30 s with 500k changelog records.
 Prints the figures and writes ``bench/results/recovery.json``.
 """
 

@@ -22,7 +22,7 @@ Usage::
     .venv/bin/python -m bench.bench_serve                     # 100k users, 1M stored lists
     .venv/bin/python -m bench.bench_serve --users 20000 --stored 100000 --seconds 5
 
-Goals (issue 12): >= 5,000 requests/s with 100k users, p99 <= 10 ms at half that rate;
+Goals: >= 5,000 requests/s with 100k users, p99 <= 10 ms at half that rate;
 p99 freshness <= 100 ms; serving within 5 s of start with 1M stored lists. Prints the
 figures and writes ``bench/results/serve.json`` and the curve ``docs/img/serve.png``.
 """

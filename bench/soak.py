@@ -11,7 +11,7 @@ output consumer of ``bench_e2e``. Every ``--sample-s`` it prints and records:
 * checkpoints completed / failed, the last checkpoint's size and duration (the job's
   JobManager metrics from the reporter) and the size of the newest checkpoint on disk.
 
-Goals (issue 6): lag bounded, memory flat after warm-up, zero failed checkpoints. Verdicts
+Goals: lag bounded, memory flat after warm-up, zero failed checkpoints. Verdicts
 compare the second half of the run against the first (warm-up: the first ``--warmup-s``).
 
 Usage::

@@ -1,4 +1,4 @@
-"""The freshrec job: Kafka events in, fresh top-K recommendations out (DESIGN.md §1).
+"""The freshrec job: Kafka events in, fresh top-K recommendations out.
 
 ``build_pipeline(env, settings)`` wires the operators; ``main()`` runs it. Sources and sinks
 come from settings (``JobIO``), so tests can bound the sources.

@@ -231,7 +231,8 @@ def _stop_with_savepoint(client: Any, directory: str) -> Any:
     from flink_jobs.environment import storage_uri
 
     canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
-    # PyFlink's JobClient.stop_with_savepoint calls a signature Flink 2 no longer has.
+    # PyFlink 2.2.1's JobClient.stop_with_savepoint calls a signature Flink 2 no longer has (no
+    # upstream fix known as of 2.2.1): call the Java method with the format type.
     return CompletableFuture(
         client._j_job_client.stopWithSavepoint(False, storage_uri(directory), canonical), str)
 
