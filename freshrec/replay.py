@@ -154,14 +154,16 @@ def format_table(results: dict[str, ModelResult], tuned: str = "") -> str:
     if not results:
         return "\n".join(lines)
     first = next(iter(results.values()))  # every model is tested on the same events
-    titles = {"cold_users": "cold users", "cold_items": "cold items"}
-    head = f"{'Recall@20 on':<16}" + "".join(f"{t:>12}" for t in titles.values())
+    titles = {"cold_users": "cold users", "cold_items": "cold items",
+              "repeat_items": "repeat items", "new_to_user": "new to user"}
+    head = f"{'Recall@20 on':<16}" + "".join(f"{t:>14}" for t in titles.values())
     lines += ["", head, "-" * len(head),
-              f"{'tests':<16}" + "".join(f"{first.slices[s].n_evaluated:>12,}" for s in titles)]
+              f"{'tests':<16}" + "".join(f"{first.slices[s].n_evaluated:>14,}" for s in titles)]
     for name, r in results.items():
-        lines.append(f"{name:<16}" + "".join(f"{r.slices[s].recall(20):>12.4f}" for s in titles))
-    lines.append(f"cold: fewer than {COLD_BELOW} earlier interactions of the user / of the item")
-    for s, title in titles.items():
+        lines.append(f"{name:<16}" + "".join(f"{r.slices[s].recall(20):>14.4f}" for s in titles))
+    lines += [f"cold: fewer than {COLD_BELOW} earlier interactions of the user / of the item",
+              "repeat: the user had interacted with the item before (new to user: not)"]
+    for s, title in list(titles.items())[:2]:
         if first.slices[s].n_evaluated:
             lines += _ratio_lines(results, f"{title} R@20",
                                   lambda r, s=s: r.slices[s].recall(20), 1.0)

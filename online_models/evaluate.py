@@ -9,9 +9,12 @@ Each test has one relevant item (the event's), so Recall@k is the hit rate, Prec
 is Recall@k / k and MRR is the mean of 1 / rank (0 when the item is not in the list).
 The sampled AUC ranks the item against :data:`NEGATIVES` items drawn once per test,
 uniformly from the items seen so far in the stream (a seeded generator, the same draw for
-every model; see :func:`prequential`). The figures are also kept for two slices of the
-tests: cold users (fewer than :data:`COLD_BELOW` earlier interactions in the stream) and
-cold items (the tested item has fewer than :data:`COLD_BELOW` earlier interactions).
+every model; see :func:`prequential`). The figures are also kept for slices of the
+tests: cold users (fewer than :data:`COLD_BELOW` earlier interactions in the stream), cold
+items (the tested item has fewer than :data:`COLD_BELOW` earlier interactions), and
+whether the user had interacted with the item before (``repeat_items``) or not
+(``new_to_user``): the share of repeat tests bounds what repeat consumption alone can
+reach, and ``new_to_user`` is where a model must generalise.
 
 >>> from online_models.baselines import PopularityModel
 >>> from schemas.events import Event
@@ -42,7 +45,7 @@ _INTERACTIONS = frozenset(INTERACTION_TYPES)
 CUTOFFS = (10, 20)
 NEGATIVES = 100
 COLD_BELOW = 3
-SLICES = ("cold_users", "cold_items")
+SLICES = ("cold_users", "cold_items", "repeat_items", "new_to_user")
 
 
 @dataclass
@@ -129,7 +132,8 @@ class SliceResult:
 @dataclass
 class ModelResult:
     """Prequential figures of one model: quality over all tests (``overall``) and per
-    slice (``slices``: cold users, cold items), catalogue coverage, speed."""
+    slice (``slices``: cold users, cold items, repeat items, items new to the user),
+    catalogue coverage, speed."""
 
     name: str
     overall: SliceResult = field(default_factory=SliceResult)
@@ -328,6 +332,7 @@ def prequential(
     pool: list[str] = []  # items seen so far, in a list for uniform draws
     pooled: set[str] = set()
     purchased: dict[str, set[str]] = {}
+    interacted: dict[str, set[str]] = {}
     eligible = 0
     perf = time.perf_counter
     for n, ev in enumerate(events):
@@ -347,9 +352,11 @@ def prequential(
             negs = sample_negatives(rng, pool, item, exclude, negatives)
             neg_set = set(negs)
             cand = [item, *negs]
-            parts = [s for s, cold in (("cold_users", user_n[user] < COLD_BELOW),
-                                       ("cold_items", item_n.get(item, 0) < COLD_BELOW))
-                     if cold]
+            repeat = item in interacted[user]
+            parts = [s for s, inside in (("cold_users", user_n[user] < COLD_BELOW),
+                                         ("cold_items", item_n.get(item, 0) < COLD_BELOW),
+                                         ("repeat_items", repeat), ("new_to_user", not repeat))
+                     if inside]
         for name, model in models.items():
             res = results[name]
             if test:
@@ -383,6 +390,7 @@ def prequential(
         if ev.event_type in _INTERACTIONS and user is not None and item is not None:
             user_n[user] = user_n.get(user, 0) + 1
             item_n[item] = item_n.get(item, 0) + 1
+            interacted.setdefault(user, set()).add(item)
             if ev.event_type == "purchase":
                 purchased.setdefault(user, set()).add(item)
         if progress is not None:

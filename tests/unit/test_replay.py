@@ -45,10 +45,18 @@ def test_replay_prints_table_and_writes_json(log: Path, tmp_path: Path,
                         "river_biasedmf"}
     for figures in doc.values():
         assert set(figures) == KEYS
-        assert set(figures["slices"]) == {"cold_users", "cold_items"}
+        assert set(figures["slices"]) == {"cold_users", "cold_items", "repeat_items",
+                                          "new_to_user"}
         for part in figures["slices"].values():
             assert set(part) == QUALITY
             assert 0 < part["evaluated"] < figures["evaluated"]
+        parts = figures["slices"]
+        # Every test is either a repeat or new to its user, and its hits are in one of them.
+        assert (parts["repeat_items"]["evaluated"] + parts["new_to_user"]["evaluated"]
+                == figures["evaluated"])
+        hits = sum(parts[s]["recall@20"] * parts[s]["evaluated"]
+                   for s in ("repeat_items", "new_to_user"))
+        assert hits == pytest.approx(figures["recall@20"] * figures["evaluated"], abs=0.01)
         assert 0.0 <= figures["recall@10"] <= figures["recall@20"] <= 1.0
         assert figures["hit_rate@20"] == figures["recall@20"]
         assert figures["precision@20"] == pytest.approx(figures["recall@20"] / 20, abs=1e-5)
@@ -185,6 +193,9 @@ def test_figures_on_a_known_ranking() -> None:
     assert cu.auc == pytest.approx((1.0 + 17 / 29) / 2)
     assert (ci.n_evaluated, ci.recall(20), ci.mrr) == (1, 0.0, 0.0)
     assert ci.auc == pytest.approx(0.5 * 10 / 30)
+    # Nothing in this stream is interacted with twice by its user: no repeat tests.
+    rep, new = res["list"].slices["repeat_items"], res["list"].slices["new_to_user"]
+    assert (rep.n_evaluated, new.n_evaluated) == (0, 6)
     # The other figures are identical for both models (same lists).
     for key in ("recall@10", "recall@20", "ndcg@20", "mrr", "f1@20", "evaluated"):
         assert res["list"].summary()[key] == res["scores"].summary()[key]
@@ -266,7 +277,8 @@ def _result(name: str, recall20: float, cold_users: float, cold_items: float) ->
 
     return ModelResult(name, overall=part(100, recall20),
                        slices={"cold_users": part(50, cold_users),
-                               "cold_items": part(50, cold_items)})
+                               "cold_items": part(50, cold_items),
+                               "repeat_items": part(40, 0.5), "new_to_user": part(60, 0.0)})
 
 
 def test_table_ratios_leave_out_the_tuned_model() -> None:
@@ -286,4 +298,4 @@ def test_table_ratios_leave_out_the_tuned_model() -> None:
     assert ("freshrec cold items R@20 / best baseline (item_knn): 0.50x "
             "(goal >= 1.00x: NOT met)") in lines
     assert any(line.startswith("freshrec_tuned* ") for line in lines)
-    assert any(line.split()[:3] == ["tests", "50", "50"] for line in lines)
+    assert any(line.split()[:5] == ["tests", "50", "50", "40", "60"] for line in lines)
