@@ -193,6 +193,15 @@ def test_ensure_topics_creates_missing_and_brings_existing_to_the_configs(
         ), messages
         assert any(old_compacted in m and "segment.ms=60000" in m for m in messages), messages
         assert not any(old_compacted in m and "cleanup.policy" in m for m in messages), messages
+
+        # The broker applies config changes through its metadata log: a describe right after
+        # the alter may still show the old values (seen on a loaded machine).
+        def applied() -> bool:
+            cfg = _topic_configs(kafka_broker, [not_compacted, old_compacted])
+            return all(cfg[n][k] == v for n in (not_compacted, old_compacted)
+                       for k, v in COMPACTED_TOPIC_CONFIGS.items())
+
+        assert wait_until(applied, 30, interval_s=0.5), "the configs were not applied in 30 s"
         # A second run finds nothing to change.
         again: list[str] = []
         assert ensure_topics(settings, admin, log=again.append) == []
