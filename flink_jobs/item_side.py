@@ -32,7 +32,7 @@ from typing import Any
 from flink_jobs.bundles import ITEM_EMBEDDINGS, OutputBundle
 from flink_jobs.user_side import COVISIT_MESSAGE, GRADIENT_MESSAGE, UPSERT_MESSAGE, Loader
 from online_models.config import ModelConfig
-from online_models.covisit import CoVisits, add_pair, strongest
+from online_models.covisit import CoVisits, add_pair, strongest_first
 from online_models.item_gradients import ItemGradients, apply_gradients_to_rows
 from online_models.item_state import ItemRows, ItemState
 from online_models.learning import new_item_state
@@ -169,7 +169,8 @@ class ItemSide:
                 nb = dict(rows.neighbours(rows.index[a]))
             table[a] = add_pair(nb, b, w, cap)
         for a, nb in table.items():
-            rows.set_neighbours(rows.index[a], strongest(nb, cap))
+            # Kept as CoVisitTable keeps them (the replay's): up to twice the cap.
+            rows.set_neighbours(rows.index[a], tuple(nb.items()))
             changed[a] = None
 
     def publish(self, item_ids: list[str], stored: Mapping[str, bytes | None]
@@ -190,7 +191,8 @@ class ItemSide:
                 item_id=item.item_id, vector=tuple(item.vector.tolist()),
                 bias=item.bias, trend=trend, n_events=item.n_events, updated_at=item.last_ts,
                 acc=item.acc, category=item.category, brand=item.brand, title=item.title,
-                price=item.price, available=item.available, neighbours=item.neighbours)
+                price=item.price, available=item.available,
+                neighbours=strongest_first(item.neighbours))
             out.keyed(ITEM_EMBEDDINGS, item.item_id.encode("utf-8"), emb.to_bytes())
             n += 1
         return out, n

@@ -5,8 +5,10 @@ items, weighted ``1 / distance`` (the item just before counts most), in both dir
 (Amazon's item-to-item CF; the co-visitation matrices of the OTTO session-recommendation
 winners). :func:`covisit_pairs` computes a bundle's increments from the users' states, so
 the owner of an item can sum them like gradients; :class:`CoVisitTable` keeps, per item,
-its positive-event count and its ``covisit_neighbours`` strongest neighbours (pruned from
-twice that, so a neighbour must keep earning its place).
+its positive-event count and between ``covisit_neighbours`` and twice that many strongest
+neighbours (pruned to the strongest ``covisit_neighbours`` whenever they pass twice that,
+so a newcomer has room to earn its place). The job's item owner keeps exactly the same in
+item state and publishes all of them, so the job's replicas and the replay score alike.
 
 A user's co-visitation score of an item is the cosine-normalised pair weight
 ``w(h, i) / sqrt(n_h n_i)`` summed over the user's recent items ``h``, the most recent
@@ -24,7 +26,7 @@ weighted most; the last item's share is also kept apart (what comes right after 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,9 +86,9 @@ def add_pair(neighbours: dict[str, float], other: str, w: float, cap: int
     return neighbours
 
 
-def strongest(neighbours: dict[str, float], cap: int) -> tuple[tuple[str, float], ...]:
-    """The ``cap`` strongest neighbours, strongest first (what an item publishes)."""
-    return tuple(sorted(neighbours.items(), key=lambda kv: -kv[1])[:cap])
+def strongest_first(neighbours: Iterable[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    """Neighbours ordered strongest first (what an item publishes)."""
+    return tuple(sorted(neighbours, key=lambda kv: -kv[1]))
 
 
 def recent_items(user: UserState, n: int) -> list[str]:

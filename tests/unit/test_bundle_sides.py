@@ -28,6 +28,7 @@ from flink_jobs.user_side import (
 from flink_jobs.user_value import unpack_user_value
 from freshrec.privacy import pseudonymize
 from online_models.config import ModelConfig
+from online_models.covisit import CoVisits, CoVisitTable
 from online_models.item_state import ItemState
 from online_models.state import UserState
 from schemas.item_embedding import ItemEmbedding
@@ -210,6 +211,36 @@ def test_covisitation_pairs_reach_item_state_and_the_replica_through_the_changel
         [RECOMMENDATIONS][0][1])
     assert "i2" in [it.item_id for it in rec.items]
     assert {it.item_id: it.reason for it in rec.items}["i2"] == "often viewed with i1"
+
+
+def test_the_job_keeps_and_publishes_the_neighbours_the_replay_keeps() -> None:
+    # The same pairs, in two item bundles, through item state and the changelog, and into
+    # the in-memory CoVisitTable (the replay's): the same neighbours, up to twice the cap,
+    # published strongest first, pruned to the cap once they pass twice it.
+    cfg = CFG.replace(covisit_neighbours=2)
+    weights = [5.0, 1.0, 4.0, 0.5, 3.0, 0.25]
+    first, second = CoVisits(), CoVisits()
+    for n, w in enumerate(weights):
+        bundle = first if n < 3 else second
+        bundle.a.append("a")
+        bundle.b.append(f"n{n}")
+        bundle.w.append(w)
+    table = CoVisitTable(cfg.covisit_neighbours)
+    items, item_side = Store(), ItemSide(cfg, 200, 5000)
+    published = []
+    for bundle in (first, second):
+        table.add(bundle)
+        res = item_side.process([COVISIT_MESSAGE + bundle.to_bytes()], items.load,
+                                lambda _: False, T0)
+        items.apply(res.writes)
+        out, _ = item_side.publish(["a"], items.load(["a"]))
+        (_, value), = decode_output_bundle(out.to_bytes())[ITEM_EMBEDDINGS]
+        published.append(ItemEmbedding.from_bytes(value).neighbours)
+    # After 3 pairs (room up to 4): all kept, strongest first.
+    assert published[0] == (("n0", 5.0), ("n2", 4.0), ("n1", 1.0))
+    # The 5th pair passed 4: pruned to the 2 strongest, then n5 came in.
+    assert dict(published[1]) == table.neighbours["a"] == {"n0": 5.0, "n2": 4.0, "n5": 0.25}
+    assert [w for _, w in published[1]] == [5.0, 4.0, 0.25]
 
 
 def test_learn_items_off_sends_no_gradients() -> None:
