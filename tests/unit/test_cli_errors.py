@@ -91,9 +91,10 @@ def test_no_broker_is_one_line_naming_the_servers_and_the_fix(
         f"freshrec {COMMANDS[name][0]}: no Kafka broker answers at {dead_bootstrap}"
         " (kafka.bootstrap_servers): start the local one with `freshrec kafka up`, or set"
         " kafka.bootstrap_servers (--set or FRESHREC_KAFKA_BOOTSTRAP_SERVERS) to a running broker"]
-    # Six processes start at once on a small machine: the bound is below kafka-python's own
-    # bootstrap timeout (30 s); the one the commands use is checked below.
-    assert got.took_s < 30
+    # Six processes importing torch and pyflink at once on a small, shared machine: this
+    # only guards against a hang. That the clients give up after BOOTSTRAP_TIMEOUT_MS
+    # (kafka-python's own default is 30 s) is checked in-process, below.
+    assert got.took_s < 90
 
 
 def test_clients_give_up_after_the_bootstrap_timeout(ended: dict[str, Ended]) -> None:
