@@ -1,11 +1,14 @@
 """Marks each test by its layer (unit / integration / e2e) from the folder it lives in;
-doctests in the packages are unit tests."""
+doctests in the packages are unit tests. Registers, once for the whole run, the Kafka broker
+fixtures of the integration and e2e layers and the Hypothesis profiles."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["tests.kafka_fixtures", "tests.fuzzing"]
 
 _LAYERS = ("unit", "integration", "e2e")
 

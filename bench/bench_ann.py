@@ -1,8 +1,9 @@
-"""Catalogue scale: exact vs approximate top-K retrieval (issue 7, items 3 and 6).
+"""Catalogue scale: exact vs approximate top-K retrieval.
 
-Run: ``nice -n 10 .venv/bin/python bench/bench_ann.py [--sizes 10000,100000,1000000]
+Run: ``nice -n 10 .venv/bin/python -m bench.bench_ann [--sizes 10000,100000,1000000]
 [--dim 32] [--queries 500] [--out bench/results/ann.json] [--plot docs/img/ann_latency.png]``
-or redraw the plot from a saved run: ``bench/bench_ann.py --plot-only bench/results/ann.json``.
+or redraw the plot from a saved run:
+``python -m bench.bench_ann --plot-only bench/results/ann.json``.
 
 For each catalogue size it builds a clustered catalogue (a Gaussian mixture of categories
 with log-normal norms, a static term ``bias + pop_weight * log popularity`` as the replica
@@ -36,7 +37,6 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import importlib.metadata  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
@@ -45,7 +45,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 import torch  # noqa: E402
+
+from bench import common  # noqa: E402
 
 K = 20
 POP_WEIGHT = 0.3  # ModelConfig.pop_weight
@@ -61,12 +64,8 @@ def log(msg: str) -> None:
 
 
 def rss_bytes() -> int:
-    """Resident set size of this process (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """Resident set size of this process."""
+    return psutil.Process().memory_info().rss
 
 
 def percentiles(cpu_s: list[float], wall_s: list[float]) -> dict[str, float]:
@@ -610,16 +609,8 @@ def plot(results: dict[str, Any], out: Path, target: float) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
+        **common.machine(),
         "numpy": np.__version__,
         "torch": torch.__version__,
     }

@@ -2,12 +2,12 @@
 
 Both sides start from the same encoded bytes: the baseline is ``json.loads`` plus a
 precompiled Draft 2020-12 validator (with date-time format checking), i.e. what a
-straightforward implementation would do. Goals (issue 2): >= 5x the baseline and
+straightforward implementation would do. Goals: >= 5x the baseline and
 >= 100k events/s on one core.
 
 Usage::
 
-    .venv/bin/python bench/bench_codec.py [--n 100000] [--seed 1] [--cpu 0]
+    .venv/bin/python -m bench.bench_codec [--n 100000] [--seed 1] [--cpu 0]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ broker, on fresh uniquely named topics, one after the other, in the same run:
 * ``identity``: the same Kafka source, a per-record parse (with its DLQ sink), ``key_by(user)``
   and Kafka sink, but the model is a trivial keyed operator that emits one recommendation
   v1 record per event (its only state is a per-user counter). Built in this file and run
-  with ``python bench/bench_e2e.py _identity-job --set ...``: the per-record data flow's
+  with ``python -c "from bench import bench_e2e; ..." --set ...``: the per-record data flow's
   floor (one Python call per record for parse and for the keyed model);
 * ``passthrough``: the same Kafka source and sink with a Java map between them and no Python
   at all: the ceiling of this machine (``passthrough_main``).
@@ -40,12 +40,12 @@ a single-node deployment; the achieved offered rate is reported next to the targ
 
 Usage::
 
-    .venv/bin/python bench/bench_e2e.py                   # p=1, at-least-once (< ~6 min)
-    .venv/bin/python bench/bench_e2e.py --parallelism 1 2 --delivery at-least-once exactly-once
-    .venv/bin/python bench/bench_e2e.py --bootstrap 127.0.0.1:9092   # reuse a broker
-    .venv/bin/python bench/bench_e2e.py --quick                       # smoke run
+    .venv/bin/python -m bench.bench_e2e                   # p=1, at-least-once (< ~6 min)
+    .venv/bin/python -m bench.bench_e2e --parallelism 1 2 --delivery at-least-once exactly-once
+    .venv/bin/python -m bench.bench_e2e --bootstrap 127.0.0.1:9092   # reuse a broker
+    .venv/bin/python -m bench.bench_e2e --quick                       # smoke run
 
-Prints a table and writes ``bench/results/e2e.json``. Goals (issue 4): job >= 20k events/s
+Prints a table and writes ``bench/results/e2e.json``. Goals: job >= 20k events/s
 sustained, p99 <= 250 ms at half of max load (at-least-once), job throughput >= 50 % of
 the identity pipeline.
 """
@@ -58,7 +58,6 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import platform
 import re
 import shutil
 import signal
@@ -66,15 +65,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 GOAL_RATE = 20_000.0
 GOAL_P99_MS = 250.0
@@ -83,7 +77,7 @@ PIPELINES = ("job", "identity", "passthrough")
 
 
 # ============================================================================ identity job
-# Runs in the child process, started as ``import bench_e2e`` so that the UDFs below are
+# Runs in the child process, started as ``from bench import bench_e2e`` so that the UDFs below are
 # pickled by reference (not by value from ``__main__``) and imported by Flink's embedded
 # interpreter like the job's own operators.
 
@@ -91,6 +85,7 @@ from pyflink.common import Row, Types  # noqa: E402
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction  # noqa: E402
 from pyflink.datastream.state import ValueStateDescriptor  # noqa: E402
 
+from bench.common import CHILD_ENV, REPO_ROOT, machine, say, scrape  # noqa: E402
 from flink_jobs.kafka_io import KEYED_BYTES_TYPE  # noqa: E402
 from flink_jobs.user_side import now_ms  # noqa: E402
 
@@ -159,10 +154,12 @@ def _pipeline_source(argv: list[str], prog: str) -> tuple[Any, Any, Any]:
     from flink_jobs.environment import make_environment
     from flink_jobs.recommender_job import job_jars
     from freshrec.settings import load_settings
+    from freshrec.settings_args import add_settings_arguments
 
     parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    settings = load_settings(overrides=parser.parse_args(argv).overrides)
+    add_settings_arguments(parser)
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config, overrides=args.overrides)
     job = settings.job
     env = make_environment(settings, job_jars(settings))
     raw = env.from_source(
@@ -317,21 +314,6 @@ class OutputConsumer:
 
 # ============================================================================ helpers
 
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def rss_mib(pid: int) -> float | None:
-    """Resident memory of a process (None once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def percentiles(values: list[float]) -> dict[str, float | None]:
     import numpy as np
 
@@ -345,23 +327,13 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 def scrape_metrics(port: int) -> dict[str, Any]:
     """Busy/back-pressured time per task and records/s per operator from the reporter."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    except Exception as exc:
-        return {"error": repr(exc)}
+    families = scrape(port)
+    if not families:
+        return {"error": f"no metrics on port {port}"}
     tasks: dict[str, dict[str, float]] = defaultdict(dict)
     ops: dict[str, float] = defaultdict(float)
-    label_re = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-    for line in text.decode("utf-8", "replace").splitlines():
-        if line.startswith("#") or "{" not in line:
-            continue
-        name, _, rest = line.partition("{")
-        labels_text, _, value = rest.rpartition("}")
-        labels = dict(label_re.findall(labels_text))
-        try:
-            v = float(value.strip().split()[0])
-        except (ValueError, IndexError):
-            continue
+    for s in (s for family in families for s in family.samples):
+        name, labels, v = s.name, s.labels, s.value
         short = name.rsplit("_", 1)[-1]
         if name.startswith("flink_taskmanager_job_task_") and "operator" not in name and short in (
                 "busyTimeMsPerSecond", "backPressuredTimeMsPerSecond", "idleTimeMsPerSecond"):
@@ -462,13 +434,10 @@ class PipelineRun:
         if self.cfg.pipeline == "job":
             cmd = [sys.executable, "-m", "flink_jobs.recommender_job"]
         else:
-            cmd = [sys.executable, "-c", "import sys, bench_e2e; "
+            cmd = [sys.executable, "-c", "import sys; from bench import bench_e2e; "
                    f"sys.exit(bench_e2e.{self.cfg.pipeline}_main(sys.argv[1:]))"]
         cmd += [arg for o in self.overrides for arg in ("--set", o)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(Path(__file__).resolve().parent), str(REPO_ROOT),
-                        env.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, **CHILD_ENV}
         self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("ab"),
                                      stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
                                      start_new_session=True)
@@ -746,28 +715,6 @@ def auto_rates(job_max: float, given: list[float] | None) -> list[float]:
     return sorted(rates)[-4:]
 
 
-def machine() -> dict[str, Any]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.0f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory": mem, "os": platform.platform(),
-            "python": platform.python_version(),
-            "java": java.splitlines()[0] if java else "?",
-            "loadavg_at_start": os.getloadavg()}
-
-
 def run_pipeline(cfg: RunConfig, args: argparse.Namespace, rates: list[float] | None,
                  own_half: bool = False) -> dict[str, Any]:
     say(f"=== {cfg.pipeline}: parallelism {cfg.parallelism}, {cfg.delivery}")
@@ -1031,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     total_s = time.monotonic() - t_run
     out = {"machine": info, "broker": broker_desc, "command": " ".join(
-        [".venv/bin/python", "bench/bench_e2e.py", *argv]),
+        [".venv/bin/python", "-m", "bench.bench_e2e", *argv]),
         "settings": {"events": args.events, "users": args.users, "items": args.items,
                      "seed": args.seed, "warmup_s": args.warmup, "measure_s": args.measure,
                      "extra_sets": args.extra_sets},

@@ -1,6 +1,6 @@
 """Speed figures of the model core, with River measured in the same run.
 
-Run: ``nice .venv/bin/python bench/bench_model.py [--quick] [--only job,learn,...]``
+Run: ``nice .venv/bin/python -m bench.bench_model [--quick] [--only job,learn,...]``
 (one torch thread unless ``--threads``). Prints figures and ratios (these are goals, not
 timed tests) and writes them to ``bench/results/model.json``. ``--profile`` adds a
 pyinstrument profile of ``learn_one`` (where a learning step spends its time). The ``job``

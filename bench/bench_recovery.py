@@ -11,10 +11,10 @@ many records a reader of the changelog got at the start (the broker compacts it 
 
 Usage::
 
-    .venv/bin/python bench/bench_recovery.py                 # 500k records, 2,600 items
-    .venv/bin/python bench/bench_recovery.py --records 100000
+    .venv/bin/python -m bench.bench_recovery                 # 500k records, 2,600 items
+    .venv/bin/python -m bench.bench_recovery --records 100000
 
-Goal (issue "The job in bundles"): fresh lists within 30 s with 500k changelog records.
+Goal: fresh lists within 30 s with 500k changelog records.
 Prints the figures and writes ``bench/results/recovery.json``.
 """
 
@@ -31,30 +31,24 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from freshrec import kafka_config  # noqa: E402
-from freshrec.local_kafka import (  # noqa: E402
+from bench.common import REPO_ROOT, RESULTS_DIR, say, scrape
+from freshrec import kafka_config
+from freshrec.local_kafka import (
     COMPACTED_TOPIC_CONFIGS,
     broker_down,
     broker_up,
     create_topic,
 )
-from freshrec.processes import free_ports  # noqa: E402
-from freshrec.settings import load_settings  # noqa: E402
-from schemas.events import Event, encode_event  # noqa: E402
-from schemas.item_embedding import ItemEmbedding  # noqa: E402
-from schemas.recommendation import Recommendation  # noqa: E402
+from freshrec.processes import free_ports
+from freshrec.settings import load_settings
+from schemas.events import Event, encode_event
+from schemas.item_embedding import ItemEmbedding
+from schemas.recommendation import Recommendation
 
 # The broker's own segment roll and cleaner lag: nothing is compacted within minutes.
 KAFKA_DEFAULT_ROLL = {"segment.ms": "604800000", "segment.bytes": "1073741824",
                       "max.compaction.lag.ms": "9223372036854775807",
                       "min.cleanable.dirty.ratio": "0.5"}
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def fill_changelog(settings, topic: str, records: int, items: int, dim: int) -> float:
@@ -100,15 +94,7 @@ def count_records(settings, topic: str) -> int:
 
 def replica_items(port: int) -> float:
     """``freshrec_job_items_in_replica`` from the job's Prometheus reporter (0 if absent)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
-        return 0.0
-    for family in text_string_to_metric_families(text.decode()):
+    for family in scrape(port, timeout_s=2):
         if family.name.endswith("freshrec_job_items_in_replica"):
             return max((s.value for s in family.samples), default=0.0)
     return 0.0
@@ -123,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uncompacted", action="store_true",
                     help="the broker's default segment roll: nothing is compacted before the "
                          "start, so the job reads back every record")
-    ap.add_argument("--json", default=str(REPO_ROOT / "bench" / "results" / "recovery.json"))
+    ap.add_argument("--json", default=str(RESULTS_DIR / "recovery.json"))
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="freshrec-bench-recovery-"))
     cache_dir = os.environ.get("FRESHREC_LOCAL_CACHE_DIR", str(REPO_ROOT / ".cache"))

@@ -19,10 +19,10 @@ figures are a floor for a machine that runs the service alone.
 
 Usage::
 
-    .venv/bin/python bench/bench_serve.py                     # 100k users, 1M stored lists
-    .venv/bin/python bench/bench_serve.py --users 20000 --stored 100000 --seconds 5
+    .venv/bin/python -m bench.bench_serve                     # 100k users, 1M stored lists
+    .venv/bin/python -m bench.bench_serve --users 20000 --stored 100000 --seconds 5
 
-Goals (issue 12): >= 5,000 requests/s with 100k users, p99 <= 10 ms at half that rate;
+Goals: >= 5,000 requests/s with 100k users, p99 <= 10 ms at half that rate;
 p99 freshness <= 100 ms; serving within 5 s of start with 1M stored lists. Prints the
 figures and writes ``bench/results/serve.json`` and the curve ``docs/img/serve.png``.
 """
@@ -45,25 +45,19 @@ from typing import Any
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from freshrec import kafka_config  # noqa: E402
-from freshrec.local_kafka import broker_down, broker_up, create_topic  # noqa: E402
-from freshrec.processes import free_ports  # noqa: E402
-from freshrec.serve_store import Change, Store, pack_list  # noqa: E402
-from freshrec.settings import Settings, load_settings  # noqa: E402
-from schemas.item_embedding import ItemEmbedding  # noqa: E402
-from schemas.recommendation import Recommendation, ScoredItem  # noqa: E402
-from tests.integration.serve_harness import ServeProcess  # noqa: E402
+from bench.common import REPO_ROOT, RESULTS_DIR, cpu_seconds, say
+from freshrec import kafka_config
+from freshrec.local_kafka import broker_down, broker_up, create_topic
+from freshrec.processes import free_ports
+from freshrec.serve_store import Change, Store, pack_list
+from freshrec.settings import Settings, load_settings
+from schemas.item_embedding import ItemEmbedding
+from schemas.recommendation import Recommendation, ScoredItem
+from tests.integration.serve_harness import ServeProcess
 
 COMPACT = {"cleanup.policy": "compact"}
 PACED_RATES = (1000, 2500, 4000, 5000)
 PACED_CONNECTIONS = 50
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def a_list(user: str, seq: int, now: int) -> Recommendation:
@@ -92,12 +86,6 @@ def fill_topics(settings: Settings, users: int, items: int) -> float:
     producer.flush()
     producer.close()
     return time.perf_counter() - t0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, lua: Path, seconds: float, threads: int, connections: int,
@@ -237,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stored", type=int, default=1_000_000)
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each wrk run")
     ap.add_argument("--samples", type=int, default=300, help="freshness samples")
-    ap.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "serve.json")
+    ap.add_argument("--out", type=Path, default=RESULTS_DIR / "serve.json")
     ap.add_argument("--plot", type=Path, default=REPO_ROOT / "docs" / "img" / "serve.png")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:

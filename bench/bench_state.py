@@ -35,10 +35,10 @@ and against vector + bounded history.
 
 Usage::
 
-    .venv/bin/python bench/bench_state.py                      # 100k and 1M users, 100k items
-    .venv/bin/python bench/bench_state.py --users 100000 --backends hashmap --dim 64
-    .venv/bin/python bench/bench_state.py --quick               # smoke run (20k users, 5k items)
-    .venv/bin/python bench/bench_state.py _plot bench/results/state.json docs/img/state_scale.png
+    .venv/bin/python -m bench.bench_state                      # 100k and 1M users, 100k items
+    .venv/bin/python -m bench.bench_state --users 100000 --backends hashmap --dim 64
+    .venv/bin/python -m bench.bench_state --quick               # smoke run (20k users, 5k items)
+    .venv/bin/python -m bench.bench_state _plot bench/results/state.json docs/img/state_scale.png
 
 Prints a table and verdicts, writes ``bench/results/state.json`` and the plot.
 """
@@ -64,33 +64,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = Path(__file__).resolve().parent
-for _p in (str(REPO_ROOT), str(BENCH_DIR)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
 # Imported at module level, as bench_e2e does: the UDFs below are pickled by reference to
 # this module, and the job's operator module (numpy, river, ...) must be imported before
 # any task thread imports it lazily.
-import numpy as np  # noqa: E402
-from bench_e2e import rss_mib  # noqa: E402
-from pyflink.common import Types  # noqa: E402
-from pyflink.datastream import KeyedProcessFunction, RuntimeContext  # noqa: E402
+import numpy as np
+from pyflink.common import Types
+from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
-from flink_jobs.dedup import NO_RECENT_IDS  # noqa: E402
-from flink_jobs.operators import item_state_descriptors, user_state_descriptors  # noqa: E402
-from flink_jobs.user_side import shard_of  # noqa: E402
-from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value  # noqa: E402
-from freshrec.generator import category_label  # noqa: E402
-from online_models.bundle import learn_bundle  # noqa: E402
-from online_models.config import ModelConfig  # noqa: E402
-from online_models.item_gradients import ItemGradients, apply_gradients_to_items  # noqa: E402
-from online_models.item_state import ItemState  # noqa: E402
-from online_models.learning import new_item_state  # noqa: E402
-from online_models.replica import ItemReplica  # noqa: E402
-from online_models.state import UserState  # noqa: E402
-from schemas.events import Event  # noqa: E402
+from bench.common import CHILD_ENV, REPO_ROOT, RESULTS_DIR, java_pid, rss_mib, sample_sums
+from bench.common import scrape as scrape_families
+from flink_jobs.dedup import NO_RECENT_IDS
+from flink_jobs.operators import item_state_descriptors, user_state_descriptors
+from flink_jobs.user_side import shard_of
+from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value
+from freshrec.generator import category_label
+from online_models.bundle import learn_bundle
+from online_models.config import ModelConfig
+from online_models.item_gradients import ItemGradients, apply_gradients_to_items
+from online_models.item_state import ItemState
+from online_models.learning import new_item_state
+from online_models.replica import ItemReplica
+from online_models.state import UserState
+from schemas.events import Event
 
 GOAL_FACTOR = 1.5
 BACKENDS = ("hashmap", "rocksdb", "rocksdb-incremental")
@@ -292,9 +287,10 @@ def fill_main(argv: list[str]) -> int:
     from flink_jobs import environment, kafka_io
     from flink_jobs.recommender_job import job_jars
     from freshrec.settings import load_settings
+    from freshrec.settings_args import add_settings_arguments
 
     ap = argparse.ArgumentParser(prog="bench_state _fill-job")
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    add_settings_arguments(ap)
     ap.add_argument("--users-topic", required=True)
     ap.add_argument("--items-topic", required=True)
     ap.add_argument("--n-items", type=int, required=True)
@@ -304,7 +300,7 @@ def fill_main(argv: list[str]) -> int:
     ap.add_argument("--flink", action="append", default=[],
                     help="extra Flink option key=value (incremental checkpoints, REST port)")
     args = ap.parse_args(argv)
-    settings = load_settings(overrides=args.overrides)
+    settings = load_settings(args.config, overrides=args.overrides)
     extra = dict(kv.split("=", 1) for kv in args.flink)
     # Options the job's settings do not cover go into the very Configuration that
     # make_environment builds (and hands to the MiniCluster), on top of the job's own.
@@ -400,53 +396,12 @@ def raw_sizes(config: ModelConfig, spec: FillSpec, dedup_window_s: int, sample: 
 
 def scrape(port: int) -> dict[str, float]:
     """Prometheus samples of the job, ``name`` -> summed value (over subtasks)."""
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    except Exception:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.decode("utf-8", "replace").splitlines():
-        if line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        try:
-            v = float(line.rsplit(" ", 1)[1])
-        except (ValueError, IndexError):
-            continue
-        out[name] = out.get(name, 0.0) + v
-    return out
+    return sample_sums(scrape_families(port))
 
 
 def rest(port: int, path: str) -> Any:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
         return json.loads(r.read())
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def java_pid(pid: int) -> int | None:
-    for p in descendants(pid):
-        try:
-            if Path(f"/proc/{p}/comm").read_text().strip() == "java":
-                return p
-        except OSError:
-            pass
-    return None
 
 
 def heap_after_gc_mib(pid: int) -> float | None:
@@ -529,7 +484,7 @@ class FillRun:
 
     def start(self) -> None:
         a = self.args
-        cmd = [sys.executable, "-c", "import sys, bench_state; "
+        cmd = [sys.executable, "-c", "import sys; from bench import bench_state; "
                "sys.exit(bench_state.fill_main(sys.argv[1:]))",
                "--users-topic", self.plan.users_topic, "--items-topic", self.plan.items_topic,
                "--n-items", str(self.plan.items), "--dedup-ids", str(a.dedup_ids),
@@ -537,9 +492,7 @@ class FillRun:
                "--event-id-chars", str(a.event_id_chars)]
         cmd += [x for s in self.sets for x in ("--set", s)]
         cmd += [x for f in self.flink for x in ("--flink", f)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(BENCH_DIR), str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, **CHILD_ENV}
         if a.heap:
             env["JVM_ARGS"] = f"-Xmx{a.heap}"
         self.proc = subprocess.Popen(cmd, stdout=self.log_path.open("ab"),
@@ -833,8 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_plot":
         plot(json.loads(Path(argv[1]).read_text()), Path(argv[2]))
         return 0
-    from bench_e2e import machine
-
+    from bench.common import machine
     from freshrec import kafka_config
     from freshrec.local_kafka import broker_down, broker_up, create_topic
     from freshrec.processes import free_ports
@@ -859,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-gc", action="store_true", help="skip jcmd GC.run / heap_info")
     ap.add_argument("--set", dest="extra_sets", action="append", default=[],
                     help="extra section.key=value for the fill job")
-    ap.add_argument("--json", default=str(BENCH_DIR / "results" / "state.json"))
+    ap.add_argument("--json", default=str(RESULTS_DIR / "state.json"))
     ap.add_argument("--plot", default=str(REPO_ROOT / "docs" / "img" / "state_scale.png"))
     ap.add_argument("--quick", action="store_true", help="smoke run: 20k users, 5k items")
     ap.add_argument("--keep", action="store_true", help="keep checkpoints and logs")
@@ -935,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say(f"kept {work} (logs of the failed runs)")
     derive(results, raw)
-    doc = {"machine": info, "command": " ".join([".venv/bin/python", "bench/bench_state.py",
+    doc = {"machine": info, "command": " ".join([".venv/bin/python", "-m", "bench.bench_state",
                                                    *argv]),
            "dim": config.dim, "history_len": config.history_len, "dedup_ids": args.dedup_ids,
            "event_id_chars": args.event_id_chars, "events_per_user": args.events_per_user,

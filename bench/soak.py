@@ -11,13 +11,13 @@ output consumer of ``bench_e2e``. Every ``--sample-s`` it prints and records:
 * checkpoints completed / failed, the last checkpoint's size and duration (the job's
   JobManager metrics from the reporter) and the size of the newest checkpoint on disk.
 
-Goals (issue 6): lag bounded, memory flat after warm-up, zero failed checkpoints. Verdicts
+Goals: lag bounded, memory flat after warm-up, zero failed checkpoints. Verdicts
 compare the second half of the run against the first (warm-up: the first ``--warmup-s``).
 
 Usage::
 
-    .venv/bin/python bench/soak.py                          # 10 min at 150 events/s
-    .venv/bin/python bench/soak.py --minutes 2 --rate 100   # a short look
+    .venv/bin/python -m bench.soak                          # 10 min at 150 events/s
+    .venv/bin/python -m bench.soak --minutes 2 --rate 100   # a short look
 
 Writes ``bench/results/soak.json`` and, when matplotlib is installed, ``docs/img/soak.png``.
 """
@@ -28,28 +28,19 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(Path(__file__).resolve().parent)]
+import psutil
 
-from bench_e2e import (  # noqa: E402
-    OutputConsumer,
-    PipelineRun,
-    RunConfig,
-    machine,
-    make_events,
-    rss_mib,
-    say,
-)
+from bench.bench_e2e import OutputConsumer, PipelineRun, RunConfig, make_events
+from bench.common import REPO_ROOT, machine, rss_mib, sample_sums, say
+from bench.common import scrape as scrape_families
 
 JOB_METRICS = {
     "completed": "flink_jobmanager_job_numberOfCompletedCheckpoints",
@@ -64,29 +55,20 @@ JOB_METRICS = {
 def group_processes(pgid: int) -> dict[str, list[int]]:
     """The job's processes by kind (its own session: the launcher and the JVM it starts)."""
     out: dict[str, list[int]] = {"jvm": [], "python": []}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    for proc in psutil.process_iter(["pid", "exe"]):
         try:
-            stat = (proc / "stat").read_text()
-            exe = os.readlink(proc / "exe")
+            if os.getpgid(proc.pid) != pgid:
+                continue
         except OSError:
             continue
-        # Field 5 of /proc/<pid>/stat (after the parenthesised command) is the pgid.
-        if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
-            continue
-        out["jvm" if exe.endswith("/java") else "python"].append(int(proc.name))
+        exe = proc.info["exe"] or ""
+        out["jvm" if exe.endswith("/java") else "python"].append(proc.pid)
     return out
 
 
 def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    found: dict[str, float] = {}
-    for key, name in JOB_METRICS.items():
-        m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-        if m:
-            found[key] = float(m.group(1))
-    return found
+    sums = sample_sums(scrape_families(port))
+    return {key: sums[name] for key, name in JOB_METRICS.items() if name in sums}
 
 
 def newest_checkpoint_bytes(checkpoint_dir: Path) -> int:
@@ -306,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    result = {"machine": info, "command": " ".join(["bench/soak.py", *(argv or sys.argv[1:])]),
+    result = {"machine": info, "command": " ".join(["-m", "bench.soak", *(argv or sys.argv[1:])]),
               "rate": args.rate, "minutes": args.minutes, "jvm_heap": args.jvm_heap,
               "extra_sets": args.extra_sets,
               "checkpoint_interval_ms": args.checkpoint_interval_ms,

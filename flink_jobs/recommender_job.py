@@ -1,4 +1,4 @@
-"""The freshrec job: Kafka events in, fresh top-K recommendations out (DESIGN.md §1).
+"""The freshrec job: Kafka events in, fresh top-K recommendations out.
 
 ``build_pipeline(env, settings)`` wires the operators; ``main()`` runs it. Sources and sinks
 come from settings (``JobIO``), so tests can bound the sources.
@@ -34,6 +34,7 @@ from flink_jobs.shard_keys import shard_keys
 from flink_jobs.user_side import UserSideSettings
 from freshrec.privacy import load_key
 from freshrec.settings import Settings, load_settings
+from freshrec.settings_args import add_settings_arguments
 from online_models.config import ModelConfig
 from online_models.experiments import Experiment
 
@@ -171,8 +172,7 @@ def create_job(settings: Settings, io: JobIO | None = None, restart_attempts: in
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the job (blocking) with settings from ``--config`` / env / ``--set``."""
     parser = argparse.ArgumentParser(prog="freshrec-job", description=__doc__)
-    parser.add_argument("--config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    add_settings_arguments(parser)
     args = parser.parse_args(argv)
     settings = load_settings(args.config, overrides=args.overrides)
     create_job(settings).execute(JOB_NAME)

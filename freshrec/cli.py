@@ -7,9 +7,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from freshrec.kafka_config import KafkaConfigError
+from freshrec.kafka_config import KafkaConfigError, KafkaUnreachable
 from freshrec.processes import STOP, exit_code
 from freshrec.settings import Settings, SettingsError, load_settings
+from freshrec.settings_args import add_settings_arguments
 
 # Subcommand modules; each exposes register(subparsers) that sets ``func(args, settings)``.
 _COMMANDS = (
@@ -30,11 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="freshrec", description="Real-time recommendations: Kafka -> PyFlink -> Kafka."
     )
-    parser.add_argument("--config", help="TOML settings file (see freshrec/default_settings.toml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set job.parallelism=2 (repeatable)",
-    )
+    add_settings_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMANDS:
         importlib.import_module(name).register(sub)
@@ -54,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args, settings) or 0)
+    except KafkaUnreachable as exc:  # no broker at kafka.bootstrap_servers
+        print(f"freshrec {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KafkaConfigError as exc:  # bad kafka.* settings, or the broker refused the login
         print(f"freshrec: kafka: {exc}", file=sys.stderr)
         return 2

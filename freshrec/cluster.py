@@ -48,16 +48,18 @@ from typing import Any
 
 import psutil
 
+from freshrec import kafka_config
+from freshrec.polling import wait_until
 from freshrec.processes import (
     Log,
     cmdline,
     locked,
     port_in_use,
     say,
-    settings_args,
     stop_processes,
 )
 from freshrec.settings import Settings
+from freshrec.settings_args import settings_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_SCRIPT = REPO_ROOT / "flink_jobs" / "recommender_job.py"
@@ -354,10 +356,10 @@ def running_processes(settings: Settings) -> list[Process]:
         for line in pid_file.read_text("utf-8", "replace").split():
             if line.isdigit() and _is_ours(int(line), paths):
                 found[int(line)] = daemon
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) not in found and _is_ours(int(proc.name), paths):
-            cmd = cmdline(int(proc.name)) or ""
-            found[int(proc.name)] = _JM if "StandaloneSessionClusterEntrypoint" in cmd else _TM
+    for pid in psutil.pids():
+        if pid not in found and _is_ours(pid, paths):
+            cmd = cmdline(pid) or ""
+            found[pid] = _JM if "StandaloneSessionClusterEntrypoint" in cmd else _TM
     return sorted((Process(_role(d), pid, _log_of(pid)) for pid, d in found.items()),
                   key=lambda p: (p.role, p.pid))
 
@@ -423,21 +425,27 @@ class ClusterInfo:
     started_in_s: float
 
 
-def _wait_ready(settings: Settings, deadline: float) -> dict[str, Any]:
+def _wait_ready(settings: Settings, timeout_s: float) -> dict[str, Any]:
     c = settings.cluster
     paths = ClusterPaths.of(settings)
     last: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
+
+    def ready() -> dict[str, Any] | None:
+        nonlocal last
         last = overview(settings)
         if (last is not None and last.get("taskmanagers", 0) >= c.taskmanagers
                 and last.get("slots-total", 0) >= c.taskmanagers * c.slots_per_taskmanager):
             return last
         if not any(p.role == "jobmanager" for p in running_processes(settings)):
             raise ClusterError(f"the JobManager exited during start-up:\n{_log_tail(paths)}")
-        time.sleep(0.5)
-    raise ClusterError(
-        f"the cluster was not ready within {c.start_timeout_s:.0f}s (cluster.start_timeout_s);"
-        f" last /overview: {last}\n{_log_tail(paths)}")
+        return None
+
+    got = wait_until(ready, timeout_s, interval_s=0.5)
+    if got is None:
+        raise ClusterError(
+            f"the cluster was not ready within {c.start_timeout_s:.0f}s (cluster.start_timeout_s);"
+            f" last /overview: {last}\n{_log_tail(paths)}")
+    return got
 
 
 def cluster_up(settings: Settings, *, log: Log = say) -> ClusterInfo:
@@ -480,7 +488,7 @@ def cluster_up(settings: Settings, *, log: Log = say) -> ClusterInfo:
                 with ThreadPoolExecutor(missing) as pool:
                     list(pool.map(lambda _: _run_script(settings, "taskmanager.sh", "start"),
                                   range(missing)))
-            ov = _wait_ready(settings, time.monotonic() + c.start_timeout_s)
+            ov = _wait_ready(settings, c.start_timeout_s)
         except KeyboardInterrupt:  # processes.Stopped: undo this start, keep what ran before
             new = [p for p in running_processes(settings) if p.pid not in before]
             log(f"cluster: start interrupted; stopping the {len(new)} process(es) it started")
@@ -632,9 +640,15 @@ def submit(settings: Settings, parallelism: int | None = None, from_savepoint: s
            allow_non_restored: bool = False, passthrough: Sequence[str] = (),
            log: Log = say) -> Submitted:
     """Submit the job (detached) and return its id once the cluster accepted it."""
-    from flink_jobs.recommender_job import job_jars
-
     p = parallelism or settings.cluster.parallelism
+    if from_savepoint:
+        sp = Path(from_savepoint.removeprefix("file:")).expanduser()
+        if "://" not in from_savepoint and not (sp / "_metadata").is_file():
+            raise ClusterError(f"{from_savepoint} is not a savepoint or checkpoint (no _metadata)")
+        if "://" not in from_savepoint:
+            from_savepoint = str(sp.resolve())
+    # A job without its broker would only restart in a loop on the cluster: say so here.
+    kafka_config.check_reachable(settings)
     ov = overview(settings)
     if ov is None:
         raise ClusterError(f"no Flink cluster answers at {rest_url(settings)}: start it with"
@@ -644,13 +658,9 @@ def submit(settings: Settings, parallelism: int | None = None, from_savepoint: s
             f"parallelism {p} needs {p} free slots, the cluster has {ov.get('slots-available')}"
             f" of {ov.get('slots-total')} free (running jobs: {ov.get('jobs-running')}); cancel a"
             " job, lower --parallelism or raise cluster.taskmanagers/slots_per_taskmanager")
-    if from_savepoint:
-        sp = Path(from_savepoint.removeprefix("file:")).expanduser()
-        if "://" not in from_savepoint and not (sp / "_metadata").is_file():
-            raise ClusterError(f"{from_savepoint} is not a savepoint or checkpoint (no _metadata)")
-        if "://" not in from_savepoint:
-            from_savepoint = str(sp.resolve())
     # Fetch/build the jars here, where errors are readable; the job attaches the same paths.
+    from flink_jobs.recommender_job import job_jars  # pyflink: seconds to import
+
     jars = job_jars(settings)
     stale = stale_lib_jars(settings, cluster_jars(settings))
     if stale:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -131,6 +132,9 @@ class Storefront:
     untagged : bool
         Item upserts carry no ``category``: a catalogue feed whose only description of an
         item is its title (which names its category's words, :func:`category_words`).
+    run_id : str
+        Put into every event id (``g<seed>-<run_id>-...``) so that two runs with the same
+        seed send the same stream under different ids; empty: the ids repeat with the seed.
     """
 
     def __init__(
@@ -150,10 +154,12 @@ class Storefront:
         start_ts_ms: int = DEFAULT_START_TS_MS,
         concurrent_sessions: int = 32,
         untagged: bool = False,
+        run_id: str = "",
     ) -> None:
         if min(n_users, n_items, n_categories, n_brands, n_clusters) < 1:
             raise ValueError("population sizes must be >= 1")
         self.seed = seed
+        self.id_prefix = f"g{seed}-{run_id}-" if run_id else f"g{seed}-"
         self._rng = random.Random(seed)
         self.n_categories = n_categories
         self.n_brands = n_brands
@@ -233,7 +239,7 @@ class Storefront:
 
     def _event(self, event_type: str, user: str | None, item: str | None,
                session: str | None = None, **extra: object) -> Event:
-        eid = f"g{self.seed}-{self._n_events}-{len(self._pending)}"
+        eid = f"{self.id_prefix}{self._n_events}-{len(self._pending)}"
         return Event(eid, event_type, int(self._ts), user, item, session, **extra)  # type: ignore[arg-type]
 
     def _upsert(self, item: str, new: bool = False) -> Event:
@@ -365,5 +371,10 @@ def generate_events(
     return shop.events(n_events)
 
 
+def new_run_id() -> str:
+    """A short random id of one generator run (six hex digits)."""
+    return secrets.token_hex(3)
+
+
 __all__ = ["DEFAULT_START_TS_MS", "GroundTruth", "Storefront", "category_label", "category_words",
-           "generate_events"]
+           "generate_events", "new_run_id"]

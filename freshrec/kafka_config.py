@@ -58,6 +58,34 @@ class KafkaAuthError(KafkaConfigError):
     """The broker rejected the SASL login (user, password or mechanism)."""
 
 
+class KafkaUnreachable(ConnectionError):
+    """No broker answered at ``kafka.bootstrap_servers`` within :data:`BOOTSTRAP_TIMEOUT_MS`;
+    the message is one line naming the servers and the likely fix."""
+
+
+# How long a client's constructor waits for a first broker (kafka-python's default, 30 s, is
+# long for a newcomer who forgot `freshrec kafka up`): every command ends within ~10 s.
+BOOTSTRAP_TIMEOUT_MS = 6000
+
+
+def unreachable(settings: Settings, servers: list[str]) -> KafkaUnreachable:
+    """The error of a bootstrap that found no broker at ``servers``.
+
+    >>> from freshrec.settings import load_settings
+    >>> print(unreachable(load_settings(env={}), ["127.0.0.1:9092"]))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    no Kafka broker answers at 127.0.0.1:9092 (kafka.bootstrap_servers): start the local one
+    with `freshrec kafka up`, or set kafka.bootstrap_servers (--set or
+    FRESHREC_KAFKA_BOOTSTRAP_SERVERS) to a running broker
+    """
+    at = ",".join(servers)
+    fix = ("start the local one with `freshrec kafka up`, or set kafka.bootstrap_servers"
+           " (--set or FRESHREC_KAFKA_BOOTSTRAP_SERVERS) to a running broker")
+    if settings.kafka.security_protocol != "PLAINTEXT":
+        fix += f"; with {settings.kafka.security_protocol}, check kafka.ssl_cafile too"
+    return KafkaUnreachable(f"no Kafka broker answers at {at} (kafka.bootstrap_servers): {fix}")
+
+
 def bootstrap_list(servers: str) -> list[str]:
     """``"a:1, b:2"`` -> ``["a:1", "b:2"]``.
 
@@ -233,30 +261,39 @@ class _SaslRejectionWatch(logging.Handler):
 
 
 @contextlib.contextmanager
-def _sasl_rejection_fails_fast(kw: dict[str, Any]) -> Iterator[None]:
-    """While a client is built (its constructor bootstraps): see :class:`_SaslRejectionWatch`."""
-    if not kw.get("sasl_mechanism"):
-        yield
-        return
+def _bootstrapping(settings: Settings, kw: dict[str, Any]) -> Iterator[None]:
+    """While a client is built (its constructor bootstraps): a rejected SASL login fails at
+    once (:class:`_SaslRejectionWatch`), and no broker at all is :class:`KafkaUnreachable`."""
+    from kafka.errors import KafkaTimeoutError
+
+    watch = _SaslRejectionWatch(kw) if kw.get("sasl_mechanism") else None
     logger = logging.getLogger("kafka.net.manager")
-    watch = _SaslRejectionWatch(kw)
-    logger.addHandler(watch)
+    if watch is not None:
+        logger.addHandler(watch)
     try:
         yield
+    except KafkaTimeoutError as exc:  # kafka-python's "Unable to bootstrap from [...]"
+        raise unreachable(settings, kw["bootstrap_servers"]) from exc
     finally:
-        logger.removeHandler(watch)
+        if watch is not None:
+            logger.removeHandler(watch)
+
+
+def _client_kw(settings: Settings, extra: dict[str, Any]) -> dict[str, Any]:
+    return {**client_kwargs(settings), "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **extra}
 
 
 def admin_client(settings: Settings, **extra: Any) -> KafkaAdminClient:
     """A connected ``KafkaAdminClient``; ``extra`` adds or overrides kafka-python options.
 
     Like :func:`producer` and :func:`consumer`, raises :class:`KafkaAuthError` at once if
-    the broker rejects the SASL login.
+    the broker rejects the SASL login, and :class:`KafkaUnreachable` when no broker answers
+    within :data:`BOOTSTRAP_TIMEOUT_MS` (unless ``extra`` sets ``bootstrap_timeout_ms``).
     """
     from kafka.admin import KafkaAdminClient
 
-    kw = {**client_kwargs(settings), **extra}
-    with _sasl_rejection_fails_fast(kw):
+    kw = _client_kw(settings, extra)
+    with _bootstrapping(settings, kw):
         return KafkaAdminClient(**kw)
 
 
@@ -264,8 +301,8 @@ def producer(settings: Settings, **extra: Any) -> KafkaProducer:
     """A ``KafkaProducer``; ``extra`` adds or overrides options (e.g. ``acks="all"``)."""
     from kafka import KafkaProducer
 
-    kw = {**client_kwargs(settings), **extra}
-    with _sasl_rejection_fails_fast(kw):
+    kw = _client_kw(settings, extra)
+    with _bootstrapping(settings, kw):
         return KafkaProducer(**kw)
 
 
@@ -273,6 +310,13 @@ def consumer(settings: Settings, *topics: str, **extra: Any) -> KafkaConsumer:
     """A ``KafkaConsumer`` subscribed to ``topics`` (none: assign partitions yourself)."""
     from kafka import KafkaConsumer
 
-    kw = {**client_kwargs(settings), **extra}
-    with _sasl_rejection_fails_fast(kw):
+    kw = _client_kw(settings, extra)
+    with _bootstrapping(settings, kw):
         return KafkaConsumer(*topics, **kw)
+
+
+def check_reachable(settings: Settings, timeout_ms: int = BOOTSTRAP_TIMEOUT_MS) -> None:
+    """Raise :class:`KafkaUnreachable` (or :class:`KafkaConfigError`) unless a broker of
+    ``kafka.bootstrap_servers`` answers, for commands that hand the servers to others."""
+    admin_client(settings, bootstrap_timeout_ms=timeout_ms,
+                 request_timeout_ms=max(timeout_ms, 5000)).close()

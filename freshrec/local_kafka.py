@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from freshrec import kafka_config
+from freshrec.polling import wait_until
 from freshrec.processes import (
     Log,
     cmdline,
@@ -521,36 +522,44 @@ def _connect_admin(settings: Settings, timeout_ms: int = 5000) -> KafkaAdminClie
     return KafkaAdminClient(**kw, bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
 
 
-def _wait_ready(settings: Settings, pid: int, paths: _Paths, deadline: float) -> KafkaAdminClient:
+def _wait_ready(settings: Settings, pid: int, paths: _Paths, timeout_s: float
+                ) -> KafkaAdminClient:
     """Wait until the broker answers a metadata request; return a connected admin client."""
     host, port = settings.local.host, settings.local.port
     last_error: Exception | None = None
-    while time.monotonic() < deadline:
+
+    def answering() -> KafkaAdminClient | None:
+        nonlocal last_error
         if not _is_our_broker(pid, paths):
             proc = _CHILDREN.get(pid)
             code = f" with exit code {proc.returncode}" if proc is not None else ""
             raise LocalKafkaError(
                 f"the Kafka broker (pid {pid}) exited during start-up{code}:\n{_log_tail(paths)}"
             )
-        if port_in_use(host, port):
+        if not port_in_use(host, port):
+            return None
+        try:
+            admin = _connect_admin(settings, timeout_ms=3000)
             try:
-                admin = _connect_admin(settings, timeout_ms=3000)
-                try:
-                    admin.list_topics()
-                    if admin.describe_cluster().get("brokers"):
-                        return admin
-                except Exception:
-                    admin.close()
-                    raise
+                admin.list_topics()
+                if admin.describe_cluster().get("brokers"):
+                    return admin
+            except Exception:
                 admin.close()
-            except Exception as exc:  # not ready yet: NoBrokersAvailable, timeouts, ...
-                last_error = exc
-        time.sleep(0.25)
-    raise LocalKafkaError(
-        f"the Kafka broker (pid {pid}) did not answer on {host}:{port} within"
-        f" {settings.local.start_timeout_s:.0f}s (local.start_timeout_s); last error:"
-        f" {last_error!r}\n{_log_tail(paths)}"
-    )
+                raise
+            admin.close()
+        except Exception as exc:  # not ready yet: unreachable, timeouts, ...
+            last_error = exc
+        return None
+
+    admin = wait_until(answering, timeout_s, interval_s=0.25)
+    if admin is None:
+        raise LocalKafkaError(
+            f"the Kafka broker (pid {pid}) did not answer on {host}:{port} within"
+            f" {settings.local.start_timeout_s:.0f}s (local.start_timeout_s); last error:"
+            f" {last_error!r}\n{_log_tail(paths)}"
+        )
+    return admin
 
 
 # --------------------------------------------------------------------------- topics
@@ -789,7 +798,7 @@ def broker_up(settings: Settings, *, log: Log = say, bound_to_caller: bool = Fal
             bootstrap = f"{loc.host}:{loc.port}"
             log(f"kafka: starting broker (pid {pid}) on {bootstrap}, logs in {paths.logs}")
             try:
-                admin = _wait_ready(settings, pid, paths, time.monotonic() + loc.start_timeout_s)
+                admin = _wait_ready(settings, pid, paths, loc.start_timeout_s)
             except BaseException:
                 _stop(pid, paths, timeout_s=10, log=lambda _m: None)
                 raise
@@ -949,14 +958,12 @@ def main(argv: list[str] | None = None) -> int:
     The same as ``freshrec kafka ...``, without loading the other subcommands.
     """
     from freshrec.settings import SettingsError, load_settings
+    from freshrec.settings_args import add_settings_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m freshrec.local_kafka", description=_DESCRIPTION
     )
-    parser.add_argument("--config", help="TOML settings file")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
+    add_settings_arguments(parser)
     _add_commands(parser.add_subparsers(dest="kafka_command", required=True))
     args = parser.parse_args(argv)
     try:

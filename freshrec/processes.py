@@ -9,7 +9,6 @@ bound (:func:`stop_processes`), and the lock that keeps a second copy of a job f
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import fcntl
@@ -17,7 +16,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -210,29 +208,17 @@ def hold_lock(path: Path, about: str) -> None:
 
 
 def cmdline(pid: int) -> str | None:
-    """The command line of ``pid`` (NUL-separated args joined by spaces), None if gone."""
+    """The command line of ``pid`` (its args joined by spaces), None if gone; an exited but
+    unreaped process (a zombie) counts as gone."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        raw = b""
-    if raw:
-        return raw.replace(b"\0", b" ").decode("utf-8", "replace")
-    if Path("/proc").is_dir():
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
             return None
-        state = stat.rpartition(")")[2].split()[:1]
-        return None if state in (["Z"], ["X"]) else ""  # exited-but-unreaped counts as gone
-    try:  # no procfs (macOS)
-        out = subprocess.run(
-            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False
-        )
-    except OSError:
+        return " ".join(proc.cmdline())
+    except psutil.NoSuchProcess:  # ZombieProcess included
         return None
-    return out.stdout.strip() or None
+    except psutil.AccessDenied:  # another user's process: alive, command unknown
+        return ""
 
 
 _HANDED_OUT: set[int] = set()
@@ -310,12 +296,3 @@ def locked(path: Path) -> Iterator[None]:
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
-
-def settings_args(args: argparse.Namespace) -> list[str]:
-    """The global ``--config``/``--set`` flags, to hand the same settings to a child process."""
-    out: list[str] = []
-    if getattr(args, "config", None):
-        out += ["--config", str(Path(args.config).resolve())]
-    for item in getattr(args, "overrides", []) or []:
-        out += ["--set", item]
-    return out

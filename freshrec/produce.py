@@ -3,14 +3,17 @@
 Examples::
 
     freshrec produce --generator --rate 5000 --count 100000
+    freshrec produce --generator --seed 7 --reuse-ids    # the ids of every seed-7 run
     freshrec produce data/UserBehavior.csv --format taobao --rate 2000
     freshrec produce events.jsonl --validate
 
 The producer is idempotent with ``acks=all`` (no duplicates or reordering from retries);
 the record key is ``user_id`` (``item_id`` for ``item_upsert``), so one user's events stay
-in order on one partition. JSONL lines are sent as their exact bytes: without
-``--validate`` invalid lines go out too (handy for exercising the dead-letter path); with
-it they are refused and listed with their line numbers. Rows of the other formats that
+in order on one partition. The generator's stream is the same for a seed, but its event
+ids are new on each run (the job drops repeated ids as duplicates) unless ``--reuse-ids``.
+JSONL lines are sent as their exact bytes: without ``--validate`` invalid lines go out too
+(handy for exercising the dead-letter path); with it they are refused and listed with
+their line numbers. Rows of the other formats that
 cannot be mapped are always listed. A progress line goes to stderr; the final counts
 (sent / acked / failed / refused) and the achieved rate go to stdout.
 """
@@ -18,6 +21,7 @@ cannot be mapped are always listed. A progress line goes to stderr; the final co
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import threading
@@ -288,6 +292,9 @@ def register(subparsers: Any) -> None:
                    help="refuse invalid rows, listing their line numbers")
     p.add_argument("--topic", help="target topic (default: topics.events)")
     p.add_argument("--seed", type=int, default=None, help="generator seed (default model.seed)")
+    p.add_argument("--reuse-ids", action="store_true",
+                   help="generator: the event ids of every run with this seed (the job drops"
+                        " the ones it has seen as duplicates); default: ids new to this run")
     p.add_argument("--users", type=int, default=1000, help="generator: initial users")
     p.add_argument("--items", type=int, default=5000, help="generator: initial items")
     p.add_argument("--drift-at", type=int, default=None,
@@ -300,7 +307,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from freshrec import kafka_config
-    from freshrec.generator import generate_events
+    from freshrec.generator import generate_events, new_run_id
 
     if args.generator == (args.file is not None):
         print("freshrec produce: give either FILE or --generator", file=sys.stderr)
@@ -316,9 +323,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.generator:
         count = 10_000 if count is None else count
         seed = settings.model.seed if args.seed is None else args.seed
+        run_id = "" if args.reuse_ids else new_run_id()
         records = event_records(
             generate_events(count, seed=seed, n_users=args.users, n_items=args.items,
-                            drift_at=args.drift_at), args.validate, refuse)
+                            drift_at=args.drift_at, run_id=run_id), args.validate, refuse)
+        if run_id:
+            print(f"generator: seed {seed}, event ids g{seed}-{run_id}-*, new to this run")
+        else:
+            print(f"generator: seed {seed}, event ids g{seed}-* repeat every run with this seed"
+                  " (--reuse-ids): a job that has seen them drops them as duplicates")
     else:
         if not args.file.is_file():
             print(f"freshrec produce: no such file: {args.file}", file=sys.stderr)
@@ -328,6 +341,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             records = event_records(read_events(args.file, args.format, refuse),
                                     args.validate, refuse)
+        # Read up to the first record before connecting: an unreadable file or a header of
+        # another format is reported at once, not after the broker was reached.
+        try:
+            first = next(records, None)
+        except (OSError, UnicodeError, ValueError) as exc:
+            print(f"freshrec produce: {args.file}: not readable as {args.format}: {exc}",
+                  file=sys.stderr)
+            return 2
+        if first is None and stats.refused:
+            print(f"freshrec produce: {args.file}: no row is readable as {args.format}",
+                  file=sys.stderr)
+            return 1
+        if first is not None:
+            records = itertools.chain([first], records)
     metrics = _Metrics(args.metrics_port) if args.metrics_port else None
     producer = kafka_config.producer(settings, client_id="freshrec-produce", **PRODUCER_OPTIONS)
     progress = Progress(count, enabled=not args.no_progress)

@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 
+from freshrec.polling import wait_until
 from freshrec.processes import stop_processes
 from freshrec.settings import Settings, load_settings
 
@@ -165,15 +166,17 @@ class PrometheusServer:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=detach)
-        deadline = time.monotonic() + timeout_s
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise PrometheusError(f"prometheus exited with {proc.returncode}:\n"
+                                      f"{self.log_tail()}")
+            return is_ready(self.url)
+
         try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise PrometheusError(f"prometheus exited with {self.proc.returncode}:\n"
-                                          f"{self.log_tail()}")
-                if is_ready(self.url):
-                    return self
-                time.sleep(0.3)
+            if wait_until(ready, timeout_s, interval_s=0.3):
+                return self
         except KeyboardInterrupt:  # processes.Stopped: a start cut short leaves nothing behind
             self.stop()
             raise

@@ -1,7 +1,7 @@
 """``freshrec replay``: prequential evaluation of freshrec and baselines on a log.
 
 Reads any adapter-readable log (``schemas.adapters.read_events``), orders it by event
-time, and runs test-then-learn (DESIGN §3) for every selected model on the same stream
+time, and runs test-then-learn (docs/model.md) for every selected model on the same stream
 in the same run; prints a table and optionally writes JSON and a PNG of rolling
 Recall@20 over time. ``--tune`` first picks learning rate, dimensions and L2 on a
 time-ordered prefix of the log (early stopping on prequential recall), then replays the

@@ -32,10 +32,10 @@ from freshrec.processes import (
     hold_lock,
     process_tree,
     say,
-    settings_args,
     stop_processes,
 )
 from freshrec.settings import Settings
+from freshrec.settings_args import settings_args
 
 
 def setup(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,10 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the job in this process on a local MiniCluster until a stop signal."""
     if args.savepoint:
         settings = settings.replace("job", savepoint_on_stop=True)
-    if not _broker_reachable(settings):
-        print(f"freshrec run: no Kafka broker answers at {settings.kafka.bootstrap_servers}; "
-              "start the local one with `freshrec kafka up`", file=sys.stderr)
-        return 1
+    kafka_config.check_reachable(settings)
     if not args.ignore_running:
         try:
             hold_job_locks(settings)
@@ -188,7 +185,7 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
         say(f"freshrec run: job {job_id} {what}; JVM ended; stopped in {took:.1f}s (job"
             f" {job_s:.1f}s, JVM {took - job_s:.1f}s), exit {exit_code(STOP.signum or 0)}")
         # A cancelled exactly-once job aborts its open transactions, if the broker hears it.
-        if job.delivery == "exactly-once" and not _broker_reachable(settings, timeout_ms=2000):
+        if job.delivery == "exactly-once" and not _broker_answers(settings):
             say(f"freshrec run: the broker does not answer; {_left_behind(settings)}")
         return exit_code(STOP.signum or 0)
     if not stopped:
@@ -234,7 +231,8 @@ def _stop_with_savepoint(client: Any, directory: str) -> Any:
     from flink_jobs.environment import storage_uri
 
     canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
-    # PyFlink's JobClient.stop_with_savepoint calls a signature Flink 2 no longer has.
+    # PyFlink 2.2.1's JobClient.stop_with_savepoint calls a signature Flink 2 no longer has (no
+    # upstream fix known as of 2.2.1): call the Java method with the format type.
     return CompletableFuture(
         client._j_job_client.stopWithSavepoint(False, storage_uri(directory), canonical), str)
 
@@ -258,25 +256,24 @@ def _left_behind(settings: Settings) -> str:
             " so some lists may be published twice")
 
 
-def _broker_reachable(settings: Settings, timeout_ms: int = 5000) -> bool:
+def _broker_answers(settings: Settings) -> bool:
     try:
-        admin = kafka_config.admin_client(settings, request_timeout_ms=timeout_ms,
-                                          bootstrap_timeout_ms=timeout_ms)
-    except Exception:  # NoBrokersAvailable and connection errors
+        kafka_config.check_reachable(settings, timeout_ms=2000)
+    except kafka_config.KafkaUnreachable:
         return False
-    admin.close()
     return True
 
 
 def _produce_demo_traffic(settings: Settings, rate: float, stop: threading.Event) -> None:
-    from freshrec.generator import generate_events
+    from freshrec.generator import generate_events, new_run_id
     from schemas.events import encode_event
 
     producer = kafka_config.producer(settings, acks="all", linger_ms=5)
     interval = 1.0 / rate
     start = time.perf_counter()
     events = generate_events(10_000_000, seed=settings.model.seed, n_users=500, n_items=2000,
-                             n_categories=12, start_ts_ms=int(time.time() * 1000))
+                             n_categories=12, start_ts_ms=int(time.time() * 1000),
+                             run_id=new_run_id())
     for i, event in enumerate(events):
         if stop.is_set():
             break

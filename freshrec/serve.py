@@ -39,7 +39,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from freshrec import kafka_config
 from freshrec.metrics import SERVE_LATENCY_BUCKETS_S, SERVE_METRICS, STALENESS_BUCKETS_S
+from freshrec.polling import wait_until
 from freshrec.privacy import PseudonymKeyError, load_key, pseudonymize
 from freshrec.processes import STOP_SIGNALS, exit_code
 from freshrec.serve_store import Change, Store, StoreError, pack_list
@@ -163,19 +165,21 @@ class Materializer(threading.Thread):
 
         out = []
         for topic in (self.store.recs_topic, self.store.items_topic):
-            deadline = time.monotonic() + _TOPIC_WAIT_S
-            while not (parts := consumer.partitions_for_topic(topic)):
-                if time.monotonic() > deadline or self.stopping.is_set():
-                    raise ServeError(
-                        f"topic {topic} does not exist on {self.settings.kafka.bootstrap_servers}"
-                        " (`freshrec kafka up` creates the local ones)")
-                time.sleep(0.5)
-            out.extend(TopicPartition(topic, p) for p in sorted(parts))
+            out.extend(TopicPartition(topic, p)
+                       for p in sorted(self._topic_partitions(consumer, topic)))
         return out
 
-    def _consume(self) -> None:
-        from freshrec import kafka_config
+    def _topic_partitions(self, consumer: Any, topic: str) -> set[int]:
+        # True (not a set) when serve is stopping: it gives up at once.
+        parts = wait_until(lambda: consumer.partitions_for_topic(topic) or self.stopping.is_set(),
+                           _TOPIC_WAIT_S, interval_s=0.5)
+        if not isinstance(parts, set):
+            raise ServeError(
+                f"topic {topic} does not exist on {self.settings.kafka.bootstrap_servers}"
+                " (`freshrec kafka up` creates the local ones)")
+        return parts
 
+    def _consume(self) -> None:
         consumer = kafka_config.consumer(
             self.settings, client_id="freshrec-serve", group_id=None,
             enable_auto_commit=False, isolation_level="read_committed",
@@ -543,6 +547,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except SettingsError as exc:
         print(f"freshrec serve: bad setting: {exc}", file=sys.stderr)
         return 2
+    # Before logging is set up: a missing broker is one line, not kafka-python's retries.
+    kafka_config.check_reachable(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     try:

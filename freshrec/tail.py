@@ -109,6 +109,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from freshrec import kafka_config
 
+    if (args.max is not None and args.max < 1) or (args.timeout is not None and args.timeout <= 0):
+        print("freshrec tail: --max must be >= 1 and --timeout > 0", file=sys.stderr)
+        return 2
     topic = args.topic or settings.topics.recommendations
     consumer = kafka_config.consumer(
         settings, topic,

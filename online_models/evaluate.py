@@ -1,4 +1,4 @@
-"""Prequential (test-then-learn) evaluation, as in DESIGN §3 (Vinagre et al. 2014).
+"""Prequential (test-then-learn) evaluation (Vinagre et al. 2014).
 
 For each positive interaction whose user has history, every model ranks all known
 items except the user's purchases (the evaluator passes them, so all models are

@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 
 from freshrec import cluster
+from freshrec.polling import wait_until
 from freshrec.processes import free_ports
 from freshrec.settings import Settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
-from tests.integration.test_job import (
+from tests.integration.shop import (
     BASE_TS,
     CATEGORIES,
     ITEMS_PER_CATEGORY,
@@ -87,20 +88,20 @@ def cluster_log_errors(settings: Settings) -> list[str]:
 
 def wait_running(settings: Settings, job_id: str, timeout_s: float = 120) -> dict:
     """Until the job and every vertex are RUNNING (the Python operators have opened)."""
-    deadline = time.monotonic() + timeout_s
     detail: dict = {}
-    while time.monotonic() < deadline:
+
+    def settled() -> bool:  # running everywhere, or ended
+        nonlocal detail
         try:
             detail = cluster.job_detail(settings, job_id)
         except OSError:
-            time.sleep(1.0)
-            continue
-        if detail["state"] in ("FAILED", "CANCELED", "FINISHED"):
-            break
-        if detail["state"] == "RUNNING" and all(
-                v["status"] == "RUNNING" for v in detail["vertices"]):
-            return detail
-        time.sleep(1.0)
+            return False
+        return detail["state"] in ("FAILED", "CANCELED", "FINISHED") or (
+            detail["state"] == "RUNNING"
+            and all(v["status"] == "RUNNING" for v in detail["vertices"]))
+
+    if wait_until(settled, timeout_s, interval_s=1.0) and detail["state"] == "RUNNING":
+        return detail
     job = ClusterJob(settings, [], Path("/dev/null"), job_id=job_id)
     raise AssertionError(f"job {job_id} not running after {timeout_s:.0f}s: state"
                          f" {detail.get('state')}\n{job.log_tail()}")
@@ -110,14 +111,16 @@ def job_state_becomes(settings: Settings, job_id: str, wanted: str, timeout_s: f
                       ) -> str:
     """The job's state once it is ``wanted``, or the last one seen at the deadline (REST
     caches the execution graph for a few seconds)."""
-    deadline = time.monotonic() + timeout_s
     state = "?"
-    while True:
+
+    def reached() -> bool:
+        nonlocal state
         with contextlib.suppress(OSError):
             state = cluster.job_detail(settings, job_id)["state"]
-        if state == wanted or time.monotonic() > deadline:
-            return state
-        time.sleep(1.0)
+        return state == wanted
+
+    wait_until(reached, timeout_s, interval_s=1.0)
+    return state
 
 
 def wait_failed_over(settings: Settings, job_id: str, killed: str,
@@ -126,9 +129,10 @@ def wait_failed_over(settings: Settings, job_id: str, killed: str,
 
     REST lags the job: the metric fetcher refreshes every 10 s and the execution-graph cache
     every few seconds, so the lists can arrive before either shows the failover."""
-    deadline = time.monotonic() + timeout_s
     seen: dict = {}
-    while True:
+
+    def moved() -> bool:
+        nonlocal seen
         try:
             reply = cluster.rest_get(settings, f"/jobs/{job_id}/metrics?get=numRestarts")
             seen = {"restarts": int(reply[0]["value"]) if reply else 0,
@@ -136,10 +140,10 @@ def wait_failed_over(settings: Settings, job_id: str, killed: str,
                               for tm in on}}
         except OSError as exc:
             seen = {"restarts": 0, "hosts": set(), "error": str(exc)}
-        if (seen["restarts"] >= 1 and killed not in seen["hosts"]) \
-                or time.monotonic() > deadline:
-            return seen
-        time.sleep(1.0)
+        return seen["restarts"] >= 1 and killed not in seen["hosts"]
+
+    wait_until(moved, timeout_s, interval_s=1.0)
+    return seen
 
 
 def taskmanager_pid(settings: Settings, tm_id: str) -> int:

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, SERVE_METRICS, exported_names
+from freshrec.polling import wait_until
 from freshrec.processes import free_ports
 from freshrec.prometheus_local import (
     CONFIG_TEMPLATE,
@@ -43,7 +44,6 @@ from freshrec.prometheus_local import (
     write_config,
 )
 from schemas.events import Event
-from tests.integration.conftest import kafka_broker  # noqa: F401 (fixture)
 from tests.integration.job_harness import REPO_ROOT, JobProcess, job_settings
 from tests.integration.serve_harness import ServeProcess
 
@@ -146,7 +146,7 @@ def _missing(server: PrometheusServer, names: list[str]) -> list[str]:
     return [name for name in names if not server.query(f"count({name})")]
 
 
-def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: Path) -> None:  # noqa: F811
+def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: Path) -> None:
     _require_prometheus()
     job_port, produce_port, web_port = free_ports(3)
     # An experiment runs, so the per-variant counters and the dashboard's experiment row
@@ -191,10 +191,11 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
         wanted += [n for n in PROCESS_METRICS if n.startswith("freshrec_produce_")]
         wanted += [n + "_bucket" if spec.kind == "histogram" else n
                    for n, spec in SERVE_METRICS.items()]
-        deadline = time.monotonic() + METRICS_DEADLINE_S
         missing = wanted
         forgotten = False
-        while time.monotonic() < deadline:
+
+        def all_exported() -> bool:
+            nonlocal missing, forgotten
             job.assert_alive()
             assert producer.poll() is None, (tmp_path / "produce.log").read_text()
             missing = _missing(server, wanted)
@@ -205,9 +206,9 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
                 _forget(job)  # users exist now: their state is deleted, tombstones published
                 job.send_events(_live_events(12, 1))  # second lists: live quality moves
                 forgotten = True
-            if not missing and forgotten:
-                break
-            time.sleep(3)
+            return not missing and forgotten
+
+        wait_until(all_exported, METRICS_DEADLINE_S, interval_s=3)
         problems = []
         if missing:
             problems.append(f"no samples in Prometheus after {METRICS_DEADLINE_S}s for: "
@@ -215,9 +216,14 @@ def test_every_metric_and_panel_has_data_in_prometheus(kafka_broker, tmp_path: P
 
         # Rate windows need two samples and rules a first evaluation: poll, and report what
         # is still missing at the deadline.
-        deadline = time.monotonic() + 60
-        while (late := _serving_problems(server)) and time.monotonic() < deadline:
-            time.sleep(3)
+        late: list[str] = []
+
+        def served() -> bool:
+            nonlocal late
+            late = _serving_problems(server)
+            return not late
+
+        wait_until(served, 60, interval_s=3)
         problems += late
         assert not problems, "\n".join(problems) + f"\njob log:\n{job.log_tail(15)}"
     finally:

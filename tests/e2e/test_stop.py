@@ -9,16 +9,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from freshrec import cluster, prometheus_local
+from freshrec.polling import wait_until
 from freshrec.processes import free_ports
 from freshrec.settings import load_settings
-from tests.integration.conftest import REPO_ROOT
+from tests.kafka_fixtures import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -49,10 +49,11 @@ def test_cluster_up_interrupted_then_up_and_down_leave_no_process(tmp_path: Path
         # SIGTERM while `up` waits for its processes: it stops them and exits 143.
         up = subprocess.Popen(cli(overrides, "cluster", "up"), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
-        deadline = time.monotonic() + 120
-        while not any(p.role == "jobmanager" for p in cluster.running_processes(settings)):
-            assert up.poll() is None and time.monotonic() < deadline, up.communicate()[0]
-            time.sleep(0.2)
+        def jobmanager_started() -> bool:
+            assert up.poll() is None, up.communicate()[0]
+            return any(p.role == "jobmanager" for p in cluster.running_processes(settings))
+
+        assert wait_until(jobmanager_started, 120), "no JobManager after 120 s"
         started = [p.pid for p in cluster.running_processes(settings)]
         up.send_signal(signal.SIGTERM)
         output = up.communicate(timeout=60)[0]

@@ -21,6 +21,7 @@ from typing import Any
 
 from freshrec import kafka_config
 from freshrec.local_kafka import create_topic, dlq_topic_configs
+from freshrec.polling import wait_until
 from freshrec.processes import process_tree
 from freshrec.settings import Settings, load_settings
 from schemas.events import Event, encode_event
@@ -72,15 +73,16 @@ class JobProcess:
 
     def wait_for_line(self, text: str, timeout_s: float = 180) -> str:
         """The first line of the job's output containing ``text``, once it is written."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in self.log_path.read_text("utf-8", "replace").splitlines():
-                if text in line:
-                    return line
+        def line() -> str | None:
             self.assert_alive()
-            time.sleep(0.3)
-        raise AssertionError(f"no {text!r} in the job's output after {timeout_s:.0f}s\n"
-                             f"{self.log_tail()}")
+            return next((t for t in self.log_path.read_text("utf-8", "replace").splitlines()
+                         if text in t), None)
+
+        found = wait_until(line, timeout_s, interval_s=0.3)
+        if found is None:
+            raise AssertionError(f"no {text!r} in the job's output after {timeout_s:.0f}s\n"
+                                 f"{self.log_tail()}")
+        return found
 
     def assert_alive(self) -> None:
         assert self.proc is not None
@@ -103,13 +105,16 @@ class JobProcess:
     def wait_for_checkpoint(self, timeout_s: float = 60) -> int:
         """Until a checkpoint completes after this call; its number."""
         before = self.completed_checkpoint()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def newer() -> int:
             self.assert_alive()
-            if (now := self.completed_checkpoint()) > before:
-                return now
-            time.sleep(0.5)
-        raise AssertionError(f"no checkpoint completed in {timeout_s:.0f}s\n{self.log_tail()}")
+            now = self.completed_checkpoint()
+            return now if now > before else 0
+
+        done = wait_until(newer, timeout_s, interval_s=0.5)
+        if done is None:
+            raise AssertionError(f"no checkpoint completed in {timeout_s:.0f}s\n{self.log_tail()}")
+        return done
 
     def restarts(self) -> int:
         """How often Flink restarted the job (failover), from its JobMaster log."""
@@ -185,14 +190,16 @@ class JobProcess:
     def wait_for(self, topic: str, done: Callable[[list[Record]], bool], timeout_s: float = 120,
                  what: str = "records") -> list[Record]:
         """Poll ``topic`` until ``done(records)``; fail with the job log on timeout."""
-        deadline = time.monotonic() + timeout_s
         records: list[Record] = []
-        while time.monotonic() < deadline:
+
+        def read() -> bool:
+            nonlocal records
             self.assert_alive()
             records = self.read_topic(topic)
-            if done(records):
-                return records
-            time.sleep(1.0)
+            return done(records)
+
+        if wait_until(read, timeout_s, interval_s=1.0):
+            return records
         raise AssertionError(
             f"timed out after {timeout_s:.0f}s waiting for {what} on {topic} "
             f"({len(records)} records so far)\n{self.diagnose()}\n{self.log_tail()}")

@@ -14,9 +14,8 @@ password through ``FRESHREC_KAFKA_SASL_PASSWORD``.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
+import re
 import subprocess
 import sys
 import time
@@ -30,11 +29,10 @@ from freshrec import kafka_config
 from freshrec import local_kafka as lk
 from freshrec.generator import generate_events
 from freshrec.local_kafka import create_topic
-from freshrec.processes import free_ports
+from freshrec.processes import free_ports, process_tree, stop_processes
 from freshrec.settings import Settings, load_settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation
-from tests.integration.conftest import local_broker_settings
 from tests.integration.job_harness import (
     REPO_ROOT,
     JobProcess,
@@ -42,6 +40,7 @@ from tests.integration.job_harness import (
     job_settings,
     latest_by_key,
 )
+from tests.kafka_fixtures import local_broker_settings
 
 FRESHREC_CLI = Path(sys.executable).with_name("freshrec")
 STORE_PASSWORD = "store-secret"
@@ -201,16 +200,12 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     format_storage_with_scram(java, jars, paths.config, paths.logs, {SCRAM_USER: SCRAM_PASSWORD})
     pid = lk._spawn(lk._broker_command(settings, java, jars, paths), paths)
     try:
-        deadline = time.monotonic() + settings.local.start_timeout_s
-        lk._wait_ready(settings, pid, paths, deadline).close()
+        lk._wait_ready(settings, pid, paths, settings.local.start_timeout_s).close()
         yield SecureBroker(settings, f"127.0.0.1:{sasl_port}", certs.ca_pem, pid)
     finally:
-        # The broker has its own session: stop the whole group, then reap it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        lk._stop(pid, paths, timeout_s=20, log=lambda _m: None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        tree = process_tree(pid)
+        lk._stop(pid, paths, timeout_s=20, log=print)  # the broker: stopped and reaped
+        stop_processes(tree, timeout_s=5, what="secure broker", log=print)  # what it left
 
 
 def cli(broker: SecureBroker, mechanism: str, user: str, password: str, *argv: str,
@@ -254,11 +249,9 @@ def test_topic_round_trip_and_wrong_password(secure_broker: SecureBroker, mechan
 
 def test_tls_is_verified(secure_broker: SecureBroker) -> None:
     """Without the test CA the broker's certificate is not trusted: nothing connects."""
-    from kafka.errors import KafkaTimeoutError
-
     settings = secure_broker.settings("PLAIN", PLAIN_USER, PLAIN_PASSWORD)
     untrusting = settings.replace("kafka", ssl_cafile="")
-    with pytest.raises(KafkaTimeoutError):
+    with pytest.raises(kafka_config.KafkaUnreachable, match=r"check kafka\.ssl_cafile"):
         kafka_config.admin_client(untrusting, bootstrap_timeout_ms=2000)
 
 
@@ -296,7 +289,10 @@ def test_job_and_clis_over_sasl_ssl(secure_broker: SecureBroker, tmp_path: Path,
                   "--items", str(n_items), "--topic", settings.topics.events, "--no-progress")
         assert out.returncode == 0, out.stderr[-2000:]
         assert f"sent {count}, acked {count}, failed 0" in out.stdout
-        return list(generate_events(count, seed=seed, n_users=n_users, n_items=n_items))
+        run_id = re.search(rf"event ids g{seed}-(\w+)-\*, new to this run", out.stdout)
+        assert run_id, out.stdout
+        return list(generate_events(count, seed=seed, n_users=n_users, n_items=n_items,
+                                    run_id=run_id[1]))
 
     def current(record: Record | None, last_event_id: str) -> bool:
         """A list with items, made after the user's last event."""

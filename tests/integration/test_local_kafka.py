@@ -30,9 +30,10 @@ from freshrec.local_kafka import (
     default_topics,
     ensure_topics,
 )
+from freshrec.polling import wait_until
 from freshrec.processes import cmdline
 from freshrec.settings import Settings, load_settings
-from tests.integration.conftest import REPO_ROOT, KafkaBroker, local_broker_overrides
+from tests.kafka_fixtures import REPO_ROOT, KafkaBroker, local_broker_overrides
 
 
 def _produce(broker: KafkaBroker, topic: str, records: list[tuple]) -> list[tuple[int, int]]:
@@ -192,6 +193,15 @@ def test_ensure_topics_creates_missing_and_brings_existing_to_the_configs(
         ), messages
         assert any(old_compacted in m and "segment.ms=60000" in m for m in messages), messages
         assert not any(old_compacted in m and "cleanup.policy" in m for m in messages), messages
+
+        # The broker applies config changes through its metadata log: a describe right after
+        # the alter may still show the old values (seen on a loaded machine).
+        def applied() -> bool:
+            cfg = _topic_configs(kafka_broker, [not_compacted, old_compacted])
+            return all(cfg[n][k] == v for n in (not_compacted, old_compacted)
+                       for k, v in COMPACTED_TOPIC_CONFIGS.items())
+
+        assert wait_until(applied, 30, interval_s=0.5), "the configs were not applied in 30 s"
         # A second run finds nothing to change.
         again: list[str] = []
         assert ensure_topics(settings, admin, log=again.append) == []
@@ -332,10 +342,8 @@ def cli_broker(tmp_path_factory) -> Iterator[CliBroker]:
 
 
 def _wait_gone(pid: int, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while cmdline(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not cmdline(pid), f"process {pid} still running"
+    assert wait_until(lambda: not cmdline(pid), timeout_s, interval_s=0.05), \
+        f"process {pid} still running"
 
 
 def test_up_twice_is_safe(cli_broker):

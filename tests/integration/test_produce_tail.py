@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import time
 import urllib.request
 from collections.abc import Callable
@@ -80,9 +82,32 @@ def test_produce_generator_round_trip_with_rate(
     assert "sent 3000, acked 3000, failed 0" in out.out
     assert "3000/3000" in out.err  # the progress line
     assert elapsed >= 1.3  # 3000 events at 2000/s cannot take much less than 1.5 s
-    got = by_id(consume_all(kafka_broker, topic, 3000))
+    first_ids = re.search(r"event ids (g5-\w+-)\*, new to this run", out.out)
+    assert first_ids, out.out
+    # Run twice, the seed gives the same stream under ids new to each run.
+    assert run_cli(kafka_broker, produce, "produce", "--generator", "--count", "3000",
+                   "--seed", "5", "--topic", topic, "--no-progress") == 0
+    second_ids = re.search(r"event ids (g5-\w+-)\*, new to this run", capsys.readouterr().out)
+    assert second_ids and second_ids[1] != first_ids[1]
+    got = by_id(consume_all(kafka_broker, topic, 6000))  # asserts the ids are distinct
     expected = list(generate_events(3000, seed=5))
-    assert {i: e for i, (_, e) in got.items()} == {e.event_id: e for e in expected}
+    for prefix in (first_ids[1], second_ids[1]):
+        run = {i.removeprefix(prefix): e for i, (_, e) in got.items() if i.startswith(prefix)}
+        assert run == {e.event_id.removeprefix("g5-"): dataclasses.replace(
+            e, event_id=prefix + e.event_id.removeprefix("g5-")) for e in expected}
+
+
+def test_produce_generator_reuse_ids_repeats_the_seed_ids(
+    kafka_broker: Any, fresh_topic: Callable[..., str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = fresh_topic()
+    assert run_cli(kafka_broker, produce, "produce", "--generator", "--count", "200",
+                   "--seed", "5", "--reuse-ids", "--topic", topic, "--no-progress") == 0
+    assert "event ids g5-* repeat every run with this seed (--reuse-ids)" in (
+        capsys.readouterr().out)
+    got = by_id(consume_all(kafka_broker, topic, 200))
+    assert {i: e for i, (_, e) in got.items()} == {
+        e.event_id: e for e in generate_events(200, seed=5)}
 
 
 def test_produce_validate_refuses_invalid_rows_by_line(

@@ -28,15 +28,15 @@ from freshrec.settings import Settings
 from schemas.dlq import DeadLetter
 from schemas.events import DecodeError, Event, decode_event, encode_event
 from schemas.recommendation import Recommendation
-from tests.integration.conftest import local_broker_settings, start_broker
 from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
-from tests.integration.test_job import (
+from tests.integration.shop import (
     BASE_TS,
     CATEGORIES,
     ITEMS_PER_CATEGORY,
     catalogue,
     item_id,
 )
+from tests.kafka_fixtures import local_broker_settings, start_broker
 from tests.malformed import draw_malformed
 
 pytestmark = pytest.mark.slow

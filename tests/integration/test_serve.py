@@ -23,12 +23,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from freshrec.polling import wait_until
 from freshrec.privacy import pseudonymize
 from freshrec.processes import STOP_SIGNALS, exit_code
 from freshrec.serve_store import Store
 from schemas.events import Event
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation, ScoredItem
+from tests.fuzzing import examples
 from tests.integration.job_harness import JobProcess, job_settings, latest_by_key
 from tests.integration.serve_harness import Reply, ServeProcess
 
@@ -107,13 +109,9 @@ def serve_process(tmp_path: Path) -> Any:
         assert proc.stop() in clean, proc.log_tail()
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    assert wait_until(check, timeout_s, interval_s=0.05), \
+        f"timed out after {timeout_s:.0f}s waiting for {what}"
 
 
 def served_items(reply: Reply) -> list[str]:
@@ -146,10 +144,10 @@ def test_lists_etag_tombstones_and_aborted_lists(topics: Topics, serve_process: 
     assert serve.get("/v1/users/ghost/recommendations").json()["error"]
 
     topics.send(lists=[a_list("u0", 2)], tombstones=["u5"])
-    wait_until(lambda: serve.get("/v1/users/u0/recommendations").json()["seq"] == 2, "seq 2")
+    wait_for(lambda: serve.get("/v1/users/u0/recommendations").json()["seq"] == 2, "seq 2")
     changed = serve.get("/v1/users/u0/recommendations", {"If-None-Match": etag})
     assert changed.status == 200 and changed.headers["ETag"] != etag
-    wait_until(lambda: serve.get("/v1/users/u5/recommendations").status == 404, "u5 forgotten")
+    wait_for(lambda: serve.get("/v1/users/u5/recommendations").status == 404, "u5 forgotten")
     assert serve.get("/v1/users/u6/recommendations").status == 200
     assert serve.metric("freshrec_serve_list_staleness_seconds_count") >= 5
     assert serve.stop() == 143
@@ -215,7 +213,7 @@ def test_similar_items_by_learned_vectors(topics: Topics, serve_process: Any) ->
     assert serve.get("/v1/items/nope/similar").status == 404
     # A later vector moves the item: c2-0 now sits in cluster 0.
     topics.send(items=[an_item("c2-0", centres[0])])
-    wait_until(lambda: "c2-0" in served_items(serve.get("/v1/items/c0-1/similar?k=3")),
+    wait_for(lambda: "c2-0" in served_items(serve.get("/v1/items/c0-1/similar?k=3")),
                "the moved item among cluster 0's neighbours")
 
 
@@ -309,7 +307,7 @@ def test_bad_requests_get_400s_and_change_nothing(topics: Topics, serve_process:
                        {"If-None-Match": "x" * 100_000})[0]
     assert huge in (400, 431)
 
-    @settings(max_examples=150, deadline=None,
+    @settings(max_examples=examples(150), deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(user=st.text(max_size=200), k=st.text(max_size=8))
     def any_input_is_answered(user: str, k: str) -> None:
@@ -387,14 +385,14 @@ def test_serves_what_the_job_publishes(kafka_broker: Any, tmp_path: Path,
                 assert served_items(reply) == [it.item_id for it in rec.items]
             return True
 
-        wait_until(served_as_topic, "the job's latest lists served", timeout_s=60)
+        wait_for(served_as_topic, "the job's latest lists served", timeout_s=60)
         # Item vectors reach the changelog on their own schedule (job.item_publish_*).
-        wait_until(lambda: serve.get("/v1/items/sku-0/similar?k=5").status == 200,
+        wait_for(lambda: serve.get("/v1/items/sku-0/similar?k=5").status == 200,
                    "similar items of a catalogue item", timeout_s=60)
         assert len(served_items(serve.get("/v1/items/sku-0/similar?k=5"))) == 5
 
         job.send_events([Event("forget-0", "forget_user", NOW + 100, user_id=users[0])])
-        wait_until(lambda: serve.get(f"/v1/users/{users[0]}/recommendations").status == 404,
+        wait_for(lambda: serve.get(f"/v1/users/{users[0]}/recommendations").status == 404,
                    "the forgotten shopper's list removed", timeout_s=120)
         assert serve.get(f"/v1/users/{users[1]}/recommendations").status == 200
     finally:

@@ -27,17 +27,18 @@ import psutil
 import pytest
 
 from freshrec.local_kafka import broker_down
+from freshrec.polling import wait_until
 from freshrec.processes import EXIT_FORCED, EXIT_REFUSED, process_tree
 from freshrec.run_cmd import job_lock_paths
 from schemas.events import Event
-from tests.integration.conftest import (
+from tests.integration.job_harness import JobProcess, Record, job_settings
+from tests.integration.shop import BASE_TS, CATEGORIES, catalogue, item_id
+from tests.kafka_fixtures import (
     REPO_ROOT,
     local_broker_overrides,
     local_broker_settings,
     start_broker,
 )
-from tests.integration.job_harness import JobProcess, Record, job_settings
-from tests.integration.test_job import BASE_TS, CATEGORIES, catalogue, item_id
 
 BOUND_S = 30.0  # job.stop_timeout_s's default: the p99 goal
 
@@ -190,11 +191,11 @@ def test_a_stopped_or_killed_demo_leaves_nothing_it_started(tmp_path: Path, sig:
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        deadline = time.monotonic() + 240
-        while "  seq " not in log_path.read_text("utf-8", "replace"):
-            assert demo.poll() is None and time.monotonic() < deadline, \
-                log_path.read_text("utf-8", "replace")
-            time.sleep(0.5)
+        def listed() -> bool:
+            assert demo.poll() is None, log_path.read_text("utf-8", "replace")
+            return "  seq " in log_path.read_text("utf-8", "replace")
+
+        assert wait_until(listed, 240, interval_s=0.5), log_path.read_text("utf-8", "replace")
         tree = process_tree(demo.pid)
         names = sorted(p.name() for p in tree)
         assert names.count("java") == 2, names  # the broker and the job's MiniCluster

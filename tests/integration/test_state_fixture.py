@@ -29,7 +29,7 @@ import pytest
 from freshrec import kafka_config
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, job_settings, latest_by_key
-from tests.integration.test_job import shop_tastes, users, view_once_more
+from tests.integration.shop import shop_tastes, users, view_once_more
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

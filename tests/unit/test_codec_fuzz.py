@@ -10,9 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import DecodeError, Event, decode_event, encode_event
+from tests.fuzzing import examples
 from tests.malformed import malformed_record
 
-FUZZ = settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(800), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 _json = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text()),
@@ -72,7 +74,7 @@ def test_valid_prefix_then_garbage(tail: bytes, cut: int) -> None:
     check(good[:-1] + tail + b"}")
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(malformed_record())
 def test_malformed_records_are_rejected_with_a_reason(record: tuple[str, bytes | None,
                                                                     bytes | None]) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from itertools import pairwise
 
-from freshrec.generator import Storefront, generate_events
+from freshrec.generator import Storefront, generate_events, new_run_id
 from schemas.events import EVENT_TYPES, Event, decode_event, encode_event, validate_event
 
 
@@ -13,6 +14,15 @@ def test_same_seed_same_stream_other_seed_other_stream() -> None:
     a = list(generate_events(3000, seed=11))
     assert a == list(generate_events(3000, seed=11))
     assert a != list(generate_events(3000, seed=12))
+
+
+def test_run_ids_keep_the_stream_and_change_every_event_id() -> None:
+    runs = [list(generate_events(3000, seed=11, run_id=run)) for run in ("", new_run_id(),
+                                                                          new_run_id())]
+    ids = [{e.event_id for e in run} for run in runs]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    without_ids = [[dataclasses.replace(e, event_id="") for e in run] for run in runs]
+    assert without_ids[0] == without_ids[1] == without_ids[2]
 
 
 def test_stream_can_be_continued() -> None:

@@ -27,6 +27,7 @@ from schemas.events import (
     validate_event,
 )
 from schemas.recommendation import RECOMMENDATION_SCHEMA, Recommendation, ScoredItem
+from tests.fuzzing import examples
 
 Draft = jsonschema.Draft202012Validator
 
@@ -392,7 +393,7 @@ def event_documents(draw: st.DrawFn) -> dict[str, Any]:
     return doc
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(event_documents())
 def test_codec_agrees_with_jsonschema(doc: dict[str, Any]) -> None:
     payload = json.dumps(doc, allow_nan=False).encode()

@@ -1,8 +1,10 @@
-"""Integration fixtures: a real Apache Kafka broker started by the suite itself.
+"""Kafka fixtures of the integration and e2e layers: a real Apache Kafka broker started by the
+suite itself, registered once for the whole run (``pytest_plugins`` in the root conftest).
 
-``kafka_broker`` (session) starts one single-node KRaft broker on free loopback ports (never
-9092, so a developer's own ``freshrec kafka up`` broker is left alone) with its state in a
-temp dir, through the same functions as ``freshrec kafka up``, and stops it at the end.
+``kafka_broker`` (session) starts one single-node KRaft broker, shared by both layers, on
+free loopback ports (never 9092, so a developer's own ``freshrec kafka up`` broker is left
+alone) with its state in a temp dir, through the same functions as ``freshrec kafka up``,
+and stops it at the end.
 ``fresh_topic`` creates a uniquely named topic per test and deletes it afterwards.
 
 The jars come from ``local.cache_dir``: ``FRESHREC_LOCAL_CACHE_DIR`` if set, else the
@@ -32,7 +34,7 @@ from freshrec.local_kafka import (
 from freshrec.processes import free_ports
 from freshrec.settings import Settings, load_settings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def local_broker_overrides(state_dir: Path) -> list[str]:
