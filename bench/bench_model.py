@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,17 @@ def _rate(n: int, seconds: float) -> str:
     return f"{n / seconds:>12,.0f} ev/s"
 
 
-def job_path(n_ev: int, dim: int, bundle: int = 256, rate: float = 5000.0) -> None:
+def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str] = (),
+             backlog: bool = False) -> None:
     """Per-event CPU cost of the job's two Python operators, through their own code
-    (``flink_jobs.user_side`` / ``item_side`` over bytes, the Flink state a dict): the user
-    side per record bundle, the item side per gradient bundle and publish, and the replica
-    applying the published changelog. The clock moves as for ``rate`` events/s, which sets
-    how many events find their user's refresh due (a list each) and how often items
-    publish."""
+    (``flink_jobs.user_side`` / ``item_side`` over bytes, the Flink state a dict), with
+    the job's settings (``sets`` overrides them): events arrive at ``rate`` per second and
+    are bundled per user shard as the Java bundler does (a bundle goes at
+    ``job.bundle_max_records`` or ``job.bundle_max_age_ms``), and so are the item messages
+    per item shard; owed refreshes fire at their due time (the job's timers) and items
+    publish at their ticks, their changelog applied to the replica. A steady rate gives
+    bundles of what reaches a shard within the bundle age; a ``backlog`` fills every bundle
+    (the source reads ahead) while the clock moves at ``rate``, the job's pace."""
     from flink_jobs.bundles import (
         ITEM_EMBEDDINGS,
         ITEM_GRADIENTS,
@@ -48,73 +53,118 @@ def job_path(n_ev: int, dim: int, bundle: int = 256, rate: float = 5000.0) -> No
         decode_output_bundle,
     )
     from flink_jobs.item_side import ItemSide
-    from flink_jobs.user_side import UserSide, UserSideSettings
+    from flink_jobs.user_side import UserSide, UserSideSettings, shard_of
     from freshrec.generator import generate_events
+    from freshrec.settings import load_settings
     from online_models import ModelConfig
     from schemas.events import encode_event
 
+    job = load_settings(None, overrides=sets).job  # the job's defaults, --set overrides
     cfg = ModelConfig(dim=dim)
     events = list(generate_events(n_ev, seed=1, n_users=5000, n_items=20000))
-    settings = UserSideSettings(cfg, "bench", "events", 200, 3600, 64, 65536, 128,
-                                item_shards=4)  # the job's default
-    users_side, items_side = UserSide(settings), ItemSide(cfg, 200, 5000)
+    settings = UserSideSettings(cfg, "bench", "events", job.refresh_interval_ms,
+                                job.dedup_window_s, job.dedup_max_ids, job.max_payload_bytes,
+                                job.max_id_length, item_shards=job.item_shards)
+    users_side = UserSide(settings)
+    items_side = ItemSide(cfg, job.item_publish_interval_ms,
+                          job.item_background_publish_interval_ms)
     user_values: dict[str, bytes] = {}
     item_values: dict[str, bytes] = {}
-    due: dict[str, int] = {}
-    records = [RawRecord(0, n, 0, e.user_id.encode() if e.user_id else None, encode_event(e))
-               for n, e in enumerate(events)]
+    text_maps: dict[object, bytes | None] = {}  # per item shard, as the job keeps them
+    due: dict[str, int] = {}  # item -> its publish tick
+    owed: dict[str, int] = {}  # user -> when its owed list falls due (the job's timers)
+    max_n, max_age = job.bundle_max_records, job.bundle_max_age_ms
+    flush_age = 10**12 if backlog else max_age
+    user_bundles: dict[int, tuple[int, list[RawRecord]]] = {}  # shard -> (first at, records)
+    item_bundles: dict[object, tuple[int, list[bytes]]] = {}
     clock = time.process_time  # CPU time: less sensitive to other load on a shared machine
     t_user = t_item = t_replica = 0.0
-    now = 1_800_000_000_000
-    n_lists = n_msgs = n_published = 0
-    for lo in range(0, len(records), bundle):
-        now += max(round(bundle * 1000 / rate), 1)
+    n_lists = n_msgs = n_published = n_user_calls = n_item_calls = 0
+
+    def load_users(ids: list[str]) -> dict[str, bytes | None]:
+        return {u: user_values.get(u) for u in ids}
+
+    def load_items(ids: list[str]) -> dict[str, bytes | None]:
+        return {i: item_values.get(i) for i in ids}
+
+    start = now = 1_800_000_000_000
+    for n, e in enumerate(events):
+        now = start + int(n * 1000 / rate)
+        key = e.user_id.encode() if e.user_id else None
+        shard = shard_of(e.user_id or e.item_id or "", job.user_shards)
+        recs = user_bundles.setdefault(shard, (now, []))[1]
+        recs.append(RawRecord(0, n, now, key, encode_event(e)))
+        ready = [sh for sh, (at, rs) in user_bundles.items()
+                 if len(rs) >= max_n or now - at >= flush_age or n == len(events) - 1]
         t0 = clock()
-        res = users_side.process(records[lo:lo + bundle],
-                                 lambda ids: {u: user_values.get(u) for u in ids}, now)
-        user_values.update(res.writes)
-        out = decode_output_bundle(res.output.to_bytes())
+        for sh in ready:
+            res = users_side.process(user_bundles.pop(sh)[1], load_users, now)
+            n_user_calls += 1
+            user_values.update(res.writes)
+            owed.update(res.owed)
+            n_lists += res.stats.published
+            for item_shard, m in decode_output_bundle(res.output.to_bytes()).get(
+                    ITEM_GRADIENTS, []):
+                item_bundles.setdefault(item_shard, (now, []))[1].append(m)
+                n_msgs += 1
+        fired = [u for u, at in owed.items() if at <= now]
+        if fired:
+            for u in fired:
+                del owed[u]
+            timer = users_side.refresh(fired, load_users(fired), now)
+            n_user_calls += 1
+            user_values.update(timer.writes)
+            n_lists += timer.stats.published
+            timer.output.to_bytes()
         t1 = clock()
-        msgs = out.get(ITEM_GRADIENTS, [])
-        by_shard: dict[object, list[bytes]] = {}
-        for shard, m in msgs:  # one item-update call per item shard, as in the job
-            by_shard.setdefault(shard, []).append(m)
-        for part in by_shard.values():
-            done = items_side.process(part, lambda ids: {i: item_values.get(i) for i in ids},
-                                      lambda _: False, now)
+        for sh in [sh for sh, (at, ms) in item_bundles.items()
+                   if len(ms) >= max_n or now - at >= flush_age or n == len(events) - 1]:
+            done = items_side.process(item_bundles.pop(sh)[1], load_items, lambda _: False,
+                                      now, text_maps.get(sh))
+            n_item_calls += 1
             item_values.update(done.writes)
+            if done.text_map is not None:
+                text_maps[sh] = done.text_map
             for item_id in done.soon:
                 due[item_id] = min(due.get(item_id, done.soon_at), done.soon_at)
             for item_id in done.later:
                 due[item_id] = min(due.get(item_id, done.later_at), done.later_at)
-        ready = [i for i, at in due.items() if at <= now]
-        for i in ready:
-            del due[i]
-        published, n = items_side.publish(ready, item_values)
-        changelog = decode_output_bundle(published.to_bytes()).get(ITEM_EMBEDDINGS, [])
+        publish = [i for i, at in due.items() if at <= now]
+        changelog: list[tuple[bytes, bytes]] = []
+        if publish:
+            for i in publish:
+                del due[i]
+            published, k = items_side.publish(publish, item_values)
+            n_published += k
+            changelog = decode_output_bundle(published.to_bytes()).get(ITEM_EMBEDDINGS, [])
         t2 = clock()
-        users_side.apply_changelog([RawRecord(0, 0, now, k, v) for k, v in changelog])
+        if changelog:
+            users_side.apply_changelog([RawRecord(0, 0, now, k, v) for k, v in changelog])
         t3 = clock()
         t_user += t1 - t0
         t_item += t2 - t1
         t_replica += t3 - t2
-        n_lists += res.stats.published
-        n_msgs += len(msgs)
-        n_published += n
-    n = len(records)
+    n = len(events)
     per = 1e6 / n
     total = t_user + t_item + t_replica
-    print(f"job path, CPU time ({n:,} events in bundles of {bundle} at {rate:,.0f}/s, "
-          f"{n_lists:,} lists, "
-          f"{n_published:,} items published)")
+    print(f"job path {'in a backlog, clock' if backlog else 'at'} {rate:,.0f} events/s, CPU "
+          f"time ({n:,} events; {job.user_shards} user "
+          f"and {job.item_shards} item shards, bundles of up to {max_n} or {max_age} ms: "
+          f"{n / n_user_calls:.1f} events per user-side call, {n_msgs / n_item_calls:.1f} "
+          f"messages per item-side call; {n_lists / n:.2f} lists and "
+          f"{n_published / n:.2f} items published per event)")
     print(f"  user side  (decode, learn, score, state bytes)  {t_user * per:7.1f} us/event")
     print(f"  item side  (gradient bundles, publish)           {t_item * per:7.1f} us/event")
     print(f"  replica    (changelog applied)                   {t_replica * per:7.1f} us/event")
     print(f"  total                                            {total * per:7.1f} us/event "
           f"= {n / total:,.0f} events/s on one core")
-    put("job_path", bundle=bundle, user_us=t_user * per, item_us=t_item * per,
-        replica_us=t_replica * per, total_us=total * per, events_per_s_one_core=n / total,
-        lists_per_event=n_lists / n, item_messages_per_event=n_msgs / n)
+    put(section, rate=rate, backlog=str(backlog), user_shards=job.user_shards,
+        item_shards=job.item_shards,
+        bundle_max_age_ms=max_age, events_per_user_call=n / n_user_calls,
+        messages_per_item_call=n_msgs / n_item_calls, user_us=t_user * per,
+        item_us=t_item * per, replica_us=t_replica * per, total_us=total * per,
+        events_per_s_one_core=n / total, lists_per_event=n_lists / n,
+        published_per_event=n_published / n)
 
 
 def main() -> None:
@@ -126,12 +176,17 @@ def main() -> None:
                     help="comma-separated sections (default: all)")
     ap.add_argument("--profile", action="store_true",
                     help="profile freshrec learn_one with pyinstrument (pip install pyinstrument)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="job setting for the job section, e.g. job.user_shards=2")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "model.json"))
     args = ap.parse_args()
     only = set(args.only.split(","))
     torch.set_num_threads(args.threads)
     if "job" in only:
-        job_path(20_000 if args.quick else 60_000, args.dim)
+        n_job = 20_000 if args.quick else 60_000
+        # A backlog (the bundlers fill their bundles), then a steady 1,000/s.
+        job_path(n_job, args.dim, 3_000.0, "job_path", args.sets, backlog=True)
+        job_path(n_job, args.dim, 1_000.0, "job_path_steady", args.sets)
     if "learn" in only:
         learn(args)
     users = None

@@ -180,13 +180,14 @@ def recommend_for_users(
     top_r: list[Any] = []
     # Users go through in chunks: a chunk's score block stays cache-sized, where one
     # users x items matrix (400 MB at 1,000 x 100k) is bound by memory bandwidth.
-    available = torch.isfinite(static)  # unavailable rows are -inf
-    n_available = int(available.sum())
+    blocked = replica.blocked[:static.shape[0]]
+    n_available = static.shape[0] - int(np.count_nonzero(blocked))
+    available = None if n_available == static.shape[0] else torch.from_numpy(~blocked)
     for lo in range(0, len(users), _SCORE_CHUNK):
         chunk = users[lo:lo + _SCORE_CHUNK]
         scores = torch.addmm(static, tq[lo:lo + len(chunk)], vt)
         # Each user's spread of dense scores over the available items, before any bonus.
-        spreads = ((scores if n_available == scores.shape[1] else scores[:, available])
+        spreads = ((scores if available is None else scores[:, available])
                    .std(dim=1).tolist() if n_available > 1 else [1.0] * len(chunk))
         # Every user's bonus and exclusions go in with one scatter each (a torch call per
         # user costs more than the work at a list's few hundred sparse entries).

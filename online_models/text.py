@@ -33,6 +33,8 @@ from __future__ import annotations
 import logging
 import re
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -65,11 +67,13 @@ def item_text(title: str | None = None, description: str | None = None,
 
 class TextEncoder:
     """WordLlama ``l2_supercat`` sentence vectors (``TEXT_DIM`` dims, unit norm), from the
-    files inside the installed ``wordllama`` package."""
+    files inside the installed ``wordllama`` package, with the last ``cache_size`` texts'
+    vectors kept: most items' words are a category path and a brand shared by many items,
+    and tokenizing costs more than the rest of an item step."""
 
     name = "wordllama"
 
-    def __init__(self) -> None:
+    def __init__(self, cache_size: int = 65_536) -> None:
         import wordllama
         from safetensors import safe_open
         from wordllama import WordLlama
@@ -84,13 +88,25 @@ class TextEncoder:
         tokenizer = WordLlama.load_tokenizer(root / "tokenizers"
                                              / "l2_supercat_tokenizer_config.json")
         self._model = WordLlamaInference(np.ascontiguousarray(table), tokenizer)
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """``len(texts) x TEXT_DIM`` float32 unit vectors (zeros for an empty text)."""
         out = np.zeros((len(texts), TEXT_DIM), dtype=np.float32)
-        full = [j for j, t in enumerate(texts) if t]
-        if full:
-            out[full] = self._model.embed([texts[j] for j in full], norm=True)
+        cache = self._cache
+        with self._lock:  # one encoder serves every operator of the interpreter
+            new = list(dict.fromkeys(t for t in texts if t and t not in cache))
+            if new:
+                cache.update(zip(new, self._model.embed(new, norm=True).astype(np.float32),
+                                 strict=True))
+            for j, t in enumerate(texts):
+                if t:
+                    out[j] = cache[t]
+                    cache.move_to_end(t)
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
         return out
 
 
