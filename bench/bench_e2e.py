@@ -86,15 +86,16 @@ from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction 
 from pyflink.datastream.state import ValueStateDescriptor  # noqa: E402
 
 from bench.common import CHILD_ENV, REPO_ROOT, machine, say, scrape  # noqa: E402
-from flink_jobs.kafka_io import KEYED_BYTES_TYPE  # noqa: E402
-from flink_jobs.user_side import now_ms  # noqa: E402
 
 # Imported here, not lazily: whichever Flink task opens first then loads torch/river/scipy.
 # A pybind11 extension (scipy.spatial) first imported from another task's thread deadlocks
 # in PyGILState_Ensure under pemja (seen when only the parse task imported them).
-from freshrec.processes import free_ports  # noqa: E402
+from devstack.processes import free_ports  # noqa: E402
+from flink_jobs.kafka_io import KEYED_BYTES_TYPE  # noqa: E402
+from flink_jobs.user_side import now_ms  # noqa: E402
 from schemas.dlq import DeadLetter, encode_dead_letter  # noqa: E402
-from schemas.events import DecodeError, decode_event  # noqa: E402
+from schemas.event_fields import DecodeError  # noqa: E402
+from schemas.events import decode_event  # noqa: E402
 from schemas.recommendation import Recommendation, ScoredItem  # noqa: E402
 
 
@@ -153,8 +154,8 @@ def _pipeline_source(argv: list[str], prog: str) -> tuple[Any, Any, Any]:
     from flink_jobs import kafka_io
     from flink_jobs.environment import make_environment
     from flink_jobs.recommender_job import job_jars
-    from freshrec.settings import load_settings
-    from freshrec.settings_args import add_settings_arguments
+    from freshrec_common.settings import load_settings
+    from freshrec_common.settings_args import add_settings_arguments
 
     parser = argparse.ArgumentParser(prog=prog)
     add_settings_arguments(parser)
@@ -380,8 +381,8 @@ class PipelineRun:
     """One pipeline (job or identity) on fresh topics: preload, throughput, latency phases."""
 
     def __init__(self, cfg: RunConfig, args: argparse.Namespace) -> None:
-        from freshrec.local_kafka import create_topic
-        from freshrec.settings import load_settings
+        from devstack.kafka_topics import create_topic
+        from freshrec_common.settings import load_settings
 
         self.cfg, self.args = cfg, args
         tag = f"{cfg.pipeline}-p{cfg.parallelism}-{cfg.delivery[:2]}-{uuid.uuid4().hex[:6]}"
@@ -443,20 +444,20 @@ class PipelineRun:
                                      start_new_session=True)
 
     def _submit_to_cluster(self) -> None:
-        from freshrec import cluster
-        from freshrec.settings import load_settings
+        from devstack import flink_submit
+        from freshrec_common.settings import load_settings
 
         self.cluster_settings = load_settings(overrides=[*self.overrides,
                                                          *self.cfg.cluster_sets])
         passthrough = [arg for o in self.overrides for arg in ("--set", o)]
-        self.job_id = cluster.submit(self.cluster_settings, self.cfg.parallelism,
-                                     passthrough=passthrough, log=say).job_id
+        self.job_id = flink_submit.submit(self.cluster_settings, self.cfg.parallelism,
+                                          passthrough=passthrough, log=say).job_id
 
     def alive(self) -> None:
         if self.job_id is not None:
-            from freshrec import cluster
+            from devstack import flink_rest
 
-            state = cluster.job_detail(self.cluster_settings, self.job_id)["state"]
+            state = flink_rest.job_detail(self.cluster_settings, self.job_id)["state"]
             if state in ("FAILED", "CANCELED", "FINISHED"):
                 raise RuntimeError(f"job {self.job_id} on the cluster is {state}")
             return
@@ -475,9 +476,9 @@ class PipelineRun:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         if self.job_id is not None:
-            from freshrec import cluster
+            from devstack import flink_submit
 
-            cluster.cancel(self.cluster_settings, self.job_id)
+            flink_submit.cancel(self.cluster_settings, self.job_id)
 
     def _producer(self) -> Any:
         if self.producer is None:
@@ -901,9 +902,9 @@ def main(argv: list[str] | None = None) -> int:
         args.users, args.items = 1000, 2000
         args.throughput_timeout = 40.0
 
-    from freshrec import kafka_config
-    from freshrec.local_kafka import broker_down, broker_up
-    from freshrec.settings import load_settings
+    from devstack.kafka_broker import broker_down, broker_up
+    from freshrec_common import kafka_config
+    from freshrec_common.settings import load_settings
 
     cache_dir = os.environ.get("FRESHREC_LOCAL_CACHE_DIR", str(REPO_ROOT / ".cache"))
     work = Path(tempfile.mkdtemp(prefix="freshrec-bench-e2e-"))
@@ -933,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     cluster_sets: list[str] | None = None
     if args.cluster:
-        from freshrec import cluster
+        from devstack import flink_cluster
 
         args.pipelines = ["job"]
         rest, rpc = free_ports(2)
@@ -942,7 +943,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cluster.slots_per_taskmanager=1", f"local.cache_dir={cache_dir}"]
         cluster_settings = load_settings(overrides=[*bootstrap_overrides, *cluster_sets])
         say(f"starting a standalone cluster: {max(args.parallelism)} TaskManagers x 1 slot")
-        cluster.cluster_up(cluster_settings, log=say)
+        flink_cluster.cluster_up(cluster_settings, log=say)
     try:
         base = load_settings(overrides=[*bootstrap_overrides, f"local.cache_dir={cache_dir}"])
         kwargs = kafka_config.client_kwargs(base)
@@ -969,7 +970,7 @@ def main(argv: list[str] | None = None) -> int:
                         rates = res["rates_planned"]
     finally:
         if cluster_sets is not None:
-            cluster.cluster_down(cluster_settings, log=say)
+            flink_cluster.cluster_down(cluster_settings, log=say)
         if started_broker is not None:
             broker_down(started_broker, log=lambda m: say(m))
         if any("error" in r for r in results):

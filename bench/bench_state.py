@@ -286,8 +286,8 @@ def fill_main(argv: list[str]) -> int:
 
     from flink_jobs import environment, kafka_io
     from flink_jobs.recommender_job import job_jars
-    from freshrec.settings import load_settings
-    from freshrec.settings_args import add_settings_arguments
+    from freshrec_common.settings import load_settings
+    from freshrec_common.settings_args import add_settings_arguments
 
     ap = argparse.ArgumentParser(prog="bench_state _fill-job")
     add_settings_arguments(ap)
@@ -459,7 +459,7 @@ class FillRun:
 
     def __init__(self, plan: RunPlan, args: argparse.Namespace, base_sets: list[str],
                  work: Path) -> None:
-        from freshrec.processes import free_ports
+        from devstack.processes import free_ports
 
         self.plan, self.args = plan, args
         self.tag = f"{plan.backend}-{plan.users}-{uuid.uuid4().hex[:6]}"
@@ -787,10 +787,11 @@ def main(argv: list[str] | None = None) -> int:
         plot(json.loads(Path(argv[1]).read_text()), Path(argv[2]))
         return 0
     from bench.common import machine
-    from freshrec import kafka_config
-    from freshrec.local_kafka import broker_down, broker_up, create_topic
-    from freshrec.processes import free_ports
-    from freshrec.settings import load_settings
+    from devstack.kafka_broker import broker_down, broker_up
+    from devstack.kafka_topics import create_topic
+    from devstack.processes import free_ports
+    from freshrec_common import kafka_config
+    from freshrec_common.settings import load_settings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    from freshrec import kafka_config
-    from freshrec.local_kafka import broker_down, broker_up
-    from freshrec.processes import free_ports
-    from freshrec.settings import load_settings
+    from devstack.kafka_broker import broker_down, broker_up
+    from devstack.processes import free_ports
+    from freshrec_common import kafka_config
+    from freshrec_common.settings import load_settings
     from schemas.events import encode_event
 
     cache_dir = os.environ.get("FRESHREC_LOCAL_CACHE_DIR", str(REPO_ROOT / ".cache"))
