@@ -36,8 +36,6 @@ from freshrec_common.polling import wait_until
 from freshrec_common.settings import Settings
 
 _JM = "standalonesession"
-
-
 _TM = "taskexecutor"
 
 

@@ -30,13 +30,9 @@ from devstack.prerequisites import LocalKafkaError, check_java
 from freshrec_common.settings import Settings
 
 PROMETHEUS_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
-
-
 _COPIED_CONF = ("log4j.properties", "log4j-cli.properties", "log4j-console.properties",
                 "log4j-session.properties", "logback.xml", "logback-console.xml",
                 "logback-session.xml")
-
-
 # The JVM options the wheel's own config.yaml sets (Flink needs them on Java 17); used when
 # they cannot be read from it.
 _FALLBACK_JAVA_OPTS = (

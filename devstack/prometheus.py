@@ -32,36 +32,16 @@ from freshrec_common.polling import wait_until
 from freshrec_common.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
 DEPLOY_DIR = REPO_ROOT / "deploy" / "prometheus"
-
-
 CONFIG_TEMPLATE = DEPLOY_DIR / "prometheus.yml"
-
-
 RULES_DIR = DEPLOY_DIR / "rules"
-
-
 RULE_TESTS_DIR = DEPLOY_DIR / "tests"
-
-
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "freshrec.json"
-
-
 # Conventional /metrics ports of our own processes (prometheus.yml scrapes them).
 PRODUCE_METRICS_PORT = 9300
-
-
 REPLAY_METRICS_PORT = 9301
-
-
 SERVE_PORT = 8000  # serve.port's default: the API and its /metrics
-
-
 DEFAULT_LISTEN = "127.0.0.1:9090"
-
-
 INSTALL_HINT = (
     "Prometheus is not installed. On Debian/Ubuntu it comes with promtool in the "
     "`prometheus` package: run `make setup` as root, or\n"

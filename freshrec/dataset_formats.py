@@ -12,15 +12,9 @@ from datetime import date
 from typing import Any
 
 TAOBAO_TYPES = {"pv": "view", "fav": "favorite", "cart": "add_to_cart", "buy": "purchase"}
-
-
 REES46_TYPES = {"view": "view", "cart": "add_to_cart", "remove_from_cart": "remove_from_cart",
                 "purchase": "purchase"}
-
-
 RETAILROCKET_TYPES = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
-
-
 MOVIELENS_FAVORITE_RATING = 4
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()

@@ -60,8 +60,6 @@ from schemas.events import Event, decode_event, validate_event
 
 FORMATS: tuple[str, ...] = ("jsonl", "taobao", "rees46", "retailrocket", "diginetica",
                             "movielens")
-
-
 _RAW_KEEP = 200  # characters of an unmappable row kept in its report
 
 

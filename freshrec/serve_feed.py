@@ -25,8 +25,6 @@ from schemas.recommendation import Recommendation
 log = logging.getLogger("freshrec.serve")
 
 _POLL_MS = 100  # longest the consumer waits for records before it checks for a stop
-
-
 _TOPIC_WAIT_S = 30.0
 
 

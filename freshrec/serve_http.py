@@ -34,17 +34,9 @@ from schemas.recommendation import Recommendation
 log = logging.getLogger("freshrec.serve")
 
 MAX_K = 100
-
-
 DEFAULT_K = 10
-
-
 USERS_ROUTE = "/v1/users/{user_id}/recommendations"
-
-
 SIMILAR_ROUTE = "/v1/items/{item_id}/similar"
-
-
 _PUBLIC = frozenset({"/healthz"})  # no token needed (load balancers probe it)
 
 
