@@ -22,7 +22,8 @@ from pathlib import Path
 import jsonschema
 
 from freshrec.generator import generate_events
-from schemas.events import EVENT_SCHEMA, DecodeError, decode_event, encode_event
+from schemas.event_fields import EVENT_SCHEMA, DecodeError
+from schemas.events import decode_event, encode_event
 
 GOAL_RATIO = 5.0
 GOAL_RATE = 100_000.0

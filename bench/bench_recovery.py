@@ -32,15 +32,11 @@ import time
 from pathlib import Path
 
 from bench.common import REPO_ROOT, RESULTS_DIR, say, scrape
-from freshrec import kafka_config
-from freshrec.local_kafka import (
-    COMPACTED_TOPIC_CONFIGS,
-    broker_down,
-    broker_up,
-    create_topic,
-)
-from freshrec.processes import free_ports
-from freshrec.settings import load_settings
+from devstack.kafka_broker import broker_down, broker_up
+from devstack.kafka_topics import COMPACTED_TOPIC_CONFIGS, create_topic
+from devstack.processes import free_ports
+from freshrec_common import kafka_config
+from freshrec_common.settings import load_settings
 from schemas.events import Event, encode_event
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation

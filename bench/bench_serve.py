@@ -46,11 +46,12 @@ from typing import Any
 import numpy as np
 
 from bench.common import REPO_ROOT, RESULTS_DIR, cpu_seconds, say
-from freshrec import kafka_config
-from freshrec.local_kafka import broker_down, broker_up, create_topic
-from freshrec.processes import free_ports
+from devstack.kafka_broker import broker_down, broker_up
+from devstack.kafka_topics import create_topic
+from devstack.processes import free_ports
 from freshrec.serve_store import Change, Store, pack_list
-from freshrec.settings import Settings, load_settings
+from freshrec_common import kafka_config
+from freshrec_common.settings import Settings, load_settings
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation, ScoredItem
 from tests.integration.serve_harness import ServeProcess

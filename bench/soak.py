@@ -2,7 +2,7 @@
 
 A broker (started here, or ``--bootstrap``), the freshrec job on a MiniCluster (child
 process, Prometheus reporter on), a paced producer of generated storefront events, and the
-output consumer of ``bench_e2e``. Every ``--sample-s`` it prints and records:
+output consumer of ``bench.e2e_consumer``. Every ``--sample-s`` it prints and records:
 
 * how far the output is behind the input (events sent and not yet reflected in any list,
   per user ``events_applied``) and the consumer lag of the recommendations topic;
@@ -38,9 +38,11 @@ from typing import Any
 
 import psutil
 
-from bench.bench_e2e import OutputConsumer, PipelineRun, RunConfig, make_events
+from bench.bench_e2e import make_events
 from bench.common import REPO_ROOT, machine, rss_mib, sample_sums, say
 from bench.common import scrape as scrape_families
+from bench.e2e_consumer import OutputConsumer
+from bench.e2e_run import PipelineRun, RunConfig
 
 JOB_METRICS = {
     "completed": "flink_jobmanager_job_numberOfCompletedCheckpoints",
@@ -186,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
-    from freshrec import kafka_config
-    from freshrec.local_kafka import broker_down, broker_up
-    from freshrec.processes import free_ports
-    from freshrec.settings import load_settings
+    from devstack.kafka_broker import broker_down, broker_up
+    from devstack.processes import free_ports
+    from freshrec_common import kafka_config
+    from freshrec_common.settings import load_settings
     from schemas.events import encode_event
 
     cache_dir = os.environ.get("FRESHREC_LOCAL_CACHE_DIR", str(REPO_ROOT / ".cache"))

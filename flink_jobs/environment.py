@@ -18,7 +18,8 @@ from pyflink.datastream import (
 
 from flink_jobs.glue import build_metrics_jar
 from flink_jobs.shard_keys import MAX_PARALLELISM
-from freshrec.settings import Settings
+from freshrec_common.preexec import chain_preexec, die_with_parent
+from freshrec_common.settings import Settings
 
 
 def flink_configuration(settings: Settings, restart_attempts: int = 3) -> Configuration:
@@ -133,10 +134,6 @@ def _bound_popen(*args: Any, preexec_fn: Any = None, **kwargs: Any) -> subproces
     is stopped only by us: a signal to our process group or control group (Ctrl-C, ``kill --
     -PGID``, systemd's default KillMode) would otherwise start its shutdown hooks under the
     running job, which then neither stops in order nor answers us."""
-    # Imported here, in the client only: freshrec.processes loads psutil, a native module,
-    # which must not load inside a TaskManager's Python (flink_jobs.native_imports).
-    from freshrec.processes import chain_preexec, die_with_parent
-
     return subprocess.Popen(*args, preexec_fn=chain_preexec(
         preexec_fn, _ignore_stop_signals, die_with_parent(signal.SIGKILL)),
         start_new_session=True, **kwargs)

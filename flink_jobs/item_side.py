@@ -40,7 +40,8 @@ from online_models.item_state import ItemRows, ItemState
 from online_models.learning import new_item_state
 from online_models.replica import LN2, NEW_ITEM_TREND
 from online_models.text import ColdText, TextMap, item_text, load_text_encoder, warm_milestone
-from schemas.events import DecodeError, Event, decode_event
+from schemas.event_fields import DecodeError
+from schemas.events import Event, decode_event
 from schemas.item_embedding import ItemEmbedding
 
 _DUE_MAGIC = b"FD1"

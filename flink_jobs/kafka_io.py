@@ -19,8 +19,8 @@ from pyflink.datastream.connectors.kafka import (
 )
 from pyflink.java_gateway import get_gateway
 
-from freshrec.kafka_config import java_client_properties
-from freshrec.settings import Settings
+from freshrec_common.kafka_config import java_client_properties
+from freshrec_common.settings import Settings
 
 # Row(topic, partition, offset, timestamp, key, value) made by RecordWithMetadataDeserializer.
 RAW_RECORD_TYPE: TypeInformation = Types.ROW_NAMED(

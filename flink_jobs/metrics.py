@@ -1,4 +1,4 @@
-"""Registers the job metrics of ``freshrec.metrics`` on Flink's metric groups.
+"""Registers the job metrics of ``freshrec_common.metrics`` on Flink's metric groups.
 
 PyFlink's Python gauges report longs only, so rolling rates, losses and staleness use the
 glue jar's ``DoubleGauge``; histograms are Prometheus-style ``_bucket{le}``, ``_sum`` and
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from freshrec.metrics import JOB_METRICS, LATENCY_BUCKETS_S
+from freshrec_common.metrics import JOB_METRICS, LATENCY_BUCKETS_S
 
 GROUP = "freshrec"
 _BOUNDS = np.asarray([*LATENCY_BUCKETS_S, float("inf")])
@@ -24,7 +24,7 @@ def _spec_name(name: str) -> str:
 
 
 class JobMetrics:
-    """The metrics of one operator instance, by their names in ``freshrec.metrics``."""
+    """The metrics of one operator instance, by their names in ``freshrec_common.metrics``."""
 
     def __init__(self, runtime_context: Any) -> None:
         self._group = runtime_context.get_metrics_group().add_group(GROUP)

@@ -38,7 +38,7 @@ from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, unpack_due
 from flink_jobs.metrics import JobMetrics
 from flink_jobs.user_side import BundleStats, UserBundleResult, UserSide, UserSideSettings, now_ms
-from freshrec.privacy import load_key
+from freshrec_common.privacy import load_key
 from online_models.config import ModelConfig
 from schemas.item_embedding import ItemEmbedding
 

@@ -32,9 +32,10 @@ from flink_jobs.operators import (
 )
 from flink_jobs.shard_keys import shard_keys
 from flink_jobs.user_side import UserSideSettings
-from freshrec.privacy import load_key
-from freshrec.settings import Settings, load_settings
-from freshrec.settings_args import add_settings_arguments
+from freshrec_common.jars import jar_paths
+from freshrec_common.privacy import load_key
+from freshrec_common.settings import Settings, load_settings
+from freshrec_common.settings_args import add_settings_arguments
 from online_models.config import ModelConfig
 from online_models.experiments import Experiment
 
@@ -153,10 +154,15 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
 
 
 def job_jars(settings: Settings) -> list[Path]:
-    """Jars the job needs: the Kafka connector and the glue compiled against it."""
-    from freshrec.local_kafka import ensure_jars
+    """Jars the job needs: the Kafka connector and the glue compiled against it.
 
-    connector = ensure_jars(settings).connector_jar
+    The connector is found by path under ``local.cache_dir``; whoever starts the job fetches
+    it first (``freshrec setup``, ``freshrec run``, ``freshrec submit``, the test fixtures)."""
+    connector = jar_paths(settings).connector_jar
+    if not connector.is_file():
+        raise FileNotFoundError(
+            f"the Flink Kafka connector {connector} is missing: fetch it once with"
+            " `freshrec setup` (Maven)")
     glue = build_glue_jar(connector, Path(settings.local.cache_dir) / "flink")
     return [connector, glue]
 

@@ -37,7 +37,7 @@ from flink_jobs.user_value import (
     pack_user_value,
     unpack_user_value,
 )
-from freshrec.privacy import pseudonymize
+from freshrec_common.privacy import pseudonymize
 from online_models.blend import (
     BlendSchedule,
     ScoreBlend,
@@ -56,7 +56,8 @@ from online_models.scoring import recommend_for_users
 from online_models.state import UserState
 from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMean, UserClusters
 from schemas.dlq import DeadLetter, encode_dead_letter
-from schemas.events import DecodeError, Event, decode_event
+from schemas.event_fields import DecodeError
+from schemas.events import Event, decode_event
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation, ScoredItem
 

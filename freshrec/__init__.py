@@ -1,1 +1,2 @@
-"""freshrec tooling: settings, local Kafka stack, CLIs (produce, tail, replay, run)."""
+"""The ``freshrec`` command (:mod:`freshrec.cli`, one module per subcommand), the HTTP
+service (``serve*``), the synthetic storefront generator and the dataset adapters."""

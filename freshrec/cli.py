@@ -7,22 +7,24 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from freshrec.kafka_config import KafkaConfigError, KafkaUnreachable
-from freshrec.processes import STOP, exit_code
-from freshrec.settings import Settings, SettingsError, load_settings
-from freshrec.settings_args import add_settings_arguments
+from freshrec.signals import STOP, exit_code
+from freshrec_common.kafka_config import KafkaConfigError, KafkaUnreachable
+from freshrec_common.settings import Settings, SettingsError, load_settings
+from freshrec_common.settings_args import add_settings_arguments
 
 # Subcommand modules; each exposes register(subparsers) that sets ``func(args, settings)``.
 _COMMANDS = (
-    "freshrec.local_kafka",
+    "freshrec.kafka",
     "freshrec.produce",
     "freshrec.tail",
     "freshrec.replay",
-    "freshrec.experiments_cmd",
-    "freshrec.run_cmd",
-    "freshrec.privacy",
+    "freshrec.experiments",
+    "freshrec.setup",
+    "freshrec.run",
+    "freshrec.demo",
+    "freshrec.pseudonym",
     "freshrec.cluster",
-    "freshrec.prometheus_local",
+    "freshrec.prometheus",
     "freshrec.serve",
 )
 
@@ -57,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KafkaConfigError as exc:  # bad kafka.* settings, or the broker refused the login
         print(f"freshrec: kafka: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # processes.Stopped: a stop signal ended the command early
+    except KeyboardInterrupt:  # signals.Stopped: a stop signal ended the command early
         print(f"freshrec {args.command}: stopped by {STOP.name}", file=sys.stderr)
         return exit_code(STOP.signum or 2)
 

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from freshrec.metrics import PROCESS_METRICS
-from freshrec.settings import Settings
-from schemas.adapters import FORMATS, RowError, read_events
-from schemas.events import DecodeError, Event, decode_event, encode_event
+from freshrec.datasets import FORMATS, RowError, read_events
+from freshrec_common.metrics import PROCESS_METRICS
+from freshrec_common.settings import Settings
+from schemas.event_fields import DecodeError
+from schemas.events import Event, decode_event, encode_event
 
 MAX_LISTED = 50  # refused rows printed one by one; the rest are only counted
 
@@ -306,8 +307,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from freshrec import kafka_config
     from freshrec.generator import generate_events, new_run_id
+    from freshrec_common import kafka_config
 
     if args.generator == (args.file is not None):
         print("freshrec produce: give either FILE or --generator", file=sys.stderr)

@@ -1,6 +1,6 @@
 """``freshrec replay``: prequential evaluation of freshrec and baselines on a log.
 
-Reads any adapter-readable log (``schemas.adapters.read_events``), orders it by event
+Reads any adapter-readable log (``freshrec.datasets.read_events``), orders it by event
 time, and runs test-then-learn (docs/model.md) for every selected model on the same stream
 in the same run; prints a table and optionally writes JSON and a PNG of rolling
 Recall@20 over time. ``--tune`` first picks learning rate, dimensions and L2 on a
@@ -15,13 +15,14 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from online_models.baselines import MODEL_NAMES, make_model
 from online_models.config import ModelConfig
-from online_models.evaluate import COLD_BELOW, ModelResult, Progress, prequential
+from online_models.eval_results import ModelResult
+from online_models.evaluate import COLD_BELOW, Progress, prequential
 from online_models.experiment_model import ExperimentModel
 from online_models.experiments import (
     Experiment,
@@ -76,7 +77,7 @@ def register(subparsers: Any) -> None:
 
 def load_events(path: str | Path, fmt: str, limit: int = 0) -> tuple[list[Event], int]:
     """Events of a log ordered by event time (stable), and the number of skipped rows."""
-    from schemas.adapters import AdapterErrors, read_events
+    from freshrec.datasets import AdapterErrors, read_events
 
     errors = AdapterErrors()
     events: list[Event] = []
@@ -237,6 +238,49 @@ def plot(results: dict[str, ModelResult], out: str, window: int = 1000) -> bool:
     return True
 
 
+class ReplayMetrics:
+    """``freshrec replay --metrics-port``: progress of the replay, quality when done.
+
+    Wraps the replay's progress bar, so the replay loop itself is unchanged.
+    """
+
+    def __init__(self, port: int, progress: Any) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+        from freshrec_common.metrics import PROCESS_METRICS as SPECS
+
+        self.registry = CollectorRegistry()
+        self.progress = progress
+        # prometheus-client appends _total to counters itself.
+        self.events = Counter("freshrec_replay_events", SPECS["freshrec_replay_events_total"].help,
+                              registry=self.registry)
+        rate = SPECS["freshrec_replay_rate_events_per_second"]
+        self.rate = Gauge(rate.name, rate.help, registry=self.registry)
+        recall = SPECS["freshrec_replay_recall"]
+        self.recall = Gauge(recall.name, recall.help, recall.labels, registry=self.registry)
+        self._start = time.perf_counter()
+        start_http_server(port, registry=self.registry)
+
+    def update(self, n: int = 1, note: str = "") -> None:
+        self.events.inc(n)
+        elapsed = time.perf_counter() - self._start
+        self.rate.set(self.progress.n / elapsed if elapsed > 0 else 0.0)
+        self.progress.update(n, note)
+
+    def close(self, note: str = "") -> None:
+        self.progress.close(note)
+
+    def __getattr__(self, name: str) -> Any:  # total, n, ... of the wrapped progress bar
+        return getattr(self.progress, name)
+
+    def report(self, results: Mapping[str, Any]) -> None:
+        for model, result in results.items():
+            summary = result.summary() if hasattr(result, "summary") else dict(result)
+            for key, value in summary.items():
+                if key.startswith("recall@") and isinstance(value, int | float):
+                    self.recall.labels(model=model, k=key.removeprefix("recall@")).set(value)
+
+
 def run(args: argparse.Namespace, settings: Any) -> int:
     """Entry point of ``freshrec replay``."""
     import torch
@@ -291,7 +335,6 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             models[TUNED] = make_model("freshrec", tuned_cfg)
     bar: Any = Progress(len(events), "replay")
     if args.metrics_port:
-        from freshrec.prometheus_local import ReplayMetrics
         bar = ReplayMetrics(args.metrics_port, bar)
     results = prequential(models, events, k=args.k, progress=bar, eval_every=args.eval_every,
                           warmup=warmup)

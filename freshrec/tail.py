@@ -19,7 +19,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from freshrec.settings import Settings
+from freshrec_common.settings import Settings
 from schemas.recommendation import Recommendation, ScoredItem
 
 
@@ -107,7 +107,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from freshrec import kafka_config
+    from freshrec_common import kafka_config
 
     if (args.max is not None and args.max < 1) or (args.timeout is not None and args.timeout <= 0):
         print("freshrec tail: --max must be >= 1 and --timeout > 0", file=sys.stderr)

@@ -13,7 +13,8 @@ evaluation.
 from online_models.baselines import MODEL_NAMES, PopularityModel, RiverMFModel, make_model
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
-from online_models.evaluate import ModelResult, prequential
+from online_models.eval_results import ModelResult
+from online_models.evaluate import prequential
 from online_models.item_gradients import (
     ItemGradients,
     apply_gradients_to_items,

@@ -1,6 +1,6 @@
 """Model configuration: a plain frozen dataclass, free of any freshrec/pyflink import.
 
-It is also the ``[model]`` section of freshrec's settings (``freshrec.settings``): the
+It is also the ``[model]`` section of freshrec's settings (``freshrec_common.settings``): the
 defaults and the checks of every model setting live here, and a bad value raises
 :class:`ModelConfigError` naming the field, which the settings loader reports with the
 value's source.

@@ -1,7 +1,8 @@
 """Wire formats of freshrec: versioned JSON Schema files and the codecs checked against them."""
 
 from schemas.dlq import DeadLetter, encode_dead_letter
-from schemas.events import EVENT_TYPES, INTERACTION_TYPES, DecodeError, Event, decode_event
+from schemas.event_fields import DecodeError
+from schemas.events import EVENT_TYPES, INTERACTION_TYPES, Event, decode_event
 from schemas.recommendation import Recommendation, ScoredItem
 
 __all__ = [

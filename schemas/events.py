@@ -2,7 +2,8 @@
 
 The rules (event types, required fields per type, id limits, timestamp bounds) are read
 from ``event.v1.json`` at import, so the JSON Schema file stays the single source of
-truth; ``tests/unit/test_schemas.py`` cross-checks this codec against the ``jsonschema``
+truth (the checks of single fields are in :mod:`schemas.event_fields`);
+``tests/unit/schemas/test_schemas.py`` cross-checks this codec against the ``jsonschema``
 package on generated documents.
 
 >>> ev = decode_event(b'{"event_id":"e1","event_type":"view","user_id":"u1",'
@@ -18,14 +19,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass
-from datetime import date
 from typing import Any
 
-from schemas.loader import load_schema
-
-EVENT_SCHEMA: dict[str, Any] = load_schema("event.v1.json")
+from schemas.event_fields import (
+    EVENT_SCHEMA,
+    ID_MAX_LENGTH,
+    DecodeError,
+    check_context,
+    check_id,
+    err,
+    parse_ts,
+)
 
 _PROPS: dict[str, Any] = EVENT_SCHEMA["properties"]
 EVENT_TYPES: tuple[str, ...] = tuple(_PROPS["event_type"]["enum"])
@@ -39,33 +44,14 @@ for _rule in EVENT_SCHEMA["allOf"]:
     for _t in _cond.get("enum", [_cond.get("const")]):
         _REQUIRED_BY_TYPE[_t] = tuple(_rule["then"]["required"])
 
-_ID = EVENT_SCHEMA["$defs"]["id"]
-ID_MAX_LENGTH: int = _ID["maxLength"]
-_TS_INT = _PROPS["ts"]["oneOf"][0]
-TS_MIN_MS: int = _TS_INT["minimum"]
-TS_MAX_MS: int = _TS_INT["maximum"]
-_TS_STR_MAX: int = _PROPS["ts"]["oneOf"][1]["maxLength"]
-_CTX = _PROPS["context"]
 _KNOWN_FIELDS = frozenset(_PROPS)
 _ID_FIELDS = ("event_id", "user_id", "item_id", "session_id")
 _LABEL_FIELDS = ("category", "brand")
-_CONTROL_SEARCH = re.compile(r"[\x00-\x1f\x7f]").search
-# RFC 3339 date-time exactly as JSON Schema's "date-time" format (ASCII digits only, 'T'
-# separator, any fraction length, hours 00-23, no leap second); \Z, not $, because Python's
-# $ also matches before a trailing newline.
-_RFC3339 = re.compile(
-    r"([0-9]{4})-(0[1-9]|1[0-2])-([0-9]{2})[Tt]([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9])"
-    r"(?:\.([0-9]+))?(?:[Zz]|([+-])([01][0-9]|2[0-3]):([0-5][0-9]))\Z"
-)
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _EVENT_TYPE_SET = frozenset(EVENT_TYPES)
 _QUANTITY_MAX: int = _PROPS["quantity"]["maximum"]
 _PRICE_MAX: float = _PROPS["price"]["maximum"]
 _TITLE_MAX: int = _PROPS["title"]["maxLength"]
 _DESCRIPTION_MAX: int = _PROPS["description"]["maxLength"]
-_CTX_MAX_KEYS: int = _CTX["maxProperties"]
-_CTX_KEY_MAX: int = _CTX["propertyNames"]["maxLength"]
-_CTX_STR_MAX: int = _CTX["additionalProperties"]["oneOf"][0]["maxLength"]
 _LABEL_MAX: int = EVENT_SCHEMA["$defs"]["label"]["maxLength"]
 _ABSENT = object()
 DEFAULT_MAX_PAYLOAD_BYTES = 65536
@@ -103,15 +89,6 @@ class Event:
         return doc
 
 
-@dataclass(frozen=True, slots=True)
-class DecodeError:
-    """Why a record is not a valid event: a stable ``code``, the JSON ``field`` path, a message."""
-
-    code: str
-    field: str
-    message: str
-
-
 def encode_event(event: Event) -> bytes:
     """Serialise an event to compact UTF-8 JSON (event v1)."""
     return json.dumps(event.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
@@ -125,92 +102,9 @@ def _reject_constant(name: str) -> Any:
 _DECODE_JSON = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
-def _err(code: str, field: str, message: str) -> DecodeError:
-    return DecodeError(code, field, message)
-
-
-def parse_ts(value: Any) -> int | DecodeError:
-    """Epoch ms from an integer or an RFC 3339 string, within the schema's bounds.
-
-    JSON Schema counts ``1.7e12`` as an integer, so integral floats are accepted too.
-    Strings keep millisecond precision exactly (no float round trip).
-
-    >>> parse_ts("2023-11-14T22:13:20.001Z"), parse_ts(1.7e12)
-    (1700000000001, 1700000000000)
-    >>> parse_ts("2023-11-14 22:13:20Z").code
-    'bad_timestamp'
-    """
-    kind = type(value)
-    if kind is int:
-        ms = value
-    elif kind is float and value.is_integer():
-        ms = int(value)
-    elif kind is str:
-        m = _RFC3339.match(value) if len(value) <= _TS_STR_MAX else None
-        if m is None:
-            return _err("bad_timestamp", "$.ts", f"ts {value[:40]!r} is not an RFC 3339 date-time")
-        year, month, day, hh, mm, ss, frac, sign, oh, om = m.groups()
-        try:
-            days = date(int(year), int(month), int(day)).toordinal() - _EPOCH_ORDINAL
-        except ValueError:
-            return _err("bad_timestamp", "$.ts", f"ts {value!r} is not a valid calendar date")
-        ms = ((days * 24 + int(hh)) * 60 + int(mm)) * 60_000 + int(ss) * 1000
-        if frac:
-            ms += int((frac + "00")[:3])
-        if sign:
-            offset = (int(oh) * 60 + int(om)) * 60_000
-            ms += -offset if sign == "+" else offset
-    else:
-        return _err("wrong_type", "$.ts", "ts must be epoch milliseconds (integer) or RFC 3339")
-    if not TS_MIN_MS <= ms <= TS_MAX_MS:
-        return _err("bad_timestamp", "$.ts", "ts must fall between 1990-01-01 and 2100-01-01")
-    return ms
-
-
-def check_id(value: Any, name: str, max_len: int) -> str | DecodeError:
-    """An id or label: a non-empty string without control characters (events, and the ids
-    in ``freshrec serve``'s paths).
-
-    >>> check_id("u42", "user_id", 128), check_id("u\\n42", "user_id", 128).message
-    ('u42', 'user_id contains control characters')
-    """
-    if type(value) is not str:
-        what = "null" if value is None else type(value).__name__
-        return _err("wrong_type", f"$.{name}", f"{name} must be a string, not {what}")
-    if not 0 < len(value) <= max_len:
-        return _err("bad_length", f"$.{name}", f"{name} must be 1..{max_len} characters")
-    if _CONTROL_SEARCH(value):
-        return _err("bad_id", f"$.{name}", f"{name} contains control characters")
-    return value
-
-
-def _check_context(ctx: Any) -> dict[str, Any] | DecodeError:
-    if type(ctx) is not dict:
-        return _err("wrong_type", "$.context", "context must be an object")
-    if len(ctx) > _CTX_MAX_KEYS:
-        return _err("too_many_fields", "$.context", f"context has more than {_CTX_MAX_KEYS} keys")
-    for key, value in ctx.items():
-        if len(key) > _CTX_KEY_MAX:
-            return _err("bad_length", "$.context",
-                        f"context key longer than {_CTX_KEY_MAX} characters")
-        kind = type(value)
-        if kind is str:
-            if len(value) > _CTX_STR_MAX:
-                return _err("bad_length", f"$.context.{key}",
-                            f"context string over {_CTX_STR_MAX} characters")
-        elif kind is float:
-            if not math.isfinite(value):  # 1e400 parses to inf: not representable in JSON
-                return _err("out_of_range", f"$.context.{key}", "context number is not finite")
-        elif kind is dict or kind is list:
-            return _err("too_deep", f"$.context.{key}", "context values must be scalars")
-        elif not (kind is int or kind is bool or value is None):
-            return _err("wrong_type", f"$.context.{key}", "context values must be JSON scalars")
-    return ctx
-
-
 def _first_missing(doc: dict[str, Any], names: tuple[str, ...], why: str) -> DecodeError:
     name = next(n for n in names if n not in doc)
-    return _err("missing_field", f"$.{name}", f"{name} is required{why}")
+    return err("missing_field", f"$.{name}", f"{name} is required{why}")
 
 
 def validate_event(doc: Any, max_id_length: int = ID_MAX_LENGTH) -> Event | DecodeError:
@@ -222,7 +116,7 @@ def validate_event(doc: Any, max_id_length: int = ID_MAX_LENGTH) -> Event | Deco
     'unknown_event_type'
     """
     if type(doc) is not dict:
-        return _err("not_an_object", "$", "an event must be a JSON object")
+        return err("not_an_object", "$", "an event must be a JSON object")
     try:
         event_id = doc["event_id"]
         event_type = doc["event_type"]
@@ -231,15 +125,15 @@ def validate_event(doc: Any, max_id_length: int = ID_MAX_LENGTH) -> Event | Deco
         return _first_missing(doc, _REQUIRED_TOP, "")
     if not doc.keys() <= _KNOWN_FIELDS:
         name = min(doc.keys() - _KNOWN_FIELDS)[:64]
-        return _err("unknown_field", f"$.{name}", f"field {name!r} is not in event v1")
+        return err("unknown_field", f"$.{name}", f"field {name!r} is not in event v1")
     get = doc.get
     version = get("schema_version", 1)
     if version != 1 or type(version) not in (int, float):  # const 1: 1.0 equals, true doesn't
-        return _err("bad_version", "$.schema_version", "schema_version must be 1")
+        return err("bad_version", "$.schema_version", "schema_version must be 1")
     if type(event_type) is not str:
-        return _err("wrong_type", "$.event_type", "event_type must be a string")
+        return err("wrong_type", "$.event_type", "event_type must be a string")
     if event_type not in _EVENT_TYPE_SET:
-        return _err(
+        return err(
             "unknown_event_type", "$.event_type",
             f"event_type {event_type[:40]!r} is not one of {', '.join(EVENT_TYPES)}",
         )
@@ -305,19 +199,19 @@ def _validate_optional(
         if kind is float and quantity.is_integer():
             quantity = int(quantity)  # JSON Schema: 2.0 is an integer
         elif kind is not int:
-            return _err("wrong_type", "$.quantity", "quantity must be an integer")
+            return err("wrong_type", "$.quantity", "quantity must be an integer")
         if not 1 <= quantity <= _QUANTITY_MAX:
-            return _err("out_of_range", "$.quantity", f"quantity must be in 1..{_QUANTITY_MAX}")
+            return err("out_of_range", "$.quantity", f"quantity must be in 1..{_QUANTITY_MAX}")
     price = get("price", _ABSENT)
     if price is _ABSENT:
         price = None
     else:
         kind = type(price)
         if kind is not float and kind is not int:
-            return _err("wrong_type", "$.price", "price must be a number")
+            return err("wrong_type", "$.price", "price must be a number")
         # Bounds first: math.isfinite() of a 300-digit int raises OverflowError.
         if not (0 <= price <= _PRICE_MAX and math.isfinite(price)):
-            return _err("out_of_range", "$.price", f"price must be a number in 0..{_PRICE_MAX:g}")
+            return err("out_of_range", "$.price", f"price must be a number in 0..{_PRICE_MAX:g}")
         price = float(price)
     texts: dict[str, str | None] = {}
     for name, limit in (("title", _TITLE_MAX), ("description", _DESCRIPTION_MAX)):
@@ -325,20 +219,20 @@ def _validate_optional(
         if text is _ABSENT:
             text = None
         elif type(text) is not str:
-            return _err("wrong_type", f"$.{name}", f"{name} must be a string")
+            return err("wrong_type", f"$.{name}", f"{name} must be a string")
         elif len(text) > limit:
-            return _err("bad_length", f"$.{name}", f"{name} must be at most {limit} characters")
+            return err("bad_length", f"$.{name}", f"{name} must be at most {limit} characters")
         texts[name] = text
     available = get("available", _ABSENT)
     if available is _ABSENT:
         available = None
     elif type(available) is not bool:
-        return _err("wrong_type", "$.available", "available must be true or false")
+        return err("wrong_type", "$.available", "available must be true or false")
     context = get("context", _ABSENT)
     if context is _ABSENT:
         context = None
     else:
-        context = _check_context(context)
+        context = check_context(context)
         if type(context) is DecodeError:
             return context
     return Event(
@@ -373,33 +267,33 @@ def decode_event(
     ('invalid_utf8', 'null_payload', 'not_an_object')
     """
     if payload is None:
-        return _err("null_payload", "$", "record value is null")
+        return err("null_payload", "$", "record value is null")
     if type(payload) is not bytes:
         if not isinstance(payload, bytes | bytearray | memoryview):
-            return _err("wrong_type", "$", f"record value must be bytes, not {type(payload)}")
+            return err("wrong_type", "$", f"record value must be bytes, not {type(payload)}")
         payload = bytes(payload)
     if len(payload) > max_payload_bytes:
-        return _err(
+        return err(
             "payload_too_large", "$",
             f"record is {len(payload)} bytes; the limit is {max_payload_bytes}",
         )
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return _err("invalid_utf8", "$", f"not valid UTF-8 at byte {exc.start}")
+        return err("invalid_utf8", "$", f"not valid UTF-8 at byte {exc.start}")
     try:
         doc = _DECODE_JSON(text)
     except RecursionError:
-        return _err("too_deep", "$", "JSON nesting is too deep")
+        return err("too_deep", "$", "JSON nesting is too deep")
     except ValueError as exc:  # JSONDecodeError, huge integers, NaN/Infinity
-        return _err("invalid_json", "$", f"invalid JSON: {str(exc)[:200]}")
+        return err("invalid_json", "$", f"invalid JSON: {str(exc)[:200]}")
     if "\\u" in text and ("\\ud" in text.lower()) and type(doc) is dict:
         # A lone surrogate escape decodes to a str that cannot be encoded back to UTF-8
         # (nor used as a Kafka key): refuse it here rather than crash a producer later.
         bad = _unencodable_field(doc)
         if bad is not None:
-            return _err("invalid_unicode", bad, "string holds a lone UTF-16 surrogate")
+            return err("invalid_unicode", bad, "string holds a lone UTF-16 surrogate")
     try:
         return validate_event(doc, max_id_length)
     except RecursionError:  # pragma: no cover - validation does not recurse; belt and braces
-        return _err("too_deep", "$", "JSON nesting is too deep")
+        return err("too_deep", "$", "JSON nesting is too deep")

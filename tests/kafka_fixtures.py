@@ -23,16 +23,12 @@ from typing import Any
 
 import pytest
 
-from freshrec import kafka_config
-from freshrec.local_kafka import (
-    BrokerInfo,
-    LocalKafkaError,
-    broker_down,
-    broker_up,
-    create_topic,
-)
-from freshrec.processes import free_ports
-from freshrec.settings import Settings, load_settings
+from devstack.kafka_broker import BrokerInfo, broker_down, broker_up
+from devstack.kafka_topics import create_topic
+from devstack.prerequisites import LocalKafkaError
+from devstack.processes import free_ports
+from freshrec_common import kafka_config
+from freshrec_common.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,10 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from freshrec import cluster
-from freshrec.polling import wait_until
-from freshrec.processes import free_ports
-from freshrec.settings import Settings
+from devstack.flink_cluster import cluster_down, cluster_up, prometheus_ports, running_processes
+from devstack.flink_config import ClusterPaths
+from devstack.flink_rest import job_detail, rest_get, subtask_hosts
+from devstack.flink_submit import savepoint, submit
+from devstack.processes import free_ports
+from freshrec_common.polling import wait_until
+from freshrec_common.settings import Settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
@@ -54,7 +57,7 @@ class ClusterJob(JobProcess):
 
     def assert_alive(self) -> None:
         try:
-            state = cluster.job_detail(self.settings, self.job_id)["state"]
+            state = job_detail(self.settings, self.job_id)["state"]
         except OSError:
             return  # a slow answer while the JobManager fails over is not a verdict
         if state in ("FAILED", "CANCELLING", "CANCELED", "FINISHED", "SUSPENDED"):
@@ -63,7 +66,7 @@ class ClusterJob(JobProcess):
     def log_tail(self, lines: int = 40) -> str:
         out = []
         try:
-            hist = cluster.rest_get(self.settings, f"/jobs/{self.job_id}/exceptions")
+            hist = rest_get(self.settings, f"/jobs/{self.job_id}/exceptions")
             for entry in hist.get("exceptionHistory", {}).get("entries", [])[:2]:
                 trace = entry.get("stacktrace", "").splitlines()
                 out += [t for t in trace if "Caused by" in t or "Exception" in t][:8]
@@ -80,7 +83,7 @@ class ClusterJob(JobProcess):
 
 def cluster_log_errors(settings: Settings) -> list[str]:
     lines: list[str] = []
-    for log in sorted(cluster.ClusterPaths.of(settings).log.glob("*.log")):
+    for log in sorted(ClusterPaths.of(settings).log.glob("*.log")):
         text = log.read_text("utf-8", "replace").splitlines()
         lines += [f"{log.name}: {t}" for t in text if " ERROR " in t or "Caused by" in t][-6:]
     return lines
@@ -93,7 +96,7 @@ def wait_running(settings: Settings, job_id: str, timeout_s: float = 120) -> dic
     def settled() -> bool:  # running everywhere, or ended
         nonlocal detail
         try:
-            detail = cluster.job_detail(settings, job_id)
+            detail = job_detail(settings, job_id)
         except OSError:
             return False
         return detail["state"] in ("FAILED", "CANCELED", "FINISHED") or (
@@ -116,7 +119,7 @@ def job_state_becomes(settings: Settings, job_id: str, wanted: str, timeout_s: f
     def reached() -> bool:
         nonlocal state
         with contextlib.suppress(OSError):
-            state = cluster.job_detail(settings, job_id)["state"]
+            state = job_detail(settings, job_id)["state"]
         return state == wanted
 
     wait_until(reached, timeout_s, interval_s=1.0)
@@ -134,9 +137,9 @@ def wait_failed_over(settings: Settings, job_id: str, killed: str,
     def moved() -> bool:
         nonlocal seen
         try:
-            reply = cluster.rest_get(settings, f"/jobs/{job_id}/metrics?get=numRestarts")
+            reply = rest_get(settings, f"/jobs/{job_id}/metrics?get=numRestarts")
             seen = {"restarts": int(reply[0]["value"]) if reply else 0,
-                    "hosts": {tm for on in cluster.subtask_hosts(settings, job_id).values()
+                    "hosts": {tm for on in subtask_hosts(settings, job_id).values()
                               for tm in on}}
         except OSError as exc:
             seen = {"restarts": 0, "hosts": set(), "error": str(exc)}
@@ -148,7 +151,7 @@ def wait_failed_over(settings: Settings, job_id: str, killed: str,
 
 def taskmanager_pid(settings: Settings, tm_id: str) -> int:
     """The process of the TaskManager with this REST id (its log names its ResourceID)."""
-    for proc in cluster.running_processes(settings):
+    for proc in running_processes(settings):
         if proc.role == "taskmanager" and proc.log is not None and proc.log.exists() \
                 and tm_id in proc.log.read_text("utf-8", "replace"):
             return proc.pid
@@ -177,8 +180,8 @@ def cluster_settings(kafka_broker, tmp_path: Path) -> Iterator[tuple[Settings, l
     try:
         yield settings, overrides
     finally:
-        cluster.cluster_down(settings, log=lambda _: None)
-        assert not cluster.running_processes(settings), "cluster processes survived down"
+        cluster_down(settings, log=lambda _: None)
+        assert not running_processes(settings), "cluster processes survived down"
 
 
 def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> None:
@@ -188,24 +191,24 @@ def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> No
     timings: dict[str, float] = {}
     t0 = time.monotonic()
 
-    info = cluster.cluster_up(settings, log=lambda _: None)
+    info = cluster_up(settings, log=lambda _: None)
     assert info.taskmanagers == 2 and info.slots_total == 2 * settings.cluster.slots_per_taskmanager
     timings["up"] = time.monotonic() - t0
     # Idempotent: a second `up` finds it running and starts nothing.
-    again = cluster.cluster_up(settings, log=lambda _: None)
+    again = cluster_up(settings, log=lambda _: None)
     assert again.already_running
     assert {p.pid for p in again.processes} == {p.pid for p in info.processes}
 
-    first = cluster.submit(settings, PARALLELISM, passthrough=passthrough, log=lambda _: None)
+    first = submit(settings, PARALLELISM, passthrough=passthrough, log=lambda _: None)
     job = ClusterJob(settings, overrides, tmp_path / "unused.log", job_id=first.job_id)
     try:
         detail = wait_running(settings, first.job_id)
         timings["submit+start"] = time.monotonic() - t0
 
         # Every vertex runs at parallelism 2 with one subtask on each TaskManager.
-        tm_ids = {tm["id"] for tm in cluster.rest_get(settings, "/taskmanagers")["taskmanagers"]}
+        tm_ids = {tm["id"] for tm in rest_get(settings, "/taskmanagers")["taskmanagers"]}
         assert len(tm_ids) == 2
-        hosts = cluster.subtask_hosts(settings, first.job_id)
+        hosts = subtask_hosts(settings, first.job_id)
         assert all(v["parallelism"] == PARALLELISM for v in detail["vertices"])
         for name, on in hosts.items():
             assert on == tm_ids, f"{name}: subtasks on {on}, TaskManagers {tm_ids}"
@@ -233,7 +236,7 @@ def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> No
             seq_before[user] = rec.seq
 
         # The TaskManagers' Prometheus reporters serve the job's Python metrics.
-        ports = cluster.prometheus_ports(settings)
+        ports = prometheus_ports(settings)
         assert len(ports) == 3, f"reporters found: {ports}"
         scraped = ""
         for pid, port in ports.items():
@@ -243,7 +246,7 @@ def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> No
         assert "flink_taskmanager_job_task_operator_freshrec_" in scraped
 
         # Stop with a savepoint: the job finishes and the savepoint is complete.
-        jid, path = cluster.savepoint(settings, first.job_id, stop=True)
+        jid, path = savepoint(settings, first.job_id, stop=True)
         assert jid == first.job_id
         assert (Path(path) / "_metadata").is_file(), path
         assert job_state_becomes(settings, first.job_id, "FINISHED") == "FINISHED"
@@ -252,7 +255,7 @@ def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> No
         # Upgrade: a changed job (shorter lists, rescaled to one subtask) resumes from the
         # savepoint on the same TaskManagers (a second job in the same JVMs).
         upgraded = [*passthrough, "--set", f"model.top_k={UPGRADED_TOP_K}"]
-        resumed = cluster.submit(settings, 1, from_savepoint=path, passthrough=upgraded,
+        resumed = submit(settings, 1, from_savepoint=path, passthrough=upgraded,
                                  log=lambda _: None)
         assert resumed.job_id != first.job_id
         job.job_id = resumed.job_id
@@ -270,13 +273,13 @@ def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> No
             assert len(rec.items) == UPGRADED_TOP_K, "the upgraded job's setting is not in use"
             top = [it.item_id for it in rec.items]
             assert sum(i.startswith(category) for i in top) >= 5, (user, top)
-        assert cluster.job_detail(settings, resumed.job_id)["state"] == "RUNNING"
+        assert job_detail(settings, resumed.job_id)["state"] == "RUNNING"
         timings["resumed lists"] = time.monotonic() - t0
 
         # kill -9 the TaskManager running the job: it restarts on the other one from the
         # latest checkpoint, and the events sent meanwhile are all applied.
         time.sleep(5.0)  # two checkpoint intervals: the resumed state is checkpointed
-        (host,) = {tm for on in cluster.subtask_hosts(settings, resumed.job_id).values()
+        (host,) = {tm for on in subtask_hosts(settings, resumed.job_id).values()
                    for tm in on}
         os.kill(taskmanager_pid(settings, host), signal.SIGKILL)
         job.send_events([

@@ -6,7 +6,7 @@ port) on the suite's real Kafka broker and at ``freshrec produce --metrics-port`
 traffic with invalid records, duplicates, item upserts and forget_user so every counter
 moves; then asserts through Prometheus's HTTP API that
 
-* every metric of ``freshrec.metrics.JOB_METRICS`` (histograms: the ``_bucket`` series),
+* every metric of ``freshrec_common.metrics.JOB_METRICS`` (histograms: the ``_bucket`` series),
   of the producer and of ``freshrec serve`` (asked for lists and similar items all along)
   has samples,
 * every expression of every panel of the Grafana dashboard returns data (latency
@@ -30,10 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.metrics import JOB_METRICS, PROCESS_METRICS, SERVE_METRICS, exported_names
-from freshrec.polling import wait_until
-from freshrec.processes import free_ports
-from freshrec.prometheus_local import (
+from devstack.processes import free_ports
+from devstack.prometheus import (
     CONFIG_TEMPLATE,
     DASHBOARD,
     RULE_TESTS_DIR,
@@ -43,6 +41,8 @@ from freshrec.prometheus_local import (
     render_config,
     write_config,
 )
+from freshrec_common.metrics import JOB_METRICS, PROCESS_METRICS, SERVE_METRICS, exported_names
+from freshrec_common.polling import wait_until
 from schemas.events import Event
 from tests.integration.job_harness import REPO_ROOT, JobProcess, job_settings
 from tests.integration.serve_harness import ServeProcess

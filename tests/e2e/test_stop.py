@@ -14,10 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from freshrec import cluster, prometheus_local
-from freshrec.polling import wait_until
-from freshrec.processes import free_ports
-from freshrec.settings import load_settings
+from devstack.flink_cluster import cluster_down, running_processes
+from devstack.processes import free_ports
+from devstack.prometheus import INSTALL_HINT, binary, pid_file, state_dir
+from freshrec_common.polling import wait_until
+from freshrec_common.settings import load_settings
 from tests.kafka_fixtures import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(600)
@@ -51,32 +52,32 @@ def test_cluster_up_interrupted_then_up_and_down_leave_no_process(tmp_path: Path
                               stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
         def jobmanager_started() -> bool:
             assert up.poll() is None, up.communicate()[0]
-            return any(p.role == "jobmanager" for p in cluster.running_processes(settings))
+            return any(p.role == "jobmanager" for p in running_processes(settings))
 
         assert wait_until(jobmanager_started, 120), "no JobManager after 120 s"
-        started = [p.pid for p in cluster.running_processes(settings)]
+        started = [p.pid for p in running_processes(settings)]
         up.send_signal(signal.SIGTERM)
         output = up.communicate(timeout=60)[0]
         assert up.returncode == 128 + signal.SIGTERM, output
         assert "start interrupted; stopping" in output, output
         assert live(started) == []
-        assert cluster.running_processes(settings) == []
+        assert running_processes(settings) == []
 
         # A completed `up` leaves the daemons running on their own; `down` ends every one.
         done = subprocess.run(cli(overrides, "cluster", "up"), capture_output=True, text=True,
                               timeout=240, cwd=REPO_ROOT, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
-        daemons = [p.pid for p in cluster.running_processes(settings)]
+        daemons = [p.pid for p in running_processes(settings)]
         assert len(daemons) == 2, done.stdout  # the JobManager and one TaskManager
         done = subprocess.run(cli(overrides, "cluster", "down"), capture_output=True, text=True,
                               timeout=120, cwd=REPO_ROOT, check=False)
         assert done.returncode == 0 and "cluster: stopped" in done.stdout, done.stdout
         assert live(daemons, within_s=0) == []
     finally:
-        cluster.cluster_down(settings, log=lambda _: None)
+        cluster_down(settings, log=lambda _: None)
 
 
-@pytest.mark.skipif(prometheus_local.binary() is None, reason=prometheus_local.INSTALL_HINT)
+@pytest.mark.skipif(binary() is None, reason=INSTALL_HINT)
 def test_prometheus_up_and_down_leave_no_process(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     overrides = [f"local.state_dir={tmp_path / 'kafka'}"]
@@ -86,11 +87,11 @@ def test_prometheus_up_and_down_leave_no_process(tmp_path: Path) -> None:
         done = subprocess.run(cli(overrides, "prometheus", "up", *args), capture_output=True,
                               text=True, timeout=120, cwd=REPO_ROOT, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
-        pid = int(prometheus_local._pid_file(settings).read_text())
+        pid = int(pid_file(settings).read_text())
         server = psutil.Process(pid)
         assert server.name() == "prometheus"
         assert os.getsid(pid) == pid  # detached: no signal to our session reaches it
-        assert str(prometheus_local.state_dir(settings)) in " ".join(server.cmdline())
+        assert str(state_dir(settings)) in " ".join(server.cmdline())
         done = subprocess.run(cli(overrides, "prometheus", "down", *args), capture_output=True,
                               text=True, timeout=60, cwd=REPO_ROOT, check=False)
         assert done.returncode == 0 and f"stopped (pid {pid})" in done.stdout, done.stdout

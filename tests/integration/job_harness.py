@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freshrec import kafka_config
-from freshrec.local_kafka import create_topic, dlq_topic_configs
-from freshrec.polling import wait_until
-from freshrec.processes import process_tree
-from freshrec.settings import Settings, load_settings
+from devstack.kafka_topics import create_topic, dlq_topic_configs
+from devstack.processes import process_tree
+from freshrec_common import kafka_config
+from freshrec_common.polling import wait_until
+from freshrec_common.settings import Settings, load_settings
 from schemas.events import Event, encode_event
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

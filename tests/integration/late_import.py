@@ -21,7 +21,7 @@ def main(checkpoint_dir: str) -> None:
     from pyflink.common import Types
 
     from flink_jobs.environment import make_environment
-    from freshrec.settings import load_settings
+    from freshrec_common.settings import load_settings
 
     settings = load_settings(overrides=[f"job.checkpoint_dir={checkpoint_dir}",
                                         "job.parallelism=1", "job.metrics_port=0"])

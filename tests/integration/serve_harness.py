@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from freshrec.processes import free_ports
+from devstack.processes import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

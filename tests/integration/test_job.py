@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.privacy import pseudonymize
+from freshrec_common.privacy import pseudonymize
 from schemas.dlq import DeadLetter
 from schemas.events import Event, encode_event
 from schemas.recommendation import Recommendation
@@ -343,7 +343,7 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
     import urllib.request
 
     from freshrec.cli import main as cli_main
-    from freshrec.experiments_cmd import counts_from_exposition
+    from freshrec.experiments import counts_from_exposition
     from online_models.experiments import Experiment
 
     exp_file = tmp_path / "experiment.toml"

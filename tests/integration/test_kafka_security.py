@@ -4,7 +4,7 @@ here, reached by the admin client, ``freshrec produce``/``tail`` and the Flink j
 One broker for the module (KRaft, combined node) with three loopback listeners:
 
 * CONTROLLER (PLAINTEXT) for the KRaft quorum,
-* PLAINTEXT, inter-broker and the readiness probe of :mod:`freshrec.local_kafka`,
+* PLAINTEXT, inter-broker and the readiness probe of :mod:`devstack.kafka_broker`,
 * SASL_SSL with PLAIN (user ``alice``) and SCRAM-SHA-512 (user ``bob``, created when the
   storage is formatted); its certificate is signed by a CA generated with ``keytool``.
 
@@ -25,12 +25,22 @@ from pathlib import Path
 
 import pytest
 
-from freshrec import kafka_config
-from freshrec import local_kafka as lk
+from devstack.jars import ensure_jars
+from devstack.kafka_broker import _spawn, _stop, _wait_ready
+from devstack.kafka_broker_layout import (
+    LOG4J2_CONFIG,
+    BrokerPaths,
+    broker_command,
+    new_cluster_id,
+    render_server_properties,
+)
+from devstack.kafka_topics import create_topic
+from devstack.prerequisites import check_java, java_executable
+from devstack.processes import free_ports, process_tree, stop_processes
 from freshrec.generator import generate_events
-from freshrec.local_kafka import create_topic
-from freshrec.processes import free_ports, process_tree, stop_processes
-from freshrec.settings import Settings, load_settings
+from freshrec_common import kafka_config
+from freshrec_common.jars import JarPaths
+from freshrec_common.settings import Settings, load_settings
 from schemas.events import Event
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import (
@@ -55,7 +65,7 @@ PASSWORD_ENV = "FRESHREC_KAFKA_SASL_PASSWORD"
 
 def _keytool(*args: str) -> None:
     # keytool ships beside java in every JDK (java_executable() may be a /usr/bin symlink).
-    keytool = Path(lk.java_executable()).resolve().with_name("keytool")
+    keytool = Path(java_executable()).resolve().with_name("keytool")
     out = subprocess.run([str(keytool), *args], capture_output=True, text=True, check=False,
                          timeout=120)
     if out.returncode != 0:
@@ -154,8 +164,8 @@ def secure_listener_properties(sasl_port: int, certs: Certificates, host: str = 
 
 def render_secure_properties(settings: Settings, data_dir: Path, sasl_port: int,
                              certs: Certificates) -> str:
-    """local_kafka's server.properties with the listener keys extended (later keys win)."""
-    base = lk.render_server_properties(settings, data_dir)
+    """The local broker's server.properties with the listener keys extended (later keys win)."""
+    base = render_server_properties(settings, data_dir)
     current = dict(line.split("=", 1) for line in base.splitlines()
                    if "=" in line and not line.startswith("#"))
     extra = secure_listener_properties(sasl_port, certs)
@@ -168,14 +178,14 @@ def render_secure_properties(settings: Settings, data_dir: Path, sasl_port: int,
     return base + "# SASL_SSL listener of test_kafka_security\n" + "\n".join(lines) + "\n"
 
 
-def format_storage_with_scram(java: str, jars: lk.JarPaths, config: Path, logs: Path,
+def format_storage_with_scram(java: str, jars: JarPaths, config: Path, logs: Path,
                               users: Mapping[str, str]) -> None:
     """``kafka-storage format --add-scram 'SCRAM-SHA-512=[name=..,password=..]'``."""
     scram = [arg for user, password in users.items()
              for arg in ("--add-scram", f'SCRAM-SHA-512=[name={user},password="{password}"]')]
     cmd = [java, "-Xmx256m", "-cp", jars.kafka_classpath,
-           f"-Dlog4j2.configurationFile={lk.LOG4J2_CONFIG}", f"-Dkafka.logs.dir={logs}",
-           "kafka.tools.StorageTool", "format", "-t", lk.new_cluster_id(), "-c", str(config),
+           f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}", f"-Dkafka.logs.dir={logs}",
+           "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(config),
            *scram]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
     if out.returncode != 0:
@@ -190,21 +200,21 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     settings = local_broker_settings(root / "state", [
         f"local.port={port}", f"local.controller_port={controller_port}",
         f"kafka.bootstrap_servers=127.0.0.1:{port}"])
-    # Reuse local_kafka's layout, command line and readiness probe (which talks to the
+    # Reuse the local broker's layout, command line and readiness probe (which talks to the
     # PLAINTEXT listener); only the listener properties and the SCRAM users are ours.
-    paths = lk._Paths.of(settings)
+    paths = BrokerPaths.of(settings)
     paths.data.mkdir(parents=True)
     paths.logs.mkdir(parents=True)
     paths.config.write_text(render_secure_properties(settings, paths.data, sasl_port, certs))
-    java, jars = lk.check_java(), lk.ensure_jars(settings)
+    java, jars = check_java(), ensure_jars(settings)
     format_storage_with_scram(java, jars, paths.config, paths.logs, {SCRAM_USER: SCRAM_PASSWORD})
-    pid = lk._spawn(lk._broker_command(settings, java, jars, paths), paths)
+    pid = _spawn(broker_command(settings, java, jars, paths), paths)
     try:
-        lk._wait_ready(settings, pid, paths, settings.local.start_timeout_s).close()
+        _wait_ready(settings, pid, paths, settings.local.start_timeout_s).close()
         yield SecureBroker(settings, f"127.0.0.1:{sasl_port}", certs.ca_pem, pid)
     finally:
         tree = process_tree(pid)
-        lk._stop(pid, paths, timeout_s=20, log=print)  # the broker: stopped and reaped
+        _stop(pid, paths, timeout_s=20, log=print)  # the broker: stopped and reaped
         stop_processes(tree, timeout_s=5, what="secure broker", log=print)  # what it left
 
 

@@ -2,7 +2,7 @@
 
 Data tests share the session broker (``kafka_broker``). Lifecycle tests (up twice, killed
 broker, down/status, a pid file naming another program) drive ``python -m
-freshrec.local_kafka`` in subprocesses, as a user's shell would, against a broker of their
+freshrec.kafka`` in subprocesses, as a user's shell would, against a broker of their
 own so the session broker is never disturbed.
 """
 
@@ -21,18 +21,17 @@ import pytest
 from kafka import TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from freshrec import kafka_config
-from freshrec.local_kafka import (
+from devstack.kafka_broker import broker_down, broker_status
+from devstack.kafka_topics import (
     COMPACTED_TOPIC_CONFIGS,
-    broker_down,
-    broker_status,
     create_topic,
     default_topics,
     ensure_topics,
 )
-from freshrec.polling import wait_until
-from freshrec.processes import cmdline
-from freshrec.settings import Settings, load_settings
+from devstack.processes import cmdline
+from freshrec_common import kafka_config
+from freshrec_common.polling import wait_until
+from freshrec_common.settings import Settings, load_settings
 from tests.kafka_fixtures import REPO_ROOT, KafkaBroker, local_broker_overrides
 
 
@@ -139,7 +138,7 @@ def test_default_topics_exist_with_specified_configs(kafka_broker):
     cfg = _topic_configs(kafka_broker, [t.events, t.dlq, t.recommendations, t.item_embeddings])
     for name in (t.recommendations, t.item_embeddings):
         assert cfg[name]["cleanup.policy"] == "compact"
-        # The values themselves are pinned by tests/unit/test_local_kafka.py.
+        # The values themselves are pinned by tests/unit/devstack/test_local_kafka.py.
         assert {k: cfg[name][k] for k in COMPACTED_TOPIC_CONFIGS} == dict(
             COMPACTED_TOPIC_CONFIGS), name
     assert cfg[t.events]["cleanup.policy"] == "delete"
@@ -315,7 +314,7 @@ class CliBroker:
         sets = [a for o in self.overrides for a in ("--set", o)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_KAFKA_")}
         return subprocess.run(
-            [sys.executable, "-m", "freshrec.local_kafka", *sets, *command],
+            [sys.executable, "-m", "freshrec.kafka", *sets, *command],
             capture_output=True, text=True, timeout=240, cwd=REPO_ROOT, env=env, check=False,
         )  # fmt: skip
 
@@ -323,7 +322,7 @@ class CliBroker:
         return int((self.state_dir / "broker.pid").read_text())
 
     def as_broker(self) -> KafkaBroker:
-        from freshrec.local_kafka import BrokerInfo
+        from devstack.kafka_broker import BrokerInfo
 
         bootstrap = self.settings.kafka.bootstrap_servers
         info = BrokerInfo(self.pid(), bootstrap, self.state_dir, self.state_dir, True, 0.0)

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from devstack.processes import free_ports
 from freshrec import produce, tail
+from freshrec.datasets import write_jsonl
 from freshrec.generator import generate_events
-from freshrec.processes import free_ports
-from schemas.adapters import write_jsonl
 from schemas.events import Event, decode_event, encode_event
 from schemas.recommendation import Recommendation, ScoredItem
 

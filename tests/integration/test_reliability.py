@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
+from devstack.kafka_broker import broker_down
 from flink_jobs.fault_injection import ENV_VAR
-from freshrec.local_kafka import broker_down
-from freshrec.settings import Settings
+from freshrec_common.settings import Settings
 from schemas.dlq import DeadLetter
-from schemas.events import DecodeError, Event, decode_event, encode_event
+from schemas.event_fields import DecodeError
+from schemas.events import Event, decode_event, encode_event
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
 from tests.integration.shop import (

@@ -23,10 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freshrec.polling import wait_until
-from freshrec.privacy import pseudonymize
-from freshrec.processes import STOP_SIGNALS, exit_code
 from freshrec.serve_store import Store
+from freshrec.signals import STOP_SIGNALS, exit_code
+from freshrec_common.polling import wait_until
+from freshrec_common.privacy import pseudonymize
 from schemas.events import Event
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation, ScoredItem

@@ -26,10 +26,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from freshrec.local_kafka import broker_down
-from freshrec.polling import wait_until
-from freshrec.processes import EXIT_FORCED, EXIT_REFUSED, process_tree
-from freshrec.run_cmd import job_lock_paths
+from devstack.kafka_broker import broker_down
+from devstack.processes import process_tree
+from freshrec.run import job_lock_paths
+from freshrec.signals import EXIT_FORCED, EXIT_REFUSED
+from freshrec_common.polling import wait_until
 from schemas.events import Event
 from tests.integration.job_harness import JobProcess, Record, job_settings
 from tests.integration.shop import BASE_TS, CATEGORIES, catalogue, item_id

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrec import kafka_config
+from freshrec_common import kafka_config
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, job_settings, latest_by_key
 from tests.integration.shop import shop_tastes, users, view_once_more

@@ -1,7 +1,7 @@
 """Structure checks of the deployment files, which are not run here (no Kubernetes, no
 Docker engine): deploy/k8s (FlinkDeployment, Dockerfile, Strimzi topics), deploy/compose,
 and the config `freshrec cluster up` generates. Names, versions and topic configs must agree
-with pyproject.toml, freshrec/default_settings.toml and freshrec/local_kafka.py."""
+with pyproject.toml, freshrec_common/default_settings.toml and freshrec_common/jars.py."""
 
 from __future__ import annotations
 
@@ -17,14 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from freshrec import cluster
-from freshrec.local_kafka import (
-    COMPACTED_TOPIC_CONFIGS,
-    FLINK_CONNECTOR_VERSION,
-    default_topics,
-)
-from freshrec.processes import EXIT_REFUSED, exit_code
-from freshrec.settings import load_settings
+from devstack import flink_config
+from devstack.flink_config import PROMETHEUS_FACTORY, cluster_configuration, render_config_yaml
+from devstack.kafka_topics import COMPACTED_TOPIC_CONFIGS, default_topics
+from freshrec.signals import EXIT_REFUSED, exit_code
+from freshrec_common.jars import FLINK_CONNECTOR_VERSION
+from freshrec_common.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -97,7 +95,7 @@ def test_flinkdeployment_configuration(deployment: dict) -> None:
     assert conf["execution.checkpointing.dir"].startswith("s3://")
     assert conf["execution.checkpointing.savepoint-dir"].startswith("s3://")
     assert conf["high-availability.type"] == "kubernetes"
-    assert conf["metrics.reporter.prom.factory.class"] == cluster.PROMETHEUS_FACTORY
+    assert conf["metrics.reporter.prom.factory.class"] == PROMETHEUS_FACTORY
     port = int(conf["metrics.reporter.prom.port"])
     container = deployment["spec"]["podTemplate"]["spec"]["containers"][0]
     assert container["name"] == "flink-main-container"
@@ -188,10 +186,10 @@ def test_docs_say_the_deployments_are_not_run_here() -> None:
 
 def test_generated_cluster_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The config.yaml of `freshrec cluster up` parses to the intended Flink options."""
-    monkeypatch.setattr(cluster, "java_home", lambda: "/usr/lib/jvm/java-17")
+    monkeypatch.setattr(flink_config, "java_home", lambda: "/usr/lib/jvm/java-17")
     settings = load_settings(env={}, overrides=[f"cluster.state_dir={tmp_path}"])
-    conf = cluster.cluster_configuration(settings)
-    parsed = yaml.safe_load(cluster.render_config_yaml(conf))
+    conf = cluster_configuration(settings)
+    parsed = yaml.safe_load(render_config_yaml(conf))
     # YAML reads true/false as booleans; Flink accepts either spelling.
     assert {k: str(v).lower() if isinstance(v, bool) else str(v)
             for k, v in parsed.items()} == conf
@@ -199,7 +197,7 @@ def test_generated_cluster_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert parsed["python.execution-mode"] == "thread"
     assert parsed["metrics.reporter.prom.port"] == "9250-9260"
     assert parsed["env.java.home"] == "/usr/lib/jvm/java-17"  # unquoted: read by shell scripts
-    assert "\nenv.java.home: /usr/lib/jvm/java-17\n" in cluster.render_config_yaml(conf)
+    assert "\nenv.java.home: /usr/lib/jvm/java-17\n" in render_config_yaml(conf)
     assert settings.cluster.parallelism <= (
         settings.cluster.taskmanagers * settings.cluster.slots_per_taskmanager)
 

@@ -1,0 +1,273 @@
+"""The job's operator logic over bundles, without a JVM (flink_jobs.user_side, item_side)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flink_jobs.bundles import (
+    DEAD_LETTERS,
+    ITEM_EMBEDDINGS,
+    ITEM_GRADIENTS,
+    RECOMMENDATIONS,
+    RawRecord,
+    decode_output_bundle,
+    decode_record_bundle,
+    encode_record_bundle,
+)
+from flink_jobs.item_side import ItemSide, pack_due, unpack_due
+from flink_jobs.user_side import (
+    COVISIT_MESSAGE,
+    GRADIENT_MESSAGE,
+    UPSERT_MESSAGE,
+    UserSide,
+    UserSideSettings,
+    shard_of,
+)
+from flink_jobs.user_value import unpack_user_value
+from freshrec_common.privacy import pseudonymize
+from online_models.config import ModelConfig
+from online_models.covisit import CoVisits, CoVisitTable
+from online_models.item_state import ItemState
+from online_models.state import UserState
+from schemas.item_embedding import ItemEmbedding
+from schemas.recommendation import Recommendation
+
+pytestmark = pytest.mark.unit
+
+T0 = 1_700_000_000_000
+CFG = ModelConfig(dim=8, seed=1, exploration=0.0, top_k=5)
+
+
+def settings(**changes: object) -> UserSideSettings:
+    base = dict(config=CFG, model_version="test", events_topic="events",
+                refresh_interval_ms=200, dedup_window_s=3600, dedup_max_ids=64,
+                max_payload_bytes=65536, max_id_length=128, item_shards=4)
+    base.update(changes)
+    return UserSideSettings(**base)  # type: ignore[arg-type]
+
+
+def record(doc: dict | bytes | None, offset: int = 0, key: bytes | None = None) -> RawRecord:
+    value = doc if doc is None or isinstance(doc, bytes) else json.dumps(doc).encode()
+    return RawRecord(0, offset, T0, key, value)
+
+
+def event(n: int, user: str, item: str, etype: str = "view", **extra: object) -> RawRecord:
+    return record({"event_id": f"e{n}", "event_type": etype, "ts": T0 + n, "user_id": user,
+                   "item_id": item, **extra}, offset=n, key=user.encode())
+
+
+class Store:
+    """A dict standing in for the operators' MapState."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    def load(self, ids: list[str]) -> dict[str, bytes | None]:
+        return {i: self.values.get(i) for i in ids}
+
+    def apply(self, writes: dict[str, bytes], removes: list[str] = ()) -> None:  # type: ignore[assignment]
+        self.values.update(writes)
+        for r in removes:
+            self.values.pop(r, None)
+
+
+def catalogue(side: UserSide, n: int = 30) -> None:
+    for i in range(n):
+        side.replica.upsert(f"i{i}", meta={"category": f"c{i % 3}"}, ts_ms=T0)
+
+
+def test_record_bundles_round_trip() -> None:
+    recs = [RawRecord(1, 5, 7, b"k", b"v"), RawRecord(0, 6, 8, None, None)]
+    assert decode_record_bundle(encode_record_bundle(recs)) == recs
+
+
+def test_bad_records_are_dead_lettered_one_by_one_and_good_ones_learned() -> None:
+    side, store = UserSide(settings()), Store()
+    catalogue(side)
+    result = side.process([record(b"\xff\xfe", 1, b"k1"), record(None, 2),
+                           record({"event_type": "view"}, 3), event(4, "u1", "i1")],
+                          store.load, now=T0)
+    out = decode_output_bundle(result.output.to_bytes())
+    dead = [json.loads(v) for _, v in out[DEAD_LETTERS]]
+    assert [d["source"]["offset"] for d in dead] == [1, 2, 3]
+    assert [k for k, _ in out[DEAD_LETTERS]] == [b"k1", None, None]
+    assert result.stats.dead_letters == 3 and result.stats.consumed == {"view": 1}
+    assert sum(result.stats.invalid.values()) == 3
+    rec = Recommendation.from_json(out[RECOMMENDATIONS][0][1])
+    assert rec.user_id == "u1" and rec.seq == 1 and len(rec.items) == CFG.top_k
+
+
+def test_duplicates_are_dropped_within_and_across_bundles() -> None:
+    side, store = UserSide(settings()), Store()
+    catalogue(side)
+    first = side.process([event(1, "u1", "i1"), event(1, "u1", "i1")], store.load, now=T0)
+    store.apply(first.writes)
+    again = side.process([event(1, "u1", "i1")], store.load, now=T0 + 1000)
+    assert (first.stats.duplicates, again.stats.duplicates) == (1, 1)
+    user = UserState.from_bytes(unpack_user_value(store.values["u1"])[0])
+    assert user.n_events == 1
+
+
+def test_refreshes_within_the_interval_are_owed_then_scored() -> None:
+    side, store = UserSide(settings()), Store()
+    catalogue(side)
+    r1 = side.process([event(1, "u1", "i1")], store.load, now=T0 + 10)
+    store.apply(r1.writes)
+    r2 = side.process([event(2, "u1", "i2"), event(3, "u2", "i3")], store.load, now=T0 + 60)
+    store.apply(r2.writes)
+    assert r2.owed == {"u1": T0 + 250}  # 200 ms after the last list, up to the 50 ms grid
+    published = decode_output_bundle(r2.output.to_bytes())[RECOMMENDATIONS]
+    assert [k for k, _ in published] == [b"u2"] and r2.stats.coalesced == 1
+    r3 = side.refresh(["u1"], store.load(["u1"]), now=T0 + 250)
+    store.apply(r3.writes)
+    rec = Recommendation.from_json(decode_output_bundle(r3.output.to_bytes())
+                                    [RECOMMENDATIONS][0][1])
+    assert (rec.seq, rec.last_event_id, rec.events_applied) == (2, "e2", 2)
+    _, state = unpack_user_value(store.values["u1"])
+    assert not state.timer_pending and state.shown == tuple(i.item_id for i in rec.items)
+    assert r3.stats.event_latency_s and r3.stats.scored == 1
+
+
+def test_forget_user_tombstones_and_removes_and_a_return_starts_fresh() -> None:
+    side, store = UserSide(settings()), Store()
+    catalogue(side)
+    store.apply(side.process([event(1, "u1", "i1"), event(2, "u2", "i2")], store.load,
+                             now=T0).writes)
+    forget = {"event_id": "f", "event_type": "forget_user", "ts": T0 + 5, "user_id": "u1"}
+    r = side.process([record(forget)], store.load, now=T0 + 1000)
+    store.apply(r.writes, r.removes)
+    assert decode_output_bundle(r.output.to_bytes())[RECOMMENDATIONS] == [(b"u1", None)]
+    assert r.removes == ["u1"] and "u1" not in store.values and "u2" in store.values
+    back = side.process([record(forget), event(9, "u1", "i9")], store.load, now=T0 + 2000)
+    recs = decode_output_bundle(back.output.to_bytes())[RECOMMENDATIONS]
+    assert recs[0] == (b"u1", None)
+    rec = Recommendation.from_json(recs[1][1])
+    assert (rec.seq, rec.events_applied, rec.cold_start) == (1, 1, True)
+
+
+def test_gradients_reach_the_item_side_and_come_back_through_the_changelog() -> None:
+    side, store = UserSide(settings()), Store()
+    catalogue(side)
+    upsert = {"event_id": "up", "event_type": "item_upsert", "ts": T0, "item_id": "new-1",
+              "category": "c1"}
+    r = side.process([event(1, "u1", "i1", "purchase"), event(2, "u2", "i2"),
+                      record(upsert)], store.load, now=T0)
+    messages = decode_output_bundle(r.output.to_bytes())[ITEM_GRADIENTS]
+    assert {s for s, _ in messages} <= set(range(4))
+    upserts = [p for _, p in messages if p[:1] == UPSERT_MESSAGE]
+    assert len(upserts) == 1 and [s for s, p in messages if p[:1] == UPSERT_MESSAGE] == [
+        shard_of("new-1", 4)]
+    assert all(p[:1] in (GRADIENT_MESSAGE, UPSERT_MESSAGE, COVISIT_MESSAGE)
+               for _, p in messages)
+    items, item_side = Store(), ItemSide(CFG, 200, 5000)
+    res = item_side.process([p for _, p in messages], items.load, lambda _: False, T0)
+    items.apply(res.writes)
+    assert {"i1", "i2", "new-1"} <= set(res.writes)
+    assert {"i1", "i2", "new-1"} <= set(res.soon) and res.soon_at == T0 + 200
+    assert not set(res.soon) & set(res.later) and res.later_at == T0 + 5000
+    dup = item_side.process(upserts, items.load, lambda e: e in res.upsert_ids, T0)
+    assert dup.duplicates == 1 and not dup.writes
+    out, n = item_side.publish(["i1", "new-1"], items.load(["i1", "new-1"]))
+    records = decode_output_bundle(out.to_bytes())[ITEM_EMBEDDINGS]
+    emb = ItemEmbedding.from_bytes(records[0][1])
+    assert n == 2 and emb.item_id == "i1" and emb.n_events == 1
+    replica_side = UserSide(settings())
+    stored, newest = replica_side.apply_changelog(
+        [RawRecord(0, j, T0 + j, k, v) for j, (k, v) in enumerate(records)]
+        + [RawRecord(0, 9, T0 + 9, b"gone", None)])
+    assert sorted(stored) == ["i1", "new-1"] and newest == T0 + 1
+    assert replica_side.replica.row("i1") >= 0 and "gone" not in replica_side.replica
+
+
+def test_covisitation_pairs_reach_item_state_and_the_replica_through_the_changelog() -> None:
+    # u1 views i1 then i2 (one bundle), u2 views i2 then i1 (next bundle): each item's owner
+    # keeps the other as a neighbour, the changelog carries it, and another instance's
+    # replica scores i2 for a user whose last item is i1, with the co-visitation reason.
+    side, store = UserSide(settings()), Store()
+    catalogue(side)
+    r1 = side.process([event(1, "u1", "i1"), event(2, "u1", "i2")], store.load, now=T0)
+    store.apply(r1.writes)
+    r2 = side.process([event(3, "u2", "i2"), event(4, "u2", "i1")], store.load, now=T0 + 1000)
+    messages = [p for r in (r1, r2)
+                for _, p in decode_output_bundle(r.output.to_bytes())[ITEM_GRADIENTS]]
+    pair_msgs = [p for p in messages if p[:1] == COVISIT_MESSAGE]
+    assert pair_msgs, "no co-visitation message sent"
+    items, item_side = Store(), ItemSide(CFG, 200, 5000)
+    res = item_side.process(messages, items.load, lambda _: False, T0 + 1000)
+    items.apply(res.writes)
+    i1 = ItemState.from_bytes(items.values["i1"])
+    assert dict(i1.neighbours) == {"i2": 2.0} and i1.n_events == 2
+    out, _ = item_side.publish(["i1", "i2"], items.load(["i1", "i2"]))
+    records = decode_output_bundle(out.to_bytes())[ITEM_EMBEDDINGS]
+    assert dict(ItemEmbedding.from_bytes(records[0][1]).neighbours) == {"i2": 2.0}
+    reader = UserSide(settings())
+    catalogue(reader)
+    reader.apply_changelog([RawRecord(0, j, T0, k, v) for j, (k, v) in enumerate(records)])
+    assert reader.covisit.neighbours["i1"] == {"i2": 2.0} and reader.covisit.count["i1"] == 2
+    rec = Recommendation.from_json(decode_output_bundle(reader.process(
+        [event(5, "u3", "i1")], Store().load, now=T0 + 2000).output.to_bytes())
+        [RECOMMENDATIONS][0][1])
+    assert "i2" in [it.item_id for it in rec.items]
+    assert {it.item_id: it.reason for it in rec.items}["i2"] == "often viewed with i1"
+
+
+def test_the_job_keeps_and_publishes_the_neighbours_the_replay_keeps() -> None:
+    # The same pairs, in two item bundles, through item state and the changelog, and into
+    # the in-memory CoVisitTable (the replay's): the same neighbours, up to twice the cap,
+    # published strongest first, pruned to the cap once they pass twice it.
+    cfg = CFG.replace(covisit_neighbours=2)
+    weights = [5.0, 1.0, 4.0, 0.5, 3.0, 0.25]
+    first, second = CoVisits(), CoVisits()
+    for n, w in enumerate(weights):
+        bundle = first if n < 3 else second
+        bundle.a.append("a")
+        bundle.b.append(f"n{n}")
+        bundle.w.append(w)
+    table = CoVisitTable(cfg.covisit_neighbours)
+    items, item_side = Store(), ItemSide(cfg, 200, 5000)
+    published = []
+    for bundle in (first, second):
+        table.add(bundle)
+        res = item_side.process([COVISIT_MESSAGE + bundle.to_bytes()], items.load,
+                                lambda _: False, T0)
+        items.apply(res.writes)
+        out, _ = item_side.publish(["a"], items.load(["a"]))
+        (_, value), = decode_output_bundle(out.to_bytes())[ITEM_EMBEDDINGS]
+        published.append(ItemEmbedding.from_bytes(value).neighbours)
+    # After 3 pairs (room up to 4): all kept, strongest first.
+    assert published[0] == (("n0", 5.0), ("n2", 4.0), ("n1", 1.0))
+    # The 5th pair passed 4: pruned to the 2 strongest, then n5 came in.
+    assert dict(published[1]) == table.neighbours["a"] == {"n0": 5.0, "n2": 4.0, "n5": 0.25}
+    assert [w for _, w in published[1]] == [5.0, 4.0, 0.25]
+
+
+def test_learn_items_off_sends_no_gradients() -> None:
+    side, store = UserSide(settings(learn_items=False)), Store()
+    catalogue(side)
+    r = side.process([event(1, "u1", "i1")], store.load, now=T0)
+    assert ITEM_GRADIENTS not in decode_output_bundle(r.output.to_bytes())
+
+
+def test_pseudonymised_users() -> None:
+    key = b"k" * 32
+    side, store = UserSide(settings(), key), Store()
+    catalogue(side)
+    r = side.process([event(1, "alice", "i1")], store.load, now=T0)
+    assert list(r.writes) == [pseudonymize(key, "alice")]
+
+
+def test_publish_schedule_round_trips() -> None:
+    assert unpack_due(pack_due({"a ✓": 1, "b": T0})) == {"a ✓": 1, "b": T0}
+    assert unpack_due(None) == {}
+
+
+def test_a_bad_changelog_record_is_skipped_not_fatal() -> None:
+    side = UserSide(settings())
+    good = ItemEmbedding("ok", (0.1,) * CFG.dim, 0.0, -1.0, 1, T0).to_bytes()
+    nan = ItemEmbedding("nan", (float("nan"),) * CFG.dim, 0.0, -1.0, 1, T0).to_bytes()
+    stored, _ = side.apply_changelog([RawRecord(0, 0, T0, b"nan", nan),
+                                      RawRecord(0, 1, T0, b"junk", b"\xff not json"),
+                                      RawRecord(0, 2, T0, b"ok", good)])
+    assert list(stored) == ["ok"] and "ok" in side.replica and "nan" not in side.replica

@@ -1,0 +1,186 @@
+"""A/B experiments: bucketing, experiment files, the user side's variants, replay side by
+side, and the `freshrec experiments` report."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from flink_jobs.bundles import RECOMMENDATIONS, decode_output_bundle
+from flink_jobs.user_side import UserSide
+from freshrec.experiments import counts_from_exposition, report
+from freshrec.generator import generate_events
+from freshrec.replay import format_experiment
+from online_models.config import ModelConfig
+from online_models.evaluate import prequential
+from online_models.experiment_model import ExperimentModel
+from online_models.experiments import (
+    Experiment,
+    ExperimentError,
+    clustered_rate,
+    compare,
+    compare_clustered,
+    proportion_ci,
+)
+from schemas.loader import load_schema
+from schemas.recommendation import Recommendation
+from tests.unit.flink_jobs.test_bundle_sides import T0, Store, catalogue, event, settings
+
+USERS = [f"user-{n}" for n in range(20_000)]
+
+
+def experiment(shares: dict[str, float], key: str = "k", **extra: dict) -> Experiment:
+    return Experiment.from_mapping({"key": key, "variants": {
+        name: {"share": share, **extra.get(name, {})} for name, share in shares.items()}})
+
+
+def test_assignment_is_stable_and_follows_the_shares() -> None:
+    exp = experiment({"a": 0.2, "b": 0.3, "c": 0.5})
+    first = [exp.variant_of(u) for u in USERS]
+    assert first == [exp.variant_of(u) for u in USERS]
+    for name, share in (("a", 0.2), ("b", 0.3), ("c", 0.5)):
+        assert abs(first.count(name) / len(USERS) - share) < 0.015
+    other_key = experiment({"a": 0.2, "b": 0.3, "c": 0.5}, key="other")
+    moved = sum(a != other_key.variant_of(u) for u, a in zip(USERS, first, strict=True))
+    assert moved > 0.4 * len(USERS)  # a new key reshuffles
+
+
+def test_changing_a_share_moves_only_the_users_between_the_boundaries() -> None:
+    before = experiment({"control": 0.5, "treatment": 0.5})
+    after = experiment({"control": 0.6, "treatment": 0.4})
+    moves = [(before.variant_of(u), after.variant_of(u)) for u in USERS]
+    changed = [m for m in moves if m[0] != m[1]]
+    assert set(changed) == {("treatment", "control")}
+    assert abs(len(changed) / len(USERS) - 0.1) < 0.01
+
+
+def test_experiment_files_are_checked_naming_the_key(tmp_path) -> None:
+    with pytest.raises(ExperimentError, match=r"variants.b.dim: not a setting"):
+        experiment({"a": 0.5, "b": 0.5}, b={"dim": 8})
+    with pytest.raises(ExperimentError, match=r"variants.a.share: must be a number > 0"):
+        experiment({"a": 0.0})
+    with pytest.raises(ExperimentError, match=r"variants.a: exploration"):
+        experiment({"a": 1.0}, a={"exploration": 3.0})
+    with pytest.raises(ExperimentError, match="does not exist"):
+        Experiment.load(tmp_path / "nope.toml")
+    path = tmp_path / "exp.toml"
+    path.write_text('key = "x"\n[variants.control]\nshare = 3\n'
+                    '[variants.boost]\nshare = 1\nrecency_boost = 2.0\n'
+                    '[variants.trending]\nshare = 1\ntrending_only = true\n')
+    exp = Experiment.load(path)
+    assert exp.names == ["control", "boost", "trending"]
+    assert [v.share for v in exp.variants] == [0.6, 0.2, 0.2]
+    assert exp.config("boost", ModelConfig()).recency_boost == 2.0
+    assert exp.variant("trending").trending_only
+
+
+def test_intervals_and_the_z_test() -> None:
+    lo, hi = proportion_ci(300, 1000)
+    assert lo < 0.3 < hi and hi - lo < 0.06
+    assert compare(300, 1000, 300, 1000) == (0.0, 1.0)
+    assert compare(300, 1000, 330, 1000)[1] > 0.05   # 3 points on 1,000 tests: noise
+    assert compare(3000, 10000, 3300, 10000)[1] < 0.001
+    # Users, not tests, are the unit: with one test each the two agree; one heavy user's
+    # 1,000 hits are one observation, and the interval widens accordingly.
+    single = [(1, 1)] * 60 + [(1, 0)] * 140
+    rate, se = clustered_rate(single)
+    assert rate == 0.3 and abs(se - (0.3 * 0.7 / 200) ** 0.5) < 0.002
+    heavy = [(1000, 1000)] + [(1, 0)] * 200
+    rate, se = clustered_rate(heavy)
+    assert abs(rate - 1000 / 1200) < 1e-12
+    assert se > 10 * (rate * (1 - rate) / 1200) ** 0.5
+    assert compare_clustered(single, single) == (0.0, 1.0)
+
+
+def test_user_side_lists_carry_their_variant_and_the_counts_add_up() -> None:
+    exp = experiment({"control": 0.5, "trending": 0.5}, trending={"trending_only": True})
+    side, store = UserSide(settings(experiment=exp)), Store()
+    catalogue(side)
+    users = [f"u{n}" for n in range(12)]
+    seen_lists: dict[str, Recommendation] = {}
+    published = tests = 0
+    lists = hits = 0
+    for round_ in range(3):
+        records = [event(100 * round_ + j, u, f"i{(j + round_) % 30}")
+                   for j, u in enumerate(users)]
+        result = side.process(records, store.load, now=T0 + 1000 * round_)
+        store.apply(result.writes)
+        for _, value in decode_output_bundle(result.output.to_bytes())[RECOMMENDATIONS]:
+            rec = Recommendation.from_json(value)
+            seen_lists[rec.user_id] = rec
+        s = result.stats
+        published += s.published
+        lists += sum(s.variant_lists.values())
+        tests += sum(s.variant_tests.values())
+        hits += sum(s.variant_hits.values())
+    assert lists == published == 36 and tests == 24 and 0 <= hits <= tests
+    assert {rec.variant for rec in seen_lists.values()} == {"control", "trending"}
+    trending = [side.replica.ids[r] for r in side.replica.trending_rows(CFG_K)]
+    for user, rec in seen_lists.items():
+        assert rec.variant == exp.variant_of(user)
+        if rec.variant == "trending":
+            assert [it.item_id for it in rec.items] == trending[:len(rec.items)]
+            assert {it.reason for it in rec.items} == {"popular now"}
+    schema = load_schema("recommendation.v1.json")
+    jsonschema.validate(next(iter(seen_lists.values())).to_json(), schema)
+    no_exp = UserSide(settings())
+    catalogue(no_exp)
+    out = no_exp.process([event(1, "u1", "i1")], Store().load, now=T0)
+    rec = Recommendation.from_json(decode_output_bundle(out.output.to_bytes())
+                                   [RECOMMENDATIONS][0][1])
+    assert rec.variant is None and "variant" not in rec.to_json()
+    assert not out.stats.variant_lists
+
+
+CFG_K = 5  # settings() lists have top_k = 5
+
+
+def test_replay_runs_the_variants_side_by_side_on_one_item_side() -> None:
+    events = list(generate_events(4000, seed=5, n_users=300, n_items=400))
+    exp = experiment({"a": 0.5, "b": 0.5}, b={"recency_boost": 2.0})
+    model = ExperimentModel(exp, ModelConfig(dim=16, seed=5))
+    res = prequential({"experiment": model}, events, negatives=0)["experiment"]
+    a, b = res.slices["variant:a"], res.slices["variant:b"]
+    assert a.n_evaluated + b.n_evaluated == res.overall.n_evaluated > 1000
+    assert a.hits[20] + b.hits[20] == res.overall.hits[20]
+    for name, part in (("a", a), ("b", b)):
+        users = model.per_user[name]
+        assert sum(t for t, _ in users.values()) == part.n_evaluated
+        assert sum(h for _, h in users.values()) == part.hits[20]
+        assert {exp.variant_of(u) for u in users} == {name}
+    table = format_experiment(model)
+    assert "not significant" in table or "significant" in table
+    assert table.splitlines()[2].startswith("a ")
+    assert model.models["a"].replica is model.models["b"].replica
+    assert not set(model.models["a"].users) & set(model.models["b"].users)
+    assert model.models["b"].config.recency_boost == 2.0
+
+
+_P = "flink_taskmanager_job_task_operator_freshrec_"
+
+
+def _sample(kind: str, variant: str, subtask: int, value: float) -> str:
+    return (f'{_P}variant_job_experiment_{kind}_total'
+            f'{{variant="{variant}",subtask_index="{subtask}"}} {value}')
+
+
+EXPOSITION = "\n".join([
+    f"# TYPE {_P}variant_job_experiment_tests_total gauge",
+    _sample("tests", "control", 0, 600.0), _sample("tests", "control", 1, 400.0),
+    _sample("tests", "boost", 0, 1000.0), _sample("hits", "control", 0, 300.0),
+    _sample("hits", "boost", 0, 400.0), _sample("hits_at_10", "boost", 0, 200.0),
+    _sample("lists", "boost", 0, 900.0),
+    f'{_P}job_recommendations_published_total{{subtask_index="0"}} 900.0', ""])
+
+
+def test_experiments_report_reads_the_job_endpoint_and_gives_a_verdict() -> None:
+    counts = counts_from_exposition(EXPOSITION)
+    assert counts["control"]["tests"] == 1000 and counts["control"]["hits"] == 300
+    assert counts["boost"] == {"lists": 900, "tests": 1000, "hits": 400, "hits_at_10": 200}
+    text = report(counts, ["control", "boost"])
+    lines = text.splitlines()
+    control = next(x for x in lines if x.startswith("control"))
+    boost = next(x for x in lines if x.startswith("boost"))
+    assert "0.3000" in control and "0.4000" in boost and "+0.1000" in boost
+    assert boost.endswith("significant") and "not significant" not in boost
+    assert "no experiment figures" in report({}, ["control"])
