@@ -55,7 +55,7 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
     from flink_jobs.item_side import ItemSide
     from flink_jobs.user_side import UserSide, UserSideSettings, shard_of
     from freshrec.generator import generate_events
-    from freshrec.settings import load_settings
+    from freshrec_common.settings import load_settings
     from online_models import ModelConfig
     from schemas.events import encode_event
 
