@@ -344,6 +344,11 @@ class PipelineRun:
         t_measure_ms, t_end_ms = t_measure * 1000.0, t_end * 1000.0
         list_lat = [c - ts for c, _k, _n, ts, _g in samples if t_measure_ms <= ts < t_end_ms]
         gen_lat = [c - g for c, _k, _n, ts, g in samples if t_measure_ms <= ts < t_end_ms]
+        # Per second of event time: where the tail comes from (steady, or stalls).
+        by_second: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        for c, _k, _n, ts, g in samples:
+            if t_measure_ms <= ts < t_end_ms:
+                by_second[int((ts - t_measure_ms) // 1000)].append((c - ts, g - ts))
         # Event latency: first list of the user whose events_applied covers the event.
         by_user: dict[bytes, list[tuple[float, int]]] = defaultdict(list)
         for c, k, n, _ts, _g in samples:
@@ -369,6 +374,11 @@ class PipelineRun:
             "list_latency_ms": percentiles(list_lat),
             "event_latency_ms": percentiles(ev_lat),
             "sink_latency_ms": percentiles(gen_lat),
+            # [second, lists, list latency p50, max, time in the job (generated_at - ts) max]
+            "list_latency_by_second": [
+                [sec, len(v), round(sorted(a for a, _ in v)[len(v) // 2], 1),
+                 round(max(a for a, _ in v), 1), round(max(b for _, b in v), 1)]
+                for sec, v in sorted(by_second.items())],
             "unreflected_events": unreflected,
             "behind_after_drain": lag_behind,
             "metrics_mid_window": metrics,
