@@ -53,7 +53,9 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
         decode_output_bundle,
     )
     from flink_jobs.item_side import ItemSide
-    from flink_jobs.user_side import UserSide, UserSideSettings, shard_of
+    from flink_jobs.shard_keys import shard_of
+    from flink_jobs.user_side import UserSide
+    from flink_jobs.user_side_types import UserSideSettings
     from freshrec.generator import generate_events
     from freshrec_common.settings import load_settings
     from online_models import ModelConfig

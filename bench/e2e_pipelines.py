@@ -29,7 +29,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 # A pybind11 extension (scipy.spatial) first imported from another task's thread deadlocks
 # in PyGILState_Ensure under pemja (seen when only the parse task imported them).
 from flink_jobs.kafka_io import KEYED_BYTES_TYPE
-from flink_jobs.user_side import now_ms
+from flink_jobs.user_side_types import now_ms
 from schemas.dlq import DeadLetter, encode_dead_letter
 from schemas.event_fields import DecodeError
 from schemas.events import decode_event

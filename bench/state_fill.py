@@ -22,7 +22,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 
 from flink_jobs.dedup import NO_RECENT_IDS
 from flink_jobs.operators import item_state_descriptors, user_state_descriptors
-from flink_jobs.user_side import shard_of
+from flink_jobs.shard_keys import shard_of
 from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value
 from freshrec.generator import category_label
 from online_models.bundle import learn_bundle

@@ -35,6 +35,11 @@ RECOMMENDATIONS = 1
 ITEM_EMBEDDINGS = 2
 ITEM_GRADIENTS = 3
 _SHARD_PARTS = frozenset({ITEM_GRADIENTS})
+# Kinds of the ITEM_GRADIENTS messages (their first byte): summed gradients of a user
+# bundle, an item_upsert event's raw bytes, co-visitation pairs.
+GRADIENT_MESSAGE = b"G"
+UPSERT_MESSAGE = b"U"
+COVISIT_MESSAGE = b"C"
 
 _INT = struct.Struct(">i")
 _RECORD_HEAD = struct.Struct(">iqq")

@@ -31,8 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from flink_jobs.bundles import ITEM_EMBEDDINGS, OutputBundle
-from flink_jobs.user_side import COVISIT_MESSAGE, GRADIENT_MESSAGE, UPSERT_MESSAGE, Loader
+from flink_jobs.bundles import (
+    COVISIT_MESSAGE,
+    GRADIENT_MESSAGE,
+    ITEM_EMBEDDINGS,
+    UPSERT_MESSAGE,
+    OutputBundle,
+)
+from flink_jobs.user_side_types import Loader
 from online_models.config import ModelConfig
 from online_models.covisit import CoVisits, add_pair, strongest_first
 from online_models.item_gradients import ItemGradients, apply_gradients_to_rows

@@ -37,7 +37,8 @@ from flink_jobs.bundles import decode_record_bundle, decode_shard_bundle
 from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, unpack_due
 from flink_jobs.metrics import JobMetrics
-from flink_jobs.user_side import BundleStats, UserBundleResult, UserSide, UserSideSettings, now_ms
+from flink_jobs.user_side import UserSide
+from flink_jobs.user_side_types import BundleStats, UserBundleResult, UserSideSettings, now_ms
 from freshrec_common.privacy import load_key
 from online_models.config import ModelConfig
 from schemas.item_embedding import ItemEmbedding

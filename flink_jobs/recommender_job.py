@@ -31,7 +31,7 @@ from flink_jobs.operators import (
     UserUpdate,
 )
 from flink_jobs.shard_keys import shard_keys
-from flink_jobs.user_side import UserSideSettings
+from flink_jobs.user_side_types import UserSideSettings
 from freshrec_common.jars import jar_paths
 from freshrec_common.privacy import load_key
 from freshrec_common.settings import Settings, load_settings

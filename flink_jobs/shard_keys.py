@@ -18,6 +18,7 @@ below 86 subtasks), which the keys depend on.
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 
 MAX_PARALLELISM = 128
@@ -66,3 +67,16 @@ def shard_keys(shards: int, max_parallelism: int = MAX_PARALLELISM) -> tuple[int
             k += 1
         keys.append(k)
     return tuple(keys)
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of an id: ``floorMod((int) crc32(utf8), shards)``, exactly as the Java
+    ``RecordBundler`` shards users (Java's int is signed).
+
+    >>> shard_of("item-1", 16) == shard_of("item-1", 16), 0 <= shard_of("x", 3) < 3
+    (True, True)
+    >>> shard_of("u2", 3)  # crc32 is 0x8a... : negative as a Java int
+    2
+    """
+    crc = zlib.crc32(key.encode("utf-8"))
+    return (crc - (1 << 32) if crc >= 1 << 31 else crc) % shards

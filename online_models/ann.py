@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from online_models.config import ModelConfig
+from online_models.ranking import cap_per_category
 
 if TYPE_CHECKING:
     from online_models.replica import ItemReplica
@@ -269,7 +270,7 @@ def approximate_top_k(
     order = order[np.isfinite(s[order])]
     rows = cand[order]
     if diversity_cap > 0:
-        rows = replica._cap(rows, k, diversity_cap)  # the exact path's per-category cap
+        rows = cap_per_category(replica, rows, k, diversity_cap)
         keep = np.searchsorted(cand, rows)
         return rows, s[keep]
     return rows[:k], s[order[:k]]

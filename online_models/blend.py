@@ -44,6 +44,7 @@ import numpy as np
 
 from online_models.config import ModelConfig
 from online_models.covisit import CoVisitTable, recent_items
+from online_models.ranking import select
 from online_models.replica import ItemReplica
 from online_models.state import UserState
 
@@ -274,6 +275,6 @@ def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config:
     q = query_vector(user, replica, config)
     dense = replica.scores(q)
     scale = spread(replica, dense)
-    top, _ = replica.select(dense, BLEND_CANDIDATES, excluded, features.rows,
+    top, _ = select(replica, dense, BLEND_CANDIDATES, excluded, features.rows,
                             blend.bonus(features, scale))
     learn_blend(blend, replica, features, q, scale, top, item_row)

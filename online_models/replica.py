@@ -3,7 +3,7 @@
 Every job instance keeps one read-only copy of the item side (fed by the
 item-embedding changelog); the in-memory model owns one and applies gradients to it
 directly. Scoring is a matrix-vector product plus a per-item static term (bias and
-time-decayed log popularity), then ``argpartition``.
+time-decayed log popularity); :mod:`online_models.ranking` takes the top-K.
 
 >>> from online_models.config import ModelConfig
 >>> rep = ItemReplica(ModelConfig(dim=4, seed=0))
@@ -12,9 +12,6 @@ time-decayed log popularity), then ``argpartition``.
 >>> rep.record_trend(rep.row("i3"), 5.0, 1_000)
 >>> [rep.ids[r] for r in rep.trending_rows(2, now_ms=1_000)][:1]
 ['i3']
->>> rows, scores = rep.top_k(np.ones(4, dtype=np.float32), 3)
->>> len(set(rows.tolist())), bool(np.all(np.diff(scores) <= 0))
-(3, True)
 """
 
 from __future__ import annotations
@@ -342,77 +339,6 @@ class ItemReplica:
                      torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)))
         s += torch.from_numpy(self.static[:n])
         return s.numpy()
-
-    def top_k(
-        self,
-        query: np.ndarray,
-        k: int,
-        exclude_rows: Iterable[int] = (),
-        boost_rows: np.ndarray | None = None,
-        boost: np.ndarray | None = None,
-        diversity_cap: int = 0,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``k`` rows and scores for one query, best first.
-
-        Unavailable and excluded rows never appear; ``boost`` is added at ``boost_rows``;
-        ``diversity_cap`` > 0 keeps at most that many items per category.
-        """
-        s = self.scores(query)
-        return self.select(s, k, exclude_rows, boost_rows, boost, diversity_cap)
-
-    def select(
-        self,
-        s: np.ndarray,
-        k: int,
-        exclude_rows: Iterable[int] = (),
-        boost_rows: np.ndarray | None = None,
-        boost: np.ndarray | None = None,
-        diversity_cap: int = 0,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` of a score vector (modified in place) with boosts and exclusions."""
-        n = s.shape[0]
-        if boost_rows is not None and boost is not None and len(boost_rows):
-            np.add.at(s, boost_rows, boost)
-        if self.blocked[:n].any():
-            s[self.blocked[:n]] = -np.inf
-        ex = np.fromiter(exclude_rows, dtype=np.int64)
-        if ex.size:
-            s[ex[(ex >= 0) & (ex < n)]] = -np.inf
-        pool = k if diversity_cap <= 0 else min(n, 4 * k + 32)
-        if pool < n:
-            import torch
-
-            cand = torch.topk(torch.from_numpy(s), pool, sorted=False).indices.numpy()
-        else:
-            cand = np.arange(n)
-        cand = cand[np.argsort(-s[cand], kind="stable")]
-        cand = cand[np.isfinite(s[cand])]
-        if diversity_cap > 0:
-            cand = self._cap(cand, k, diversity_cap)
-        cand = cand[:k]
-        return cand, s[cand]
-
-    def _cap(self, cand: np.ndarray, k: int, cap: int) -> np.ndarray:
-        counts: dict[int, int] = {}
-        kept: list[int] = []
-        for r in cand.tolist():
-            c = int(self.category_code[r])
-            if c >= 0:
-                if counts.get(c, 0) >= cap:
-                    continue
-                counts[c] = counts.get(c, 0) + 1
-            kept.append(r)
-            if len(kept) == k:
-                break
-        return np.asarray(kept, dtype=np.int64)
-
-    def scores_many(self, queries: np.ndarray) -> Any:
-        """``Q @ V.T + static`` as a torch tensor (one matrix product for many users);
-        unavailable rows score ``-inf``."""
-        import torch
-
-        return torch.addmm(self.static_tensor(), torch.from_numpy(
-            np.ascontiguousarray(queries, dtype=np.float32)), self.vectors_tensor().T)
 
     def vectors_tensor(self) -> Any:
         """The used rows of the item matrix as a torch tensor (shares memory)."""

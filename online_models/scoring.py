@@ -34,6 +34,7 @@ from online_models.blend import ScoreBlend, UserFeatures, dense_scale, spread, u
 from online_models.config import ModelConfig
 from online_models.explain import explain
 from online_models.learning import context_rows
+from online_models.ranking import select, top_k
 from online_models.replica import ItemReplica
 from online_models.state import UserState
 from schemas.recommendation import ScoredItem
@@ -113,7 +114,7 @@ def recommend_for_user(
     index = synced_index(replica, config)
     if index is None:
         dense = replica.scores(q)
-        rows, scores = replica.select(dense, k, ex_rows, features.rows,
+        rows, scores = select(replica, dense, k, ex_rows, features.rows,
                                       blend.bonus(features, spread(replica, dense)),
                                       config.diversity_cap)
     else:
@@ -248,7 +249,7 @@ def similar_items(replica: ItemReplica, item_id: str, k: int, config: ModelConfi
     query = replica.table._data[row].copy()
     index = synced_index(replica, config)
     if index is None:
-        rows, scores = replica.top_k(query, k, exclude_rows=(row,))
+        rows, scores = top_k(replica, query, k, exclude_rows=(row,))
     else:
         rows, scores = approximate_top_k(replica, index, query, k, (row,))
     ids = replica.ids

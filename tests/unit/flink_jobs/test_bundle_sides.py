@@ -7,24 +7,22 @@ import json
 import pytest
 
 from flink_jobs.bundles import (
+    COVISIT_MESSAGE,
     DEAD_LETTERS,
+    GRADIENT_MESSAGE,
     ITEM_EMBEDDINGS,
     ITEM_GRADIENTS,
     RECOMMENDATIONS,
+    UPSERT_MESSAGE,
     RawRecord,
     decode_output_bundle,
     decode_record_bundle,
     encode_record_bundle,
 )
 from flink_jobs.item_side import ItemSide, pack_due, unpack_due
-from flink_jobs.user_side import (
-    COVISIT_MESSAGE,
-    GRADIENT_MESSAGE,
-    UPSERT_MESSAGE,
-    UserSide,
-    UserSideSettings,
-    shard_of,
-)
+from flink_jobs.shard_keys import shard_of
+from flink_jobs.user_side import UserSide
+from flink_jobs.user_side_types import UserSideSettings
 from flink_jobs.user_value import unpack_user_value
 from freshrec_common.privacy import pseudonymize
 from online_models.config import ModelConfig

@@ -12,6 +12,7 @@ from online_models.ann import (
     refresh_rows,
     use_approximate,
 )
+from online_models.ranking import top_k
 
 DIM = 32
 CFG = ModelConfig(dim=DIM, seed=5, exploration=0.0)
@@ -52,7 +53,7 @@ def test_recall_at_20_vs_exact(
     assert len(index) == len(rep) == 20_000
     hits = 0
     for q in queries[:100]:
-        exact, _ = rep.top_k(q, 20)
+        exact, _ = top_k(rep, q, 20)
         rows, scores = approximate_top_k(rep, index, q, 20)
         assert rows.shape == (20,)
         assert np.all(np.diff(scores) <= 0)
@@ -81,7 +82,7 @@ def test_exclude_and_boost(catalogue: tuple[ItemReplica, ApproximateItemIndex, n
 def test_diversity_cap(catalogue: tuple[ItemReplica, ApproximateItemIndex, np.ndarray]) -> None:
     rep, index, queries = catalogue
     rows, _ = approximate_top_k(rep, index, queries[1], 20, diversity_cap=2)
-    exact, _ = rep.top_k(queries[1], 20, diversity_cap=2)
+    exact, _ = top_k(rep, queries[1], 20, diversity_cap=2)
     codes = rep.category_code[rows].tolist()
     # Both paths cap within a pool of 4 k + 32 candidates; the exact pool can come from one
     # or two categories only, so its list can be shorter.

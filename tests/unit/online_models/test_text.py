@@ -7,9 +7,13 @@ import logging
 import numpy as np
 import pytest
 
-from flink_jobs.bundles import ITEM_EMBEDDINGS, decode_output_bundle
+from flink_jobs.bundles import (
+    GRADIENT_MESSAGE,
+    ITEM_EMBEDDINGS,
+    UPSERT_MESSAGE,
+    decode_output_bundle,
+)
 from flink_jobs.item_side import ItemSide
-from flink_jobs.user_side import GRADIENT_MESSAGE, UPSERT_MESSAGE
 from freshrec.generator import Storefront, category_words
 from online_models.config import ModelConfig
 from online_models.item_gradients import ItemGradients
