@@ -74,7 +74,7 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
     item_values: dict[str, bytes] = {}
     text_maps: dict[object, bytes | None] = {}  # per item shard, as the job keeps them
     due: dict[str, int] = {}  # item -> its publish tick
-    owed: dict[str, int] = {}  # user -> when its owed list falls due (the job's timers)
+    owed: dict[int, dict[str, int]] = {}  # shard -> user -> when its owed list falls due
     max_n, max_age = job.bundle_max_records, job.bundle_max_age_ms
     flush_age = 10**12 if backlog else max_age
     user_bundles: dict[int, tuple[int, list[RawRecord]]] = {}  # shard -> (first at, records)
@@ -100,24 +100,29 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
                  if len(rs) >= max_n or now - at >= flush_age or n == len(events) - 1]
         t0 = clock()
         for sh in ready:
-            res = users_side.process(user_bundles.pop(sh)[1], load_users, now)
+            shard_owed = owed.setdefault(sh, {})
+            due_now = [u for u, at in shard_owed.items() if at <= now]
+            for u in due_now:
+                del shard_owed[u]
+            res = users_side.process(user_bundles.pop(sh)[1], load_users, now, due_now)
             n_user_calls += 1
             user_values.update(res.writes)
-            owed.update(res.owed)
+            shard_owed.update(res.owed)
             n_lists += res.stats.published
             for item_shard, m in decode_output_bundle(res.output.to_bytes()).get(
                     ITEM_GRADIENTS, []):
                 item_bundles.setdefault(item_shard, (now, []))[1].append(m)
                 n_msgs += 1
-        fired = [u for u, at in owed.items() if at <= now]
-        if fired:
-            for u in fired:
-                del owed[u]
-            timer = users_side.refresh(fired, load_users(fired), now)
-            n_user_calls += 1
-            user_values.update(timer.writes)
-            n_lists += timer.stats.published
-            timer.output.to_bytes()
+        for shard_owed in owed.values():  # the timers of shards no bundle came to
+            fired = [u for u, at in shard_owed.items() if at <= now]
+            if fired:
+                for u in fired:
+                    del shard_owed[u]
+                timer = users_side.refresh(fired, load_users, now)
+                n_user_calls += 1
+                user_values.update(timer.writes)
+                n_lists += timer.stats.published
+                timer.output.to_bytes()
         t1 = clock()
         for sh in [sh for sh, (at, ms) in item_bundles.items()
                    if len(ms) >= max_n or now - at >= flush_age or n == len(events) - 1]:

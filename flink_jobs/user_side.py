@@ -131,10 +131,12 @@ class UserSide:
         return events, upserts
 
     # -- the bundle -----------------------------------------------------------------------
-    def process(self, records: Iterable[RawRecord], load: Loader, now: int | None = None
-                ) -> UserBundleResult:
+    def process(self, records: Iterable[RawRecord], load: Loader, now: int | None = None,
+                due: Iterable[str] = ()) -> UserBundleResult:
         """Everything user-update does with one bundle; ``load`` returns the stored values
-        of the given user ids (missing or None: a new user)."""
+        of the given user ids (missing or None: a new user). ``due``: users whose owed list
+        has fallen due, scored in this call with the bundle's lists rather than by a timer
+        call of their own (users no longer owed one are skipped)."""
         now = now_ms() if now is None else now
         s, cfg = self.settings, self.config
         stats, out = BundleStats(), OutputBundle()
@@ -142,7 +144,8 @@ class UserSide:
         for item_id, raw in upserts:
             out.sharded(ITEM_GRADIENTS, shard_of(item_id, s.item_shards), UPSERT_MESSAGE + raw)
         user_ids = list(dict.fromkeys(e.user_id for e, _ in events if e.user_id is not None))
-        stored = load(user_ids)
+        due_set = set(due)
+        stored = load(user_ids + [u for u in due_set if u not in set(user_ids)])
         blobs: dict[str, bytes | None] = {}
         refresh: dict[str, RefreshState] = {}
         for uid in user_ids:
@@ -219,19 +222,31 @@ class UserSide:
         due_now: list[str] = []
         for uid in new_users:
             rs = refresh[uid]
-            if rs.timer_pending:
+            if rs.timer_pending and uid not in due_set:
                 stats.coalesced += 1
-            elif now - rs.last_refresh_ms >= s.refresh_interval_ms:
+            elif rs.timer_pending or now - rs.last_refresh_ms >= s.refresh_interval_ms:
                 due_now.append(uid)
             else:
                 stats.coalesced += 1
                 refresh[uid] = dataclasses.replace(rs, timer_pending=True)
                 owed[uid] = refresh_due(rs.last_refresh_ms, s.refresh_interval_ms)
-        lists = self._score({uid: (new_users[uid], refresh[uid]) for uid in due_now}, now,
-                            out, stats)
+        to_score = {uid: (new_users[uid], refresh[uid]) for uid in due_now}
+        # Owed lists of users without events here: their state goes back as it came.
+        owed_only: dict[str, bytes] = {}
+        for uid in due_set.difference(new_users, forgotten):
+            value = stored.get(uid)
+            if value is None:
+                continue
+            blob, rs = unpack_user_value(value)
+            if rs.timer_pending and blob:
+                owed_only[uid] = blob
+                to_score[uid] = (UserState.from_bytes(blob), rs)
+        lists = self._score(to_score, now, out, stats)
         refresh.update(lists)
         for uid, user in new_users.items():
             writes[uid] = pack_user_value(user.to_bytes(), refresh[uid])
+        for uid, blob in owed_only.items():
+            writes[uid] = pack_user_value(blob, lists[uid])
         removes = [uid for uid in forgotten if uid not in to_learn]
         return UserBundleResult(writes, removes, owed, out, stats)
 
@@ -283,26 +298,11 @@ class UserSide:
         return user_features(user, self.replica, cfg, user.last_ts, self.covisit,
                              cold_start_bonus(self.clusters, user, self.replica, cfg))
 
-    def refresh(self, user_ids: list[str], stored: Mapping[str, bytes | None],
-                now: int | None = None) -> UserBundleResult:
-        """Score the owed lists of these users (a timer fired); users no longer owed one (a
-        forget came in between) are skipped."""
-        now = now_ms() if now is None else now
-        stats, out = BundleStats(), OutputBundle()
-        due: dict[str, tuple[UserState, RefreshState]] = {}
-        blobs: dict[str, bytes] = {}
-        for uid in user_ids:
-            value = stored.get(uid)
-            if value is None:
-                continue
-            blob, rs = unpack_user_value(value)
-            if rs.timer_pending and blob:
-                due[uid] = (UserState.from_bytes(blob), rs)
-                blobs[uid] = blob
-        lists = self._score(due, now, out, stats)
-        # Scoring leaves the user state alone: its stored bytes go back as they came.
-        writes = {uid: pack_user_value(blobs[uid], rs) for uid, rs in lists.items()}
-        return UserBundleResult(writes, [], {}, out, stats)
+    def refresh(self, user_ids: list[str], load: Loader, now: int | None = None
+                ) -> UserBundleResult:
+        """Score the owed lists of these users (a timer fired, no bundle came); users no
+        longer owed one (a forget came in between) are skipped."""
+        return self.process([], load, now, due=user_ids)
 
     def _score(self, due: Mapping[str, tuple[UserState, RefreshState]], now: int,
                out: OutputBundle, stats: BundleStats) -> dict[str, RefreshState]:

@@ -118,7 +118,7 @@ def test_refreshes_within_the_interval_are_owed_then_scored() -> None:
     assert r2.owed == {"u1": T0 + 250}  # 200 ms after the last list, up to the 50 ms grid
     published = decode_output_bundle(r2.output.to_bytes())[RECOMMENDATIONS]
     assert [k for k, _ in published] == [b"u2"] and r2.stats.coalesced == 1
-    r3 = side.refresh(["u1"], store.load(["u1"]), now=T0 + 250)
+    r3 = side.refresh(["u1"], store.load, now=T0 + 250)
     store.apply(r3.writes)
     rec = Recommendation.from_json(decode_output_bundle(r3.output.to_bytes())
                                     [RECOMMENDATIONS][0][1])
@@ -126,6 +126,34 @@ def test_refreshes_within_the_interval_are_owed_then_scored() -> None:
     _, state = unpack_user_value(store.values["u1"])
     assert not state.timer_pending and state.shown == tuple(i.item_id for i in rec.items)
     assert r3.stats.event_latency_s and r3.stats.scored == 1
+
+
+def test_owed_lists_that_fell_due_go_with_the_next_bundle() -> None:
+    side, store = UserSide(settings()), Store()
+    catalogue(side)
+    for n, (user, now) in enumerate((("u1", T0 + 10), ("u2", T0 + 10), ("u1", T0 + 60),
+                                     ("u2", T0 + 60)), 1):
+        store.apply(side.process([event(n, user, f"i{n}")], store.load, now=now).writes)
+    # Both owed at T0 + 250; a bundle of u2 and u3 at T0 + 260 scores u1 (no event here,
+    # its state unchanged), u2 (its new event too) and u3 together, none left owed.
+    before = unpack_user_value(store.values["u1"])[0]
+    r = side.process([event(5, "u2", "i5"), event(6, "u3", "i6")], store.load, now=T0 + 260,
+                     due=["u1", "u2"])
+    store.apply(r.writes)
+    recs = {k: Recommendation.from_json(v)
+            for k, v in decode_output_bundle(r.output.to_bytes())[RECOMMENDATIONS]}
+    assert sorted(recs) == [b"u1", b"u2", b"u3"] and r.owed == {} and r.stats.coalesced == 0
+    assert (recs[b"u1"].events_applied, recs[b"u2"].events_applied) == (2, 3)
+    blob, state = unpack_user_value(store.values["u1"])
+    assert blob == before and not state.timer_pending and state.seq == 2
+    # A user owed a list but forgotten in the same bundle gets no list.
+    r = side.process([event(7, "u1", "i7")], store.load, now=T0 + 300)
+    store.apply(r.writes)
+    assert "u1" in r.owed
+    forget = record({"event_id": "e8", "event_type": "forget_user", "ts": T0 + 8,
+                     "user_id": "u1"}, offset=8, key=b"u1")
+    r = side.process([forget], store.load, now=T0 + 500, due=["u1"])
+    assert (r.stats.scored, r.stats.tombstones, r.removes) == (0, 1, ["u1"])
 
 
 def test_forget_user_tombstones_and_removes_and_a_return_starts_fresh() -> None:
