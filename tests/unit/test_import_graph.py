@@ -102,3 +102,17 @@ def test_the_job_imports_neither_the_cli_nor_the_dev_stack() -> None:
     graph = import_graph()
     assert set(graph["flink_jobs"]) <= {"freshrec_common", "online_models", "schemas"}
     assert set(graph["freshrec_common"]) <= {"online_models", "schemas"}
+
+
+def test_no_module_imports_a_test_module() -> None:
+    # Shared test helpers live in modules of their own (fixtures, harnesses), so running one
+    # test file never collects another's tests and a helper has one home.
+    offenders = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if ".venv" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if (isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.split(".")[-1].startswith("test_")):
+                offenders.append(f"{path.relative_to(ROOT)} imports {node.module}")
+    assert offenders == []

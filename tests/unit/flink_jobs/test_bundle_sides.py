@@ -22,59 +22,24 @@ from flink_jobs.bundles import (
 from flink_jobs.item_side import ItemSide, pack_due, unpack_due
 from flink_jobs.shard_keys import shard_of
 from flink_jobs.user_side import UserSide
-from flink_jobs.user_side_types import UserSideSettings
 from flink_jobs.user_value import unpack_user_value
 from freshrec_common.privacy import pseudonymize
-from online_models.config import ModelConfig
 from online_models.covisit import CoVisits, CoVisitTable
 from online_models.item_state import ItemState
 from online_models.state import UserState
 from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation
+from tests.unit.flink_jobs.bundle_sides import (
+    CFG,
+    T0,
+    Store,
+    catalogue,
+    event,
+    record,
+    settings,
+)
 
 pytestmark = pytest.mark.unit
-
-T0 = 1_700_000_000_000
-CFG = ModelConfig(dim=8, seed=1, exploration=0.0, top_k=5)
-
-
-def settings(**changes: object) -> UserSideSettings:
-    base = dict(config=CFG, model_version="test", events_topic="events",
-                refresh_interval_ms=200, dedup_window_s=3600, dedup_max_ids=64,
-                max_payload_bytes=65536, max_id_length=128, item_shards=4)
-    base.update(changes)
-    return UserSideSettings(**base)  # type: ignore[arg-type]
-
-
-def record(doc: dict | bytes | None, offset: int = 0, key: bytes | None = None) -> RawRecord:
-    value = doc if doc is None or isinstance(doc, bytes) else json.dumps(doc).encode()
-    return RawRecord(0, offset, T0, key, value)
-
-
-def event(n: int, user: str, item: str, etype: str = "view", **extra: object) -> RawRecord:
-    return record({"event_id": f"e{n}", "event_type": etype, "ts": T0 + n, "user_id": user,
-                   "item_id": item, **extra}, offset=n, key=user.encode())
-
-
-class Store:
-    """A dict standing in for the operators' MapState."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-
-    def load(self, ids: list[str]) -> dict[str, bytes | None]:
-        return {i: self.values.get(i) for i in ids}
-
-    def apply(self, writes: dict[str, bytes], removes: list[str] = ()) -> None:  # type: ignore[assignment]
-        self.values.update(writes)
-        for r in removes:
-            self.values.pop(r, None)
-
-
-def catalogue(side: UserSide, n: int = 30) -> None:
-    for i in range(n):
-        side.replica.upsert(f"i{i}", meta={"category": f"c{i % 3}"}, ts_ms=T0)
-
 
 def test_record_bundles_round_trip() -> None:
     recs = [RawRecord(1, 5, 7, b"k", b"v"), RawRecord(0, 6, 8, None, None)]

@@ -24,7 +24,7 @@ from online_models.experiments import (
 )
 from schemas.loader import load_schema
 from schemas.recommendation import Recommendation
-from tests.unit.flink_jobs.test_bundle_sides import T0, Store, catalogue, event, settings
+from tests.unit.flink_jobs.bundle_sides import T0, Store, catalogue, event, settings
 
 USERS = [f"user-{n}" for n in range(20_000)]
 
