@@ -172,15 +172,25 @@ def _header_index(header: list[str], expected: tuple[str, ...], fmt: str) -> dic
     return cols
 
 
-def _read_jsonl(stream: IO[bytes], report: ErrorSink) -> Iterator[Event]:
+def jsonl_lines(stream: IO[bytes]) -> Iterator[tuple[bytes, Event | RowError]]:
+    """Each non-blank line of an event JSONL stream (without its line break) with its
+    event, or the :class:`RowError` that says why it is not one."""
     for lineno, raw in enumerate(stream, 1):
         line = raw.rstrip(b"\r\n")
         if not line.strip():
             continue
         got = decode_event(line)
         if isinstance(got, DecodeError):
-            report(RowError(lineno, got.code, f"{got.field}: {got.message}",
-                            line[:_RAW_KEEP].decode("utf-8", "replace")))
+            yield line, RowError(lineno, got.code, f"{got.field}: {got.message}",
+                                 line[:_RAW_KEEP].decode("utf-8", "replace"))
+        else:
+            yield line, got
+
+
+def _read_jsonl(stream: IO[bytes], report: ErrorSink) -> Iterator[Event]:
+    for _, got in jsonl_lines(stream):
+        if isinstance(got, RowError):
+            report(got)
         else:
             yield got
 

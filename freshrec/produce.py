@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from freshrec.datasets import FORMATS, RowError, read_events
+from freshrec.datasets import FORMATS, RowError, jsonl_lines, read_events
 from freshrec_common.metrics import PROCESS_METRICS
 from freshrec_common.settings import Settings
 from schemas.event_fields import DecodeError
@@ -196,19 +196,13 @@ def jsonl_records(path: Path, validate: bool, refuse: Refusals) -> Iterator[tupl
                                                                                  bytes]]:
     """(key, value) per line, the value being the line's exact bytes."""
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            got = decode_event(line)
-            if isinstance(got, DecodeError):
-                if validate:
-                    refuse(RowError(lineno, got.code, f"{got.field}: {got.message}",
-                                    line[:200].decode("utf-8", "replace")))
-                    continue
-                yield _lenient_key(line), line
-            else:
+        for line, got in jsonl_lines(f):
+            if not isinstance(got, RowError):
                 yield record_key(got), line
+            elif validate:
+                refuse(got)
+            else:
+                yield _lenient_key(line), line
 
 
 def event_records(events: Iterator[Event], validate: bool,
