@@ -103,24 +103,52 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
     for f in feats.values():
         f[RECENT_COUNT] = math.log1p(f[RECENT_COUNT])
     _new_in_categories(replica, feats)
+    # Co-visitation rows (most of a user's candidates) go to columns of their own: a list
+    # of every feature per row costs more than the rest of the features together.
+    co_rows: list[int] = []
+    co_all: list[float] = []
+    co_last: list[float] = []
     if covisit is not None and covisit.neighbours:
         for item, (all_, last, src, _) in covisit.scores(
                 recent_items(user, config.covisit_window)).items():
             r = index.get(item, -1)
             if r < 0:
                 continue
-            f = _row(feats, r)
-            f[COVISIT] = math.log1p(3.0 * all_)
-            f[COVISIT_LAST] = math.log1p(3.0 * last)
+            f = feats.get(r)
+            if f is None:
+                co_rows.append(r)
+                co_all.append(all_)
+                co_last.append(last)
+            else:
+                f[COVISIT] = math.log1p(3.0 * all_)
+                f[COVISIT_LAST] = math.log1p(3.0 * last)
             sources[r] = src
+    cold_at: dict[int, float] = {}
     c_rows, c_vals = cold
     if c_rows is not None and c_vals is not None:
         for r, v in zip(c_rows.tolist(), c_vals.tolist(), strict=True):
-            _row(feats, r)[COLD] = v
-    if not feats:
+            f = feats.get(r)
+            if f is None:
+                cold_at[r] = v
+            else:
+                f[COLD] = v
+    n_feats, n_co = len(feats), len(co_rows)
+    co_index = {r: n_feats + j for j, r in enumerate(co_rows)}
+    extra = [r for r in cold_at if r not in co_index]
+    n = n_feats + n_co + len(extra)
+    if n == 0:
         return UserFeatures.empty()
-    return UserFeatures(np.fromiter(feats.keys(), dtype=np.int64, count=len(feats)),
-                        np.array(list(feats.values()), dtype=np.float32), sources)
+    rows = np.fromiter((*feats, *co_rows, *extra), dtype=np.int64, count=n)
+    values = np.zeros((n, len(FEATURES)), dtype=np.float32)
+    if n_feats:
+        values[:n_feats] = np.array(list(feats.values()), dtype=np.float32)
+    if n_co:
+        values[n_feats:n_feats + n_co, COVISIT] = np.log1p(3.0 * np.asarray(co_all))
+        values[n_feats:n_feats + n_co, COVISIT_LAST] = np.log1p(3.0 * np.asarray(co_last))
+    at = co_index | {r: n_feats + n_co + j for j, r in enumerate(extra)}
+    for r, v in cold_at.items():
+        values[at[r], COLD] = v
+    return UserFeatures(rows, values, sources)
 
 
 def _row(feats: dict[int, list[float]], r: int) -> list[float]:
