@@ -224,15 +224,12 @@ def link_lib_dir(settings: Settings, extra_jars: Sequence[Path], home: Path | No
 def cluster_jars(settings: Settings) -> list[Path]:
     """The project jars the TaskManagers load themselves: the job's connector and glue jars
     and the metrics glue that Python looks up through pemja."""
+    from flink_jobs.glue import build_metrics_jar
     from flink_jobs.recommender_job import job_jars  # pyflink: seconds to import
 
     ensure_jars(settings)
-    jars = job_jars(settings)
-    try:
-        from flink_jobs.glue import build_metrics_jar
-    except ImportError:  # an older tree without the metrics glue
-        return jars
-    return [*jars, build_metrics_jar(Path(settings.local.cache_dir).resolve() / "flink")]
+    return [*job_jars(settings),
+            build_metrics_jar(Path(settings.local.cache_dir).resolve() / "flink")]
 
 
 def stale_lib_jars(settings: Settings, jars: Sequence[Path]) -> list[str]:
