@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from freshrec.datasets import FORMATS, AdapterErrors, read_events
 from online_models.baselines import MODEL_NAMES, make_model
 from online_models.config import ModelConfig
 from online_models.eval_results import ModelResult
@@ -36,7 +37,6 @@ from schemas.events import Event
 TUNED = "freshrec_tuned"
 FRESHREC = ("freshrec", TUNED)  # never counted as baselines
 EXPERIMENT = "experiment"  # the experiment's variants among the replayed models
-FORMATS = ("jsonl", "taobao", "rees46", "retailrocket", "diginetica", "movielens")
 TUNE_GRID: dict[str, tuple[float, ...]] = {
     "learning_rate": (0.02, 0.05, 0.1),
     "dim": (16, 32, 64),
@@ -77,8 +77,6 @@ def register(subparsers: Any) -> None:
 
 def load_events(path: str | Path, fmt: str, limit: int = 0) -> tuple[list[Event], int]:
     """Events of a log ordered by event time (stable), and the number of skipped rows."""
-    from freshrec.datasets import AdapterErrors, read_events
-
     errors = AdapterErrors()
     events: list[Event] = []
     for ev in read_events(path, fmt, errors):
