@@ -67,6 +67,11 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
         n_items = len(CATEGORIES) * ITEMS_PER_CATEGORY
         job.wait_for(topics.item_embeddings, lambda rs: len(latest_by_key(rs)) >= n_items,
                      timeout_s=180, what="the catalogue's item embeddings")
+        # The replicas read the changelog through a source of their own, with no order
+        # against the events: two more checkpoints give it time to catch up, or the lists of
+        # a loaded machine can rank a partial catalogue (shorter than top_k).
+        job.wait_for_checkpoint()
+        job.wait_for_checkpoint()
 
         # Phase 2: tastes, with a duplicate of every purchase and malformed records between.
         events, counts, bought = taste_events()
