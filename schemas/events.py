@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -100,6 +101,31 @@ def _reject_constant(name: str) -> Any:
 
 # One decoder for all calls: json.loads(..., parse_constant=...) builds a new one each time.
 _DECODE_JSON = json.JSONDecoder(parse_constant=_reject_constant).decode
+# The parser's own limit is the interpreter's recursion limit less the caller's stack, so
+# the same record nested ~1,000 deep passed in one process and not in the job: nesting is
+# judged here, the same everywhere (an event nests 2 deep: itself and its context).
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _nests_too_deep(text: str) -> bool:
+    """Whether the JSON in ``text`` nests deeper than :data:`MAX_JSON_DEPTH` (brackets
+    inside strings do not count).
+
+    >>> _nests_too_deep('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')
+    False
+    >>> _nests_too_deep("[" * 65 + "]" * 65), _nests_too_deep("[" * 64 + "]" * 64)
+    (True, False)
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            return True
+    return False
 
 
 def _first_missing(doc: dict[str, Any], names: tuple[str, ...], why: str) -> DecodeError:
@@ -281,6 +307,8 @@ def decode_event(
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         return err("invalid_utf8", "$", f"not valid UTF-8 at byte {exc.start}")
+    if _nests_too_deep(text):
+        return err("too_deep", "$", "JSON nesting is too deep")
     try:
         doc = _DECODE_JSON(text)
     except RecursionError:

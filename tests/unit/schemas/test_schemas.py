@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from typing import Any
 
 import jsonschema
@@ -191,12 +192,26 @@ def test_one_megabyte_payload() -> None:
     expect_error(big, "bad_length", "$.title", max_payload_bytes=2_000_000)
 
 
-@pytest.mark.parametrize(("depth", "field"), [(50, "$.context.a"), (60_000, "$")])
+@pytest.mark.parametrize(("depth", "field"), [(50, "$.context.a"), (63, "$"), (990, "$"),
+                                             (60_000, "$")])
 def test_deep_nesting(depth: int, field: str) -> None:
-    # Shallow nesting breaks the "flat context" rule; very deep nesting stops the parser.
+    # Shallow nesting breaks the "flat context" rule; deeper than MAX_JSON_DEPTH is refused
+    # before parsing (the event and its context take 2 levels).
     nested = enc(VIEW)[:-1] + b',"context":{"a":' + b"[" * depth + b"]" * depth + b"}}"
     expect_error(nested, "too_deep", field, max_payload_bytes=1 << 20)
     expect_error(b"[" * 60_000 + b"]" * 60_000, "too_deep", "$", max_payload_bytes=1 << 20)
+
+
+def test_nesting_verdict_does_not_depend_on_the_callers_stack() -> None:
+    # The job decodes many frames deep inside Flink's runner; a test decodes near the top.
+    nested = enc(VIEW)[:-1] + b',"context":{"a":' + b"[" * 900 + b"]" * 900 + b"}}"
+
+    def deep(frames: int) -> Event | DecodeError:
+        return deep(frames - 1) if frames else decode_event(nested, max_payload_bytes=1 << 20)
+
+    shallow = decode_event(nested, max_payload_bytes=1 << 20)
+    assert isinstance(shallow, DecodeError) and (shallow.code, shallow.field) == ("too_deep", "$")
+    assert deep(sys.getrecursionlimit() - 200) == shallow
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
