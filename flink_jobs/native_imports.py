@@ -10,7 +10,8 @@ here (``tests/integration/test_native_imports.py`` reproduces it without this mo
 
 A thread started by ``threading`` owns a regular, registered thread state, so the same
 imports are safe there; afterwards the operators find the modules in ``sys.modules``.
-``flink_jobs/__init__.py`` calls this before any operator module imports them.
+``flink_jobs/__init__.py`` calls this in the embedded interpreter (where ``pemja`` is loaded)
+before any operator module imports them.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ from flink_jobs.native_imports import import_native_modules
 
 CHECK = """
 import sys
+import types
+
+sys.modules["pemja"] = types.ModuleType("pemja")  # as in a TaskManager's interpreter
 
 def native():
     return {name for name, mod in list(sys.modules.items())
@@ -31,6 +34,13 @@ def test_operator_modules_load_no_native_module_of_their_own() -> None:
     out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True,
                          check=True, timeout=120).stdout
     assert out.strip() == "[]", f"native modules loaded after flink_jobs: {out}"
+
+
+def test_a_client_process_does_not_load_torch() -> None:
+    check = "import sys, flink_jobs.recommender_job; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert out.strip() == "False"
 
 
 def test_import_errors_reach_the_caller() -> None:
