@@ -243,8 +243,8 @@ def fill_main(argv: list[str]) -> int:
     # make_environment builds (and hands to the MiniCluster), on top of the job's own.
     base_conf = environment.flink_configuration
 
-    def with_extra(s: Any, restart_attempts: int = 3) -> Any:
-        conf = base_conf(s, restart_attempts)
+    def with_extra(s: Any) -> Any:
+        conf = base_conf(s)
         for k, v in extra.items():
             conf.set_string(k, v)
         return conf

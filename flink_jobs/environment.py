@@ -22,7 +22,7 @@ from freshrec_common.preexec import chain_preexec, die_with_parent
 from freshrec_common.settings import Settings
 
 
-def flink_configuration(settings: Settings, restart_attempts: int = 3) -> Configuration:
+def flink_configuration(settings: Settings) -> Configuration:
     """Configuration shared by the MiniCluster and cluster submissions."""
     job = settings.job
     conf = Configuration()
@@ -38,8 +38,8 @@ def flink_configuration(settings: Settings, restart_attempts: int = 3) -> Config
         conf.set_string("execution.state-recovery.path", restore.resolve().as_uri())
     # A bounded restart strategy: a Python exception must surface instead of restarting forever.
     conf.set_string("restart-strategy.type", "fixed-delay")
-    conf.set_string("restart-strategy.fixed-delay.attempts", str(restart_attempts))
-    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(job.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", f"{job.restart_delay_ms} ms")
     conf.set_string("python.fn-execution.bundle.time", "20")
     # Workers use this interpreter (the venv), whatever PATH says.
     conf.set_string("python.executable", sys.executable)
@@ -139,9 +139,7 @@ def _bound_popen(*args: Any, preexec_fn: Any = None, **kwargs: Any) -> subproces
         start_new_session=True, **kwargs)
 
 
-def make_environment(
-    settings: Settings, jars: list[Path], restart_attempts: int = 3
-) -> StreamExecutionEnvironment:
+def make_environment(settings: Settings, jars: list[Path]) -> StreamExecutionEnvironment:
     """A StreamExecutionEnvironment with checkpointing, parallelism and jars from settings."""
     _put_interpreter_on_path()
     # Each job logs beside its checkpoints, not into the shared site-packages folder.
@@ -154,7 +152,7 @@ def make_environment(
 
     pyflink_gateway_server.Popen = _bound_popen  # its launcher calls Popen(command, ...)
     env = StreamExecutionEnvironment.get_execution_environment(
-        flink_configuration(settings, restart_attempts)
+        flink_configuration(settings)
     )
     env.add_jars(*(jar.resolve().as_uri() for jar in jars))
     env.set_parallelism(settings.job.parallelism)

@@ -167,10 +167,9 @@ def job_jars(settings: Settings) -> list[Path]:
     return [connector, glue]
 
 
-def create_job(settings: Settings, io: JobIO | None = None, restart_attempts: int = 3
-               ) -> StreamExecutionEnvironment:
+def create_job(settings: Settings, io: JobIO | None = None) -> StreamExecutionEnvironment:
     """An environment with the freshrec pipeline built on it, ready to execute."""
-    env = make_environment(settings, job_jars(settings), restart_attempts)
+    env = make_environment(settings, job_jars(settings))
     build_pipeline(env, settings, io or kafka_io_from_settings(settings))
     return env
 

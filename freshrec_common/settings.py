@@ -70,6 +70,8 @@ class TopicSettings:
 class JobSettings:
     parallelism: int
     checkpoint_interval_ms: int
+    restart_attempts: int
+    restart_delay_ms: int
     delivery: str
     state_backend: str
     checkpoint_dir: str
@@ -184,6 +186,7 @@ _POSITIVE = {
     "cluster.slots_per_taskmanager", "cluster.parallelism", "cluster.start_timeout_s",
     "serve.store_max_gb",
 }
+_NON_NEGATIVE = {"job.restart_attempts", "job.restart_delay_ms"}
 # Secrets that must come from the environment: a file or a --set flag would leave them in
 # the repository, a shell history or the process list.
 _ENV_ONLY = {"serve.auth_token"}
@@ -311,6 +314,8 @@ def _validate(key: str, value: Any, source: str) -> None:
         raise SettingsError(f"{key}: must be one of {choices}, got {value!r}{where}")
     if key in _POSITIVE and value <= 0:
         raise SettingsError(f"{key}: must be > 0, got {value!r}{where}")
+    if key in _NON_NEGATIVE and value < 0:
+        raise SettingsError(f"{key}: must be >= 0, got {value!r}{where}")
     if key == "cluster.managed_memory_fraction" and not 0.0 <= value <= 1.0:
         raise SettingsError(f"{key}: must be in [0, 1], got {value!r}{where}")
     if key in ("cluster.jobmanager_memory", "cluster.taskmanager_memory") and not re.fullmatch(

@@ -257,6 +257,7 @@ def job_settings(broker_settings: Settings, tmp: Path, extra: Iterable[str] = ()
         f"job.savepoint_dir={tmp / 'savepoints'}",
         "job.starting_offsets=earliest",
         "job.checkpoint_interval_ms=2000",
+        "job.restart_delay_ms=500",
         "job.metrics_port=0",
         *extra,
     ]

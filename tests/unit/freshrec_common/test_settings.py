@@ -57,3 +57,10 @@ def test_every_model_config_field_is_a_setting_with_its_default_documented() -> 
     assert load_settings(env={}).model == ModelConfig()
     env = {"FRESHREC_MODEL_POP_WEIGHT": "0.7"}
     assert load_settings(env=env).model.pop_weight == 0.7
+
+
+def test_restart_settings_are_checked() -> None:
+    job = load_settings(overrides=["job.restart_attempts=0", "job.restart_delay_ms=0"]).job
+    assert (job.restart_attempts, job.restart_delay_ms) == (0, 0)
+    with pytest.raises(SettingsError, match=r"job\.restart_attempts: must be >= 0, got -1"):
+        load_settings(overrides=["job.restart_attempts=-1"])
