@@ -11,7 +11,10 @@ Features of a candidate item (:data:`FEATURES`):
   last one (:mod:`online_models.covisit`), as ``log(1 + 3 s)``;
 * ``cold_cluster``: popular in the user's cluster while the user is cold;
 * ``new_in_category``: a listed item nobody has interacted with yet (never learned), in a
-  category of the user's recent items, the newest first: new products get seen.
+  category of the user's recent items, the newest first: new products get seen;
+* ``similar_new``: the newest never-learned item, among the last few hundred listed, whose
+  vector (placed from its text or metadata) is near one of the user's two most recent
+  items: ``new_in_category`` for items without a category.
 
 All but ``model`` are sparse (non-zero for a few hundred items at most), so ranking stays
 one dense pass plus a sparse bonus. The weights start at :data:`INITIAL_WEIGHTS` and are
@@ -49,15 +52,20 @@ from online_models.replica import ItemReplica
 from online_models.state import UserState
 
 FEATURES = ("model", "recent_position", "recent_count", "recent_time", "covisit",
-            "covisit_last", "cold_cluster", "new_in_category")
+            "covisit_last", "cold_cluster", "new_in_category", "similar_new")
 (MODEL, RECENT_POSITION, RECENT_COUNT, RECENT_TIME, COVISIT, COVISIT_LAST, COLD,
- NEW_IN_CATEGORY) = range(8)
+ NEW_IN_CATEGORY, SIMILAR_NEW) = range(9)
 # Where the online ranker ended on the shared logs, rounded: a start that ranks well
 # before it has learned anything (``recent_position`` and ``cold_cluster`` start at the
 # settings ``recency_boost`` and ``cluster_weight``).
-INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 0.1, 1.5, 0.4, 1.0)
+INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 0.1, 1.5, 0.4, 1.0, 1.0)
 _NEW_PER_CATEGORY = 16  # never-learned items per category, newest first
 _NEW_CATEGORIES = 2  # categories of the user's recent items that get new items
+_FRESH_POOL = 512  # the newest rows similar_new looks among (bounded work per list)
+_SIMILAR_FROM = 2  # the user's most recent distinct items it compares them with
+# Cosine a new item must reach: on the untagged generated log a text-placed item is ~0.7
+# from the user's items of its category and ~0 from other categories' items.
+_MIN_SIMILARITY = 0.5
 _MIN_MODEL_WEIGHT = 0.01  # the dense score keeps breaking ties among sparse-less items
 _SCALE_ROWS = 512
 _MAGIC = b"FB1"
@@ -69,7 +77,7 @@ class UserFeatures:
 
     rows: np.ndarray          # int64 replica rows
     values: np.ndarray        # float32 len(rows) x len(FEATURES); column ``model`` unused
-    sources: dict[int, str]   # row -> the recent item its co-visitation score comes from
+    sources: dict[int, str]   # row -> the recent item its covisit or similar_new comes from
 
     @staticmethod
     def empty() -> UserFeatures:
@@ -102,6 +110,7 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
         f[RECENT_COUNT] += 1.0
     for f in feats.values():
         f[RECENT_COUNT] = math.log1p(f[RECENT_COUNT])
+    similar = _similar_new(replica, feats)
     _new_in_categories(replica, feats)
     # Co-visitation rows (most of a user's candidates) go to columns of their own: a list
     # of every feature per row costs more than the rest of the features together.
@@ -123,6 +132,8 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
                 f[COVISIT] = math.log1p(3.0 * all_)
                 f[COVISIT_LAST] = math.log1p(3.0 * last)
             sources[r] = src
+    if similar is not None:
+        sources.setdefault(*similar)
     cold_at: dict[int, float] = {}
     c_rows, c_vals = cold
     if c_rows is not None and c_vals is not None:
@@ -172,6 +183,28 @@ def _new_in_categories(replica: ItemReplica, feats: dict[int, list[float]]) -> N
     for c in codes:
         for place, r in enumerate(replica.new_rows(c, _NEW_PER_CATEGORY)):
             _row(feats, r)[NEW_IN_CATEGORY] = 1.0 / (1 + place)
+
+
+def _similar_new(replica: ItemReplica, feats: dict[int, list[float]]
+                 ) -> tuple[int, str] | None:
+    """``similar_new`` for the newest never-learned row (:meth:`ItemReplica.fresh_rows`)
+    within ``_MIN_SIMILARITY`` cosine of one of the user's most recent items (``feats``
+    holds the history rows in recency order); returns (that row, the recent item's id).
+    One row per list: more cost warm items their places (measured)."""
+    rows, unit = replica.fresh_rows(_FRESH_POOL)
+    if not rows.shape[0] or not feats:
+        return None
+    recent = list(feats)[:_SIMILAR_FROM]
+    src = replica.table._data[recent]
+    sims = unit @ src.T
+    sims /= np.maximum(np.sqrt(np.einsum("ij,ij->i", src, src)), np.float32(1e-12))
+    near = np.flatnonzero(sims.max(axis=1) >= _MIN_SIMILARITY)
+    if not near.shape[0]:
+        return None
+    j = int(near[-1])  # rows run oldest to newest
+    r = int(rows[j])
+    _row(feats, r)[SIMILAR_NEW] = 1.0
+    return r, replica.ids[recent[int(sims[j].argmax())]]
 
 
 def spread(replica: ItemReplica, scores: np.ndarray) -> float:

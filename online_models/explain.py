@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from online_models.blend import COLD, NEW_IN_CATEGORY, RECENT_POSITION, UserFeatures
+from online_models.blend import (
+    COLD,
+    COVISIT,
+    COVISIT_LAST,
+    NEW_IN_CATEGORY,
+    RECENT_POSITION,
+    SIMILAR_NEW,
+    UserFeatures,
+)
 from online_models.config import ModelConfig
 from online_models.learning import context_rows
 from online_models.replica import ItemReplica
@@ -36,7 +44,9 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
         own = np.einsum("ij,ij->i", vr, vr).tolist()
     else:
         best = most_similar = own = []
-    recent, cold, new = (f[:, c].tolist() for c in (RECENT_POSITION, COLD, NEW_IN_CATEGORY))
+    recent, cold, new, similar, co, co_last = (
+        f[:, c].tolist() for c in (RECENT_POSITION, COLD, NEW_IN_CATEGORY, SIMILAR_NEW, COVISIT,
+                                   COVISIT_LAST))
     out = []
     for j, r in enumerate(rows_l):
         meta = replica.meta[r]
@@ -51,6 +61,10 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
             out.append("popular with shoppers like you")
         elif fj is not None and new[fj] > 0:
             out.append(f"new in {category}" if category else "new arrival")
+        elif (fj is not None and similar[fj] > 0 and co[fj] == 0 and co_last[fj] == 0
+              and r in features.sources):  # a cold item near one the user just took
+            src = features.sources[r]
+            out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
         elif fj is not None and r in features.sources:
             src = features.sources[r]
             out.append(f"often {verb_of.get(src, 'viewed')} with {src}")

@@ -86,6 +86,7 @@ class ItemReplica:
         self._version = 0
         self._trend_cache: dict[Any, tuple[int, np.ndarray]] = {}
         self._new_cache: dict[tuple[int, int], tuple[int, int, list[int]]] = {}
+        self._fresh_cache: tuple[int, int, int, np.ndarray, np.ndarray] | None = None
 
     # -- ids and rows -------------------------------------------------------------------
     def __len__(self) -> int:
@@ -324,6 +325,24 @@ class ItemReplica:
         rows = sorted(fresh.tolist(), key=lambda r: (-trend[r], ids[r]))[:n]
         self._new_cache[key] = (self._version, len(self), rows)
         return rows
+
+    def fresh_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The available, never-learned rows among the newest ``n`` (row order: the order
+        items reached this replica), oldest first, and their vectors scaled to unit length.
+        Cached like :meth:`new_rows`; rows learned or withdrawn since are dropped at each
+        call."""
+        hit = self._fresh_cache
+        if (hit is None or hit[0] != n or hit[2] != len(self)
+                or self._version - hit[1] >= _TREND_CACHE_EVERY):
+            rows = np.arange(max(len(self) - n, 0), len(self), dtype=np.int64)
+            rows = rows[(self.table._acc[rows] == 0) & ~self.blocked[rows]]
+            unit = self.table._data[rows]
+            norm = np.sqrt(np.einsum("ij,ij->i", unit, unit))
+            unit = unit / np.maximum(norm, np.float32(1e-12))[:, None]
+            hit = self._fresh_cache = (n, self._version, len(self), rows, unit)
+        rows, unit = hit[3], hit[4]
+        fresh = (self.table._acc[rows] == 0) & ~self.blocked[rows]
+        return (rows, unit) if fresh.all() else (rows[fresh], unit[fresh])
 
     # -- scoring --------------------------------------------------------------------------
     def scores(self, query: np.ndarray) -> np.ndarray:

@@ -262,3 +262,37 @@ def test_a_bad_changelog_record_is_skipped_not_fatal() -> None:
                                       RawRecord(0, 1, T0, b"junk", b"\xff not json"),
                                       RawRecord(0, 2, T0, b"ok", good)])
     assert list(stored) == ["ok"] and "ok" in side.replica and "nan" not in side.replica
+
+
+def test_a_new_untagged_item_reaches_the_list_of_a_user_of_similar_items(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """similar_new in the job: the replica has the item side's text-placed vector from the
+    changelog, so the user path finds the new item without running the encoder."""
+    import numpy as np
+
+    from online_models.text import TextEncoder
+
+    def no_encoder(*_: object) -> None:
+        raise AssertionError("the user path ran the text encoder")
+
+    monkeypatch.setattr(TextEncoder, "encode", no_encoder)
+    a, b = np.eye(CFG.dim)[0], np.eye(CFG.dim)[1]
+    rng = np.random.default_rng(0)
+
+    def published(item: str, vector: np.ndarray, n_events: int) -> RawRecord:
+        emb = ItemEmbedding(item, tuple(vector.tolist()), 0.0, 0.0, n_events, T0,
+                            acc=float(n_events), title=f"{item} words")
+        return RawRecord(0, 0, T0, item.encode(), emb.to_bytes())
+
+    side = UserSide(settings())
+    side.apply_changelog(
+        [published(f"{c}{n}", base + 0.1 * rng.standard_normal(CFG.dim), 9)
+         for n in range(10) for c, base in (("a", a), ("b", b))]
+        + [published("new-a", 0.5 * a, 0), published("new-b", 0.5 * b, 0)])
+    rec = Recommendation.from_json(decode_output_bundle(side.process(
+        [event(1, "u1", "a0"), event(2, "u1", "a1")], Store().load, now=T0 + 10)
+        .output.to_bytes())[RECOMMENDATIONS][0][1])
+    reasons = {it.item_id: it.reason for it in rec.items}
+    assert reasons.get("new-a") in {"similar to a0 you viewed", "similar to a1 you viewed"}, \
+        reasons
+    assert "new-b" not in reasons
