@@ -327,15 +327,24 @@ class ItemReplica:
         return rows
 
     def fresh_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """The available, never-learned rows among the newest ``n`` (row order: the order
-        items reached this replica), oldest first, and their vectors scaled to unit length.
-        Cached like :meth:`new_rows`; rows learned or withdrawn since are dropped at each
-        call."""
+        """The newest ``n`` available, never-learned rows, oldest first, and their vectors
+        scaled to unit length. Ordered like :meth:`new_rows` (new-listing trend, then id),
+        not by the order rows arrived in, which differs between replicas and after a
+        restore. Cached like :meth:`new_rows`; rows learned or withdrawn since are dropped
+        at each call."""
         hit = self._fresh_cache
         if (hit is None or hit[0] != n or hit[2] != len(self)
                 or self._version - hit[1] >= _TREND_CACHE_EVERY):
-            rows = np.arange(max(len(self) - n, 0), len(self), dtype=np.int64)
-            rows = rows[(self.table._acc[rows] == 0) & ~self.blocked[rows]]
+            size = len(self)
+            cand = np.flatnonzero((self.table._acc[:size] == 0) & ~self.blocked[:size])
+            trend = self.trend[cand]
+            if cand.shape[0] > n:  # the n newest listings, with every row tied at the cut
+                cut = np.partition(trend, cand.shape[0] - n)[cand.shape[0] - n]
+                cand, trend = cand[trend >= cut], trend[trend >= cut]
+            ids = self.table.ids
+            newest = sorted(zip(cand.tolist(), trend.tolist(), strict=True),
+                            key=lambda rt: (-rt[1], ids[rt[0]]))[:n]
+            rows = np.array([r for r, _ in reversed(newest)], dtype=np.int64)
             unit = self.table._data[rows]
             norm = np.sqrt(np.einsum("ij,ij->i", unit, unit))
             unit = unit / np.maximum(norm, np.float32(1e-12))[:, None]

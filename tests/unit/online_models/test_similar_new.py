@@ -97,3 +97,21 @@ def test_untagged_new_item_reaches_a_list_through_its_title() -> None:
     source = reasons["brand-new"].removeprefix("similar to ").removesuffix(" you viewed")
     assert source in list(dict.fromkeys(h[0] for h in reversed(user.history)))[:2]
     assert shop.truth.item_category[source] == shop.truth.item_category[last.item_id]
+
+
+def test_fresh_rows_do_not_depend_on_the_order_items_arrived_in() -> None:
+    # Replicas of the job's subtasks, and one restored from state, see the changelog in
+    # other orders: the newest never-learned items must be the same on each.
+    cfg = ModelConfig(dim=DIM, seed=0)
+    listed = [(f"n{k}", 1_700_000_000_000 + 1_000 * (k // 2)) for k in range(12)]  # ties
+    picks = []
+    for order in (listed, listed[::-1], listed[3:] + listed[:3]):
+        replica = ItemReplica(cfg)
+        for item_id, ts in order:
+            replica.upsert(item_id, ts_ms=ts)
+        rows, _ = replica.fresh_rows(5)
+        picks.append([replica.ids[r] for r in rows.tolist()])
+    assert picks[0] == picks[1] == picks[2]
+    # The five newest listings (n6 is one of a tied pair), oldest first: the reverse of
+    # newest first, where ties go by id.
+    assert picks[0] == ["n6", "n9", "n8", "n11", "n10"]
