@@ -1,10 +1,10 @@
 """Kafka fixtures of the integration and e2e layers: a real Apache Kafka broker started by the
 suite itself, registered once for the whole run (``pytest_plugins`` in the root conftest).
 
-``kafka_broker`` (session) starts one single-node KRaft broker, shared by both layers, on
-free loopback ports (never 9092, so a developer's own ``freshrec kafka up`` broker is left
-alone) with its state in a temp dir, through the same functions as ``freshrec kafka up``,
-and stops it at the end.
+``kafka_broker`` (session: one per pytest-xdist worker) starts one single-node KRaft broker,
+shared by both layers, on free loopback ports (never 9092, so a developer's own ``freshrec
+kafka up`` broker is left alone) with its state in a temp dir, through the same functions
+as ``freshrec kafka up``, and stops it at the end.
 ``fresh_topic`` creates a uniquely named topic per test and deletes it afterwards.
 
 The jars come from ``local.cache_dir``: ``FRESHREC_LOCAL_CACHE_DIR`` if set, else the
