@@ -28,16 +28,16 @@ class JobMetrics:
 
     def __init__(self, runtime_context: Any) -> None:
         self._group = runtime_context.get_metrics_group().add_group(GROUP)
-        self._labelled: dict[tuple[str, str], Any] = {}
+        self._labelled: dict[tuple[str, ...], Any] = {}
 
-    def counter(self, name: str, label_value: str | None = None) -> Any:
-        """A counter; with ``label_value``, one per value of the spec's (bounded) label."""
-        key = (name, label_value or "")
+    def counter(self, name: str, *label_values: str) -> Any:
+        """A counter; with ``label_values``, one per value of the spec's (bounded) labels."""
+        key = (name, *label_values)
         counter = self._labelled.get(key)
         if counter is None:
             group = self._group
-            if label_value is not None:
-                group = group.add_group(JOB_METRICS[name].labels[0], label_value)
+            for label, value in zip(JOB_METRICS[name].labels, label_values, strict=False):
+                group = group.add_group(label, value)
             counter = group.counter(_spec_name(name))
             self._labelled[key] = counter
         return counter

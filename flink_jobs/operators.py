@@ -254,10 +254,10 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         for name, counts in (("lists", stats.variant_lists), ("tests", stats.variant_tests),
                              ("hits", stats.variant_hits),
                              ("hits_at_10", stats.variant_hits_at_10)):
-            for variant, n in counts.items():
+            for labels, n in counts.items():
                 if n:
                     self.metrics.counter(f"freshrec_job_experiment_{name}_total",
-                                         variant).inc(n)
+                                         *labels).inc(n)
         if stats.new_users:
             self._n_users += stats.new_users
             self._users_gauge.set(float(self._n_users))

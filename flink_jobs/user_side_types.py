@@ -71,12 +71,13 @@ class BundleStats:
     scored: int = 0
     event_latency_s: list[float] = field(default_factory=list)
     ingest_latency_s: list[float] = field(default_factory=list)
-    # Per experiment variant: lists published, events tested against the list shown before
-    # them, hits in that list (Recall@top_k) and in its first 10 (Recall@10).
-    variant_lists: dict[str, int] = field(default_factory=dict)
-    variant_tests: dict[str, int] = field(default_factory=dict)
-    variant_hits: dict[str, int] = field(default_factory=dict)
-    variant_hits_at_10: dict[str, int] = field(default_factory=dict)
+    # Per experiment variant (variant,): lists published; per (variant, user group): events
+    # tested against the list shown before them, hits in that list (Recall@top_k) and in
+    # its first 10 (Recall@10).
+    variant_lists: dict[tuple[str, ...], int] = field(default_factory=dict)
+    variant_tests: dict[tuple[str, ...], int] = field(default_factory=dict)
+    variant_hits: dict[tuple[str, ...], int] = field(default_factory=dict)
+    variant_hits_at_10: dict[tuple[str, ...], int] = field(default_factory=dict)
 
 
 @dataclass

@@ -7,22 +7,30 @@ or over ``--window``), or straight from the job's metrics endpoint (``--metrics 
 Flink Prometheus reporter at ``job.metrics_port``; summed over subtasks since the job
 started). Tests are events whose user had been shown a list before them; a hit is the
 event's item in that list, so hits / tests is the variant's prequential hit rate
-(Recall@top_k) and hits_at_10 / tests its Recall@10. The verdict is a two-sided
-two-proportion z-test on the hit rate against the first variant of the experiment file
-(``experiments.file``) at the 5 % level. The counters hold no per-user counts, so tests are
-taken as independent: with heavy users the interval is too narrow (docs/model.md).
+(Recall@top_k) and hits_at_10 / tests its Recall@10. A user's tests are not independent
+(a few heavy users would make intervals far too narrow), so the job counts per variant and
+user group (32 groups by a hash of the user id): the standard errors take the groups, and so
+whole users, as the unit (delta method). The verdict is a two-sided z-test on the hit rate
+against the first variant of the experiment file (``experiments.file``) at the 5 % level.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from freshrec_common.metrics import JOB_METRICS, exported_names
-from online_models.experiments import Experiment, ExperimentError, compare, proportion_ci
+from online_models.experiments import (
+    USER_GROUPS,
+    Experiment,
+    ExperimentError,
+    clustered_rate,
+    compare_clustered,
+)
 
 KINDS = ("lists", "tests", "hits", "hits_at_10")
 
@@ -46,74 +54,99 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def counts_from_exposition(text: str) -> dict[str, dict[str, float]]:
-    """Per-variant sums of the experiment counters in a Prometheus text exposition."""
+Cells = dict[str, dict[str, dict[str, float]]]
+"""variant -> user group ("" for the lists counter, which has none) -> kind -> count."""
+
+
+def _add(cells: Cells, variant: str, group: str, kind: str, value: float) -> None:
+    row = cells.setdefault(variant, {}).setdefault(group, dict.fromkeys(KINDS, 0.0))
+    row[kind] += value
+
+
+def counts_from_exposition(text: str) -> Cells:
+    """The experiment counters in a Prometheus text exposition, summed over subtasks per
+    variant and user group."""
     from prometheus_client.parser import text_string_to_metric_families
 
     names = {_series(k): k for k in KINDS}
-    out: dict[str, dict[str, float]] = {}
+    out: Cells = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             kind = names.get(sample.name) or names.get(sample.name.removesuffix("_total"))
             variant = sample.labels.get("variant")
             if kind is None or variant is None:
                 continue
-            row = out.setdefault(variant, dict.fromkeys(KINDS, 0.0))
-            row[kind] += sample.value
+            _add(out, variant, sample.labels.get("user_group", ""), kind, sample.value)
     return out
 
 
-def counts_from_prometheus(url: str, window: str = "") -> dict[str, dict[str, float]]:
-    """Per-variant sums of the experiment counters from a Prometheus server."""
+def counts_from_prometheus(url: str, window: str = "") -> Cells:
+    """The experiment counters from a Prometheus server, per variant and user group."""
     from urllib.parse import urlencode
 
     from devstack.prometheus import http_get_json
 
-    out: dict[str, dict[str, float]] = {}
+    out: Cells = {}
     for kind in KINDS:
         series = _series(kind)
-        expr = (f"sum by (variant) (increase({series}[{window}]))" if window
-                else f"sum by (variant) ({series})")
+        expr = (f"sum by (variant, user_group) (increase({series}[{window}]))" if window
+                else f"sum by (variant, user_group) ({series})")
         doc = http_get_json(f"{url.rstrip('/')}/api/v1/query?{urlencode({'query': expr})}", 10)
         if doc.get("status") != "success":
             raise ValueError(f"query {expr!r} failed: {doc}")
-        result = doc["data"]["result"]
-        for r in result:
+        for r in doc["data"]["result"]:
             variant = r["metric"].get("variant")
             if variant is not None:
-                out.setdefault(variant, dict.fromkeys(KINDS, 0.0))[kind] = float(r["value"][1])
+                _add(out, variant, r["metric"].get("user_group", ""), kind, float(r["value"][1]))
     return out
 
 
-def report(counts: Mapping[str, Mapping[str, float]], order: Sequence[str]) -> str:
-    """The table: per variant lists, tests, hit rate and Recall@10 with Wilson 95 %
-    intervals, and against the first variant the difference, p-value and verdict."""
-    names = [n for n in order if n in counts] + sorted(set(counts) - set(order))
+def totals(cells: Cells) -> dict[str, dict[str, float]]:
+    """Per variant, each counter summed over its user groups."""
+    return {variant: {kind: sum(row[kind] for row in groups.values()) for kind in KINDS}
+            for variant, groups in cells.items()}
+
+
+def _per_group(groups: Mapping[str, Mapping[str, float]], kind: str) -> list[tuple[int, int]]:
+    """(tests, hits of ``kind``) of each user group: the units of the intervals."""
+    return [(int(row["tests"]), int(row[kind])) for group, row in sorted(groups.items())
+            if group and row["tests"]]
+
+
+def _interval(per_group: list[tuple[int, int]]) -> tuple[float, str]:
+    rate, se = clustered_rate(per_group)
+    if not math.isfinite(se):
+        return rate, "n/a"
+    return rate, f"[{max(rate - 1.96 * se, 0.0):.4f}, {min(rate + 1.96 * se, 1.0):.4f}]"
+
+
+def report(cells: Cells, order: Sequence[str]) -> str:
+    """The table: per variant lists, tests, hit rate and Recall@10 with 95 % intervals, and
+    against the first variant the difference, p-value and verdict; users (in groups) are
+    the unit of every interval and test."""
+    names = [n for n in order if n in cells] + sorted(set(cells) - set(order))
     lines = [f"{'variant':<16}{'lists':>10}{'tests':>10}{'hit rate':>10}{'95% CI':>18}"
              f"{'recall@10':>11}{'95% CI':>18}{'vs ' + (names[0] if names else ''):>14}"
              f"{'p':>8}  verdict", "-" * 124]
     if not names:
         return "\n".join([*lines, "no experiment figures yet (is experiments.file set and "
                                   "have lists been shown?)"])
-    base = counts[names[0]]
+    sums = totals(cells)
+    base = _per_group(cells[names[0]], "hits")
     for name in names:
-        c = counts[name]
-        tests, hits, top10 = int(c["tests"]), int(c["hits"]), int(c["hits_at_10"])
-        rate = hits / tests if tests else 0.0
-        r10 = top10 / tests if tests else 0.0
-        lo, hi = proportion_ci(hits, tests)
-        lo10, hi10 = proportion_ci(top10, tests)
-        line = (f"{name:<16}{int(c['lists']):>10,}{tests:>10,}{rate:>10.4f}"
-                f"{f'[{lo:.4f}, {hi:.4f}]':>18}{r10:>11.4f}{f'[{lo10:.4f}, {hi10:.4f}]':>18}")
+        hits = _per_group(cells[name], "hits")
+        rate, ci = _interval(hits)
+        r10, ci10 = _interval(_per_group(cells[name], "hits_at_10"))
+        line = (f"{name:<16}{int(sums[name]['lists']):>10,}{int(sums[name]['tests']):>10,}"
+                f"{rate:>10.4f}{ci:>18}{r10:>11.4f}{ci10:>18}")
         if name != names[0]:
-            diff, p = compare(int(base["hits"]), int(base["tests"]), hits, tests)
+            diff, p = compare_clustered(base, hits)
             line += (f"{diff:>+14.4f}{p:>8.3f}  "
                      f"{'significant' if p < 0.05 else 'not significant'}")
         lines.append(line)
     lines.append("hit rate = Recall@top_k of the list shown before each event (test-then-"
-                 "learn); Wilson intervals; p: two-sided two-proportion z-test on the hit rate."
-                 "\nTests are counted as independent: where a few users make many events the "
-                 "intervals are too narrow (replay --experiments tests with users as units).")
+                 "learn); 95 % intervals and the two-sided z-test take the user as the unit "
+                 f"(standard errors over the {USER_GROUPS} user groups of each variant).")
     return "\n".join(lines)
 
 

@@ -36,9 +36,10 @@ def exported_names(spec: MetricSpec) -> list[str]:
     """The series names Prometheus stores for a metric.
 
     Flink's reporter prefixes the operator scope and puts the key of a key/value metric
-    group (a job metric's one bounded label) into the name too: a labelled job counter is
-    ``..._freshrec_<label>_job_<rest>``; a histogram is ``..._freshrec_le_job_<rest>_bucket``
-    plus ``_count`` and ``_sum_ms`` counters without ``le``.
+    group (a job metric's bounded labels) into the name too: a labelled job counter is
+    ``..._freshrec_<label>[_<label>]_job_<rest>``; a histogram is
+    ``..._freshrec_le_job_<rest>_bucket`` plus ``_count`` and ``_sum_ms`` counters without
+    ``le``.
 
     >>> exported_names(JOB_METRICS["freshrec_job_events_consumed_total"])
     ['flink_taskmanager_job_task_operator_freshrec_event_type_job_events_consumed_total']
@@ -50,7 +51,7 @@ def exported_names(spec: MetricSpec) -> list[str]:
     if spec.kind == "histogram":
         return [f"{prefix}le_{rest}_bucket", f"{prefix}{rest}_count", f"{prefix}{rest}_sum_ms"]
     if spec.labels:
-        return [f"{prefix}{spec.labels[0]}_{rest}"]
+        return [f"{prefix}{'_'.join(spec.labels)}_{rest}"]
     return [f"{prefix}{rest}"]
 
 
@@ -82,14 +83,17 @@ _JOB = [
                ("variant",), "user-update"),
     MetricSpec("freshrec_job_experiment_tests_total", "counter",
                "Events tested against the list their user was shown before them, by "
-               "experiment variant.", ("variant",), "user-update"),
+               "experiment variant and user group (a fixed hash of the user id into "
+               "32 groups: the units of the intervals).", ("variant", "user_group"),
+               "user-update"),
     MetricSpec("freshrec_job_experiment_hits_total", "counter",
                "Tested events whose item was in that list (hits / tests = the variant's "
-               "prequential hit rate, Recall@top_k), by experiment variant.", ("variant",),
-               "user-update"),
+               "prequential hit rate, Recall@top_k), by experiment variant and user group.",
+               ("variant", "user_group"), "user-update"),
     MetricSpec("freshrec_job_experiment_hits_at_10_total", "counter",
                "Tested events whose item was in the list's first 10 (Recall@10), by "
-               "experiment variant.", ("variant",), "user-update"),
+               "experiment variant and user group.", ("variant", "user_group"),
+               "user-update"),
     MetricSpec("freshrec_job_drift_detections_total", "counter",
                "ADWIN drift detections on the prequential hit stream.", (), "user-update"),
     MetricSpec("freshrec_job_users_in_state", "gauge",

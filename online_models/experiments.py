@@ -51,6 +51,9 @@ from online_models.scoring import excluded_items
 from online_models.state import UserState
 from schemas.recommendation import ScoredItem
 
+# Groups of users per variant in the job's counters: enough for a standard error with the
+# group as the unit, few enough to keep the metric series bounded.
+USER_GROUPS = 32
 # What a variant may change: how lists are scored and how users learn. The item side
 # (item vectors, trend, co-visitation) is shared by every variant, so its settings are not
 # here; neither are those that change state layouts (dim, history_len).
@@ -136,11 +139,20 @@ class Experiment:
             raise ExperimentError(f"experiment file {path} is not valid TOML: {exc}") from None
         return cls.from_mapping(doc)
 
+    def _digest(self, user_id: str) -> int:
+        return int.from_bytes(hashlib.blake2b(user_id.encode("utf-8"), digest_size=8,
+                                              key=self.key.encode("utf-8")[:64]).digest(), "big")
+
     def point(self, user_id: str) -> float:
         """The user's stable point in ``[0, 1)`` (keyed BLAKE2b of the id)."""
-        digest = hashlib.blake2b(user_id.encode("utf-8"), digest_size=8,
-                                 key=self.key.encode("utf-8")[:64]).digest()
-        return int.from_bytes(digest, "big") / 2.0**64
+        return self._digest(user_id) / 2.0**64
+
+    def group_of(self, user_id: str) -> int:
+        """The user's group in ``[0, USER_GROUPS)``: the hash's low bits, independent of the
+        variant (its high bits). The job counts tests and hits per variant and group, so
+        that the live intervals take whole users as the unit (:func:`clustered_rate` over
+        groups) without per-user counts."""
+        return self._digest(user_id) % USER_GROUPS
 
     def variant_of(self, user_id: str) -> str:
         """The variant whose range holds the user's point."""
@@ -161,42 +173,6 @@ class Experiment:
     def config(self, name: str, base: ModelConfig) -> ModelConfig:
         """``base`` with the variant's overrides."""
         return base.replace(**self.variant(name).overrides)
-
-
-def proportion_ci(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a hit rate (95 % by default).
-
-    >>> [round(x, 3) for x in proportion_ci(50, 100)]
-    [0.404, 0.596]
-    """
-    if n == 0:
-        return 0.0, 1.0
-    p = hits / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return centre - half, centre + half
-
-
-def compare(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[float, float]:
-    """Difference of two hit rates (``b - a``) and the two-sided p-value of the pooled
-    two-proportion z-test.
-
-    >>> d, p = compare(500, 1000, 560, 1000)
-    >>> round(d, 2), p < 0.01
-    (0.06, True)
-    >>> compare(5, 10, 5, 10)
-    (0.0, 1.0)
-    """
-    if not n_a or not n_b:
-        return 0.0, 1.0
-    pa, pb = hits_a / n_a, hits_b / n_b
-    pooled = (hits_a + hits_b) / (n_a + n_b)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
-    if se == 0:
-        return pb - pa, 1.0
-    z = (pb - pa) / se
-    return pb - pa, math.erfc(abs(z) / math.sqrt(2))
 
 
 def clustered_rate(per_user: Sequence[tuple[int, int]]) -> tuple[float, float]:

@@ -348,7 +348,7 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
     import urllib.request
 
     from freshrec.cli import main as cli_main
-    from freshrec.experiments import counts_from_exposition
+    from freshrec.experiments import counts_from_exposition, totals
     from online_models.experiments import Experiment
 
     exp_file = tmp_path / "experiment.toml"
@@ -381,7 +381,8 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
         while True:  # the counters of the last bundle are added after its lists went out
             with urllib.request.urlopen(url, timeout=10) as resp:
                 text = resp.read().decode()
-            counts = counts_from_exposition(text)
+            cells = counts_from_exposition(text)
+            counts = totals(cells)
             if sum(c["tests"] for c in counts.values()) >= len(all_users) \
                     or time.monotonic() > deadline:
                 break
@@ -399,6 +400,9 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
                     if "job_recommendations_published_total" in line
                     and not line.startswith("#"))
     assert set(counts) == {"model", "trending"}
+    # Tests and hits are counted per user group too: each test in its user's group.
+    assert {g for groups in cells.values() for g in groups if g} == \
+        {str(experiment.group_of(u)) for u in all_users}
     assert sum(c["lists"] for c in counts.values()) == published > 0
     tests = sum(c["tests"] for c in counts.values())
     hits = sum(c["hits"] for c in counts.values())

@@ -3,24 +3,25 @@ side, and the `freshrec experiments` report."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import jsonschema
 import pytest
 
 from flink_jobs.bundles import RECOMMENDATIONS, decode_output_bundle
 from flink_jobs.user_side import UserSide
-from freshrec.experiments import counts_from_exposition, report
+from freshrec.experiments import counts_from_exposition, report, totals
 from freshrec.generator import generate_events
 from freshrec.replay import format_experiment
 from online_models.config import ModelConfig
 from online_models.evaluate import prequential
 from online_models.experiment_model import ExperimentModel
 from online_models.experiments import (
+    USER_GROUPS,
     Experiment,
     ExperimentError,
     clustered_rate,
-    compare,
     compare_clustered,
-    proportion_ci,
 )
 from schemas.loader import load_schema
 from schemas.recommendation import Recommendation
@@ -75,11 +76,6 @@ def test_experiment_files_are_checked_naming_the_key(tmp_path) -> None:
 
 
 def test_intervals_and_the_z_test() -> None:
-    lo, hi = proportion_ci(300, 1000)
-    assert lo < 0.3 < hi and hi - lo < 0.06
-    assert compare(300, 1000, 300, 1000) == (0.0, 1.0)
-    assert compare(300, 1000, 330, 1000)[1] > 0.05   # 3 points on 1,000 tests: noise
-    assert compare(3000, 10000, 3300, 10000)[1] < 0.001
     # Users, not tests, are the unit: with one test each the two agree; one heavy user's
     # 1,000 hits are one observation, and the interval widens accordingly.
     single = [(1, 1)] * 60 + [(1, 0)] * 140
@@ -113,6 +109,9 @@ def test_user_side_lists_carry_their_variant_and_the_counts_add_up() -> None:
         lists += sum(s.variant_lists.values())
         tests += sum(s.variant_tests.values())
         hits += sum(s.variant_hits.values())
+        # Tests are counted by variant and the user's group (the intervals' unit).
+        cells = {(exp.variant_of(u), str(exp.group_of(u))) for u in users}
+        assert set(s.variant_tests) <= cells
     assert lists == published == 36 and tests == 24 and 0 <= hits <= tests
     assert {rec.variant for rec in seen_lists.values()} == {"control", "trending"}
     trending = [side.replica.ids[r] for r in side.replica.trending_rows(CFG_K)]
@@ -130,6 +129,15 @@ def test_user_side_lists_carry_their_variant_and_the_counts_add_up() -> None:
                                    [RECOMMENDATIONS][0][1])
     assert rec.variant is None and "variant" not in rec.to_json()
     assert not out.stats.variant_lists
+
+
+def test_user_groups_are_stable_spread_and_independent_of_the_variant() -> None:
+    exp = experiment({"a": 0.5, "b": 0.5})
+    assert exp.group_of("user-7") == exp.group_of("user-7")
+    cells = Counter((exp.variant_of(f"u{n}"), exp.group_of(f"u{n}")) for n in range(64_000))
+    # Every variant has users in every group, about evenly: 64,000 / 2 / 32 = 1,000 each.
+    assert len(cells) == 2 * USER_GROUPS
+    assert min(cells.values()) > 850 and max(cells.values()) < 1_150
 
 
 CFG_K = 5  # settings() lists have top_k = 5
@@ -159,28 +167,39 @@ def test_replay_runs_the_variants_side_by_side_on_one_item_side() -> None:
 _P = "flink_taskmanager_job_task_operator_freshrec_"
 
 
-def _sample(kind: str, variant: str, subtask: int, value: float) -> str:
-    return (f'{_P}variant_job_experiment_{kind}_total'
-            f'{{variant="{variant}",subtask_index="{subtask}"}} {value}')
+def _exposition(hits_per_group: dict[str, tuple[int, int]], tests: int = 100) -> str:
+    """The job's endpoint for variants whose 32 user groups alternate between two hit
+    counts out of ``tests`` each; the counts of each group split over two subtasks."""
+    lines = [f"# TYPE {_P}variant_user_group_job_experiment_tests_total gauge"]
+    for variant, (even, odd) in hits_per_group.items():
+        lines.append(f'{_P}variant_job_experiment_lists_total{{variant="{variant}",'
+                     f'subtask_index="0"}} {USER_GROUPS * tests}')
+        for g in range(USER_GROUPS):
+            for kind, n in (("tests", tests), ("hits", even if g % 2 == 0 else odd),
+                            ("hits_at_10", 0)):
+                for subtask, share in ((0, n // 2), (1, n - n // 2)):
+                    lines.append(f'{_P}variant_user_group_job_experiment_{kind}_total'
+                                 f'{{variant="{variant}",user_group="{g}",'
+                                 f'subtask_index="{subtask}"}} {float(share)}')
+    return "\n".join([*lines, f'{_P}job_recommendations_published_total{{subtask_index="0"}} 1.0',
+                      ""])
 
 
-EXPOSITION = "\n".join([
-    f"# TYPE {_P}variant_job_experiment_tests_total gauge",
-    _sample("tests", "control", 0, 600.0), _sample("tests", "control", 1, 400.0),
-    _sample("tests", "boost", 0, 1000.0), _sample("hits", "control", 0, 300.0),
-    _sample("hits", "boost", 0, 400.0), _sample("hits_at_10", "boost", 0, 200.0),
-    _sample("lists", "boost", 0, 900.0),
-    f'{_P}job_recommendations_published_total{{subtask_index="0"}} 900.0', ""])
-
-
-def test_experiments_report_reads_the_job_endpoint_and_gives_a_verdict() -> None:
-    counts = counts_from_exposition(EXPOSITION)
-    assert counts["control"]["tests"] == 1000 and counts["control"]["hits"] == 300
-    assert counts["boost"] == {"lists": 900, "tests": 1000, "hits": 400, "hits_at_10": 200}
-    text = report(counts, ["control", "boost"])
-    lines = text.splitlines()
+def test_experiments_report_takes_users_in_groups_as_the_unit() -> None:
+    similar = counts_from_exposition(_exposition({"control": (25, 35), "boost": (35, 45)}))
+    assert set(similar["boost"]) == {"", *map(str, range(USER_GROUPS))}
+    assert totals(similar)["boost"] == {"lists": 3200, "tests": 3200, "hits": 1280,
+                                        "hits_at_10": 0}
+    lines = report(similar, ["control", "boost"]).splitlines()
     control = next(x for x in lines if x.startswith("control"))
     boost = next(x for x in lines if x.startswith("boost"))
     assert "0.3000" in control and "0.4000" in boost and "+0.1000" in boost
     assert boost.endswith("significant") and "not significant" not in boost
+    # The same hit rates with users far apart (groups at 10 % and 50 %): tests taken one by
+    # one would call +0.05 on 3,200 tests each significant (z ~ 4); with users as the unit
+    # it is not (z ~ 1).
+    apart = counts_from_exposition(_exposition({"control": (10, 50), "boost": (15, 55)}))
+    boost = next(x for x in report(apart, ["control", "boost"]).splitlines()
+                 if x.startswith("boost"))
+    assert "+0.0500" in boost and boost.endswith("not significant")
     assert "no experiment figures" in report({}, ["control"])
