@@ -53,6 +53,7 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
         decode_output_bundle,
     )
     from flink_jobs.item_side import ItemSide
+    from flink_jobs.native_imports import freeze_imported_objects
     from flink_jobs.shard_keys import shard_of
     from flink_jobs.user_side import UserSide
     from flink_jobs.user_side_types import UserSideSettings
@@ -70,6 +71,7 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
     users_side = UserSide(settings)
     items_side = ItemSide(cfg, job.item_publish_interval_ms,
                           job.item_background_publish_interval_ms)
+    freeze_imported_objects()  # as the operators do when they open
     user_values: dict[str, bytes] = {}
     item_values: dict[str, bytes] = {}
     text_maps: dict[object, bytes | None] = {}  # per item shard, as the job keeps them

@@ -16,6 +16,7 @@ before any operator module imports them.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import threading
 
@@ -55,3 +56,13 @@ def import_native_modules(names: tuple[str, ...] = NATIVE_MODULES) -> None:
     thread.join()
     if errors:
         raise errors[0]
+
+
+def freeze_imported_objects() -> None:
+    """Put every object the garbage collector tracks so far out of its reach for good: the
+    functions, types and constants of the imported modules (torch, River, SciPy, PyFlink:
+    ~280k in a TaskManager's interpreter), which live as long as it does anyway. Each full
+    collection scanned them all and held the GIL, so no operator ran, for 150-190 ms (six
+    times a minute at 500 events/s); afterwards it scans the job's own objects, < 10 ms.
+    The operators call it when they open, once every module is imported."""
+    gc.freeze()

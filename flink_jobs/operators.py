@@ -37,6 +37,7 @@ from flink_jobs.bundles import decode_record_bundle, decode_shard_bundle
 from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, unpack_due
 from flink_jobs.metrics import JobMetrics
+from flink_jobs.native_imports import freeze_imported_objects
 from flink_jobs.user_side import UserSide
 from flink_jobs.user_side_types import BundleStats, UserBundleResult, UserSideSettings, now_ms
 from freshrec_common.privacy import load_key
@@ -157,6 +158,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         self.pseudonym_key_file = pseudonym_key_file
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        freeze_imported_objects()
         key = None if self.pseudonym_key_file is None else load_key(self.pseudonym_key_file)
         self.side = UserSide(self.settings, key)
         users, owed = user_state_descriptors(self.user_ttl_days)
@@ -298,6 +300,7 @@ class ItemUpdate(KeyedProcessFunction):
         self.dedup_window_s = dedup_window_s
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        freeze_imported_objects()
         self.side = ItemSide(self.config, self.publish_interval_ms,
                              self.background_publish_interval_ms)
         items, seen, soon, later = item_state_descriptors(self.dedup_window_s)
