@@ -136,8 +136,9 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
                 text_maps[sh] = done.text_map
             for item_id in done.soon:
                 due[item_id] = min(due.get(item_id, done.soon_at), done.soon_at)
-            for item_id in done.later:
-                due[item_id] = min(due.get(item_id, done.later_at), done.later_at)
+            for at, later in done.later.items():
+                for item_id in later:
+                    due[item_id] = min(due.get(item_id, at), at)
         publish = [i for i, at in due.items() if at <= now]
         changelog: list[tuple[bytes, bytes]] = []
         if publish:

@@ -7,8 +7,11 @@ the items' states (read once per item, written with one ``put_all``) and marks t
 due for publishing; :meth:`ItemSide.publish` builds their changelog records when the
 shard's timer fires. An item is published at most once per ``publish_interval_ms`` after an
 interaction or upsert, and once per ``background_interval_ms`` after only being nudged as a
-sampled negative or as context: the operator keeps the two lists of items waiting and a
-timer at each list's next tick.
+sampled negative or as context. The background interval is cut into slots
+(:func:`background_slot`), each item in its own by a hash of its id, so that a shard's
+nudged items go out spread over the interval rather than in one burst at its end: the
+operator keeps the list of items waiting for the next foreground tick, the items waiting
+in each slot, and a timer at each of those times.
 
 >>> side = ItemSide(ModelConfig(dim=4), 200, 5000)
 >>> raw = (b'{"event_id":"u1","event_type":"item_upsert","ts":1700000000000,'
@@ -23,9 +26,10 @@ timer at each list's next tick.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +55,40 @@ from schemas.events import Event, decode_event
 from schemas.item_embedding import ItemEmbedding
 
 _DUE_MAGIC = b"FD1"
+# Slots per background interval (fewer when the foreground interval is coarser): small
+# enough that a bundle touches few of them, enough that each slot's burst is small.
+BACKGROUND_SLOTS = 20
+
+
+def background_slot(item_id: str, now: int, fore: int, back: int) -> int:
+    """When an item only nudged at ``now`` is published: its slot's next time after
+    ``now`` (within ``back`` ms). Slots are whole multiples of ``fore`` ms apart and an
+    item's slot is fixed by its id, so nudges within an interval publish it once.
+
+    >>> [background_slot(i, 1_000, 500, 30_000) for i in ("i1", "i2", "i3")]
+    [18000, 13500, 6000]
+    >>> background_slot("i1", 17_999, 500, 30_000), background_slot("i1", 18_000, 500, 30_000)
+    (18000, 48000)
+    """
+    width = fore * max(1, back // fore // BACKGROUND_SLOTS)
+    slots = max(1, back // width)
+    digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=4).digest()
+    at = now - now % back + (int.from_bytes(digest, "little") % slots) * width
+    return at if at > now else at + back
+
+
+def pack_ids(ids: Iterable[str]) -> bytes:
+    """Ids as one value (ids never hold NUL, see ``schemas.event_fields``).
+
+    >>> unpack_ids(pack_ids(["a", "b"])), unpack_ids(pack_ids([]))
+    (['a', 'b'], [])
+    """
+    return "\x00".join(ids).encode("utf-8")
+
+
+def unpack_ids(blob: bytes | None) -> list[str]:
+    """Inverse of :func:`pack_ids` (``None``: none)."""
+    return blob.decode("utf-8").split("\x00") if blob else []
 
 
 def pack_due(due: Mapping[str, int]) -> bytes:
@@ -79,14 +117,13 @@ def unpack_due(blob: bytes | None) -> dict[str, int]:
 @dataclass
 class ItemBundleResult:
     """Item state writes; items to publish at the next tick of ``publish_interval_ms``
-    (``soon``, at ``soon_at``) and of ``background_interval_ms`` (``later``, at
-    ``later_at``); upsert ids to remember and duplicates dropped."""
+    (``soon``, at ``soon_at``) and items only nudged, by the time of their background slot
+    (``later``); upsert ids to remember and duplicates dropped."""
 
     writes: dict[str, bytes]
     soon: list[str]
     soon_at: int
-    later: list[str]
-    later_at: int
+    later: dict[int, list[str]]
     upsert_ids: list[str]
     duplicates: int
     text_map: bytes | None = None  # the shard's text map after the bundle, if it learned
@@ -190,8 +227,11 @@ class ItemSide:
                 self._teach(cold, rows, before)
             writes.update(rows.blobs())
         fore, back = self.publish_interval_ms, self.background_interval_ms
-        return ItemBundleResult(writes, list(soon), (now // fore + 1) * fore,
-                                [i for i in later if i not in soon], (now // back + 1) * back,
+        slots: dict[int, list[str]] = {}
+        for i in later:
+            if i not in soon:
+                slots.setdefault(background_slot(i, now, fore, back), []).append(i)
+        return ItemBundleResult(writes, list(soon), (now // fore + 1) * fore, slots,
                                 upsert_ids, duplicates,
                                 None if cold is None or cold.map.n == learned_before
                                 else cold.map.to_bytes())

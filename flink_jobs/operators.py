@@ -35,7 +35,7 @@ from pyflink.datastream.state import (
 
 from flink_jobs.bundles import decode_record_bundle, decode_shard_bundle
 from flink_jobs.fault_injection import InjectedFault
-from flink_jobs.item_side import ItemSide, pack_due, unpack_due
+from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpack_ids
 from flink_jobs.metrics import JobMetrics
 from flink_jobs.native_imports import freeze_imported_objects
 from flink_jobs.user_side import UserSide
@@ -84,16 +84,22 @@ def user_state_descriptors(user_ttl_days: int) -> tuple[MapStateDescriptor,
 
 def item_state_descriptors(dedup_window_s: int
                            ) -> tuple[MapStateDescriptor, MapStateDescriptor,
-                                      ListStateDescriptor, ListStateDescriptor]:
+                                      ListStateDescriptor, MapStateDescriptor]:
     """item-update's keyed state per item shard: ``ItemState`` bytes by item id, the
-    item_upsert event ids seen within the window, and the items waiting for the next
-    foreground and background publish ticks (lists: a bundle appends without reading)."""
+    item_upsert event ids seen within the window, the items waiting for the next
+    foreground tick (a list: a bundle appends without reading) and the items waiting in
+    each background slot (``item_side.pack_ids`` bytes by the slot's time)."""
     items = MapStateDescriptor("items", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
     seen = MapStateDescriptor("upsert-ids", Types.STRING(), Types.BOOLEAN())
     seen.enable_time_to_live(_ttl(Time.seconds(dedup_window_s)))
     soon = ListStateDescriptor("publish-soon", Types.STRING())
-    later = ListStateDescriptor("publish-later", Types.STRING())
-    return items, seen, soon, later
+    slots = MapStateDescriptor("publish-slots", Types.LONG(), Types.PICKLED_BYTE_ARRAY())
+    return items, seen, soon, slots
+
+
+# The items a checkpoint of the state layout before background slots has waiting for the
+# background tick (published at it, a multiple of the background interval).
+UNSLOTTED_LATER_DESCRIPTOR = ListStateDescriptor("publish-later", Types.STRING())
 
 
 # item-update's text map per item shard (online_models.text.TextMap bytes).
@@ -303,11 +309,12 @@ class ItemUpdate(KeyedProcessFunction):
         freeze_imported_objects()
         self.side = ItemSide(self.config, self.publish_interval_ms,
                              self.background_publish_interval_ms)
-        items, seen, soon, later = item_state_descriptors(self.dedup_window_s)
+        items, seen, soon, slots = item_state_descriptors(self.dedup_window_s)
         self.items = runtime_context.get_map_state(items)
         self.seen_ids = runtime_context.get_map_state(seen)
         self.soon = runtime_context.get_list_state(soon)
-        self.later = runtime_context.get_list_state(later)
+        self.slots = runtime_context.get_map_state(slots)
+        self.unslotted_later = runtime_context.get_list_state(UNSLOTTED_LATER_DESCRIPTOR)
         self.text_map = runtime_context.get_state(TEXT_MAP_DESCRIPTOR)
         self.shard_count = ShardCount(runtime_context, "job.item_shards", self.item_shards)
         metrics = JobMetrics(runtime_context)
@@ -333,17 +340,25 @@ class ItemUpdate(KeyedProcessFunction):
             self.soon.add_all(result.soon)
             timers.register_processing_time_timer(result.soon_at)
         if result.later:
-            self.later.add_all(result.later)
-            timers.register_processing_time_timer(result.later_at)
+            slots = {}
+            for at, ids in result.later.items():
+                slots[at] = pack_ids(dict.fromkeys([*unpack_ids(self.slots.get(at)), *ids]))
+                timers.register_processing_time_timer(at)
+            self.slots.put_all(slots)
         return []
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[bytes]:
         ready: dict[str, None] = {}
-        for waiting, interval in ((self.soon, self.publish_interval_ms),
-                                  (self.later, self.background_publish_interval_ms)):
-            if timestamp % interval == 0:  # this list's tick
-                ready.update(dict.fromkeys(waiting.get()))
-                waiting.clear()
+        if timestamp % self.publish_interval_ms == 0:
+            ready.update(dict.fromkeys(self.soon.get()))
+            self.soon.clear()
+        slot = self.slots.get(timestamp)
+        if slot is not None:
+            ready.update(dict.fromkeys(unpack_ids(slot)))
+            self.slots.remove(timestamp)
+        if timestamp % self.background_publish_interval_ms == 0:
+            ready.update(dict.fromkeys(self.unslotted_later.get()))
+            self.unslotted_later.clear()
         if not ready:
             return
         ids = list(ready)

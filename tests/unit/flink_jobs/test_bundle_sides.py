@@ -19,7 +19,7 @@ from flink_jobs.bundles import (
     decode_record_bundle,
     encode_record_bundle,
 )
-from flink_jobs.item_side import ItemSide, pack_due, unpack_due
+from flink_jobs.item_side import BACKGROUND_SLOTS, ItemSide, background_slot, pack_due, unpack_due
 from flink_jobs.shard_keys import shard_of
 from flink_jobs.user_side import UserSide
 from flink_jobs.user_value import unpack_user_value
@@ -157,7 +157,9 @@ def test_gradients_reach_the_item_side_and_come_back_through_the_changelog() -> 
     items.apply(res.writes)
     assert {"i1", "i2", "new-1"} <= set(res.writes)
     assert {"i1", "i2", "new-1"} <= set(res.soon) and res.soon_at == T0 + 200
-    assert not set(res.soon) & set(res.later) and res.later_at == T0 + 5000
+    later = {i for ids in res.later.values() for i in ids}
+    assert later and not set(res.soon) & later
+    assert all(T0 < at <= T0 + 5000 and at % 200 == 0 for at in res.later)
     dup = item_side.process(upserts, items.load, lambda e: e in res.upsert_ids, T0)
     assert dup.duplicates == 1 and not dup.writes
     out, n = item_side.publish(["i1", "new-1"], items.load(["i1", "new-1"]))
@@ -252,6 +254,20 @@ def test_pseudonymised_users() -> None:
 def test_publish_schedule_round_trips() -> None:
     assert unpack_due(pack_due({"a ✓": 1, "b": T0})) == {"a ✓": 1, "b": T0}
     assert unpack_due(None) == {}
+
+
+def test_nudged_items_publish_spread_over_the_background_interval_once_per_interval() -> None:
+    now, fore, back = T0 + 1234, 500, 30_000
+    ids = [f"item-{n}" for n in range(4000)]
+    slots = [background_slot(i, now, fore, back) for i in ids]
+    assert all(now < at <= now + back and at % fore == 0 for at in slots)
+    counts = sorted(slots.count(at) for at in set(slots))
+    # Every slot is used, none holds much more than its share (a burst at one tick).
+    assert len(counts) == BACKGROUND_SLOTS and counts[-1] < 2 * len(ids) / BACKGROUND_SLOTS
+    # Nudged again before its slot: the same slot; after it: the next interval's.
+    pairs = list(zip(ids, slots, strict=True))
+    assert [background_slot(i, at - 1, fore, back) for i, at in pairs] == slots
+    assert [background_slot(i, at, fore, back) for i, at in pairs] == [at + back for at in slots]
 
 
 def test_a_bad_changelog_record_is_skipped_not_fatal() -> None:
