@@ -42,10 +42,11 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
     the job's settings (``sets`` overrides them): events arrive at ``rate`` per second and
     are bundled per user shard as the Java bundler does (a bundle goes at
     ``job.bundle_max_records`` or ``job.bundle_max_age_ms``), and so are the item messages
-    per item shard; owed refreshes fire at their due time (the job's timers) and items
-    publish at their ticks, their changelog applied to the replica. A steady rate gives
-    bundles of what reaches a shard within the bundle age; a ``backlog`` fills every bundle
-    (the source reads ahead) while the clock moves at ``rate``, the job's pace."""
+    per item shard (``job.item_bundle_max_age_ms``); owed refreshes fire at their due time
+    (the job's timers) and items publish at their ticks, their changelog applied to the
+    replica. A steady rate gives bundles of what reaches a shard within the bundle age; a
+    ``backlog`` fills every bundle (the source reads ahead) while the clock moves at
+    ``rate``, the job's pace."""
     from flink_jobs.bundles import (
         ITEM_EMBEDDINGS,
         ITEM_GRADIENTS,
@@ -79,6 +80,7 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
     owed: dict[int, dict[str, int]] = {}  # shard -> user -> when its owed list falls due
     max_n, max_age = job.bundle_max_records, job.bundle_max_age_ms
     flush_age = 10**12 if backlog else max_age
+    item_flush_age = 10**12 if backlog else job.item_bundle_max_age_ms
     user_bundles: dict[int, tuple[int, list[RawRecord]]] = {}  # shard -> (first at, records)
     item_bundles: dict[object, tuple[int, list[bytes]]] = {}
     clock = time.process_time  # CPU time: less sensitive to other load on a shared machine
@@ -127,7 +129,7 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
                 timer.output.to_bytes()
         t1 = clock()
         for sh in [sh for sh, (at, ms) in item_bundles.items()
-                   if len(ms) >= max_n or now - at >= flush_age or n == len(events) - 1]:
+                   if len(ms) >= max_n or now - at >= item_flush_age or n == len(events) - 1]:
             done = items_side.process(item_bundles.pop(sh)[1], load_items, lambda _: False,
                                       now, text_maps.get(sh))
             n_item_calls += 1
@@ -159,7 +161,8 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
     total = t_user + t_item + t_replica
     print(f"job path {'in a backlog, clock' if backlog else 'at'} {rate:,.0f} events/s, CPU "
           f"time ({n:,} events; {job.user_shards} user "
-          f"and {job.item_shards} item shards, bundles of up to {max_n} or {max_age} ms: "
+          f"and {job.item_shards} item shards, bundles of up to {max_n} or {max_age} ms "
+          f"({job.item_bundle_max_age_ms} ms for items): "
           f"{n / n_user_calls:.1f} events per user-side call, {n_msgs / n_item_calls:.1f} "
           f"messages per item-side call; {n_lists / n:.2f} lists and "
           f"{n_published / n:.2f} items published per event)")
@@ -170,7 +173,8 @@ def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str]
           f"= {n / total:,.0f} events/s on one core")
     put(section, rate=rate, backlog=str(backlog), user_shards=job.user_shards,
         item_shards=job.item_shards,
-        bundle_max_age_ms=max_age, events_per_user_call=n / n_user_calls,
+        bundle_max_age_ms=max_age, item_bundle_max_age_ms=job.item_bundle_max_age_ms,
+        events_per_user_call=n / n_user_calls,
         messages_per_item_call=n_msgs / n_item_calls, user_us=t_user * per,
         item_us=t_item * per, replica_us=t_replica * per, total_us=total * per,
         events_per_s_one_core=n / total, lists_per_event=n_lists / n,

@@ -138,7 +138,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     item_messages = java_operator(
         java_operator(users, "split-item-messages", glue.ShardRecordSplitter(ITEM_GRADIENTS),
                       SHARD_BUNDLE_TYPE),
-        "bundle-item-messages", glue.ShardRecordBundler(max_records, max_age),
+        "bundle-item-messages",
+        glue.ShardRecordBundler(max_records, job.item_bundle_max_age_ms),
         SHARD_BUNDLE_TYPE).start_new_chain()
     items = (
         item_messages.key_by(lambda bundle, keys=item_keys: keys[bundle[0]], Types.INT())

@@ -81,6 +81,7 @@ class JobSettings:
     item_shards: int
     bundle_max_records: int
     bundle_max_age_ms: int
+    item_bundle_max_age_ms: int
     item_publish_interval_ms: int
     item_background_publish_interval_ms: int
     dedup_window_s: int
@@ -178,6 +179,7 @@ _POSITIVE = {
     "topics.dlq_max_message_bytes", "job.parallelism",
     "job.checkpoint_interval_ms", "job.refresh_interval_ms", "job.user_shards",
     "job.item_shards", "job.bundle_max_records", "job.bundle_max_age_ms",
+    "job.item_bundle_max_age_ms",
     "job.item_publish_interval_ms",
     "job.item_background_publish_interval_ms", "job.dedup_window_s", "job.dedup_max_ids",
     "job.user_state_ttl_days", "job.max_payload_bytes", "job.max_id_length",

@@ -158,13 +158,15 @@ class CoVisitTable:
         source item, that source's share]`` for a user's recent items (most recent first)."""
         out: dict[str, list] = {}
         count = self.count
+        sqrt = math.sqrt
         for pos, src in enumerate(recent):
             nb = self.neighbours.get(src)
             if not nb:
                 continue
-            w_src = 1.0 / ((pos + 1) * math.sqrt(max(count.get(src, 1.0), 1.0)))
+            w_src = 1.0 / ((pos + 1) * sqrt(max(count.get(src, 1.0), 1.0)))
             for item, c in nb.items():
-                v = w_src * c / math.sqrt(max(count.get(item, 1.0), 1.0))
+                n = count.get(item, 1.0)
+                v = w_src * c / sqrt(n) if n > 1.0 else w_src * c
                 cur = out.get(item)
                 if cur is None:
                     out[item] = [v, v if pos == 0 else 0.0, src, v]
