@@ -3,11 +3,10 @@
 Run: ``nice .venv/bin/python -m bench.bench_model [--quick] [--only job,learn,...]``
 (one torch thread unless ``--threads``). Prints figures and ratios (these are goals, not
 timed tests) and writes them to ``bench/results/model.json``. ``--profile`` adds a
-pyinstrument profile of ``learn_one`` (where a learning step spends its time). The ``job``
-section times the PyFlink job's two Python operators on generated data through their own
-code over bundles (``flink_jobs.user_side``, ``flink_jobs.item_side``), the Flink state a
-dict; ``learn`` compares the bundle learner (``learn_many``: one
-``online_models.bundle.learn_bundle`` step per bundle) with River's ``learn_one``.
+pyinstrument profile of ``learn_one``. The ``job`` section times the job's two Python
+operators through their own code (:mod:`bench.model_job`); ``learn`` compares the bundle learner
+(``learn_many``: one ``online_models.bundle.learn_bundle`` step per bundle) with River's
+``learn_one``.
 """
 
 from __future__ import annotations
@@ -16,11 +15,12 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.model_job import job_path
 
 # Every printed figure, by section, for the JSON file.
 FIGURES: dict[str, dict[str, float | str]] = {}
@@ -31,154 +31,15 @@ def put(section: str, **values: float | str) -> None:
         {k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()})
 
 
+def _generated(n: int) -> list:
+    """The events every section runs on (5,000 users, 20,000 items)."""
+    from freshrec.generator import generate_events
+
+    return list(generate_events(n, seed=1, n_users=5000, n_items=20000))
+
+
 def _rate(n: int, seconds: float) -> str:
     return f"{n / seconds:>12,.0f} ev/s"
-
-
-def job_path(n_ev: int, dim: int, rate: float, section: str, sets: Sequence[str] = (),
-             backlog: bool = False) -> None:
-    """Per-event CPU cost of the job's two Python operators, through their own code
-    (``flink_jobs.user_side`` / ``item_side`` over bytes, the Flink state a dict), with
-    the job's settings (``sets`` overrides them): events arrive at ``rate`` per second and
-    are bundled per user shard as the Java bundler does (a bundle goes at
-    ``job.bundle_max_records`` or ``job.bundle_max_age_ms``), and so are the item messages
-    per item shard (``job.item_bundle_max_age_ms``); owed refreshes fire at their due time
-    (the job's timers) and items publish at their ticks, their changelog applied to the
-    replica. A steady rate gives bundles of what reaches a shard within the bundle age; a
-    ``backlog`` fills every bundle (the source reads ahead) while the clock moves at
-    ``rate``, the job's pace."""
-    from flink_jobs.bundles import (
-        ITEM_EMBEDDINGS,
-        ITEM_GRADIENTS,
-        RawRecord,
-        decode_output_bundle,
-    )
-    from flink_jobs.item_side import ItemSide
-    from flink_jobs.native_imports import freeze_imported_objects
-    from flink_jobs.shard_keys import shard_of
-    from flink_jobs.user_side import UserSide
-    from flink_jobs.user_side_types import UserSideSettings
-    from freshrec.generator import generate_events
-    from freshrec_common.settings import load_settings
-    from online_models import ModelConfig
-    from schemas.events import encode_event
-
-    job = load_settings(None, overrides=sets).job  # the job's defaults, --set overrides
-    cfg = ModelConfig(dim=dim)
-    events = list(generate_events(n_ev, seed=1, n_users=5000, n_items=20000))
-    settings = UserSideSettings(cfg, "bench", "events", job.refresh_interval_ms,
-                                job.dedup_window_s, job.dedup_max_ids, job.max_payload_bytes,
-                                job.max_id_length, item_shards=job.item_shards)
-    users_side = UserSide(settings)
-    items_side = ItemSide(cfg, job.item_publish_interval_ms,
-                          job.item_background_publish_interval_ms)
-    freeze_imported_objects()  # as the operators do when they open
-    user_values: dict[str, bytes] = {}
-    item_values: dict[str, bytes] = {}
-    text_maps: dict[object, bytes | None] = {}  # per item shard, as the job keeps them
-    due: dict[str, int] = {}  # item -> its publish tick
-    owed: dict[int, dict[str, int]] = {}  # shard -> user -> when its owed list falls due
-    max_n, max_age = job.bundle_max_records, job.bundle_max_age_ms
-    flush_age = 10**12 if backlog else max_age
-    item_flush_age = 10**12 if backlog else job.item_bundle_max_age_ms
-    user_bundles: dict[int, tuple[int, list[RawRecord]]] = {}  # shard -> (first at, records)
-    item_bundles: dict[object, tuple[int, list[bytes]]] = {}
-    clock = time.process_time  # CPU time: less sensitive to other load on a shared machine
-    t_user = t_item = t_replica = 0.0
-    n_lists = n_msgs = n_published = n_user_calls = n_item_calls = 0
-
-    def load_users(ids: list[str]) -> dict[str, bytes | None]:
-        return {u: user_values.get(u) for u in ids}
-
-    def load_items(ids: list[str]) -> dict[str, bytes | None]:
-        return {i: item_values.get(i) for i in ids}
-
-    start = now = 1_800_000_000_000
-    for n, e in enumerate(events):
-        now = start + int(n * 1000 / rate)
-        key = e.user_id.encode() if e.user_id else None
-        shard = shard_of(e.user_id or e.item_id or "", job.user_shards)
-        recs = user_bundles.setdefault(shard, (now, []))[1]
-        recs.append(RawRecord(0, n, now, key, encode_event(e)))
-        ready = [sh for sh, (at, rs) in user_bundles.items()
-                 if len(rs) >= max_n or now - at >= flush_age or n == len(events) - 1]
-        t0 = clock()
-        for sh in ready:
-            shard_owed = owed.setdefault(sh, {})
-            due_now = [u for u, at in shard_owed.items() if at <= now]
-            for u in due_now:
-                del shard_owed[u]
-            res = users_side.process(user_bundles.pop(sh)[1], load_users, now, due_now)
-            n_user_calls += 1
-            user_values.update(res.writes)
-            shard_owed.update(res.owed)
-            n_lists += res.stats.published
-            for item_shard, m in decode_output_bundle(res.output.to_bytes()).get(
-                    ITEM_GRADIENTS, []):
-                item_bundles.setdefault(item_shard, (now, []))[1].append(m)
-                n_msgs += 1
-        for shard_owed in owed.values():  # the timers of shards no bundle came to
-            fired = [u for u, at in shard_owed.items() if at <= now]
-            if fired:
-                for u in fired:
-                    del shard_owed[u]
-                timer = users_side.refresh(fired, load_users, now)
-                n_user_calls += 1
-                user_values.update(timer.writes)
-                n_lists += timer.stats.published
-                timer.output.to_bytes()
-        t1 = clock()
-        for sh in [sh for sh, (at, ms) in item_bundles.items()
-                   if len(ms) >= max_n or now - at >= item_flush_age or n == len(events) - 1]:
-            done = items_side.process(item_bundles.pop(sh)[1], load_items, lambda _: False,
-                                      now, text_maps.get(sh))
-            n_item_calls += 1
-            item_values.update(done.writes)
-            if done.text_map is not None:
-                text_maps[sh] = done.text_map
-            for item_id in done.soon:
-                due[item_id] = min(due.get(item_id, done.soon_at), done.soon_at)
-            for at, later in done.later.items():
-                for item_id in later:
-                    due[item_id] = min(due.get(item_id, at), at)
-        publish = [i for i, at in due.items() if at <= now]
-        changelog: list[tuple[bytes, bytes]] = []
-        if publish:
-            for i in publish:
-                del due[i]
-            published, k = items_side.publish(publish, item_values)
-            n_published += k
-            changelog = decode_output_bundle(published.to_bytes()).get(ITEM_EMBEDDINGS, [])
-        t2 = clock()
-        if changelog:
-            users_side.apply_changelog([RawRecord(0, 0, now, k, v) for k, v in changelog])
-        t3 = clock()
-        t_user += t1 - t0
-        t_item += t2 - t1
-        t_replica += t3 - t2
-    n = len(events)
-    per = 1e6 / n
-    total = t_user + t_item + t_replica
-    print(f"job path {'in a backlog, clock' if backlog else 'at'} {rate:,.0f} events/s, CPU "
-          f"time ({n:,} events; {job.user_shards} user "
-          f"and {job.item_shards} item shards, bundles of up to {max_n} or {max_age} ms "
-          f"({job.item_bundle_max_age_ms} ms for items): "
-          f"{n / n_user_calls:.1f} events per user-side call, {n_msgs / n_item_calls:.1f} "
-          f"messages per item-side call; {n_lists / n:.2f} lists and "
-          f"{n_published / n:.2f} items published per event)")
-    print(f"  user side  (decode, learn, score, state bytes)  {t_user * per:7.1f} us/event")
-    print(f"  item side  (gradient bundles, publish)           {t_item * per:7.1f} us/event")
-    print(f"  replica    (changelog applied)                   {t_replica * per:7.1f} us/event")
-    print(f"  total                                            {total * per:7.1f} us/event "
-          f"= {n / total:,.0f} events/s on one core")
-    put(section, rate=rate, backlog=str(backlog), user_shards=job.user_shards,
-        item_shards=job.item_shards,
-        bundle_max_age_ms=max_age, item_bundle_max_age_ms=job.item_bundle_max_age_ms,
-        events_per_user_call=n / n_user_calls,
-        messages_per_item_call=n_msgs / n_item_calls, user_us=t_user * per,
-        item_us=t_item * per, replica_us=t_replica * per, total_us=total * per,
-        events_per_s_one_core=n / total, lists_per_event=n_lists / n,
-        published_per_event=n_published / n)
 
 
 def main() -> None:
@@ -199,8 +60,9 @@ def main() -> None:
     if "job" in only:
         n_job = 20_000 if args.quick else 60_000
         # A backlog (the bundlers fill their bundles), then a steady 1,000/s.
-        job_path(n_job, args.dim, 3_000.0, "job_path", args.sets, backlog=True)
-        job_path(n_job, args.dim, 1_000.0, "job_path_steady", args.sets)
+        events = _generated(n_job)
+        put("job_path", **job_path(events, args.dim, 3_000.0, args.sets, backlog=True))
+        put("job_path_steady", **job_path(events, args.dim, 1_000.0, args.sets))
     if "learn" in only:
         learn(args)
     users = None
@@ -224,10 +86,9 @@ def profile(args: argparse.Namespace) -> None:
     """Where learn_one spends its time (wall clock, statistical)."""
     from pyinstrument import Profiler
 
-    from freshrec.generator import generate_events
     from online_models import FreshRecModel, ModelConfig
 
-    events = list(generate_events(20_000, seed=1, n_users=5000, n_items=20000))
+    events = _generated(20_000)
     m = FreshRecModel(ModelConfig(dim=args.dim, exploration=0.0))
     for e in events[:2000]:  # warm: replica, clusters, trends exist
         m.learn_one(e)
@@ -243,11 +104,10 @@ def learn(args: argparse.Namespace) -> None:
     """learn_one / learn_many against River FunkMF in the same run."""
     from river import optim, reco
 
-    from freshrec.generator import generate_events
     from online_models import FreshRecModel, ModelConfig
 
     n_ev = 20_000 if args.quick else 60_000
-    events = list(generate_events(n_ev, seed=1, n_users=5000, n_items=20000))
+    events = _generated(n_ev)
     inter = [e for e in events if e.user_id is not None]
     cfg = ModelConfig(dim=args.dim, exploration=0.0)
     print(f"dim={args.dim} torch_threads={args.threads} events={len(events):,} "
@@ -265,7 +125,7 @@ def learn(args: argparse.Namespace) -> None:
         river_rates[name] = len(inter) / (clock() - t)
         print(f"River {name:<8} learn_one {river_rates[name]:>12,.0f} ev/s")
         put("learn", **{f"river_{name.lower()}_learn_one_per_s": river_rates[name]})
-    river_s = len(inter) / river_rates["FunkMF"]
+    funk = river_rates["FunkMF"]
 
     m = FreshRecModel(cfg)
     t = clock()
@@ -273,9 +133,9 @@ def learn(args: argparse.Namespace) -> None:
         m.learn_one(e)
     one_s = clock() - t
     print(f"freshrec learn_one        {_rate(len(events), one_s)}   "
-          f"ratio vs River {(len(events) / one_s) / (len(inter) / river_s):.2f}x (goal >= 1x)")
+          f"ratio vs River {(len(events) / one_s) / funk:.2f}x (goal >= 1x)")
     put("learn", freshrec_learn_one_per_s=len(events) / one_s,
-        ratio_vs_funkmf=(len(events) / one_s) / river_rates["FunkMF"],
+        ratio_vs_funkmf=(len(events) / one_s) / funk,
         ratio_vs_biasedmf=(len(events) / one_s) / river_rates["BiasedMF"])
 
     for bs in (256, 1024):
@@ -285,10 +145,10 @@ def learn(args: argparse.Namespace) -> None:
             m.learn_many(events[i:i + bs])
         many_s = clock() - t
         print(f"freshrec learn_many({bs:>4}) {_rate(len(events), many_s)}   ratio vs River "
-              f"{(len(events) / many_s) / (len(inter) / river_s):.2f}x (goal >= 3x)")
+              f"{(len(events) / many_s) / funk:.2f}x (goal >= 3x)")
         put("learn", **{f"freshrec_learn_many_{bs}_per_s": len(events) / many_s,
                         f"learn_many_{bs}_ratio_vs_funkmf":
-                            (len(events) / many_s) / river_rates["FunkMF"]})
+                            (len(events) / many_s) / funk})
 
 
 def recommend(args: argparse.Namespace) -> list:

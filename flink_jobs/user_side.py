@@ -312,18 +312,16 @@ class UserSide:
             return {}
         cfg = self.config
         for uid, (user, rs) in due.items():
-            variant = self.variant_of(uid)
-            cell = (variant, str(self.experiment.group_of(uid))) \
-                if variant is not None and self.experiment is not None else None
+            cell = None if self.experiment is None else self.experiment.cell_of(uid)
             for item in rs.pending.items:
                 if rs.shown:
                     hit = self.rolling.update(rs.shown, item)
                     if self.drift.update(hit):
                         stats.drifts += 1
                     if cell is not None:
-                        _count(stats.variant_tests, cell)
-                        _count(stats.variant_hits, cell, hit)
-                        _count(stats.variant_hits_at_10, cell, item in rs.shown[:10])
+                        stats.variant_tests[cell] += 1
+                        stats.variant_hits[cell] += hit
+                        stats.variant_hits_at_10[cell] += item in rs.shown[:10]
             if user.n_events <= 4 * cfg.cold_events:
                 for item, weight in zip(rs.pending.items, rs.pending.weights, strict=True):
                     learn_cold_start(self.clusters, user, self.replica, cfg, item, weight,
@@ -343,7 +341,7 @@ class UserSide:
             out.keyed(RECOMMENDATIONS, uid.encode("utf-8"), rec.to_bytes())
             stats.published += 1
             if variant is not None:
-                _count(stats.variant_lists, (variant,))
+                stats.variant_lists[(variant,)] += 1
             if rec.cold_start:
                 stats.cold_start += 1
             stats.event_latency_s.extend((now - ts) / 1000.0 for ts in rs.pending.event_ts)
@@ -398,7 +396,3 @@ class UserSide:
     def apply_embedding(self, emb: ItemEmbedding) -> None:
         apply_item_embedding(self.replica, emb)
         self.covisit.set_item(emb.item_id, emb.neighbours, float(emb.n_events))
-
-
-def _count(counts: dict[tuple[str, ...], int], key: tuple[str, ...], n: int | bool = 1) -> None:
-    counts[key] = counts.get(key, 0) + int(n)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -74,10 +75,10 @@ class BundleStats:
     # Per experiment variant (variant,): lists published; per (variant, user group): events
     # tested against the list shown before them, hits in that list (Recall@top_k) and in
     # its first 10 (Recall@10).
-    variant_lists: dict[tuple[str, ...], int] = field(default_factory=dict)
-    variant_tests: dict[tuple[str, ...], int] = field(default_factory=dict)
-    variant_hits: dict[tuple[str, ...], int] = field(default_factory=dict)
-    variant_hits_at_10: dict[tuple[str, ...], int] = field(default_factory=dict)
+    variant_lists: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    variant_tests: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    variant_hits: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    variant_hits_at_10: Counter[tuple[str, ...]] = field(default_factory=Counter)
 
 
 @dataclass

@@ -164,6 +164,10 @@ class Experiment:
                 return v.name
         return self.variants[-1].name  # rounding at the top end
 
+    def cell_of(self, user_id: str) -> tuple[str, str]:
+        """The user's variant and group, as the job's live metrics label them."""
+        return self.variant_of(user_id), str(self.group_of(user_id))
+
     def variant(self, name: str) -> Variant:
         for v in self.variants:
             if v.name == name:

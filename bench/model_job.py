@@ -1,0 +1,150 @@
+"""The job section of ``bench/bench_model.py``: the job's two Python operators timed through
+their own code, as the job's bundlers, timers and publish ticks drive them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+
+def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
+             backlog: bool = False) -> dict[str, float | str]:
+    """Per-event CPU cost of the job's two Python operators through their own code
+    (``flink_jobs.user_side`` / ``item_side`` over bytes, the Flink state a dict), with
+    the job's settings (``sets`` overrides them) on generated data arriving at ``rate``
+    per second: events bundled per user shard as the Java bundler does (at
+    ``job.bundle_max_records`` or ``job.bundle_max_age_ms``), item messages per item shard
+    (``job.item_bundle_max_age_ms``); owed refreshes fire at their due time (the job's
+    timers) and items publish at their ticks, their changelog applied to the replica. A
+    ``backlog`` fills every bundle (the source reads ahead) while the clock moves at
+    ``rate``, the job's pace."""
+    from flink_jobs.bundles import (
+        ITEM_EMBEDDINGS,
+        ITEM_GRADIENTS,
+        RawRecord,
+        decode_output_bundle,
+    )
+    from flink_jobs.item_side import ItemSide
+    from flink_jobs.native_imports import freeze_imported_objects
+    from flink_jobs.shard_keys import shard_of
+    from flink_jobs.user_side import UserSide
+    from flink_jobs.user_side_types import UserSideSettings
+    from freshrec_common.settings import load_settings
+    from online_models import ModelConfig
+    from schemas.events import encode_event
+
+    job = load_settings(None, overrides=sets).job  # the job's defaults, --set overrides
+    cfg = ModelConfig(dim=dim)
+    settings = UserSideSettings(cfg, "bench", "events", job.refresh_interval_ms,
+                                job.dedup_window_s, job.dedup_max_ids, job.max_payload_bytes,
+                                job.max_id_length, item_shards=job.item_shards)
+    users_side = UserSide(settings)
+    items_side = ItemSide(cfg, job.item_publish_interval_ms,
+                          job.item_background_publish_interval_ms)
+    freeze_imported_objects()  # as the operators do when they open
+    user_values: dict[str, bytes] = {}
+    item_values: dict[str, bytes] = {}
+    text_maps: dict[object, bytes | None] = {}  # per item shard, as the job keeps them
+    due: dict[str, int] = {}  # item -> its publish tick
+    owed: dict[int, dict[str, int]] = {}  # shard -> user -> when its owed list falls due
+    max_n, max_age = job.bundle_max_records, job.bundle_max_age_ms
+    flush_age = 10**12 if backlog else max_age
+    item_flush_age = 10**12 if backlog else job.item_bundle_max_age_ms
+    user_bundles: dict[int, tuple[int, list[RawRecord]]] = {}  # shard -> (first at, records)
+    item_bundles: dict[object, tuple[int, list[bytes]]] = {}
+    clock = time.process_time  # CPU time: less sensitive to other load on a shared machine
+    t_user = t_item = t_replica = 0.0
+    n_lists = n_msgs = n_published = n_user_calls = n_item_calls = 0
+
+    def load_users(ids: list[str]) -> dict[str, bytes | None]:
+        return {u: user_values.get(u) for u in ids}
+
+    def load_items(ids: list[str]) -> dict[str, bytes | None]:
+        return {i: item_values.get(i) for i in ids}
+
+    start = now = 1_800_000_000_000
+    for n, e in enumerate(events):
+        now = start + int(n * 1000 / rate)
+        key = e.user_id.encode() if e.user_id else None
+        shard = shard_of(e.user_id or e.item_id or "", job.user_shards)
+        recs = user_bundles.setdefault(shard, (now, []))[1]
+        recs.append(RawRecord(0, n, now, key, encode_event(e)))
+        ready = [sh for sh, (at, rs) in user_bundles.items()
+                 if len(rs) >= max_n or now - at >= flush_age or n == len(events) - 1]
+        t0 = clock()
+        for sh in ready:
+            shard_owed = owed.setdefault(sh, {})
+            due_now = [u for u, at in shard_owed.items() if at <= now]
+            for u in due_now:
+                del shard_owed[u]
+            res = users_side.process(user_bundles.pop(sh)[1], load_users, now, due_now)
+            n_user_calls += 1
+            user_values.update(res.writes)
+            shard_owed.update(res.owed)
+            n_lists += res.stats.published
+            for item_shard, m in decode_output_bundle(res.output.to_bytes()).get(
+                    ITEM_GRADIENTS, []):
+                item_bundles.setdefault(item_shard, (now, []))[1].append(m)
+                n_msgs += 1
+        for shard_owed in owed.values():  # the timers of shards no bundle came to
+            fired = [u for u, at in shard_owed.items() if at <= now]
+            if fired:
+                for u in fired:
+                    del shard_owed[u]
+                timer = users_side.refresh(fired, load_users, now)
+                n_user_calls += 1
+                user_values.update(timer.writes)
+                n_lists += timer.stats.published
+                timer.output.to_bytes()
+        t1 = clock()
+        for sh in [sh for sh, (at, ms) in item_bundles.items()
+                   if len(ms) >= max_n or now - at >= item_flush_age or n == len(events) - 1]:
+            done = items_side.process(item_bundles.pop(sh)[1], load_items, lambda _: False,
+                                      now, text_maps.get(sh))
+            n_item_calls += 1
+            item_values.update(done.writes)
+            if done.text_map is not None:
+                text_maps[sh] = done.text_map
+            for item_id in done.soon:
+                due[item_id] = min(due.get(item_id, done.soon_at), done.soon_at)
+            for at, later in done.later.items():
+                for item_id in later:
+                    due[item_id] = min(due.get(item_id, at), at)
+        publish = [i for i, at in due.items() if at <= now]
+        changelog: list[tuple[bytes, bytes]] = []
+        if publish:
+            for i in publish:
+                del due[i]
+            published, k = items_side.publish(publish, item_values)
+            n_published += k
+            changelog = decode_output_bundle(published.to_bytes()).get(ITEM_EMBEDDINGS, [])
+        t2 = clock()
+        if changelog:
+            users_side.apply_changelog([RawRecord(0, 0, now, k, v) for k, v in changelog])
+        t3 = clock()
+        t_user += t1 - t0
+        t_item += t2 - t1
+        t_replica += t3 - t2
+    n = len(events)
+    per = 1e6 / n
+    total = t_user + t_item + t_replica
+    print(f"job path {'in a backlog, clock' if backlog else 'at'} {rate:,.0f} events/s, CPU "
+          f"time ({n:,} events; {job.user_shards} user "
+          f"and {job.item_shards} item shards, bundles of up to {max_n} or {max_age} ms "
+          f"({job.item_bundle_max_age_ms} ms for items): "
+          f"{n / n_user_calls:.1f} events per user-side call, {n_msgs / n_item_calls:.1f} "
+          f"messages per item-side call; {n_lists / n:.2f} lists and "
+          f"{n_published / n:.2f} items published per event)")
+    print(f"  user side  (decode, learn, score, state bytes)  {t_user * per:7.1f} us/event")
+    print(f"  item side  (gradient bundles, publish)           {t_item * per:7.1f} us/event")
+    print(f"  replica    (changelog applied)                   {t_replica * per:7.1f} us/event")
+    print(f"  total                                            {total * per:7.1f} us/event "
+          f"= {n / total:,.0f} events/s on one core")
+    return dict(rate=rate, backlog=str(backlog), user_shards=job.user_shards,
+        item_shards=job.item_shards,
+        bundle_max_age_ms=max_age, item_bundle_max_age_ms=job.item_bundle_max_age_ms,
+        events_per_user_call=n / n_user_calls,
+        messages_per_item_call=n_msgs / n_item_calls, user_us=t_user * per,
+        item_us=t_item * per, replica_us=t_replica * per, total_us=total * per,
+        events_per_s_one_core=n / total, lists_per_event=n_lists / n,
+        published_per_event=n_published / n)
