@@ -16,8 +16,8 @@ compare the second half of the run against the first (warm-up: the first ``--war
 
 Usage::
 
-    .venv/bin/python -m bench.soak                          # 10 min at 150 events/s
-    .venv/bin/python -m bench.soak --minutes 2 --rate 100   # a short look
+    .venv/bin/python -m bench.soak                          # 10 min at 1,500 events/s
+    .venv/bin/python -m bench.soak --minutes 2 --rate 500   # a short look
 
 Writes ``bench/results/soak.json`` and, when matplotlib is installed, ``docs/img/soak.png``.
 """
@@ -54,16 +54,20 @@ JOB_METRICS = {
 }
 
 
-def group_processes(pgid: int) -> dict[str, list[int]]:
-    """The job's processes by kind (its own session: the launcher and the JVM it starts)."""
+def job_processes(pid: int) -> dict[str, list[int]]:
+    """The job's processes by kind: the launcher and its descendants (the JVM it starts
+    runs in a process group of its own)."""
     out: dict[str, list[int]] = {"jvm": [], "python": []}
-    for proc in psutil.process_iter(["pid", "exe"]):
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for proc in procs:
         try:
-            if os.getpgid(proc.pid) != pgid:
-                continue
-        except OSError:
+            exe = proc.exe()
+        except psutil.Error:
             continue
-        exe = proc.info["exe"] or ""
         out["jvm" if exe.endswith("/java") else "python"].append(proc.pid)
     return out
 
@@ -171,7 +175,7 @@ def plot(samples: list[Sample], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--rate", type=float, default=150.0, help="offered events/s")
+    ap.add_argument("--rate", type=float, default=1500.0, help="offered events/s")
     ap.add_argument("--sample-s", type=float, default=10.0)
     ap.add_argument("--warmup-s", type=float, default=120.0,
                     help="start-up and catching up with the backlog built meanwhile")
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 next_sample += args.sample_s
                 run.alive()
                 reflected, _, _, lag = run.consumer.ask("progress")
-                procs = group_processes(run.proc.pid)
+                procs = job_processes(run.proc.pid)
                 try:
                     ckpt = scrape(run.metrics_port)
                 except OSError:
