@@ -412,3 +412,45 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
     assert hit_rate and abs(hit_rate[0] - hits / tests) < 1e-6  # one subtask, < 1000 tests
     out = capsys.readouterr().out
     assert "model" in out and "trending" in out and "verdict" in out
+
+
+def test_an_item_only_nudged_is_published_in_its_background_slot(kafka_broker,
+                                                                 tmp_path: Path) -> None:
+    """A view of B right after one of A makes A and B co-visited: B is published at the next
+    foreground tick, and A, only nudged (a neighbour and context, no interaction of its own),
+    in its slot of the background interval, with B among its neighbours."""
+    from schemas.item_embedding import ItemEmbedding
+
+    settings, overrides = job_settings(kafka_broker.settings, tmp_path, [
+        "model.exploration=0.0", "job.item_background_publish_interval_ms=2000"])
+    topics = settings.topics
+    first, second = item_id(CATEGORIES[0], 0), item_id(CATEGORIES[0], 1)
+
+    def published(records: list[Record], item: str) -> list[ItemEmbedding]:
+        return [ItemEmbedding.from_bytes(r.value) for r in records
+                if r.key == item.encode() and r.value is not None]
+
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    try:
+        job.send_events(catalogue())
+        job.wait_for(topics.item_embeddings,
+                     lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
+                     timeout_s=180, what="the catalogue")
+        job.send_events([Event("nudge-1", "view", BASE_TS + 1000, user_id="nudger",
+                               item_id=first)])
+        job.wait_for(topics.item_embeddings,
+                     lambda rs: any(e.n_events == 1 for e in published(rs, first)),
+                     what=f"{first} after its view")
+        job.send_events([Event("nudge-2", "view", BASE_TS + 2000, user_id="nudger",
+                               item_id=second)])
+        records = job.wait_for(
+            topics.item_embeddings,
+            lambda rs: any(second in dict(e.neighbours) for e in published(rs, first)),
+            timeout_s=60, what=f"{first} published with its new neighbour {second}")
+        job.assert_alive()
+    finally:
+        job.stop()
+    nudged = next(e for e in published(records, first) if second in dict(e.neighbours))
+    assert nudged.n_events == 1, "only the view of the first item is its own interaction"
+    assert any(e.n_events == 1 and first in dict(e.neighbours)
+               for e in published(records, second))
