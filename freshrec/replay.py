@@ -15,24 +15,25 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from freshrec.datasets import FORMATS, AdapterErrors, read_events
 from online_models.baselines import MODEL_NAMES, make_model
 from online_models.config import ModelConfig
 from online_models.eval_results import ModelResult
 from online_models.evaluate import COLD_BELOW, Progress, prequential
-from online_models.experiment_model import ExperimentModel
 from online_models.experiments import (
     Experiment,
     ExperimentError,
     clustered_rate,
     compare_clustered,
 )
-from online_models.streaming import rolling_series
 from schemas.events import Event
+
+if TYPE_CHECKING:  # River and SciPy load when a replay runs, not with every CLI command
+    from online_models.experiment_model import ExperimentModel
 
 TUNED = "freshrec_tuned"
 FRESHREC = ("freshrec", TUNED)  # never counted as baselines
@@ -204,6 +205,24 @@ def format_experiment(model: ExperimentModel) -> str:
     return "\n".join(lines)
 
 
+def rolling_series(values: Iterable[float], window: int) -> list[float]:
+    """Trailing moving average (for plots).
+
+    >>> rolling_series([1, 0, 1, 1], 2)
+    [1.0, 0.5, 0.5, 1.0]
+    """
+    out: list[float] = []
+    buf: list[float] = []
+    s = 0.0
+    for v in values:
+        buf.append(float(v))
+        s += float(v)
+        if len(buf) > window:
+            s -= buf.pop(0)
+        out.append(s / len(buf))
+    return out
+
+
 def plot(results: dict[str, ModelResult], out: str, window: int = 1000) -> bool:
     """Rolling Recall@20 over event time; ``False`` (with a message) without matplotlib."""
     try:
@@ -282,6 +301,8 @@ class ReplayMetrics:
 def run(args: argparse.Namespace, settings: Any) -> int:
     """Entry point of ``freshrec replay``."""
     import torch
+
+    from online_models.experiment_model import ExperimentModel
 
     torch.set_num_threads(max(1, args.threads))
     names = [n.strip() for n in args.models.split(",") if n.strip()]

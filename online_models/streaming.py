@@ -202,24 +202,6 @@ class RollingMean:
         return float(self._buf[:self._n].mean()) if self._n else 0.0
 
 
-def rolling_series(values: Iterable[float], window: int) -> list[float]:
-    """Trailing moving average (for plots).
-
-    >>> rolling_series([1, 0, 1, 1], 2)
-    [1.0, 0.5, 0.5, 1.0]
-    """
-    out: list[float] = []
-    buf: list[float] = []
-    s = 0.0
-    for v in values:
-        buf.append(float(v))
-        s += float(v)
-        if len(buf) > window:
-            s -= buf.pop(0)
-        out.append(s / len(buf))
-    return out
-
-
 class PrequentialWindow:
     """Rolling Recall@k, Recall@10 and NDCG@k of shown lists against the next item.
 
