@@ -184,6 +184,22 @@ def cluster_settings(kafka_broker, tmp_path: Path) -> Iterator[tuple[Settings, l
         assert not running_processes(settings), "cluster processes survived down"
 
 
+def scrape(port: int) -> str:
+    """A reporter's /metrics page. A clean-clone run once had a scrape closed without a
+    response while the job was busy; Prometheus would scrape again, and so does this."""
+
+    def page() -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+
+    text = wait_until(page, timeout_s=30, interval_s=1.0)
+    assert text is not None, f"no scrape of the reporter on port {port} succeeded in 30 s"
+    return text
+
+
 def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> None:
     settings, overrides = cluster_settings
     passthrough = [arg for o in overrides for arg in ("--set", o)]
@@ -238,11 +254,9 @@ def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> No
         # The TaskManagers' Prometheus reporters serve the job's Python metrics.
         ports = prometheus_ports(settings)
         assert len(ports) == 3, f"reporters found: {ports}"
-        scraped = ""
-        for pid, port in ports.items():
-            if any(p.pid == pid and p.role == "taskmanager" for p in info.processes):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-                    scraped += r.read().decode()
+        scraped = "".join(scrape(port) for pid, port in ports.items()
+                          if any(p.pid == pid and p.role == "taskmanager"
+                                 for p in info.processes))
         assert "flink_taskmanager_job_task_operator_freshrec_" in scraped
 
         # Stop with a savepoint: the job finishes and the savepoint is complete.
