@@ -53,14 +53,19 @@ def taste_events() -> tuple[list[Event], dict[str, int], dict[str, set[str]]]:
     return events, counts, bought
 
 
+def announce_catalogue(job: JobProcess) -> None:
+    """Send the catalogue's upserts and wait until every item is on the changelog."""
+    job.send_events(catalogue())
+    job.wait_for(job.settings.topics.item_embeddings,
+                 lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
+                 timeout_s=180, what="the catalogue")
+
+
 def shop_tastes(job: JobProcess) -> tuple[list[Record], dict[str, int]]:
     """The catalogue, then every user's tastes: the lists after them and each user's count."""
     topics = job.settings.topics
     events, counts, _ = taste_events()
-    job.send_events(catalogue())
-    job.wait_for(topics.item_embeddings,
-                 lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
-                 timeout_s=180, what="the catalogue")
+    announce_catalogue(job)
     job.send_events(events)
     records = job.wait_for(
         topics.recommendations,

@@ -21,6 +21,7 @@ from tests.integration.shop import (
     BASE_TS,
     CATEGORIES,
     ITEMS_PER_CATEGORY,
+    announce_catalogue,
     catalogue,
     item_id,
     shop_tastes,
@@ -255,10 +256,7 @@ def test_a_users_events_meet_in_one_state_whatever_the_kafka_key(kafka_broker,
     topics = settings.topics
     job = JobProcess(settings, overrides, tmp_path / "job.log").start()
     try:
-        job.send_events(catalogue())
-        job.wait_for(topics.item_embeddings,
-                     lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
-                     timeout_s=180, what="the catalogue")
+        announce_catalogue(job)
         shoppers = [f"keyless-{n}" for n in range(4)]
         futures = []
         for j in range(12):
@@ -432,10 +430,7 @@ def test_an_item_only_nudged_is_published_in_its_background_slot(kafka_broker,
 
     job = JobProcess(settings, overrides, tmp_path / "job.log").start()
     try:
-        job.send_events(catalogue())
-        job.wait_for(topics.item_embeddings,
-                     lambda rs: len(latest_by_key(rs)) >= len(CATEGORIES) * ITEMS_PER_CATEGORY,
-                     timeout_s=180, what="the catalogue")
+        announce_catalogue(job)
         job.send_events([Event("nudge-1", "view", BASE_TS + 1000, user_id="nudger",
                                item_id=first)])
         job.wait_for(topics.item_embeddings,
