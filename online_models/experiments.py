@@ -156,7 +156,9 @@ class Experiment:
 
     def variant_of(self, user_id: str) -> str:
         """The variant whose range holds the user's point."""
-        u = self.point(user_id)
+        return self._variant_at(self.point(user_id))
+
+    def _variant_at(self, u: float) -> str:
         edge = 0.0
         for v in self.variants:
             edge += v.share
@@ -165,8 +167,9 @@ class Experiment:
         return self.variants[-1].name  # rounding at the top end
 
     def cell_of(self, user_id: str) -> tuple[str, str]:
-        """The user's variant and group, as the job's live metrics label them."""
-        return self.variant_of(user_id), str(self.group_of(user_id))
+        """The user's variant and group, as the job's live metrics label them (one hash)."""
+        digest = self._digest(user_id)
+        return self._variant_at(digest / 2.0**64), str(digest % USER_GROUPS)
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:

@@ -46,6 +46,12 @@ def test_assignment_is_stable_and_follows_the_shares() -> None:
     assert moved > 0.4 * len(USERS)  # a new key reshuffles
 
 
+def test_a_users_cell_is_its_variant_and_group() -> None:
+    exp = experiment({"a": 0.2, "b": 0.3, "c": 0.5})
+    assert [exp.cell_of(u) for u in USERS[:2000]] == [
+        (exp.variant_of(u), str(exp.group_of(u))) for u in USERS[:2000]]
+
+
 def test_changing_a_share_moves_only_the_users_between_the_boundaries() -> None:
     before = experiment({"control": 0.5, "treatment": 0.5})
     after = experiment({"control": 0.6, "treatment": 0.4})
