@@ -13,8 +13,12 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "freshrec needs Python >= 3.11"'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip wheel setuptools
-	$(BIN)/python -m pip install -e '.[dev]'
+	@# uv lays out and byte-compiles PyPI's torch and its CUDA wheels (~6 GB) in ~20 s from its
+	@# cache where pip takes ~90 s; pip stays the fallback (for an index only pip is set up for).
+	$(BIN)/python -m pip install --quiet 'uv>=0.5,<1' \
+	  && $(BIN)/uv pip install --python $(BIN)/python --native-tls --compile-bytecode -e '.[dev]' \
+	  || { $(BIN)/python -m pip install --upgrade pip wheel setuptools \
+	       && $(BIN)/python -m pip install -e '.[dev]'; }
 	@touch $(STAMP)
 
 setup: $(STAMP)
