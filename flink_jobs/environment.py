@@ -41,6 +41,7 @@ def flink_configuration(settings: Settings) -> Configuration:
     conf.set_string("restart-strategy.fixed-delay.attempts", str(job.restart_attempts))
     conf.set_string("restart-strategy.fixed-delay.delay", f"{job.restart_delay_ms} ms")
     conf.set_string("python.fn-execution.bundle.time", "20")
+    conf.set_string("execution.buffer-timeout.interval", f"{job.network_buffer_timeout_ms} ms")
     # Workers use this interpreter (the venv), whatever PATH says.
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)

@@ -82,6 +82,7 @@ class JobSettings:
     bundle_max_records: int
     bundle_max_age_ms: int
     item_bundle_max_age_ms: int
+    network_buffer_timeout_ms: int
     item_publish_interval_ms: int
     item_background_publish_interval_ms: int
     dedup_window_s: int
@@ -188,7 +189,7 @@ _POSITIVE = {
     "cluster.slots_per_taskmanager", "cluster.parallelism", "cluster.start_timeout_s",
     "serve.store_max_gb",
 }
-_NON_NEGATIVE = {"job.restart_attempts", "job.restart_delay_ms"}
+_NON_NEGATIVE = {"job.restart_attempts", "job.restart_delay_ms", "job.network_buffer_timeout_ms"}
 # Secrets that must come from the environment: a file or a --set flag would leave them in
 # the repository, a shell history or the process list.
 _ENV_ONLY = {"serve.auth_token"}
