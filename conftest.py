@@ -17,6 +17,8 @@ _LAYERS = ("unit", "integration", "e2e")
 # seconds: the C1 compiler alone and the serial collector cut a job test's CPU by ~20 %.
 # PyFlink's launcher and Flink's scripts read JVM_ARGS; a developer's own value wins.
 os.environ.setdefault("JVM_ARGS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+# The same for the test brokers (devstack.kafka_broker_layout, as Kafka's scripts read it).
+os.environ.setdefault("KAFKA_JVM_PERFORMANCE_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,6 +9,8 @@ Layout (relative ``local.state_dir`` is taken from the current directory)::
 from __future__ import annotations
 
 import base64
+import os
+import shlex
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -122,12 +124,18 @@ def format_storage(java: str, jars: JarPaths, paths: BrokerPaths, log: Log) -> N
         )
 
 
+# kafka-run-class.sh's defaults; as with Kafka's scripts, KAFKA_JVM_PERFORMANCE_OPTS replaces them.
+KAFKA_JVM_PERFORMANCE_OPTS = (
+    "-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 "
+    "-XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true"
+)
+
+
 def broker_command(settings: Settings, java: str, jars: JarPaths, paths: BrokerPaths) -> list[str]:
     heap = settings.local.broker_heap
+    performance = os.environ.get("KAFKA_JVM_PERFORMANCE_OPTS") or KAFKA_JVM_PERFORMANCE_OPTS
     return [
-        java, f"-Xmx{heap}", f"-Xms{heap}",
-        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-        "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true",
+        java, f"-Xmx{heap}", f"-Xms{heap}", *shlex.split(performance),
         f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}", f"-Dkafka.logs.dir={paths.logs}",
         "-cp", jars.kafka_classpath, MAIN_CLASS, str(paths.config),
     ]  # fmt: skip

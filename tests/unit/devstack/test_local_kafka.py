@@ -14,8 +14,10 @@ import pytest
 from devstack.jars import POM, _stamp_content, ensure_jars
 from devstack.kafka_broker import _running_pid, broker_down, broker_status, broker_up
 from devstack.kafka_broker_layout import (
+    KAFKA_JVM_PERFORMANCE_OPTS,
     LOG4J2_CONFIG,
     BrokerPaths,
+    broker_command,
     new_cluster_id,
     render_server_properties,
 )
@@ -149,6 +151,21 @@ def test_server_properties_single_node_on_loopback(settings, tmp_path):
     }.items():
         assert props[key] == value
     assert "0.0.0.0" not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [("", KAFKA_JVM_PERFORMANCE_OPTS.split()), ("-XX:+UseSerialGC", ["-XX:+UseSerialGC"])],
+)
+def test_broker_jvm_flags_are_kafkas_unless_the_environment_replaces_them(
+    settings, monkeypatch, env, expected
+):
+    monkeypatch.setenv("KAFKA_JVM_PERFORMANCE_OPTS", env)
+    jars = jar_paths(settings)
+    cmd = broker_command(settings, "java", jars, BrokerPaths.of(settings))
+    heap = settings.local.broker_heap
+    assert cmd[:3 + len(expected)] == ["java", f"-Xmx{heap}", f"-Xms{heap}", *expected]
+    assert cmd[-2:] == ["kafka.Kafka", str(BrokerPaths.of(settings).config)]
 
 
 def test_default_topics_and_their_configs(settings):
