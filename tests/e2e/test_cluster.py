@@ -200,6 +200,7 @@ def scrape(port: int) -> str:
     return text
 
 
+@pytest.mark.slow
 def test_cluster_submit_savepoint_resume(cluster_settings, tmp_path: Path) -> None:
     settings, overrides = cluster_settings
     passthrough = [arg for o in overrides for arg in ("--set", o)]

@@ -169,6 +169,7 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
 FORGOTTEN = "user-1-0"
 
 
+@pytest.mark.slow
 def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> None:
     """Kill the job, start it from its latest checkpoint: user state, the item replica
     (broadcast state) and sequence numbers carry on where they were; a user forgotten
