@@ -14,8 +14,7 @@ def test_clustered_users_get_their_clusters_items() -> None:
                       taste_strength=0.9, new_user_rate=0.0, new_item_rate=0.0)
     events = list(shop.events(12_000))
     model = FreshRecModel(ModelConfig(dim=16, seed=2, exploration=0.0))
-    for ev in events:
-        model.learn_one(ev)
+    model.learn_many(events)  # the job's and replay's learner (learn_one: the contract tests)
     truth = shop.truth
     share, chance = [], []
     n_items = len(truth.item_category)
