@@ -76,6 +76,10 @@ class _Base:
         self.items = _RowIndex()
         self.purchased: dict[str, set[str]] = {}
         self.seen: dict[str, set[str]] = {}
+        # A replay test asks for a list and then for the scores of its sampled negatives:
+        # one scoring serves both until the next event is learned.
+        self._learned = 0
+        self._cached: tuple[str, int, np.ndarray] | None = None
 
     @property
     def n_items(self) -> int:
@@ -115,6 +119,7 @@ class _Base:
             self.learn_one(ev)
 
     def learn_one(self, event: Event) -> None:
+        self._learned += 1
         if self._track(event):
             self._learn(event, self.config.event_weight(event.event_type))
 
@@ -125,11 +130,18 @@ class _Base:
     def _scores(self, user_id: str) -> np.ndarray:
         raise NotImplementedError
 
+    def _user_scores(self, user_id: str) -> np.ndarray:
+        """:meth:`_scores`, computed once per user between two learned events (read only)."""
+        c = self._cached
+        if c is None or c[0] != user_id or c[1] != self._learned:
+            c = self._cached = (user_id, self._learned, self._scores(user_id))
+        return c[2]
+
     def recommend(self, user_id: str, k: int = 20, exclude: Iterable[str] = ()
                   ) -> list[ScoredItem]:
         if self.n_items == 0:
             return []
-        rows, s = _top(self._scores(user_id), k, self._excluded(user_id, exclude))
+        rows, s = _top(self._user_scores(user_id).copy(), k, self._excluded(user_id, exclude))
         ids = self.items.ids
         return [ScoredItem(ids[r], float(v), self._reason) for r, v in
                 zip(rows.tolist(), s.tolist(), strict=True)]
@@ -139,7 +151,7 @@ class _Base:
 
     def score_items(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
         """The ranking scores of some items (``-inf`` for unknown ones): sampled AUC."""
-        s = self._scores(user_id) if self.n_items else np.zeros(0)
+        s = self._user_scores(user_id) if self.n_items else np.zeros(0)
         idx = self.items.index
         return np.array([s[idx[i]] if i in idx else -np.inf for i in item_ids], dtype=np.float64)
 

@@ -26,9 +26,11 @@ class _PopularityFilled(PopularityModel):
         logc = self.logc[:n]
         top = float(logc.max()) if n else 0.0
         s = 1e-3 * np.exp(logc - top) if np.isfinite(top) else np.zeros(n)
-        idx = self.items.index
-        for item, v in self._own_scores(user_id).items():
-            s[idx[item]] += v
+        own = self._own_scores(user_id)
+        if own:
+            idx = self.items.index
+            s[np.fromiter((idx[i] for i in own), np.int64, len(own))] += np.fromiter(
+                own.values(), np.float64, len(own))
         return s
 
     def _learn(self, event: Event, w: float) -> None:
@@ -143,11 +145,16 @@ class SessionKNNModel(_PopularityFilled):
         super().__init__(config)
         self.session_len, self.m, self.k, self.sample = session_len, m, k, sample
         self.per_item = per_item
-        self.sessions: dict[str, list[str]] = {}
+        # user -> distinct items, oldest first (a dict: ordered, and a set for similarity)
+        self.sessions: dict[str, dict[str, None]] = {}
         self.holders: dict[str, dict[str, None]] = {}  # item -> users, oldest first
 
     def _learn_positive(self, user_id: str, item_id: str) -> None:
-        _push_recent(self.sessions.setdefault(user_id, []), item_id, self.session_len)
+        session = self.sessions.setdefault(user_id, {})
+        session.pop(item_id, None)
+        session[item_id] = None
+        if len(session) > self.session_len:
+            del session[next(iter(session))]
         users = self.holders.setdefault(item_id, {})
         users.pop(user_id, None)
         users[user_id] = None
@@ -160,7 +167,7 @@ class SessionKNNModel(_PopularityFilled):
             users.pop(user_id, None)
 
     def _own_scores(self, user_id: str) -> dict[str, float]:
-        current = self.sessions.get(user_id, [])[-self.m:]
+        current = list(self.sessions.get(user_id, {}))[-self.m:]
         if not current:
             return {}
         weight = {item: (pos + 1) / len(current) for pos, item in enumerate(current)}
@@ -172,9 +179,10 @@ class SessionKNNModel(_PopularityFilled):
             if len(candidates) >= self.sample:
                 break
         sims = []
+        sessions = self.sessions
         for other in list(candidates)[: self.sample]:
-            session = self.sessions[other]
-            sim = sum(weight.get(i, 0.0) for i in session)
+            session = sessions[other]
+            sim = sum([w for i, w in weight.items() if i in session])
             if sim > 0:
                 sims.append((sim, other))
         sims.sort(reverse=True)
