@@ -13,24 +13,31 @@ from online_models.baselines import PopularityModel
 from online_models.config import ModelConfig
 from schemas.events import Event
 
+_NONE = (np.zeros(0, dtype=np.int64), np.zeros(0))
+
 
 class _PopularityFilled(PopularityModel):
     """A neighbourhood baseline whose own scores are >= 0 and sparse; the rest of the list
     is filled by time-decayed popularity (a value below 1e-3, so it only breaks ties)."""
 
-    def _own_scores(self, user_id: str) -> dict[str, float]:
+    def _own_scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The model's own scores as (rows, values); a row may repeat (values add up)."""
         raise NotImplementedError
+
+    def _as_rows(self, scores: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.items.index
+        n = len(scores)
+        return (np.fromiter((idx[i] for i in scores), np.int64, n),
+                np.fromiter(scores.values(), np.float64, n))
 
     def _scores(self, user_id: str) -> np.ndarray:
         n = self.n_items
         logc = self.logc[:n]
         top = float(logc.max()) if n else 0.0
         s = 1e-3 * np.exp(logc - top) if np.isfinite(top) else np.zeros(n)
-        own = self._own_scores(user_id)
-        if own:
-            idx = self.items.index
-            s[np.fromiter((idx[i] for i in own), np.int64, len(own))] += np.fromiter(
-                own.values(), np.float64, len(own))
+        rows, values = self._own_scores(user_id)
+        if rows.shape[0]:
+            s += np.bincount(rows, weights=values, minlength=n)
         return s
 
     def _learn(self, event: Event, w: float) -> None:
@@ -76,9 +83,9 @@ class RecentItemsModel(_PopularityFilled):
     def _forget(self, user_id: str) -> None:
         self.recent.pop(user_id, None)
 
-    def _own_scores(self, user_id: str) -> dict[str, float]:
+    def _own_scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         seq = self.recent.get(user_id, [])
-        return {item: 1.0 + pos for pos, item in enumerate(seq)}
+        return self._as_rows({item: 1.0 + pos for pos, item in enumerate(seq)})
 
 
 class ItemKNNModel(_PopularityFilled):
@@ -120,14 +127,14 @@ class ItemKNNModel(_PopularityFilled):
     def _forget(self, user_id: str) -> None:
         self.recent.pop(user_id, None)
 
-    def _own_scores(self, user_id: str) -> dict[str, float]:
+    def _own_scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         out: dict[str, float] = {}
         count = self.count
         for pos, item in enumerate(reversed(self.recent.get(user_id, []))):
             w = 1.0 / (pos + 1) / math.sqrt(count[item])
             for other, c in self.pairs.get(item, {}).items():
                 out[other] = out.get(other, 0.0) + w * c / math.sqrt(count[other])
-        return out
+        return self._as_rows(out)
 
 
 class SessionKNNModel(_PopularityFilled):
@@ -148,6 +155,7 @@ class SessionKNNModel(_PopularityFilled):
         # user -> distinct items, oldest first (a dict: ordered, and a set for similarity)
         self.sessions: dict[str, dict[str, None]] = {}
         self.holders: dict[str, dict[str, None]] = {}  # item -> users, oldest first
+        self._rows: dict[str, np.ndarray] = {}  # user -> the session's item rows (a cache)
 
     def _learn_positive(self, user_id: str, item_id: str) -> None:
         session = self.sessions.setdefault(user_id, {})
@@ -155,6 +163,7 @@ class SessionKNNModel(_PopularityFilled):
         session[item_id] = None
         if len(session) > self.session_len:
             del session[next(iter(session))]
+        self._rows.pop(user_id, None)
         users = self.holders.setdefault(item_id, {})
         users.pop(user_id, None)
         users[user_id] = None
@@ -163,13 +172,23 @@ class SessionKNNModel(_PopularityFilled):
 
     def _forget(self, user_id: str) -> None:
         self.sessions.pop(user_id, None)
+        self._rows.pop(user_id, None)
         for users in self.holders.values():
             users.pop(user_id, None)
 
-    def _own_scores(self, user_id: str) -> dict[str, float]:
+    def _session_rows(self, user_id: str) -> np.ndarray:
+        rows = self._rows.get(user_id)
+        if rows is None:
+            idx = self.items.index
+            session = self.sessions[user_id]
+            rows = self._rows[user_id] = np.fromiter((idx[i] for i in session), np.int64,
+                                                      len(session))
+        return rows
+
+    def _own_scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         current = list(self.sessions.get(user_id, {}))[-self.m:]
         if not current:
-            return {}
+            return _NONE
         weight = {item: (pos + 1) / len(current) for pos, item in enumerate(current)}
         candidates: dict[str, None] = {}
         for item in reversed(current):  # the newest item's holders first
@@ -186,8 +205,10 @@ class SessionKNNModel(_PopularityFilled):
             if sim > 0:
                 sims.append((sim, other))
         sims.sort(reverse=True)
-        out: dict[str, float] = {}
-        for sim, other in sims[: self.k]:
-            for item in self.sessions[other]:
-                out[item] = out.get(item, 0.0) + sim
-        return out
+        best = sims[: self.k]
+        if not best:
+            return _NONE
+        # Each neighbour's similarity on every item of its session, summed per row.
+        held = [self._session_rows(other) for _, other in best]
+        return np.concatenate(held), np.repeat([sim for sim, _ in best],
+                                               [rows.shape[0] for rows in held])
