@@ -125,6 +125,9 @@ class CoVisitTable:
         self.max_neighbours = max_neighbours
         self.neighbours: dict[str, dict[str, float]] = {}
         self.count: dict[str, float] = {}
+        # sqrt(count) where count > 1, else 1: the cosine's denominator, kept beside the
+        # count because a user's scores need it for every neighbour of every recent item.
+        self._root: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self.neighbours)
@@ -134,6 +137,7 @@ class CoVisitTable:
         count = self.count
         for item in increments.positives:
             count[item] = count.get(item, 0.0) + 1.0
+            self._set_root(item)
         cap = self.max_neighbours
         table = self.neighbours
         for a, b, w in zip(increments.a, increments.b, increments.w, strict=True):
@@ -147,26 +151,30 @@ class CoVisitTable:
         else:
             self.neighbours.pop(item_id, None)
         self.count[item_id] = count
+        self._set_root(item_id)
+
+    def _set_root(self, item_id: str) -> None:
+        n = self.count[item_id]
+        self._root[item_id] = math.sqrt(n) if n > 1.0 else 1.0
 
     def forget_item(self, item_id: str) -> None:
         """Drop an item's own neighbours and count (others' links fade by pruning)."""
         self.neighbours.pop(item_id, None)
         self.count.pop(item_id, None)
+        self._root.pop(item_id, None)
 
     def scores(self, recent: Sequence[str]) -> dict[str, list]:
         """Item -> ``[score over all recent items, score from the last one, strongest
         source item, that source's share]`` for a user's recent items (most recent first)."""
         out: dict[str, list] = {}
-        count = self.count
-        sqrt = math.sqrt
+        root = self._root.get
         for pos, src in enumerate(recent):
             nb = self.neighbours.get(src)
             if not nb:
                 continue
-            w_src = 1.0 / ((pos + 1) * sqrt(max(count.get(src, 1.0), 1.0)))
+            w_src = 1.0 / ((pos + 1) * root(src, 1.0))
             for item, c in nb.items():
-                n = count.get(item, 1.0)
-                v = w_src * c / sqrt(n) if n > 1.0 else w_src * c
+                v = w_src * c / root(item, 1.0)
                 cur = out.get(item)
                 if cur is None:
                     out[item] = [v, v if pos == 0 else 0.0, src, v]
