@@ -118,8 +118,9 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
     co_all: list[float] = []
     co_last: list[float] = []
     if covisit is not None and covisit.neighbours:
-        for item, (all_, last, src, _) in covisit.scores(
-                recent_items(user, config.covisit_window)).items():
+        window = config.covisit_window
+        for item, (all_, last, src, _) in covisit.scores(recent_items(user, window),
+                                                         window).items():
             r = index.get(item, -1)
             if r < 0:
                 continue

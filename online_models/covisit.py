@@ -11,14 +11,16 @@ so a newcomer has room to earn its place). The job's item owner keeps exactly th
 item state and publishes all of them, so the job's replicas and the replay score alike.
 
 A user's co-visitation score of an item is the cosine-normalised pair weight
-``w(h, i) / sqrt(n_h n_i)`` summed over the user's recent items ``h``, the most recent
-weighted most; the last item's share is also kept apart (what comes right after it).
+``w(h, i) / sqrt(n_h n_i)`` summed over the user's last ``window`` distinct items ``h``,
+weighted linearly by recency as V-SKNN weights a session (the most recent 1, the
+``window``-th ``1 / window``); the last item's share is also kept apart (what comes right
+after it).
 
 >>> t = CoVisitTable(max_neighbours=4)
 >>> t.add(CoVisits(["a", "b", "a"], ["b", "a", "c"], [1.0, 1.0, 0.5], ["a", "b", "c"]))
 >>> sorted(t.neighbours["a"].items())
 [('b', 1.0), ('c', 0.5)]
->>> s = t.scores(["a"])
+>>> s = t.scores(["a"], window=5)
 >>> round(s["b"][0], 3), s["b"][2]
 (1.0, 'a')
 """
@@ -163,16 +165,17 @@ class CoVisitTable:
         self.count.pop(item_id, None)
         self._root.pop(item_id, None)
 
-    def scores(self, recent: Sequence[str]) -> dict[str, list]:
+    def scores(self, recent: Sequence[str], window: int) -> dict[str, list]:
         """Item -> ``[score over all recent items, score from the last one, strongest
-        source item, that source's share]`` for a user's recent items (most recent first)."""
+        source item, that source's share]`` for a user's last ``window`` distinct items
+        ``recent`` (most recent first)."""
         out: dict[str, list] = {}
         root = self._root.get
-        for pos, src in enumerate(recent):
+        for pos, src in enumerate(recent[:window]):
             nb = self.neighbours.get(src)
             if not nb:
                 continue
-            w_src = 1.0 / ((pos + 1) * root(src, 1.0))
+            w_src = (window - pos) / (window * root(src, 1.0))
             for item, c in nb.items():
                 v = w_src * c / root(item, 1.0)
                 cur = out.get(item)

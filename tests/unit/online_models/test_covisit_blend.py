@@ -49,7 +49,17 @@ def test_scores_survive_items_published_without_events() -> None:
     t = CoVisitTable()
     t.set_item("a", [("b", 1.0)], 0.0)
     t.set_item("b", [], 0.0)
-    assert t.scores(["a"])["b"][0] == 1.0
+    assert t.scores(["a"], window=5)["b"][0] == 1.0
+
+
+def test_older_recent_items_count_linearly_less_and_none_past_the_window() -> None:
+    t = CoVisitTable()
+    for src, nb in (("x", "p"), ("y", "q"), ("w", "r")):
+        t.set_item(src, [(nb, 1.0)], 1.0)
+    s = t.scores(["x", "y", "w"], window=2)  # most recent first
+    assert s["p"][:2] == [1.0, 1.0]  # the last item: full weight, and its own column
+    assert s["q"][:2] == [0.5, 0.0]  # one place older: (2 - 1) / 2
+    assert "r" not in s  # past the window
 
 
 def test_bundle_pairs_a_users_second_event_with_the_first() -> None:
