@@ -137,8 +137,11 @@ def _ratio_lines(results: dict[str, ModelResult], what: str,
         if name not in results:
             continue
         f, b = recall(results[name]), recall(base)
-        # Nothing to beat: any hit is infinitely better, none is undefined (NOT met).
-        ratio = f / b if b > 0 else (float("inf") if f > 0 else float("nan"))
+        if f == 0.0 and b == 0.0:  # a ratio of nothing to nothing says nothing: NOT met
+            lines.append(f"{name} {what} / best baseline ({base.name}): no hits by any "
+                         f"model (goal >= {goal:.2f}x: NOT met)")
+            continue
+        ratio = f / b if b > 0 else float("inf")  # any hit beats none
         lines.append(f"{name} {what} / best baseline ({base.name}): {ratio:.2f}x "
                      f"(goal >= {goal:.2f}x: {'met' if ratio >= goal else 'NOT met'})")
     return lines

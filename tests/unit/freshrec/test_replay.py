@@ -300,3 +300,12 @@ def test_table_ratios_leave_out_the_tuned_model() -> None:
             "(goal >= 1.00x: NOT met)") in lines
     assert any(line.startswith("freshrec_tuned* ") for line in lines)
     assert any(line.split()[:5] == ["tests", "50", "50", "40", "60"] for line in lines)
+
+
+def test_a_slice_nobody_hits_says_so_instead_of_a_ratio() -> None:
+    results = {r.name: r for r in (_result("freshrec", 0.30, 0.0, 0.10),
+                                   _result("popularity", 0.20, 0.0, 0.04))}
+    lines = format_table(results).splitlines()
+    assert ("freshrec cold users R@20 / best baseline (popularity): no hits by any model "
+            "(goal >= 1.00x: NOT met)") in lines
+    assert not any("nan" in line for line in lines)
