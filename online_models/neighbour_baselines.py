@@ -57,13 +57,13 @@ class _PopularityFilled(PopularityModel):
         raise NotImplementedError
 
 
-def _push_recent(seq: list[str], item_id: str, n: int) -> None:
-    """Move ``item_id`` to the end of ``seq`` (distinct items, oldest first), keep ``n``."""
-    if item_id in seq:
-        seq.remove(item_id)
-    seq.append(item_id)
+def _push_recent(seq: dict[str, None], item_id: str, n: int) -> None:
+    """Move ``item_id`` to the end of ``seq`` (distinct items, oldest first; a dict is an
+    ordered set), keep ``n``."""
+    seq.pop(item_id, None)
+    seq[item_id] = None
     if len(seq) > n:
-        del seq[0]
+        del seq[next(iter(seq))]
 
 
 class RecentItemsModel(_PopularityFilled):
@@ -75,16 +75,16 @@ class RecentItemsModel(_PopularityFilled):
     def __init__(self, config: ModelConfig | None = None, n_recent: int = 50) -> None:
         super().__init__(config)
         self.n_recent = n_recent
-        self.recent: dict[str, list[str]] = {}
+        self.recent: dict[str, dict[str, None]] = {}
 
     def _learn_positive(self, user_id: str, item_id: str) -> None:
-        _push_recent(self.recent.setdefault(user_id, []), item_id, self.n_recent)
+        _push_recent(self.recent.setdefault(user_id, {}), item_id, self.n_recent)
 
     def _forget(self, user_id: str) -> None:
         self.recent.pop(user_id, None)
 
     def _own_scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
-        seq = self.recent.get(user_id, [])
+        seq = self.recent.get(user_id, {})
         return self._as_rows({item: 1.0 + pos for pos, item in enumerate(seq)})
 
 
@@ -104,7 +104,7 @@ class ItemKNNModel(_PopularityFilled):
                  max_neighbours: int = 100) -> None:
         super().__init__(config)
         self.window, self.max_neighbours = window, max_neighbours
-        self.recent: dict[str, list[str]] = {}
+        self.recent: dict[str, dict[str, None]] = {}
         self.pairs: dict[str, dict[str, float]] = {}
         self.count: dict[str, float] = {}
 
@@ -117,7 +117,7 @@ class ItemKNNModel(_PopularityFilled):
 
     def _learn_positive(self, user_id: str, item_id: str) -> None:
         self.count[item_id] = self.count.get(item_id, 0.0) + 1.0
-        seq = self.recent.setdefault(user_id, [])
+        seq = self.recent.setdefault(user_id, {})
         for dist, other in enumerate(reversed(seq), start=1):
             if other != item_id:
                 self._add_pair(item_id, other, 1.0 / dist)
@@ -130,7 +130,7 @@ class ItemKNNModel(_PopularityFilled):
     def _own_scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         out: dict[str, float] = {}
         count = self.count
-        for pos, item in enumerate(reversed(self.recent.get(user_id, []))):
+        for pos, item in enumerate(reversed(self.recent.get(user_id, {}))):
             w = 1.0 / (pos + 1) / math.sqrt(count[item])
             for other, c in self.pairs.get(item, {}).items():
                 out[other] = out.get(other, 0.0) + w * c / math.sqrt(count[other])
@@ -152,17 +152,13 @@ class SessionKNNModel(_PopularityFilled):
         super().__init__(config)
         self.session_len, self.m, self.k, self.sample = session_len, m, k, sample
         self.per_item = per_item
-        # user -> distinct items, oldest first (a dict: ordered, and a set for similarity)
+        # user -> distinct items, oldest first (ordered, and a set for similarity)
         self.sessions: dict[str, dict[str, None]] = {}
         self.holders: dict[str, dict[str, None]] = {}  # item -> users, oldest first
         self._rows: dict[str, np.ndarray] = {}  # user -> the session's item rows (a cache)
 
     def _learn_positive(self, user_id: str, item_id: str) -> None:
-        session = self.sessions.setdefault(user_id, {})
-        session.pop(item_id, None)
-        session[item_id] = None
-        if len(session) > self.session_len:
-            del session[next(iter(session))]
+        _push_recent(self.sessions.setdefault(user_id, {}), item_id, self.session_len)
         self._rows.pop(user_id, None)
         users = self.holders.setdefault(item_id, {})
         users.pop(user_id, None)
