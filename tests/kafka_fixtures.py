@@ -1,10 +1,12 @@
 """Kafka fixtures of the integration and e2e layers: a real Apache Kafka broker started by the
 suite itself, registered once for the whole run (``pytest_plugins`` in the root conftest).
 
-``kafka_broker`` (session: one per pytest-xdist worker) starts one single-node KRaft broker,
-shared by both layers, on free loopback ports (never 9092, so a developer's own ``freshrec
-kafka up`` broker is left alone) with its state in a temp dir, through the same functions
-as ``freshrec kafka up``, and stops it at the end.
+``kafka_broker`` is one single-node KRaft broker for the whole run, shared by both layers and
+every pytest-xdist worker: the first test that needs it starts it, through the same
+functions as ``freshrec kafka up``, on free loopback ports (never 9092, so a developer's own
+``freshrec kafka up`` broker is left alone) with its state in the run's directory; the
+controller stops it when the run ends (``pytest_unconfigure``). A run that needs no broker
+(``-m unit``) starts none.
 ``fresh_topic`` creates a uniquely named topic per test and deletes it afterwards.
 
 The jars come from ``local.cache_dir``: ``FRESHREC_LOCAL_CACHE_DIR`` if set, else the
@@ -13,8 +15,11 @@ repository's ``.cache`` (fetched by Maven on the first run, offline afterwards).
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +31,7 @@ import pytest
 from devstack.kafka_broker import BrokerInfo, broker_down, broker_up
 from devstack.kafka_topics import create_topic
 from devstack.prerequisites import LocalKafkaError
-from devstack.processes import free_ports
+from devstack.processes import free_ports, locked
 from freshrec_common import kafka_config
 from freshrec_common.settings import Settings, load_settings
 
@@ -88,14 +93,45 @@ def start_broker(settings: Settings) -> BrokerInfo:
         pytest.fail(f"could not start the test Kafka broker: {exc}", pytrace=False)
 
 
+# The run's directory, made by the controller before pytest-xdist starts its workers, which
+# inherit the variable: there the broker's overrides and state live.
+_RUN_DIR = "FRESHREC_TEST_RUN_DIR"
+_OVERRIDES = "kafka-broker-overrides.json"
+_passed = pytest.StashKey[bool]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        os.environ[_RUN_DIR] = tempfile.mkdtemp(prefix="freshrec-tests-")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_passed] = exitstatus == 0
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or _RUN_DIR not in os.environ:
+        return
+    run_dir = Path(os.environ.pop(_RUN_DIR))
+    overrides = run_dir / _OVERRIDES
+    if overrides.is_file():
+        broker_down(load_settings(overrides=json.loads(overrides.read_text())),
+                    log=lambda _m: None)
+    if config.stash.get(_passed, False):  # a failed run keeps the broker's log
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    settings = local_broker_settings(tmp_path_factory.mktemp("kafka-state"))
-    info = start_broker(settings)
-    try:
-        yield KafkaBroker(settings=settings, bootstrap=info.bootstrap, info=info)
-    finally:
-        broker_down(settings)
+def kafka_broker() -> KafkaBroker:
+    run_dir = Path(os.environ[_RUN_DIR])
+    with locked(run_dir / "kafka-broker.lock"):
+        file = run_dir / _OVERRIDES
+        if not file.is_file():
+            file.write_text(json.dumps(local_broker_overrides(run_dir / "kafka-state")))
+        overrides = json.loads(file.read_text())
+    settings = load_settings(overrides=overrides)
+    info = start_broker(settings)  # the first worker starts it, the others find it running
+    return KafkaBroker(settings=settings, bootstrap=info.bootstrap, info=info)
 
 
 @pytest.fixture
