@@ -29,13 +29,21 @@ from devstack.processes import (
 )
 from freshrec.signals import EXIT_FORCED, EXIT_REFUSED, STOP, exit_code
 from freshrec_common import kafka_config
+from freshrec_common.polling import wait_until
 from freshrec_common.settings import Settings
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the job in this process on a local MiniCluster until a stop signal."""
+    from flink_jobs.environment import resolve_restore_path
+
     if args.savepoint:
         settings = settings.replace("job", savepoint_on_stop=True)
+    try:  # named before the broker is tried, so a bad path is not reported as a broker error
+        resolve_restore_path(settings.job.checkpoint_dir, settings.job.restore_from)
+    except ValueError as exc:
+        print(f"freshrec run: bad setting: {exc}", file=sys.stderr)
+        return 2
     kafka_config.check_reachable(settings)
     if not args.ignore_running:
         try:
@@ -141,13 +149,11 @@ def _stop_job(client: Any, job_id: str, settings: Settings) -> int:
             pending = _stop_with_savepoint(client, job.savepoint_dir)
         else:
             pending = client.cancel()
-        while not pending.done() and time.monotonic() < job_deadline:
-            time.sleep(0.2)
+        wait_until(pending.done, max(job_deadline - time.monotonic(), 0.0))
         if pending.done() and job.savepoint_on_stop:
             # A local path, as job.restore_from takes it.
             savepoint = urllib.parse.urlparse(str(pending.result())).path
-        while _ended(client) is None and time.monotonic() < job_deadline:
-            time.sleep(0.2)
+        wait_until(lambda: _ended(client), max(job_deadline - time.monotonic(), 0.0))
         stopped = pending.done() and _ended(client) is not None
     except Exception as exc:  # the JVM died, or the timer ended it: the bound holds below
         if time.monotonic() < job_deadline:
@@ -214,7 +220,8 @@ def _stop_with_savepoint(client: Any, directory: str) -> Any:
 
     canonical = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
     # PyFlink 2.2.1's JobClient.stop_with_savepoint calls a signature Flink 2 no longer has (no
-    # upstream fix known as of 2.2.1): call the Java method with the format type.
+    # upstream issue found; no release fixes it as of 2.2.1): call the Java method with the
+    # format type.
     return CompletableFuture(
         client._j_job_client.stopWithSavepoint(False, storage_uri(directory), canonical), str)
 

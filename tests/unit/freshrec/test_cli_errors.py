@@ -111,14 +111,17 @@ def test_clients_give_up_after_the_bootstrap_timeout(ended: dict[str, Ended]) ->
     (["produce"], 2, "give either FILE or --generator"),
     (["tail", "--max", "0"], 2, "--max must be >= 1"),
     (["submit", "--from-savepoint", "FILE"], 1, "is not a savepoint or checkpoint"),
+    (["--set", "job.restore_from=FILE", "run"], 2,
+     "bad setting: job.restore_from: {file} is not a checkpoint or savepoint"),
 ])
 def test_bad_arguments_are_refused_before_connecting(
         argv: list[str], code: int, message: str, event_file: Path, dead_bootstrap: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    args = cli.build_parser().parse_args([str(event_file) if a == "FILE" else a for a in argv])
-    settings = load_settings(env={}, overrides=[f"kafka.bootstrap_servers={dead_bootstrap}"])
+    args = cli.build_parser().parse_args([a.replace("FILE", str(event_file)) for a in argv])
+    settings = load_settings(env={}, overrides=[f"kafka.bootstrap_servers={dead_bootstrap}",
+                                                *args.overrides])
     started = time.monotonic()
     assert args.func(args, settings) == code
-    assert message in capsys.readouterr().err
+    assert message.format(file=event_file) in capsys.readouterr().err
     assert time.monotonic() - started < 2  # no bootstrap was tried
 
