@@ -9,6 +9,8 @@ import re
 import time
 from typing import Any
 
+from freshrec_common.polling import wait_until
+
 _TAIL_INT = {
     name: re.compile(rb'"' + name.encode() + rb'":(-?\d+)')
     for name in ("last_event_ts", "events_applied", "generated_at", "ts")
@@ -29,13 +31,10 @@ def consumer_main(kwargs: dict[str, Any], topic: str, conn: Any) -> None:
         isolation_level="read_committed", fetch_max_wait_ms=20,
         max_poll_records=5000, max_partition_fetch_bytes=8 * 1024 * 1024,
     )
-    parts = None
-    while parts is None:
-        found = consumer.partitions_for_topic(topic)
-        if found:
-            parts = [TopicPartition(topic, p) for p in sorted(found)]
-        else:
-            time.sleep(0.2)
+    # No deadline of its own: the parent gives up on an answer (OutputConsumer.ask).
+    found = wait_until(lambda: consumer.partitions_for_topic(topic), float("inf"))
+    assert found is not None
+    parts = [TopicPartition(topic, p) for p in sorted(found)]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
     applied: dict[bytes, int] = {}

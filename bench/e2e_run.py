@@ -8,7 +8,6 @@ import argparse
 import dataclasses
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,9 +16,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.common import CHILD_ENV, REPO_ROOT, say, scrape
 from bench.e2e_consumer import OutputConsumer
-from devstack.processes import free_ports
+from devstack.processes import free_ports, process_tree, stop_processes
+from freshrec_common.polling import wait_until
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -178,7 +180,8 @@ class PipelineRun:
         if self.consumer is not None:
             self.consumer.stop()
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            stop_processes(process_tree(self.proc.pid), timeout_s=30, what=self.cfg.pipeline,
+                           log=say, ask=psutil.Process.kill, asked="SIGKILL")
             self.proc.wait(timeout=30)
         if self.job_id is not None:
             from devstack import flink_submit
@@ -330,14 +333,13 @@ class PipelineRun:
         achieved = n_total / (t_sent - t_start)
         # Drain: wait until every event is reflected (bounded), then take the samples.
         total = sum(self.sent_per_user.values())
-        drain_deadline = time.monotonic() + max(10.0, 3 * self.settings.job.checkpoint_interval_ms
-                                                / 1000.0)
-        while time.monotonic() < drain_deadline:
+
+        def drained() -> bool:
             self.alive()
-            applied = self.consumer.ask("progress")[0]
-            if applied >= total:
-                break
-            time.sleep(0.25)
+            return self.consumer.ask("progress")[0] >= total
+
+        wait_until(drained, max(10.0, 3 * self.settings.job.checkpoint_interval_ms / 1000.0),
+                   interval_s=0.25)
         time.sleep(0.5)
         samples = self.consumer.ask("take")
         lag_behind = total - self.consumer.ask("progress")[0]

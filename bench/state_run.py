@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench.common import CHILD_ENV, REPO_ROOT, java_pid, rss_mib, sample_sums
 from bench.common import scrape as scrape_families
+from devstack.processes import process_tree, stop_processes
+from freshrec_common.polling import wait_until
 
 
 def say(msg: str) -> None:
@@ -142,7 +145,8 @@ class FillRun:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            stop_processes(process_tree(self.proc.pid), timeout_s=60, what="fill job", log=say,
+                           ask=psutil.Process.kill, asked="SIGKILL")
             self.proc.wait(timeout=60)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -203,18 +207,17 @@ class FillRun:
         job_id = rest(self.rest_port, "/jobs/overview")["jobs"][0]["jid"]
         names = {v["id"]: v["name"] for v in rest(self.rest_port, f"/jobs/{job_id}")["vertices"]}
         # The first checkpoint triggered after every record was observed in state.
-        chk = None
-        deadline = time.monotonic() + a.checkpoint_timeout
-        while chk is None:
+        def first_after_fill() -> dict[str, Any] | None:
             self.alive()
             after = sorted((c for c in self._checkpoints(job_id)
                             if c.get("trigger_timestamp", 0) > done_ms), key=lambda c: c["id"])
             if after and after[0]["status"] in ("COMPLETED", "FAILED"):
-                chk = after[0]
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("no checkpoint completed after the fill")
-            time.sleep(0.5)
+                return after[0]
+            return None
+
+        chk = wait_until(first_after_fill, a.checkpoint_timeout, interval_s=0.5)
+        if chk is None:
+            raise RuntimeError("no checkpoint completed after the fill")
         prom = scrape(self.metrics_port)
         if chk["status"] != "COMPLETED":
             raise RuntimeError(f"checkpoint {chk['id']} after the fill failed: {chk}")

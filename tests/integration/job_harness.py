@@ -1,7 +1,7 @@
 """Run the real freshrec job (Flink MiniCluster in a child process) against the test broker.
 
 Each job gets its own topics, consumer group and checkpoint directory, so tests never see
-each other's records. The child is killed with its whole process group at the end.
+each other's records. The child is killed with its whole process tree at the end.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from devstack.kafka_topics import create_topic, dlq_topic_configs
-from devstack.processes import process_tree
+from devstack.processes import process_tree, stop_processes
 from freshrec_common import kafka_config
 from freshrec_common.polling import wait_until
 from freshrec_common.settings import Settings, load_settings
@@ -133,7 +134,8 @@ class JobProcess:
             self._producer.close()
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_processes(process_tree(self.proc.pid), timeout_s=30, what="job", log=print,
+                       ask=psutil.Process.kill, asked="SIGKILL")
         self.proc.wait(timeout=30)
 
     # -- traffic ----------------------------------------------------------------------

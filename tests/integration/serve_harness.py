@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.processes import free_ports
+from devstack.processes import free_ports, process_tree, stop_processes
+from freshrec_common.polling import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,17 +76,19 @@ class ServeProcess:
     def wait_ready(self, timeout_s: float = 60.0) -> float:
         """Until /healthz answers 200; seconds waited. Fails with the log if it exits."""
         t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout_s:
+
+        def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"freshrec serve exited with {self.proc.returncode}:\n"
                                      f"{self.log_tail()}")
             try:
-                if self.get("/healthz", timeout=2).status == 200:
-                    return time.monotonic() - t0
+                return self.get("/healthz", timeout=2).status == 200
             except OSError:  # not listening yet
-                pass
-            time.sleep(0.05)
+                return False
+
+        if wait_until(ready, timeout_s, interval_s=0.05):
+            return time.monotonic() - t0
         raise AssertionError(f"freshrec serve not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
 
     def metric(self, name: str, headers: Mapping[str, str] | None = None,
@@ -107,7 +111,8 @@ class ServeProcess:
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                stop_processes(process_tree(self.proc.pid), timeout_s=30, what="freshrec serve",
+                               log=print, ask=psutil.Process.kill, asked="SIGKILL")
                 self.proc.wait(timeout=30)
                 raise AssertionError(f"freshrec serve ignored {sig.name} for {timeout_s:.0f}s:\n"
                                      f"{self.log_tail()}") from None

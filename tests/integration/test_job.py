@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from freshrec_common.metrics import JOB_METRICS, exported_names
+from freshrec_common.polling import wait_until
 from freshrec_common.privacy import pseudonymize
 from schemas.dlq import DeadLetter
 from schemas.events import Event, encode_event
@@ -376,16 +379,18 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
             r.value is not None and Recommendation.from_json(r.value).events_applied == 11
             for k, r in latest_by_key(rs).items() if k in all_users), what="second lists")
         url = f"http://127.0.0.1:{port}/metrics"
-        deadline = time.monotonic() + 60
-        while True:  # the counters of the last bundle are added after its lists went out
+        text, cells, counts = "", {}, {}
+
+        def counted() -> bool:
+            nonlocal text, cells, counts
             with urllib.request.urlopen(url, timeout=10) as resp:
                 text = resp.read().decode()
             cells = counts_from_exposition(text)
             counts = totals(cells)
-            if sum(c["tests"] for c in counts.values()) >= len(all_users) \
-                    or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+            return sum(c["tests"] for c in counts.values()) >= len(all_users)
+
+        # The counters of the last bundle are added after its lists went out.
+        wait_until(counted, 60, interval_s=1)
         assert cli_main([f"--set=experiments.file={exp_file}", "experiments",
                          "--metrics", url]) == 0
     finally:
@@ -395,9 +400,13 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
         assert doc.variant == experiment.variant_of(user)
         if doc.variant == "trending":
             assert {it.reason for it in doc.items} == {"popular now"}
-    published = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                    if "job_recommendations_published_total" in line
-                    and not line.startswith("#"))
+    families = list(text_string_to_metric_families(text))
+
+    def values(metric: str) -> list[float]:  # its samples in the last scrape, in order
+        name = exported_names(JOB_METRICS[metric])[0]
+        return [s.value for f in families for s in f.samples if s.name == name]
+
+    published = sum(values("freshrec_job_recommendations_published_total"))
     assert set(counts) == {"model", "trending"}
     # Tests and hits are counted per user group too: each test in its user's group.
     assert {g for groups in cells.values() for g in groups if g} == \
@@ -406,8 +415,7 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
     tests = sum(c["tests"] for c in counts.values())
     hits = sum(c["hits"] for c in counts.values())
     assert tests >= len(all_users)
-    hit_rate = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if "job_prequential_hit_rate" in line and not line.startswith("#")]
+    hit_rate = values("freshrec_job_prequential_hit_rate")
     assert hit_rate and abs(hit_rate[0] - hits / tests) < 1e-6  # one subtask, < 1000 tests
     out = capsys.readouterr().out
     assert "model" in out and "trending" in out and "verdict" in out

@@ -282,13 +282,15 @@ def test_compaction_happens_with_the_compacted_topic_configs(kafka_broker, fresh
     finally:
         producer.close(timeout=10)
 
-    started = time.monotonic()
-    deadline = started + 60
-    while True:
+    records: list = []
+
+    def compacted() -> bool:
+        nonlocal records
         records = _read_from_beginning(kafka_broker, topic)
-        if len(records) < 0.25 * written or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+        return len(records) < 0.25 * written
+
+    started = time.monotonic()
+    wait_until(compacted, 60, interval_s=1)
     took = time.monotonic() - started
     assert len(records) < 0.25 * written, (
         f"{len(records)} of {written} records still there after {took:.0f}s: not compacted"

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from freshrec_common import kafka_config
+from freshrec_common.polling import wait_until
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, job_settings, latest_by_key
 from tests.integration.shop import shop_tastes, users, view_once_more
@@ -62,8 +63,8 @@ def write_fixture(kafka_broker, tmp_path: Path) -> None:
         time.sleep(3.0)  # background item publishes and a checkpoint after them
         job.wait_for_checkpoint()
         first = job.completed_checkpoint()
-        while job.completed_checkpoint() < first + 2:
-            time.sleep(0.5)
+        assert wait_until(lambda: job.completed_checkpoint() >= first + 2, 60, interval_s=0.5), \
+            f"checkpoint {first + 2} not completed in 60 s\n{job.log_tail()}"
         meta = {
             "events": _end_offsets(job, topics.events),
             "item_embeddings": _end_offsets(job, topics.item_embeddings),
