@@ -109,7 +109,8 @@ def _put_interpreter_on_path() -> None:
 
 def _put_on_jvm_classpath(jars: list[Path]) -> None:
     # PyFlink's gateway launcher appends HADOOP_CLASSPATH to the JVM classpath: the local
-    # MiniCluster ignores plugins/ (the Prometheus reporter) and thread mode looks classes up
+    # MiniCluster ignores plugins/ (by design: only the cluster entrypoints load plugins, so
+    # the Prometheus reporter must be on the classpath) and thread mode looks classes up
     # in the JVM's own class loader (the metrics glue).
     current = [p for p in os.environ.get("HADOOP_CLASSPATH", "").split(os.pathsep) if p]
     for jar in map(str, jars):

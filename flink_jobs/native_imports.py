@@ -6,7 +6,9 @@ do: ``scipy.spatial``, which River imports, and torch) looks up the thread state
 for the OS thread; when that is not the one running (a second operator chained in the same
 task, or any call while processing records) it waits for the GIL its own thread holds, and
 the task stays INITIALIZING (or stuck) for good. That hung about one job start in twenty
-here (``tests/integration/test_native_imports.py`` reproduces it without this module).
+here (``tests/integration/test_native_imports.py`` reproduces it without this module). It is
+the embedded-interpreter deadlock of pytorch/pytorch#32572 (closed without a fix); pemja
+0.5.7, torch 2.15 and SciPy 1.17 still have it.
 
 A thread started by ``threading`` owns a regular, registered thread state, so the same
 imports are safe there; afterwards the operators find the modules in ``sys.modules``.

@@ -53,9 +53,9 @@ SHARD_BUNDLE_TYPE = Types.ROW([Types.INT(), Types.PRIMITIVE_ARRAY(Types.BYTE())]
 
 # PyFlink's default background cleanup builds a 30-day java.time.Duration through a Py4J
 # gateway, which in thread mode launches a JVM from inside the TaskManager and can leave the
-# task stuck in INITIALIZING (FLINK-40628). Disabling the default and naming the same
-# strategies explicitly avoids it; the compaction-filter period is not passed to Java by the
-# embedded converter anyway.
+# task stuck in INITIALIZING (FLINK-40628; its fix, apache/flink#29155, is in no release as
+# of PyFlink 2.2.1). Disabling the default and naming the same strategies explicitly avoids
+# it; the compaction-filter period is not passed to Java by the embedded converter anyway.
 _UNUSED_PERIODIC_COMPACTION = object()
 
 
