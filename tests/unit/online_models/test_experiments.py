@@ -1,15 +1,12 @@
-"""A/B experiments: bucketing, experiment files, the user side's variants, replay side by
-side, and the `freshrec experiments` report."""
+"""A/B experiments: bucketing, experiment files, replay side by side, and the `freshrec
+experiments` report. The user side's variants: flink_jobs/test_user_side_experiments.py."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-import jsonschema
 import pytest
 
-from flink_jobs.bundles import RECOMMENDATIONS, decode_output_bundle
-from flink_jobs.user_side import UserSide
 from freshrec.experiments import counts_from_exposition, report, totals
 from freshrec.generator import generate_events
 from freshrec.replay import format_experiment
@@ -23,9 +20,6 @@ from online_models.experiments import (
     clustered_rate,
     compare_clustered,
 )
-from schemas.loader import load_schema
-from schemas.recommendation import Recommendation
-from tests.unit.flink_jobs.bundle_sides import T0, Store, catalogue, event, settings
 
 USERS = [f"user-{n}" for n in range(20_000)]
 
@@ -94,49 +88,6 @@ def test_intervals_and_the_z_test() -> None:
     assert compare_clustered(single, single) == (0.0, 1.0)
 
 
-def test_user_side_lists_carry_their_variant_and_the_counts_add_up() -> None:
-    exp = experiment({"control": 0.5, "trending": 0.5}, trending={"trending_only": True})
-    side, store = UserSide(settings(experiment=exp)), Store()
-    catalogue(side)
-    users = [f"u{n}" for n in range(12)]
-    seen_lists: dict[str, Recommendation] = {}
-    published = tests = 0
-    lists = hits = 0
-    for round_ in range(3):
-        records = [event(100 * round_ + j, u, f"i{(j + round_) % 30}")
-                   for j, u in enumerate(users)]
-        result = side.process(records, store.load, now=T0 + 1000 * round_)
-        store.apply(result.writes)
-        for _, value in decode_output_bundle(result.output.to_bytes())[RECOMMENDATIONS]:
-            rec = Recommendation.from_json(value)
-            seen_lists[rec.user_id] = rec
-        s = result.stats
-        published += s.published
-        lists += sum(s.variant_lists.values())
-        tests += sum(s.variant_tests.values())
-        hits += sum(s.variant_hits.values())
-        # Tests are counted by variant and the user's group (the intervals' unit).
-        cells = {(exp.variant_of(u), str(exp.group_of(u))) for u in users}
-        assert set(s.variant_tests) <= cells
-    assert lists == published == 36 and tests == 24 and 0 <= hits <= tests
-    assert {rec.variant for rec in seen_lists.values()} == {"control", "trending"}
-    trending = [side.replica.ids[r] for r in side.replica.trending_rows(CFG_K)]
-    for user, rec in seen_lists.items():
-        assert rec.variant == exp.variant_of(user)
-        if rec.variant == "trending":
-            assert [it.item_id for it in rec.items] == trending[:len(rec.items)]
-            assert {it.reason for it in rec.items} == {"popular now"}
-    schema = load_schema("recommendation.v1.json")
-    jsonschema.validate(next(iter(seen_lists.values())).to_json(), schema)
-    no_exp = UserSide(settings())
-    catalogue(no_exp)
-    out = no_exp.process([event(1, "u1", "i1")], Store().load, now=T0)
-    rec = Recommendation.from_json(decode_output_bundle(out.output.to_bytes())
-                                   [RECOMMENDATIONS][0][1])
-    assert rec.variant is None and "variant" not in rec.to_json()
-    assert not out.stats.variant_lists
-
-
 def test_user_groups_are_stable_spread_and_independent_of_the_variant() -> None:
     exp = experiment({"a": 0.5, "b": 0.5})
     assert exp.group_of("user-7") == exp.group_of("user-7")
@@ -145,8 +96,6 @@ def test_user_groups_are_stable_spread_and_independent_of_the_variant() -> None:
     assert len(cells) == 2 * USER_GROUPS
     assert min(cells.values()) > 850 and max(cells.values()) < 1_150
 
-
-CFG_K = 5  # settings() lists have top_k = 5
 
 
 def test_replay_runs_the_variants_side_by_side_on_one_item_side() -> None:
