@@ -1,24 +1,26 @@
 """State scale: bytes per user and per item in Flink state, checkpoint size and duration.
 
-The real job learns at ~300 events/s, far too slow to build a million users. This script
+The real job learns a few thousand events/s, too slow to build a million users quickly. This script
 runs a small PyFlink job instead (thread mode, built with ``make_environment`` and the job's
 jars, so the Flink configuration is the real job's) that fills keyed state exactly as the
 real operators lay it out, at full speed:
 
-* ``user-fill``, keyed by user id: the descriptor of ``UserUpdate.open`` -- ValueState
-  ``user`` (PICKLED_BYTE_ARRAY of ``pack_user_value(UserState bytes, RefreshState)``, TTL
-  ``job.user_state_ttl_days``) -- with a steady-state user: a learned vector, a full history
-  of ``model.history_len`` items, the purchased/seen sets the model core builds, and
-  ``--dedup-ids`` recent event ids (UUID text, hashed) in its ``RefreshState.recent_ids``;
-* ``item-fill``, keyed by item id: the descriptors of ``ItemUpdate.open``, the ValueState
-  ``item`` holding ``ItemState.to_bytes()`` of an item with metadata that has learned from
-  a few gradients (its inbox list and upsert-id map are empty in steady state).
+* ``user-fill``, keyed by user shard: the descriptors of the job's user side
+  (``flink_jobs.operators.user_state_descriptors``) -- MapState ``users``, user id ->
+  ``pack_user_value`` bytes (TTL ``job.user_state_ttl_days``) -- with steady-state users: a
+  learned vector, a full history of ``model.history_len`` items, the purchased/seen sets the
+  model core builds, ``--dedup-ids`` recent event ids (UUID text, hashed) and the ids of the
+  list last shown;
+* ``item-fill``, keyed by item shard: the descriptors of the item side
+  (``item_state_descriptors``) -- MapState ``items``, item id -> ``ItemState.to_bytes()`` of
+  an item with metadata that has learned from a few gradients (its upsert ids and publish
+  schedule stay empty, as in steady state).
 
 Users are built by the model core: a few template users learn ``--events-per-user``
-events each with ``user_step``; every filled user is a template with its own id, its own
+events each with ``learn_bundle``; every filled user is a template with its own id, its own
 vector (template + noise, so nothing compresses unrealistically) and its history, purchased
 and seen ids shifted to other catalogue items. Items go through ``new_item_state`` and
-``apply_item_gradient``.
+``apply_gradients_to_items``.
 
 Input: two Kafka topics pre-loaded with N and M tiny records (the index, as ASCII digits),
 read with ``flink_jobs.kafka_io.raw_source``. The source stays open after the backlog, so

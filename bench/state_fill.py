@@ -34,7 +34,6 @@ from online_models.replica import ItemReplica
 from online_models.state import UserState
 from schemas.events import Event
 
-# Interaction mix of the template users (the generator's storefront is view-heavy).
 GOAL_FACTOR = 1.5  # state per user / item at most this many times the raw figure
 # Interaction mix of the template users (the generator's storefront is view-heavy).
 EVENT_MIX = (("view", 0.6), ("click", 0.2), ("favorite", 0.07), ("add_to_cart", 0.08),
