@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -117,7 +118,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if overrides.is_file():
         broker_down(load_settings(overrides=json.loads(overrides.read_text())),
                     log=lambda _m: None)
-    if config.stash.get(_passed, False):  # a failed run keeps the broker's log
+    if overrides.is_file() and not config.stash.get(_passed, False):
+        print(f"the test broker's state and log are kept in {run_dir / 'kafka-state'}",
+              file=sys.stderr)
+    else:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
