@@ -30,12 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 from bench.common import REPO_ROOT, RESULTS_DIR, say, scrape
 from devstack.kafka_broker import broker_down, broker_up
 from devstack.kafka_topics import COMPACTED_TOPIC_CONFIGS, create_topic
-from devstack.processes import free_ports, process_tree, stop_processes
+from devstack.processes import free_ports, kill_tree
 from freshrec_common import kafka_config
 from freshrec_common.settings import load_settings
 from schemas.events import Event, encode_event
@@ -190,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if fresh_at is not None and fresh_at <= 30 else 'NOT met'})")
     finally:
         if job is not None and job.poll() is None:
-            stop_processes(process_tree(job.pid), timeout_s=30, what="job", log=say,
-                           ask=psutil.Process.kill, asked="SIGKILL")
+            kill_tree(job.pid, what="job", log=say)
             job.wait(timeout=30)
         broker_down(settings, log=say)
     out = Path(args.json)

@@ -16,11 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench.common import CHILD_ENV, REPO_ROOT, say, scrape
 from bench.e2e_consumer import OutputConsumer
-from devstack.processes import free_ports, process_tree, stop_processes
+from devstack.processes import free_ports, kill_tree
 from freshrec_common.polling import wait_until
 
 
@@ -180,8 +178,7 @@ class PipelineRun:
         if self.consumer is not None:
             self.consumer.stop()
         if self.proc is not None and self.proc.poll() is None:
-            stop_processes(process_tree(self.proc.pid), timeout_s=30, what=self.cfg.pipeline,
-                           log=say, ask=psutil.Process.kill, asked="SIGKILL")
+            kill_tree(self.proc.pid, what=self.cfg.pipeline, log=say)
             self.proc.wait(timeout=30)
         if self.job_id is not None:
             from devstack import flink_submit

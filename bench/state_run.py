@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from bench.common import CHILD_ENV, REPO_ROOT, java_pid, rss_mib, sample_sums
 from bench.common import scrape as scrape_families
-from devstack.processes import process_tree, stop_processes
+from devstack.processes import kill_tree
 from freshrec_common.polling import wait_until
 
 
@@ -145,8 +143,7 @@ class FillRun:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            stop_processes(process_tree(self.proc.pid), timeout_s=60, what="fill job", log=say,
-                           ask=psutil.Process.kill, asked="SIGKILL")
+            kill_tree(self.proc.pid, what="fill job", log=say, timeout_s=60)
             self.proc.wait(timeout=60)
         shutil.rmtree(self.tmp, ignore_errors=True)
 

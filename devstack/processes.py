@@ -67,6 +67,13 @@ def stop_processes(procs: Sequence[psutil.Process], *, timeout_s: float, what: s
     return stubborn
 
 
+def kill_tree(pid: int, *, what: str, log: Log, timeout_s: float = 30.0) -> None:
+    """SIGKILL a process and everything it started (a test's or a benchmark's child, which
+    needs no clean stop), and wait for them."""
+    stop_processes(process_tree(pid), timeout_s=timeout_s, what=what, log=log,
+                   ask=psutil.Process.kill, asked="SIGKILL")
+
+
 class AlreadyRunning(RuntimeError):
     """Another live process holds the lock; the message is what it wrote about itself."""
 

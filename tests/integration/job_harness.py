@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from devstack.kafka_topics import create_topic, dlq_topic_configs
-from devstack.processes import process_tree, stop_processes
+from devstack.processes import kill_tree, process_tree
 from freshrec_common import kafka_config
 from freshrec_common.polling import wait_until
 from freshrec_common.settings import Settings, load_settings
@@ -134,8 +132,7 @@ class JobProcess:
             self._producer.close()
         if self.proc is None or self.proc.poll() is not None:
             return
-        stop_processes(process_tree(self.proc.pid), timeout_s=30, what="job", log=print,
-                       ask=psutil.Process.kill, asked="SIGKILL")
+        kill_tree(self.proc.pid, what="job", log=print)
         self.proc.wait(timeout=30)
 
     # -- traffic ----------------------------------------------------------------------

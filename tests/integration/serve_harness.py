@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from devstack.processes import free_ports, process_tree, stop_processes
+from devstack.processes import free_ports, kill_tree
 from freshrec_common.polling import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -111,8 +110,7 @@ class ServeProcess:
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                stop_processes(process_tree(self.proc.pid), timeout_s=30, what="freshrec serve",
-                               log=print, ask=psutil.Process.kill, asked="SIGKILL")
+                kill_tree(self.proc.pid, what="freshrec serve", log=print)
                 self.proc.wait(timeout=30)
                 raise AssertionError(f"freshrec serve ignored {sig.name} for {timeout_s:.0f}s:\n"
                                      f"{self.log_tail()}") from None

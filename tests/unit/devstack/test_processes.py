@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from devstack.processes import AlreadyRunning, hold_lock, stop_processes
+from devstack.processes import AlreadyRunning, hold_lock, kill_tree, stop_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -112,6 +112,21 @@ def test_stop_processes_kills_what_ignores_sigterm_after_the_bound() -> None:
     assert len(said) == 1, said
     assert said[0].startswith("test: ")
     assert said[0].endswith(f"(pid {stubborn.pid}) still running 1s after SIGTERM; killing it")
+
+
+def test_kill_tree_ends_a_process_and_what_it_started() -> None:
+    parent = python("""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """)
+    child = psutil.Process(int(wait_line(parent)))
+    said: list[str] = []
+    kill_tree(parent.pid, what="test", log=said.append, timeout_s=5)
+    assert parent.wait(timeout=5) is not None
+    _, alive = psutil.wait_procs([child], timeout=5)
+    assert alive == [] and said == []
 
 
 def test_a_held_lock_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
