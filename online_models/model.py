@@ -130,6 +130,10 @@ class FreshRecModel:
         self.blend = ScoreBlend.initial(self.config)
         # Replays are short: the blend learns from every chance for a while.
         self._blend_schedule = BlendSchedule(5000, 2)
+        # The user, time and features of the last list, for the score_items that follows it
+        # (the replay's sampled AUC scores the same test): used once, dropped on learning.
+        # Only right after recommend: another model sharing the item side may learn later.
+        self._listed: tuple[UserState, int, UserFeatures] | None = None
         if items_of is not None:
             self.text, self._item_text = items_of.text, items_of._item_text
             self._item_positives = items_of._item_positives
@@ -162,6 +166,7 @@ class FreshRecModel:
         """Learn from events in order: each run of interactions is one
         :func:`~online_models.bundle.learn_bundle` step (the job's learner), applied to the
         replica at once; upserts and forgets take effect between runs."""
+        self._listed = None
         run: list[Event] = []
         for ev in events:
             if ev.ts_ms > self.now_ms:
@@ -281,8 +286,10 @@ class FreshRecModel:
         unavailable items. An unseen user gets trending items (cold start)."""
         user = self.user(user_id)
         now = max(user.last_ts, self.now_ms)
+        feats = self.features(user, now)
+        self._listed = (user, now, feats)
         return recommend_for_user(user, self.replica, self.config, k, now, exclude,
-                                  self.features(user, now), self.blend,
+                                  feats, self.blend,
                                   self.explore_rng if self.config.exploration else None,
                                   reasons)
 
@@ -297,7 +304,10 @@ class FreshRecModel:
         if not known.any():
             return out
         q = query_vector(user, rep, self.config)
-        feats = self.features(user, max(user.last_ts, self.now_ms))
+        now = max(user.last_ts, self.now_ms)
+        listed, self._listed = self._listed, None
+        feats = (listed[2] if listed is not None and listed[0] is user and listed[1] == now
+                 else self.features(user, now))
         bonus = dict(zip(feats.rows.tolist(),
                          self.blend.bonus(feats, spread(rep, rep.scores(q))).tolist(), strict=True))
         r = rows[known]

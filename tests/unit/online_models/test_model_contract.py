@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -132,6 +133,24 @@ def test_recommend_many_agrees_with_recommend(events: list[Event]) -> None:
     for u, lst in zip(users, batch, strict=True):
         single = [r.item_id for r in model.recommend(u, k=10)]  # type: ignore[attr-defined]
         assert [r.item_id for r in lst][:5] == single[:5]
+
+
+def test_score_items_after_a_list_reuses_its_features_only_until_the_model_learns(
+        events: list[Event]) -> None:
+    model = _fresh("freshrec", events[:1500])
+    user = _user_at(events, 1499)
+    items = sorted({e.item_id for e in events[:1500] if e.item_id})[:50]
+    model.recommend(user)  # type: ignore[attr-defined]
+    after_list = model.score_items(user, items)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(after_list, model.score_items(user, items))  # type: ignore[attr-defined]
+    # Others' events at the same time: the user's state and "now" stay, the items move.
+    now = model.now_ms  # type: ignore[attr-defined]
+    others = [dataclasses.replace(e, ts_ms=now) for e in events[1500:1700]
+              if e.user_id not in (None, user) and e.item_id in items]
+    model.recommend(user)  # type: ignore[attr-defined]
+    model.learn_many(others)  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(model.score_items(user, items),  # type: ignore[attr-defined]
+                                  model.score_items(user, items))  # type: ignore[attr-defined]
 
 
 def test_user_state_round_trip_after_learning(events: list[Event]) -> None:
