@@ -11,6 +11,7 @@ import numpy as np
 
 from online_models.baselines import PopularityModel
 from online_models.config import ModelConfig
+from online_models.covisit import add_pair
 from schemas.events import Event
 
 _NONE = (np.zeros(0, dtype=np.int64), np.zeros(0))
@@ -109,11 +110,7 @@ class ItemKNNModel(_PopularityFilled):
         self.count: dict[str, float] = {}
 
     def _add_pair(self, a: str, b: str, w: float) -> None:
-        nb = self.pairs.setdefault(a, {})
-        nb[b] = nb.get(b, 0.0) + w
-        if len(nb) > 2 * self.max_neighbours:  # prune to the strongest half, amortised
-            keep = sorted(nb.items(), key=lambda kv: -kv[1])[: self.max_neighbours]
-            self.pairs[a] = dict(keep)
+        self.pairs[a] = add_pair(self.pairs.get(a, {}), b, w, self.max_neighbours)
 
     def _learn_positive(self, user_id: str, item_id: str) -> None:
         self.count[item_id] = self.count.get(item_id, 0.0) + 1.0
