@@ -243,7 +243,7 @@ def test_topic_round_trip_and_wrong_password(secure_broker: SecureBroker, mechan
     finally:
         producer.close()
     consumer = kafka_config.consumer(settings, topic, auto_offset_reset="earliest",
-                                     consumer_timeout_ms=20_000)
+                                     consumer_timeout_ms=60_000)  # SSL start-up on a loaded machine
     try:
         got = next(consumer, None)
         assert got is not None and (got.key, got.value) == (b"k", user.encode())
