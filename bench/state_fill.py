@@ -23,7 +23,7 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from flink_jobs.dedup import NO_RECENT_IDS
 from flink_jobs.operators import item_state_descriptors, user_state_descriptors
 from flink_jobs.shard_keys import shard_of
-from flink_jobs.user_value import NO_PENDING, RefreshState, pack_user_value
+from flink_jobs.user_value import NO_PENDING, RefreshState, id_hash, pack_user_value
 from freshrec.generator import category_label
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
@@ -135,7 +135,8 @@ class UserFactory:
         refresh = RefreshState(seq=user.n_events, last_refresh_ms=now_ms, timer_pending=False,
                                last_event_ts=user.last_ts,
                                last_event_id=ids[-1] if ids else f"e{k}", pending=NO_PENDING,
-                               shown=tuple(item_id_of(j) for j in range(self.config.top_k)),
+                               shown_hashes=tuple(id_hash(item_id_of(j))
+                                                  for j in range(self.config.top_k)),
                                recent_ids=recent)
         return user.to_bytes(), refresh
 

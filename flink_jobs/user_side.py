@@ -43,6 +43,7 @@ from flink_jobs.user_value import (
     NO_PENDING,
     Pending,
     RefreshState,
+    id_hash,
     pack_user_value,
     unpack_user_value,
 )
@@ -314,14 +315,15 @@ class UserSide:
         for uid, (user, rs) in due.items():
             cell = None if self.experiment is None else self.experiment.cell_of(uid)
             for item in rs.pending.items:
-                if rs.shown:
-                    hit = self.rolling.update(rs.shown, item)
+                if rs.shown_hashes:
+                    key = id_hash(item)
+                    hit = self.rolling.update(rs.shown_hashes, key)
                     if self.drift.update(hit):
                         stats.drifts += 1
                     if cell is not None:
                         stats.variant_tests[cell] += 1
                         stats.variant_hits[cell] += hit
-                        stats.variant_hits_at_10[cell] += item in rs.shown[:10]
+                        stats.variant_hits_at_10[cell] += key in rs.shown_hashes[:10]
             if user.n_events <= 4 * cfg.cold_events:
                 for item, weight in zip(rs.pending.items, rs.pending.weights, strict=True):
                     learn_cold_start(self.clusters, user, self.replica, cfg, item, weight,
@@ -348,7 +350,7 @@ class UserSide:
             stats.ingest_latency_s.extend((now - ts) / 1000.0 for ts in rs.pending.ingest_ts)
             settled[uid] = dataclasses.replace(
                 rs, seq=seq, last_refresh_ms=now, timer_pending=False, pending=NO_PENDING,
-                shown=tuple(it.item_id for it in items))
+                shown_hashes=tuple(id_hash(it.item_id) for it in items))
         return settled
 
     def _lists(self, due: Mapping[str, tuple[UserState, RefreshState]]

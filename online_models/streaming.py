@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 from river import cluster, drift, stats, utils
@@ -221,8 +221,9 @@ class PrequentialWindow:
         self._top10 = RollingMetrics(window)
         self._ndcg = RollingMetrics(window)
 
-    def update(self, shown: Sequence[str], item: str) -> bool:
-        """Score one event against the list shown before it; returns whether it was a hit."""
+    def update(self, shown: Sequence[Hashable], item: Hashable) -> bool:
+        """Score one event against the list shown before it (item ids, or the same hash of
+        each); returns whether it was a hit."""
         top = shown[: self.k]
         rank = top.index(item) if item in top else -1
         hit = rank >= 0

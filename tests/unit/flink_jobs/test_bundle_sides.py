@@ -22,7 +22,7 @@ from flink_jobs.bundles import (
 from flink_jobs.item_side import BACKGROUND_SLOTS, ItemSide, background_slot, pack_due, unpack_due
 from flink_jobs.shard_keys import shard_of
 from flink_jobs.user_side import UserSide
-from flink_jobs.user_value import unpack_user_value
+from flink_jobs.user_value import id_hash, unpack_user_value
 from freshrec_common.privacy import pseudonymize
 from online_models.covisit import CoVisits, CoVisitTable
 from online_models.item_state import ItemState
@@ -89,7 +89,8 @@ def test_refreshes_within_the_interval_are_owed_then_scored() -> None:
                                     [RECOMMENDATIONS][0][1])
     assert (rec.seq, rec.last_event_id, rec.events_applied) == (2, "e2", 2)
     _, state = unpack_user_value(store.values["u1"])
-    assert not state.timer_pending and state.shown == tuple(i.item_id for i in rec.items)
+    assert not state.timer_pending
+    assert state.shown_hashes == tuple(id_hash(i.item_id) for i in rec.items)
     assert r3.stats.event_latency_s and r3.stats.scored == 1
 
 

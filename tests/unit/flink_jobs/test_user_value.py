@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import struct
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from flink_jobs.dedup import RecentEventIds
 from flink_jobs.user_value import (
     Pending,
     RefreshState,
+    id_hash,
     pack_user_value,
     unpack_user_value,
 )
@@ -59,8 +61,34 @@ def test_pending_keeps_a_weight_per_item() -> None:
 
 
 def test_the_shown_list_round_trips() -> None:
-    state = dataclasses.replace(busy_state(), shown=("a", "b ✓", "c"))
+    shown = tuple(id_hash(i) for i in ("a", "b ✓", "c"))
+    state = dataclasses.replace(busy_state(), shown_hashes=shown)
     assert unpack_user_value(pack_user_value(USER, state)) == (USER, state)
+
+
+def test_the_shown_list_costs_four_bytes_an_item() -> None:
+    ids = tuple(f"product-{n:08d}" for n in range(20))
+    bare = pack_user_value(USER, busy_state())
+    state = dataclasses.replace(busy_state(), shown_hashes=tuple(id_hash(i) for i in ids))
+    assert len(pack_user_value(USER, state)) - len(bare) == 4 * len(ids)
+
+
+def fv2_value(blob: bytes, state: RefreshState, shown: tuple[str, ...]) -> bytes:
+    """A value as layout FV2 wrote it: the FV3 fields without the hashes, and the shown ids
+    as NUL-joined UTF-8 text at the end."""
+    fv3 = pack_user_value(blob, dataclasses.replace(state, shown_hashes=()))
+    head = struct.Struct("<3sqqqBIIIIII")
+    fields = list(head.unpack_from(fv3))
+    fields[0], fields[7] = b"FV2", len(shown)
+    return head.pack(*fields) + fv3[head.size:] + "\x00".join(shown).encode("utf-8")
+
+
+@pytest.mark.parametrize("shown", [(), ("i-1",), ("a", "b ✓", "c")])
+def test_reads_the_previous_layout(shown: tuple[str, ...]) -> None:
+    # Checkpoints of the FV2 layout restore (tests/integration/test_state_fixture.py holds
+    # one): the shown ids become their hashes, every other field as it was.
+    want = dataclasses.replace(busy_state(), shown_hashes=tuple(id_hash(i) for i in shown))
+    assert unpack_user_value(fv2_value(USER, busy_state(), shown)) == (USER, want)
 
 
 def test_foreign_bytes_are_refused() -> None:
