@@ -97,7 +97,7 @@ class UserFactory:
         """User k: a template with its own id and vector, ids shifted in the catalogue."""
         tmpl, hist, purchased, seen = self.templates[k % N_TEMPLATES]
         n = self.spec.n_items
-        off = (k * 7919) % n
+        off = self._offset(k)
         dt = (k % 86_400) * 1000
         noise = self.rng.normal(0.0, 0.01, tmpl.vector.shape[0]).astype(np.float32)
         vector = tmpl.vector + noise
@@ -108,6 +108,15 @@ class UserFactory:
         return UserState(
             user_id_of(k), vector, tmpl.acc, history, frozenset(map(ids.__getitem__, purchased)),
             frozenset(map(ids.__getitem__, seen)), tmpl.n_events, tmpl.last_ts + dt)
+
+    def _offset(self, k: int) -> int:
+        """Where user k's items start in the catalogue."""
+        return (k * 7919) % self.spec.n_items
+
+    def shown(self, k: int) -> tuple[str, ...]:
+        """The ids of the list user k was shown last: its own ``top_k`` catalogue items."""
+        n, off = self.spec.n_items, self._offset(k)
+        return tuple(item_id_of((off + 101 * j) % n) for j in range(self.config.top_k))
 
     def event_ids(self) -> list[str]:
         """``dedup_ids`` fresh event ids (UUID text by default, as storefronts send)."""
@@ -135,8 +144,7 @@ class UserFactory:
         refresh = RefreshState(seq=user.n_events, last_refresh_ms=now_ms, timer_pending=False,
                                last_event_ts=user.last_ts,
                                last_event_id=ids[-1] if ids else f"e{k}", pending=NO_PENDING,
-                               shown_hashes=tuple(id_hash(item_id_of(j))
-                                                  for j in range(self.config.top_k)),
+                               shown_hashes=tuple(map(id_hash, self.shown(k))),
                                recent_ids=recent)
         return user.to_bytes(), refresh
 

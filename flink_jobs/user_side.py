@@ -52,7 +52,6 @@ from online_models.blend import (
     BlendSchedule,
     ScoreBlend,
     UserFeatures,
-    blend_step,
     user_features,
 )
 from online_models.bundle import BundleStep, learn_bundle
@@ -62,7 +61,7 @@ from online_models.experiments import trending_list
 from online_models.learning import apply_item_embedding
 from online_models.model import cold_start_bonus, learn_cold_start
 from online_models.replica import ItemReplica
-from online_models.scoring import recommend_for_users
+from online_models.scoring import blend_step, recommend_for_users
 from online_models.state import UserState
 from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMean, UserClusters
 from schemas.dlq import DeadLetter, encode_dead_letter

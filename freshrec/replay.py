@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freshrec.datasets import FORMATS, AdapterErrors, read_events
-from online_models.baselines import MODEL_NAMES, make_model
 from online_models.config import ModelConfig
 from online_models.eval_results import ModelResult
 from online_models.evaluate import COLD_BELOW, Progress, prequential
@@ -30,6 +29,7 @@ from online_models.experiments import (
     clustered_rate,
     compare_clustered,
 )
+from online_models.replay_models import MODEL_NAMES, make_model
 from schemas.events import Event
 
 if TYPE_CHECKING:  # River and SciPy load when a replay runs, not with every CLI command

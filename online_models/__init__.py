@@ -18,10 +18,8 @@ from typing import Any
 # Where each name lives. Imported on first use (PEP 562): `import online_models.config`
 # (the settings, every CLI) then costs no River, SciPy or pandas import (~0.7 s).
 _HOME = {
-    "MODEL_NAMES": "baselines",
     "PopularityModel": "baselines",
     "RiverMFModel": "baselines",
-    "make_model": "baselines",
     "learn_bundle": "bundle",
     "ModelConfig": "config",
     "ModelResult": "eval_results",
@@ -41,6 +39,8 @@ _HOME = {
     "RecentItemsModel": "neighbour_baselines",
     "SessionKNNModel": "neighbour_baselines",
     "ItemReplica": "replica",
+    "MODEL_NAMES": "replay_models",
+    "make_model": "replay_models",
     "query_vector": "scoring",
     "recommend_for_user": "scoring",
     "UserState": "state",

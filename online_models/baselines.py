@@ -1,27 +1,13 @@
 """Baselines under the same interface: time-decayed popularity and River FunkMF / BiasedMF
 here; the user's recent items, item-to-item co-occurrence (item kNN) and session kNN
-(V-SKNN) in :mod:`online_models.neighbour_baselines`; :func:`make_model` builds any of
-them by name.
+(V-SKNN) in :mod:`online_models.neighbour_baselines`;
+:func:`online_models.replay_models.make_model` builds any of them by name.
 
 River models are trained by River itself (``learn_one(user, item, weight)`` on
 positive interactions); for ranking every item, each keeps a numpy mirror of River's
 item latents (refreshed for the touched item after each step), so a full ranking costs
 one matrix-vector product instead of one ``predict_one`` per item. The scores equal
 River's ``predict_one`` up to the user/global constant.
-
->>> from schemas.events import Event
->>> evs = [Event(f"e{n}", "view", n, user_id=f"u{n % 3}", item_id=f"i{n % 5}")
-...        for n in range(30)]
->>> for name in MODEL_NAMES[1:]:
-...     m = make_model(name)
-...     m.learn_many(evs)
-...     print(m.name, len(m.recommend("u1", k=3)), m.n_items)
-popularity 3 5
-recent 3 5
-item_knn 3 5
-sknn 3 5
-river_funkmf 3 5
-river_biasedmf 3 5
 """
 
 from __future__ import annotations
@@ -247,38 +233,3 @@ class RiverMFModel(_Base):
         u = np.asarray(self.model.u_latents[user_id], dtype=np.float32)
         n = self.n_items
         return self.V[:n] @ u + self.b[:n]
-
-
-MODEL_NAMES = ("freshrec", "popularity", "recent", "item_knn", "sknn", "river_funkmf",
-               "river_biasedmf")
-
-
-def make_model(name: str, config: ModelConfig | None = None) -> object:
-    """Build a model by its replay name (see :data:`MODEL_NAMES`).
-
-    >>> make_model("item_knn").name
-    'item_knn'
-    """
-    from online_models.model import FreshRecModel
-    from online_models.neighbour_baselines import (
-        ItemKNNModel,
-        RecentItemsModel,
-        SessionKNNModel,
-    )
-
-    cfg = config or ModelConfig()
-    if name == "freshrec":
-        return FreshRecModel(cfg)
-    if name == "popularity":
-        return PopularityModel(cfg)
-    if name == "river_funkmf":
-        return RiverMFModel("funkmf", cfg)
-    if name == "river_biasedmf":
-        return RiverMFModel("biasedmf", cfg)
-    if name == "recent":
-        return RecentItemsModel(cfg)
-    if name == "item_knn":
-        return ItemKNNModel(cfg)
-    if name == "sknn":
-        return SessionKNNModel(cfg)
-    raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")

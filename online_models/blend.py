@@ -47,7 +47,6 @@ import numpy as np
 
 from online_models.config import ModelConfig
 from online_models.covisit import CoVisitTable, recent_items
-from online_models.ranking import select
 from online_models.replica import ItemReplica
 from online_models.state import UserState
 
@@ -321,22 +320,3 @@ class BlendSchedule:
     def take(self) -> bool:
         self.chances += 1
         return self.chances <= self.warm or self.chances % self.every == 0
-
-
-BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top this many
-
-
-def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config: ModelConfig,
-               features: UserFeatures, item_row: int) -> None:
-    """Test the blend on a user's positive event on ``item_row`` before it is learned: rank
-    as :func:`~online_models.scoring.recommend_for_user` would, then :func:`learn_blend`."""
-    from online_models.scoring import excluded_items, query_vector
-
-    index = replica.table.index
-    excluded = [index[i] for i in excluded_items(user, config) if i in index]
-    q = query_vector(user, replica, config)
-    dense = replica.scores(q)
-    scale = spread(replica, dense)
-    top, _ = select(replica, dense, BLEND_CANDIDATES, excluded, features.rows,
-                            blend.bonus(features, scale))
-    learn_blend(blend, replica, features, q, scale, top, item_row)

@@ -152,5 +152,5 @@ def apply_item_embedding(replica: ItemReplica, emb: ItemEmbedding) -> int:
         # with none learned, where the item side started it (its text, or its content).
         mean = replica.category_mean(emb.category)
         if mean is not None:
-            vector = replica.cold_item_vector(emb.item_id, meta)
+            vector = replica.cold_item_vector(emb.item_id, meta, mean)
     return replica.upsert(emb.item_id, vector, meta, bias=emb.bias, trend=trend, acc=emb.acc)

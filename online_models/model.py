@@ -27,7 +27,6 @@ from online_models.blend import (
     BlendSchedule,
     ScoreBlend,
     UserFeatures,
-    blend_step,
     spread,
     user_features,
 )
@@ -37,7 +36,12 @@ from online_models.covisit import CoVisitTable
 from online_models.item_gradients import apply_item_gradients
 from online_models.learning import event_meta, lr_schedule
 from online_models.replica import ItemReplica
-from online_models.scoring import query_vector, recommend_for_user, recommend_for_users
+from online_models.scoring import (
+    blend_step,
+    query_vector,
+    recommend_for_user,
+    recommend_for_users,
+)
 from online_models.state import UserState
 from online_models.streaming import DriftMonitor, RollingMetrics, UserClusters
 from online_models.tables import content_vector

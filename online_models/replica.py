@@ -205,16 +205,18 @@ class ItemReplica:
         self._version += 1
         return row
 
-    def cold_item_vector(self, item_id: str, meta: Mapping[str, Any] | None = None
-                         ) -> np.ndarray:
+    def cold_item_vector(self, item_id: str, meta: Mapping[str, Any] | None = None,
+                         mean: np.ndarray | None = None) -> np.ndarray:
         """Vector of a new item from its metadata: the hashed content vector plus the mean
         learned vector of its category's items (so it lives where its category's items
-        have moved), before any interaction. The job's item operator uses this too."""
+        have moved), before any interaction. The job's item operator uses this too.
+        ``mean``: that category mean, when the caller has it already."""
         m = meta or {}
         cfg = self.config
         content = content_vector(item_id, cfg.dim, cfg.seed, m.get("category"),
                                  m.get("brand"), m.get("price"), cfg.init_scale)
-        mean = self.category_mean(m.get("category"))
+        if mean is None:
+            mean = self.category_mean(m.get("category"))
         return content if mean is None else mean + content
 
     def category_mean(self, category: str | None) -> np.ndarray | None:
@@ -331,7 +333,8 @@ class ItemReplica:
         scaled to unit length. Ordered like :meth:`new_rows` (new-listing trend, then id),
         not by the order rows arrived in, which differs between replicas and after a
         restore. Cached like :meth:`new_rows`; rows learned or withdrawn since are dropped
-        at each call."""
+        from the cache at each call (a withdrawn row listed again comes back at the next
+        recomputation)."""
         hit = self._fresh_cache
         if (hit is None or hit[0] != n or hit[2] != len(self)
                 or self._version - hit[1] >= _TREND_CACHE_EVERY):
@@ -351,7 +354,10 @@ class ItemReplica:
             hit = self._fresh_cache = (n, self._version, len(self), rows, unit)
         rows, unit = hit[3], hit[4]
         fresh = (self.table._acc[rows] == 0) & ~self.blocked[rows]
-        return (rows, unit) if fresh.all() else (rows[fresh], unit[fresh])
+        if not fresh.all():  # dropped from the cache too: copied once, not at every call
+            rows, unit = rows[fresh], unit[fresh]
+            self._fresh_cache = (hit[0], hit[1], hit[2], rows, unit)
+        return rows, unit
 
     # -- scoring --------------------------------------------------------------------------
     def scores(self, query: np.ndarray) -> np.ndarray:

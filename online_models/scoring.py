@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 
 from online_models.ann import approximate_top_k, synced_index
-from online_models.blend import ScoreBlend, UserFeatures, dense_scale, spread, user_features
+from online_models.blend import (
+    ScoreBlend,
+    UserFeatures,
+    dense_scale,
+    learn_blend,
+    spread,
+    user_features,
+)
 from online_models.config import ModelConfig
 from online_models.explain import explain
 from online_models.learning import context_rows
@@ -254,3 +261,20 @@ def similar_items(replica: ItemReplica, item_id: str, k: int, config: ModelConfi
         rows, scores = approximate_top_k(replica, index, query, k, (row,))
     ids = replica.ids
     return [(ids[r], float(s)) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)]
+
+
+BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top this many
+
+
+def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config: ModelConfig,
+               features: UserFeatures, item_row: int) -> None:
+    """Test the blend on a user's positive event on ``item_row`` before it is learned: rank
+    as :func:`recommend_for_user` would, then :func:`~online_models.blend.learn_blend`."""
+    index = replica.table.index
+    excluded = [index[i] for i in excluded_items(user, config) if i in index]
+    q = query_vector(user, replica, config)
+    dense = replica.scores(q)
+    scale = spread(replica, dense)
+    top, _ = select(replica, dense, BLEND_CANDIDATES, excluded, features.rows,
+                    blend.bonus(features, scale))
+    learn_blend(blend, replica, features, q, scale, top, item_row)

@@ -1,5 +1,5 @@
-"""The top-level packages import each other without a cycle, and the job stays below the CLI
-and the dev stack.
+"""The top-level packages import each other without a cycle, the modules of each package too,
+and the job stays below the CLI and the dev stack.
 
 Every ``import`` and ``from ... import`` of every ``.py`` file counts, wherever it stands
 (inside functions and ``TYPE_CHECKING`` blocks too): a function-level import is a cycle all
@@ -47,6 +47,26 @@ def import_graph() -> dict[str, dict[str, list[str]]]:
     return graph
 
 
+def module_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (``a.b`` for ``a/b.py``; a ``from a import
+    b`` of a module ``a.b`` counts as importing it; a package's ``__init__`` is left out:
+    it only re-exports, lazily)."""
+    paths = {".".join(path.relative_to(ROOT).with_suffix("").parts): path
+             for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+             if path.name != "__init__.py"}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets.add(node.module)
+                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[module] = (targets & paths.keys()) - {module}
+    return graph
+
+
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     """One cycle of a directed graph as a path ``[a, b, ..., a]``, or None.
 
@@ -88,6 +108,13 @@ def test_no_import_cycle_between_top_level_packages() -> None:
     cycle = find_cycle({p: set(targets) for p, targets in graph.items()})
     assert cycle is None, "import cycle: " + " -> ".join(
         f"{a} ({graph[a][b][0]})" for a, b in pairwise(cycle)) + f" -> {cycle[-1]}"
+
+
+def test_no_import_cycle_between_modules() -> None:
+    # A cycle hidden in a function-level import still ties the modules together: each can
+    # only be understood, moved or tested with the other.
+    cycle = find_cycle(module_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_each_package_imports_only_lower_layers() -> None:

@@ -22,7 +22,7 @@ from online_models import (
     make_model,
     new_item_state,
 )
-from online_models.baselines import MODEL_NAMES
+from online_models.replay_models import MODEL_NAMES
 from schemas.events import Event
 
 CFG = ModelConfig(dim=16, seed=3, exploration=0.0)
