@@ -1,9 +1,9 @@
 """The event ids a user sent lately, for de-duplication inside the user's own state.
 
-Each id is kept as a 64-bit hash and the second it was first seen (12 bytes, against ~50 B
-per entry of a Flink MapState of id strings with TTL), for ``job.dedup_window_s`` and at
-most ``job.dedup_max_ids`` per user. Two different ids of one user collide with
-probability ~n^2 / 2^65 (n ids in the window): never, in practice.
+Each id is kept as a 48-bit hash and the second it was first seen, for
+``job.dedup_window_s`` and at most ``job.dedup_max_ids`` per user: 8 bytes an id plus 4
+(against ~50 B per entry of a Flink MapState of id strings with TTL). Two different ids of
+one user collide with probability ~n^2 / 2^49 (n ids in the window): never, in practice.
 
 >>> ids = RecentEventIds()
 >>> ids = ids.add("e1", now_s=100, window_s=60, max_ids=3)
@@ -20,37 +20,70 @@ False
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 
-_ENTRY = struct.Struct("<QI")  # id hash, first seen (epoch seconds)
+_NEWEST = struct.Struct("<I")  # the newest entry's second (epoch seconds)
+# id hash (low 32 bits, high 16 bits), age: seconds before the newest entry, at most
+# _MAX_AGE (an older entry reads as _MAX_AGE old: it may stay past a window over ~18 h,
+# and an id seen again is a duplicate all the same)
+_ENTRY = struct.Struct("<IHH")
+_MAX_AGE = 0xFFFF
+_HASH_BITS = 48
+_WIDE_ENTRY = struct.Struct("<QI")  # the FV2 user values' form: 64-bit hash, second
 
 
 def _hash(event_id: str) -> int:
-    return int.from_bytes(blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
+    """The low 48 bits of the id's 64-bit BLAKE2b hash (FV2 kept all 64)."""
+    h = int.from_bytes(blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
+    return h & ((1 << _HASH_BITS) - 1)
+
+
+def _pack(entries: list[tuple[int, int]]) -> bytes:
+    """(hash, second) entries, oldest first, in the stored form."""
+    if not entries:
+        return b""
+    newest = max(s for _, s in entries)
+    return _NEWEST.pack(newest) + b"".join(
+        _ENTRY.pack(h & 0xFFFFFFFF, h >> 32, min(newest - s, _MAX_AGE)) for h, s in entries)
+
+
+def _unpack(packed: bytes) -> Iterable[tuple[int, int]]:
+    if not packed:
+        return
+    (newest,) = _NEWEST.unpack_from(packed)
+    for lo, hi, age in _ENTRY.iter_unpack(memoryview(packed)[_NEWEST.size:]):
+        yield lo | hi << 32, newest - age
 
 
 @dataclass(frozen=True, slots=True)
 class RecentEventIds:
-    """Entries oldest first, packed as ``<QI`` (hash, seen second)."""
+    """Entries oldest first (``_pack``: the newest second, then hash and age per id)."""
 
     packed: bytes = b""
 
+    @classmethod
+    def from_wide(cls, packed: bytes) -> RecentEventIds:
+        """The ids as FV2 user values kept them (``<QI``: 64-bit hash, second)."""
+        mask = (1 << _HASH_BITS) - 1
+        return cls(_pack([(h & mask, s) for h, s in _WIDE_ENTRY.iter_unpack(packed)]))
+
     def __len__(self) -> int:
-        return len(self.packed) // _ENTRY.size
+        return max(len(self.packed) - _NEWEST.size, 0) // _ENTRY.size
 
     def contains(self, event_id: str, now_s: int, window_s: int) -> bool:
         """Whether ``event_id`` was added within the last ``window_s`` seconds."""
         h, oldest = _hash(event_id), now_s - window_s
-        return any(eh == h and seen >= oldest for eh, seen in _ENTRY.iter_unpack(self.packed))
+        return any(eh == h and seen >= oldest for eh, seen in _unpack(self.packed))
 
     def add(self, event_id: str, now_s: int, window_s: int, max_ids: int) -> RecentEventIds:
         """A copy with ``event_id`` added, entries older than the window dropped and, past
         ``max_ids``, the oldest ones."""
         oldest = now_s - window_s
-        kept = [e for e in _ENTRY.iter_unpack(self.packed) if e[1] >= oldest]
+        kept = [e for e in _unpack(self.packed) if e[1] >= oldest]
         kept.append((_hash(event_id), now_s))
-        return RecentEventIds(b"".join(_ENTRY.pack(*e) for e in kept[-max_ids:]))
+        return RecentEventIds(_pack(kept[-max_ids:]))
 
 
 NO_RECENT_IDS = RecentEventIds()
@@ -69,7 +102,7 @@ class RecentIdsWindow:
 
     def __init__(self, ids: RecentEventIds, now_s: int, window_s: int) -> None:
         oldest = now_s - window_s
-        self._entries = [e for e in _ENTRY.iter_unpack(ids.packed) if e[1] >= oldest]
+        self._entries = [e for e in _unpack(ids.packed) if e[1] >= oldest]
         self._hashes = {h for h, _ in self._entries}
 
     def add(self, event_id: str, now_s: int) -> bool:
@@ -83,4 +116,4 @@ class RecentIdsWindow:
 
     def packed(self, max_ids: int) -> RecentEventIds:
         """The newest ``max_ids`` entries as a :class:`RecentEventIds`."""
-        return RecentEventIds(b"".join(_ENTRY.pack(*e) for e in self._entries[-max_ids:]))
+        return RecentEventIds(_pack(self._entries[-max_ids:]))

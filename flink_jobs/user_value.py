@@ -1,11 +1,12 @@
 """user-update's keyed value: a user's model state and refresh bookkeeping in one record.
 
 The value is binary (``pack_user_value``, layout ``FV3``): a fixed header, the
-``UserState`` bytes, the recent event ids, the pending events' columns, the list last
-shown as 32-bit hashes of its item ids (:func:`id_hash`: it is only ever tested for the
-next event's item, and an id costs ~7-36 bytes), then the last event id and the pending
-item ids in UTF-8 (ids never contain control characters: the event codec refuses them).
-``FV2`` values (the shown ids as text) are still read; ``FV1`` was the per-record job's,
+``UserState`` bytes, the recent event ids (:mod:`flink_jobs.dedup`), the pending events'
+columns, the list last shown as 32-bit hashes of its item ids (:func:`id_hash`: it is only
+ever tested for the next event's item, and an id costs ~7-36 bytes), then the last event
+id and the pending item ids in UTF-8 (ids never contain control characters: the event
+codec refuses them). ``FV2`` values (the shown ids as text, 12 bytes per recent event id)
+are still read; ``FV1`` was the per-record job's,
 and this job does not restore its savepoints (docs/operations.md).
 
 >>> from schemas.events import Event
@@ -26,7 +27,9 @@ from flink_jobs.dedup import NO_RECENT_IDS, RecentEventIds
 from schemas.events import Event
 
 _MAGIC = b"FV3"
-_MAGIC_TEXT_SHOWN = b"FV2"  # the same fields, the shown ids as NUL-joined text at the end
+# The same fields; the recent ids as RecentEventIds.from_wide reads them, the shown ids as
+# NUL-joined text at the end.
+_MAGIC_FV2 = b"FV2"
 # magic, seq, last_refresh_ms, last_event_ts, timer_pending, pending events, pending items,
 # shown items, last_event_id bytes, recent id bytes, user state bytes
 _HEAD = struct.Struct("<3sqqqBIIIIII")
@@ -97,7 +100,7 @@ def unpack_user_value(stored: bytes) -> tuple[bytes, RefreshState]:
     """Inverse of :func:`pack_user_value` (and reads ``FV2``); ``ValueError`` on any other
     bytes."""
     magic = stored[:3]
-    if magic not in (_MAGIC, _MAGIC_TEXT_SHOWN):
+    if magic not in (_MAGIC, _MAGIC_FV2):
         raise ValueError("not a freshrec user value (bad magic)")
     (_, seq, last_refresh_ms, last_event_ts, timer_pending, n, m, n_shown, id_len, recent_len,
      blob_len) = _HEAD.unpack_from(stored)
@@ -123,6 +126,9 @@ def unpack_user_value(stored: bytes) -> tuple[bytes, RefreshState]:
     if len(items) != m or len(shown) != n_shown:
         raise ValueError("corrupt freshrec user value (id count)")
     pending = Pending(items, cols[:n], cols[n:2 * n], cols[2 * n:2 * n + m]) if n else NO_PENDING
+    if not recent:
+        ids = NO_RECENT_IDS
+    else:
+        ids = RecentEventIds(recent) if magic == _MAGIC else RecentEventIds.from_wide(recent)
     return blob, RefreshState(seq, last_refresh_ms, bool(timer_pending), last_event_ts,
-                              event_id, pending,
-                              RecentEventIds(recent) if recent else NO_RECENT_IDS, shown)
+                              event_id, pending, ids, shown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import struct
+from hashlib import blake2b
 
 import numpy as np
 import pytest
@@ -73,22 +74,34 @@ def test_the_shown_list_costs_four_bytes_an_item() -> None:
     assert len(pack_user_value(USER, state)) - len(bare) == 4 * len(ids)
 
 
-def fv2_value(blob: bytes, state: RefreshState, shown: tuple[str, ...]) -> bytes:
-    """A value as layout FV2 wrote it: the FV3 fields without the hashes, and the shown ids
-    as NUL-joined UTF-8 text at the end."""
-    fv3 = pack_user_value(blob, dataclasses.replace(state, shown_hashes=()))
-    head = struct.Struct("<3sqqqBIIIIII")
-    fields = list(head.unpack_from(fv3))
-    fields[0], fields[7] = b"FV2", len(shown)
-    return head.pack(*fields) + fv3[head.size:] + "\x00".join(shown).encode("utf-8")
+def fv2_value(blob: bytes, state: RefreshState, shown: tuple[str, ...],
+              recent: list[tuple[str, int]]) -> bytes:
+    """A value as layout FV2 wrote it: the recent ids as 64-bit BLAKE2b hashes and seconds,
+    the shown ids as NUL-joined UTF-8 text at the end."""
+    p = state.pending
+    n, m = len(p.event_ts), len(p.items)
+    wide = b"".join(struct.pack("<QI", int.from_bytes(
+        blake2b(i.encode(), digest_size=8).digest(), "little"), s) for i, s in recent)
+    event_id, items = state.last_event_id.encode(), "\x00".join(p.items).encode()
+    return b"".join((
+        struct.pack("<3sqqqBIIIIII", b"FV2", state.seq, state.last_refresh_ms,
+                    state.last_event_ts, state.timer_pending, n, m, len(shown), len(event_id),
+                    len(wide), len(blob)),
+        blob, wide, struct.pack(f"<{n}q{n}q{m}d", *p.event_ts, *p.ingest_ts, *p.weights),
+        event_id, struct.pack("<I", len(items)), items, "\x00".join(shown).encode()))
 
 
 @pytest.mark.parametrize("shown", [(), ("i-1",), ("a", "b ✓", "c")])
 def test_reads_the_previous_layout(shown: tuple[str, ...]) -> None:
     # Checkpoints of the FV2 layout restore (tests/integration/test_state_fixture.py holds
-    # one): the shown ids become their hashes, every other field as it was.
+    # one): the shown ids become their hashes, the recent ids their shorter form, every
+    # other field as it was.
+    recent = [(f"event-{n}", 1_000_000) for n in range(5)]  # as busy_state() adds them
     want = dataclasses.replace(busy_state(), shown_hashes=tuple(id_hash(i) for i in shown))
-    assert unpack_user_value(fv2_value(USER, busy_state(), shown)) == (USER, want)
+    blob, got = unpack_user_value(fv2_value(USER, busy_state(), shown, recent))
+    assert (blob, got) == (USER, want)
+    assert got.recent_ids.contains("event-3", 1_000_100, 3600)
+    assert not got.recent_ids.contains("event-9", 1_000_100, 3600)
 
 
 def test_foreign_bytes_are_refused() -> None:
