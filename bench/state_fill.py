@@ -143,7 +143,7 @@ class UserFactory:
             recent = recent.add(event_id, now_ms // 1000, self.dedup_window_s, len(ids))
         refresh = RefreshState(seq=user.n_events, last_refresh_ms=now_ms, timer_pending=False,
                                last_event_ts=user.last_ts,
-                               last_event_id=ids[-1] if ids else f"e{k}", pending=NO_PENDING,
+                               pending=NO_PENDING,
                                shown_hashes=tuple(map(id_hash, self.shown(k))),
                                recent_ids=recent)
         return user.to_bytes(), refresh

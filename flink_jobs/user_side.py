@@ -347,9 +347,10 @@ class UserSide:
                 stats.cold_start += 1
             stats.event_latency_s.extend((now - ts) / 1000.0 for ts in rs.pending.event_ts)
             stats.ingest_latency_s.extend((now - ts) / 1000.0 for ts in rs.pending.ingest_ts)
+            # The event id only goes into lists, and the next list comes with new events.
             settled[uid] = dataclasses.replace(
                 rs, seq=seq, last_refresh_ms=now, timer_pending=False, pending=NO_PENDING,
-                shown_hashes=tuple(id_hash(it.item_id) for it in items))
+                last_event_id="", shown_hashes=tuple(id_hash(it.item_id) for it in items))
         return settled
 
     def _lists(self, due: Mapping[str, tuple[UserState, RefreshState]]

@@ -73,7 +73,7 @@ class RefreshState:
     last_refresh_ms: int = 0
     timer_pending: bool = False
     last_event_ts: int = 0
-    last_event_id: str = ""
+    last_event_id: str = ""  # of the newest event not yet in a list ("" once it is)
     pending: Pending = NO_PENDING
     recent_ids: RecentEventIds = NO_RECENT_IDS
     shown_hashes: tuple[int, ...] = ()  # id_hash of each item of the list last shown

@@ -89,7 +89,7 @@ def test_refreshes_within_the_interval_are_owed_then_scored() -> None:
                                     [RECOMMENDATIONS][0][1])
     assert (rec.seq, rec.last_event_id, rec.events_applied) == (2, "e2", 2)
     _, state = unpack_user_value(store.values["u1"])
-    assert not state.timer_pending
+    assert not state.timer_pending and state.last_event_id == ""  # in the list, not kept
     assert state.shown_hashes == tuple(id_hash(i.item_id) for i in rec.items)
     assert r3.stats.event_latency_s and r3.stats.scored == 1
 
