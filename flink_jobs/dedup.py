@@ -20,70 +20,83 @@ False
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import blake2b
 
-_NEWEST = struct.Struct("<I")  # the newest entry's second (epoch seconds)
-# id hash (low 32 bits, high 16 bits), age: seconds before the newest entry, at most
-# _MAX_AGE (an older entry reads as _MAX_AGE old: it may stay past a window over ~18 h,
-# and an id seen again is a duplicate all the same)
-_ENTRY = struct.Struct("<IHH")
+# Stored form: the newest entry's second (uint32 epoch seconds), every id's hash (6 bytes
+# each, oldest first), then every id's age (uint16 seconds before the newest, at most
+# _MAX_AGE: an older entry reads as _MAX_AGE old, so it may stay past a window over ~18 h;
+# an id seen again is a duplicate all the same). Hashes and ages in blocks of their own:
+# one slice per id and one struct call unpack them.
+_NEWEST = struct.Struct("<I")
+_HASH_LEN = 6
+_ENTRY_LEN = _HASH_LEN + 2
 _MAX_AGE = 0xFFFF
-_HASH_BITS = 48
 _WIDE_ENTRY = struct.Struct("<QI")  # the FV2 user values' form: 64-bit hash, second
 
 
-def _hash(event_id: str) -> int:
-    """The low 48 bits of the id's 64-bit BLAKE2b hash (FV2 kept all 64)."""
-    h = int.from_bytes(blake2b(event_id.encode("utf-8"), digest_size=8).digest(), "little")
-    return h & ((1 << _HASH_BITS) - 1)
+def _hash(event_id: str) -> bytes:
+    """The first 6 bytes of the id's 8-byte BLAKE2b digest (FV2 kept all 8, as an int)."""
+    return blake2b(event_id.encode("utf-8"), digest_size=8).digest()[:_HASH_LEN]
 
 
-def _pack(entries: list[tuple[int, int]]) -> bytes:
-    """(hash, second) entries, oldest first, in the stored form."""
-    if not entries:
+def _pack(hashes: list[bytes], seconds: list[int]) -> bytes:
+    if not hashes:
         return b""
-    newest = max(s for _, s in entries)
-    return _NEWEST.pack(newest) + b"".join(
-        _ENTRY.pack(h & 0xFFFFFFFF, h >> 32, min(newest - s, _MAX_AGE)) for h, s in entries)
+    newest = max(seconds)
+    ages = [min(newest - s, _MAX_AGE) for s in seconds]
+    return b"".join((_NEWEST.pack(newest), *hashes, struct.pack(f"<{len(ages)}H", *ages)))
 
 
-def _unpack(packed: bytes) -> Iterable[tuple[int, int]]:
+def _unpack(packed: bytes) -> tuple[list[bytes], list[int]]:
+    """(hashes, seconds), oldest first."""
     if not packed:
-        return
+        return [], []
+    n = (len(packed) - _NEWEST.size) // _ENTRY_LEN
     (newest,) = _NEWEST.unpack_from(packed)
-    for lo, hi, age in _ENTRY.iter_unpack(memoryview(packed)[_NEWEST.size:]):
-        yield lo | hi << 32, newest - age
+    end = _NEWEST.size + _HASH_LEN * n
+    hashes = [packed[o:o + _HASH_LEN] for o in range(_NEWEST.size, end, _HASH_LEN)]
+    return hashes, [newest - a for a in struct.unpack_from(f"<{n}H", packed, end)]
+
+
+def _within(hashes: list[bytes], seconds: list[int], oldest: int
+            ) -> tuple[list[bytes], list[int]]:
+    """The entries seen at ``oldest`` or later."""
+    if not seconds or min(seconds) >= oldest:
+        return hashes, seconds
+    keep = [j for j, s in enumerate(seconds) if s >= oldest]
+    return [hashes[j] for j in keep], [seconds[j] for j in keep]
 
 
 @dataclass(frozen=True, slots=True)
 class RecentEventIds:
-    """Entries oldest first (``_pack``: the newest second, then hash and age per id)."""
+    """Entries oldest first, in the stored form above."""
 
     packed: bytes = b""
 
     @classmethod
     def from_wide(cls, packed: bytes) -> RecentEventIds:
         """The ids as FV2 user values kept them (``<QI``: 64-bit hash, second)."""
-        mask = (1 << _HASH_BITS) - 1
-        return cls(_pack([(h & mask, s) for h, s in _WIDE_ENTRY.iter_unpack(packed)]))
+        entries = list(_WIDE_ENTRY.iter_unpack(packed))
+        return cls(_pack([struct.pack("<Q", h)[:_HASH_LEN] for h, _ in entries],
+                         [s for _, s in entries]))
 
     def __len__(self) -> int:
-        return max(len(self.packed) - _NEWEST.size, 0) // _ENTRY.size
+        return (len(self.packed) - _NEWEST.size) // _ENTRY_LEN if self.packed else 0
 
     def contains(self, event_id: str, now_s: int, window_s: int) -> bool:
         """Whether ``event_id`` was added within the last ``window_s`` seconds."""
         h, oldest = _hash(event_id), now_s - window_s
-        return any(eh == h and seen >= oldest for eh, seen in _unpack(self.packed))
+        hashes, seconds = _unpack(self.packed)
+        return any(eh == h and s >= oldest for eh, s in zip(hashes, seconds, strict=True))
 
     def add(self, event_id: str, now_s: int, window_s: int, max_ids: int) -> RecentEventIds:
         """A copy with ``event_id`` added, entries older than the window dropped and, past
         ``max_ids``, the oldest ones."""
-        oldest = now_s - window_s
-        kept = [e for e in _unpack(self.packed) if e[1] >= oldest]
-        kept.append((_hash(event_id), now_s))
-        return RecentEventIds(_pack(kept[-max_ids:]))
+        hashes, seconds = _within(*_unpack(self.packed), now_s - window_s)
+        hashes.append(_hash(event_id))
+        seconds.append(now_s)
+        return RecentEventIds(_pack(hashes[-max_ids:], seconds[-max_ids:]))
 
 
 NO_RECENT_IDS = RecentEventIds()
@@ -101,19 +114,19 @@ class RecentIdsWindow:
     """
 
     def __init__(self, ids: RecentEventIds, now_s: int, window_s: int) -> None:
-        oldest = now_s - window_s
-        self._entries = [e for e in _unpack(ids.packed) if e[1] >= oldest]
-        self._hashes = {h for h, _ in self._entries}
+        self._hashes, self._seconds = _within(*_unpack(ids.packed), now_s - window_s)
+        self._seen = set(self._hashes)
 
     def add(self, event_id: str, now_s: int) -> bool:
         """Remember ``event_id``; False if it was seen within the window (a duplicate)."""
         h = _hash(event_id)
-        if h in self._hashes:
+        if h in self._seen:
             return False
-        self._hashes.add(h)
-        self._entries.append((h, now_s))
+        self._seen.add(h)
+        self._hashes.append(h)
+        self._seconds.append(now_s)
         return True
 
     def packed(self, max_ids: int) -> RecentEventIds:
         """The newest ``max_ids`` entries as a :class:`RecentEventIds`."""
-        return RecentEventIds(_pack(self._entries[-max_ids:]))
+        return RecentEventIds(_pack(self._hashes[-max_ids:], self._seconds[-max_ids:]))
