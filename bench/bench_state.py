@@ -9,8 +9,9 @@ real operators lay it out, at full speed:
   (``flink_jobs.operators.user_state_descriptors``) -- MapState ``users``, user id ->
   ``pack_user_value`` bytes (TTL ``job.user_state_ttl_days``) -- with steady-state users: a
   learned vector, a full history of ``model.history_len`` items, the purchased/seen sets the
-  model core builds, ``--dedup-ids`` recent event ids (UUID text, hashed) and the ids of the
-  list last shown;
+  model core builds, ``--dedup-ids`` recent event ids (UUID text, hashed, sent at random
+  times within ``job.dedup_window_s``) and the list last shown (hashes of the user's own
+  items);
 * ``item-fill``, keyed by item shard: the descriptors of the item side
   (``item_state_descriptors``) -- MapState ``items``, item id -> ``ItemState.to_bytes()`` of
   an item with metadata that has learned from a few gradients (its upsert ids and publish

@@ -138,9 +138,12 @@ class UserFactory:
         """User k's ``UserState`` bytes and ``RefreshState``."""
         user = self.user(k)
         ids = self.event_ids()
+        # Sent at random times within the window (their ages differ, as a real user's do).
+        now_s = now_ms // 1000
+        seconds = sorted(now_s - self.ids_rng.randrange(self.dedup_window_s) for _ in ids)
         recent = NO_RECENT_IDS
-        for event_id in ids:
-            recent = recent.add(event_id, now_ms // 1000, self.dedup_window_s, len(ids))
+        for event_id, sent_s in zip(ids, seconds, strict=True):
+            recent = recent.add(event_id, sent_s, self.dedup_window_s, len(ids))
         refresh = RefreshState(seq=user.n_events, last_refresh_ms=now_ms, timer_pending=False,
                                last_event_ts=user.last_ts,
                                pending=NO_PENDING,

@@ -23,15 +23,17 @@ import struct
 from dataclasses import dataclass
 from hashlib import blake2b
 
+from freshrec_common.settings import MAX_DEDUP_WINDOW_S
+
 # Stored form: the newest entry's second (uint32 epoch seconds), every id's hash (6 bytes
-# each, oldest first), then every id's age (uint16 seconds before the newest, at most
-# _MAX_AGE: an older entry reads as _MAX_AGE old, so it may stay past a window over ~18 h;
-# an id seen again is a duplicate all the same). Hashes and ages in blocks of their own:
-# one slice per id and one struct call unpack them.
+# each, oldest first), then every id's age (uint16 seconds before the newest). The window
+# is at most the largest age (the setting is checked), so a kept entry's age fits; the
+# clamp only guards a clock that went back. Hashes and ages in blocks of their own: one
+# slice per id and one struct call unpack them.
 _NEWEST = struct.Struct("<I")
 _HASH_LEN = 6
 _ENTRY_LEN = _HASH_LEN + 2
-_MAX_AGE = 0xFFFF
+_MAX_AGE = MAX_DEDUP_WINDOW_S
 _WIDE_ENTRY = struct.Struct("<QI")  # the FV2 user values' form: 64-bit hash, second
 
 
@@ -74,9 +76,15 @@ class RecentEventIds:
 
     packed: bytes = b""
 
+    def __post_init__(self) -> None:
+        if self.packed and (len(self.packed) - _NEWEST.size) % _ENTRY_LEN:
+            raise ValueError(f"corrupt recent event ids ({len(self.packed)} bytes)")
+
     @classmethod
     def from_wide(cls, packed: bytes) -> RecentEventIds:
         """The ids as FV2 user values kept them (``<QI``: 64-bit hash, second)."""
+        if len(packed) % _WIDE_ENTRY.size:
+            raise ValueError(f"corrupt FV2 recent event ids ({len(packed)} bytes)")
         entries = list(_WIDE_ENTRY.iter_unpack(packed))
         return cls(_pack([struct.pack("<Q", h)[:_HASH_LEN] for h, _ in entries],
                          [s for _, s in entries]))

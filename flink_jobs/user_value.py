@@ -38,8 +38,7 @@ _NUL = "\x00"
 
 def id_hash(item_id: str) -> int:
     """The 32-bit hash an item id is kept as in the list last shown (CRC-32: two ids of one
-    list collide with probability ~20^2 / 2^33, and ids that differ in at most 4 bytes
-    never do)."""
+    list of 20 collide with probability ~20^2 / 2^33)."""
     return zlib.crc32(item_id.encode("utf-8"))
 
 

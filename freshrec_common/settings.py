@@ -195,6 +195,8 @@ _NON_NEGATIVE = {"job.restart_attempts", "job.restart_delay_ms", "job.network_bu
 _ENV_ONLY = {"serve.auth_token"}
 # The job's max parallelism (flink_jobs.shard_keys.MAX_PARALLELISM): a shard is a key.
 _MAX_SHARDS = 128
+# A user's recent event ids keep their age in 16 bits (flink_jobs.dedup).
+MAX_DEDUP_WINDOW_S = 0xFFFF
 # The broker's default transaction.max.timeout.ms is 15 minutes.
 _MAX_TRANSACTION_TIMEOUT_MS = 900_000
 
@@ -330,5 +332,8 @@ def _validate(key: str, value: Any, source: str) -> None:
     if key in ("job.user_shards", "job.item_shards") and value > _MAX_SHARDS:
         raise SettingsError(f"{key}: at most {_MAX_SHARDS} (the job's max parallelism), got "
                             f"{value}{where}")
+    if key == "job.dedup_window_s" and value > MAX_DEDUP_WINDOW_S:
+        raise SettingsError(f"{key}: at most {MAX_DEDUP_WINDOW_S} s (~18 h: each user keeps "
+                            f"the age of its recent event ids in 16 bits), got {value}{where}")
     if key == "serve.port" and not 0 < value <= 65535:
         raise SettingsError(f"{key}: must be a TCP port 1..65535, got {value}{where}")

@@ -17,10 +17,7 @@ river_biasedmf 3 5
 
 from __future__ import annotations
 
-from online_models.baselines import PopularityModel, RiverMFModel
 from online_models.config import ModelConfig
-from online_models.model import FreshRecModel
-from online_models.neighbour_baselines import ItemKNNModel, RecentItemsModel, SessionKNNModel
 
 MODEL_NAMES = ("freshrec", "popularity", "recent", "item_knn", "sknn", "river_funkmf",
                "river_biasedmf")
@@ -32,6 +29,16 @@ def make_model(name: str, config: ModelConfig | None = None) -> object:
     >>> make_model("item_knn").name
     'item_knn'
     """
+    # Imported here: every CLI command imports this module (for MODEL_NAMES), and the models
+    # bring River and SciPy (~1 s) that only a replay needs.
+    from online_models.baselines import PopularityModel, RiverMFModel
+    from online_models.model import FreshRecModel
+    from online_models.neighbour_baselines import (
+        ItemKNNModel,
+        RecentItemsModel,
+        SessionKNNModel,
+    )
+
     cfg = config or ModelConfig()
     if name == "freshrec":
         return FreshRecModel(cfg)

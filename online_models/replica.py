@@ -332,9 +332,8 @@ class ItemReplica:
         """The newest ``n`` available, never-learned rows, oldest first, and their vectors
         scaled to unit length. Ordered like :meth:`new_rows` (new-listing trend, then id),
         not by the order rows arrived in, which differs between replicas and after a
-        restore. Cached like :meth:`new_rows`; rows learned or withdrawn since are dropped
-        from the cache at each call (a withdrawn row listed again comes back at the next
-        recomputation)."""
+        restore. Cached like :meth:`new_rows`; rows learned or withdrawn since are left
+        out at each call."""
         hit = self._fresh_cache
         if (hit is None or hit[0] != n or hit[2] != len(self)
                 or self._version - hit[1] >= _TREND_CACHE_EVERY):
@@ -353,11 +352,12 @@ class ItemReplica:
             unit = unit / np.maximum(norm, np.float32(1e-12))[:, None]
             hit = self._fresh_cache = (n, self._version, len(self), rows, unit)
         rows, unit = hit[3], hit[4]
-        fresh = (self.table._acc[rows] == 0) & ~self.blocked[rows]
-        if not fresh.all():  # dropped from the cache too: copied once, not at every call
-            rows, unit = rows[fresh], unit[fresh]
+        learned = self.table._acc[rows] != 0
+        if learned.any():  # for good (an accumulator only grows): copied once, not per call
+            rows, unit = rows[~learned], unit[~learned]
             self._fresh_cache = (hit[0], hit[1], hit[2], rows, unit)
-        return rows, unit
+        blocked = self.blocked[rows]  # may be listed again: filtered at each call
+        return (rows[~blocked], unit[~blocked]) if blocked.any() else (rows, unit)
 
     # -- scoring --------------------------------------------------------------------------
     def scores(self, query: np.ndarray) -> np.ndarray:

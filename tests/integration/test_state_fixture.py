@@ -12,8 +12,10 @@ Regenerate it (same Flink version; replaces the files)::
     FRESHREC_WRITE_STATE_FIXTURE=1 .venv/bin/python -m pytest \\
         tests/integration/test_state_fixture.py
 
-Flink keeps absolute paths of state files in ``_metadata``, so the checkpoint is restored
-from the path it was written to (``CHECKPOINT_ROOT``).
+Regenerating writes the current layout (``FV3`` user values since the fixture was made):
+keep this one for the layout it holds, and give a new layout's fixture a directory of its
+own. Flink keeps absolute paths of state files in ``_metadata``, so the checkpoint is
+restored from the path it was written to (``CHECKPOINT_ROOT``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ from __future__ import annotations
 import struct
 from hashlib import blake2b
 
+import pytest
+
 from flink_jobs.dedup import NO_RECENT_IDS, RecentEventIds
+from freshrec_common.settings import MAX_DEDUP_WINDOW_S
 
 WINDOW = 3600
 
@@ -38,14 +41,20 @@ def test_eight_bytes_per_id() -> None:
     assert NO_RECENT_IDS.packed == b"" and len(NO_RECENT_IDS) == 0
 
 
-def test_ages_past_the_stored_range_stay_duplicates() -> None:
-    # Ages are kept up to ~18 h: an id older than that reads as 18 h old, so with a longer
-    # window it is still a duplicate (kept longer, never forgotten early).
-    day = 86_400
-    ids = NO_RECENT_IDS.add("old", 1_000_000, 2 * day, 64).add("new", 1_000_000 + day,
-                                                                 2 * day, 64)
-    assert ids.contains("old", 1_000_000 + day, 2 * day)
-    assert ids.contains("new", 1_000_000 + day, 2 * day)
+def test_the_longest_window_keeps_every_age() -> None:
+    # job.dedup_window_s is at most the largest stored age: an id at the window's far end
+    # is still a duplicate, and one second later it is gone.
+    w = MAX_DEDUP_WINDOW_S
+    ids = NO_RECENT_IDS.add("old", 1_000_000, w, 64).add("new", 1_000_000 + w, w, 64)
+    assert ids.contains("old", 1_000_000 + w, w) and ids.contains("new", 1_000_000 + w, w)
+    assert len(ids.add("later", 1_000_001 + w, w, 64)) == 2  # "old" left
+
+
+def test_corrupt_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="corrupt recent event ids"):
+        RecentEventIds(filled(2).packed[:-1])
+    with pytest.raises(ValueError, match="corrupt FV2 recent event ids"):
+        RecentEventIds.from_wide(b"x" * 13)
 
 
 def test_the_wide_form_reads_as_the_same_ids() -> None:

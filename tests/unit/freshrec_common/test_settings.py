@@ -64,3 +64,9 @@ def test_restart_settings_are_checked() -> None:
     assert (job.restart_attempts, job.restart_delay_ms) == (0, 0)
     with pytest.raises(SettingsError, match=r"job\.restart_attempts: must be >= 0, got -1"):
         load_settings(overrides=["job.restart_attempts=-1"])
+
+
+def test_the_dedup_window_fits_the_stored_ages() -> None:
+    assert load_settings(overrides=["job.dedup_window_s=65535"]).job.dedup_window_s == 65535
+    with pytest.raises(SettingsError, match=r"job\.dedup_window_s: at most 65535 s .*got 86400"):
+        load_settings(overrides=["job.dedup_window_s=86400"])
