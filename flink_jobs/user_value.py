@@ -6,8 +6,8 @@ columns, the list last shown as 32-bit hashes of its item ids (:func:`id_hash`: 
 ever tested for the next event's item, and an id costs ~7-36 bytes), then the last event
 id and the pending item ids in UTF-8 (ids never contain control characters: the event
 codec refuses them). ``FV2`` values (the shown ids as text, 12 bytes per recent event id)
-are still read; ``FV1`` was the per-record job's,
-and this job does not restore its savepoints (docs/operations.md).
+are still read; ``FV1`` was the per-record job's, and this job does not restore its
+savepoints (docs/operations.md).
 
 >>> from schemas.events import Event
 >>> pending = Pending().add(Event("e1", "view", 5, user_id="u", item_id="i1"), 7, 1.0)
