@@ -19,8 +19,8 @@ Features of a candidate item (:data:`FEATURES`):
 All but ``model`` are sparse (non-zero for a few hundred items at most), so ranking stays
 one dense pass plus a sparse bonus. The weights start at :data:`INITIAL_WEIGHTS` and are
 learned online as a listwise ranker: for each positive event, before it is learned, the
-softmax over the user's candidates (the sparse rows, some popular items and the event's
-item) is pushed towards the event's item with Adagrad (:meth:`ScoreBlend.learn`), so the
+softmax over the user's candidates (the top ones, a spread of the other sparse rows and the
+event's item) is pushed towards the event's item with Adagrad (:meth:`ScoreBlend.learn`), so the
 blend fits each stream without tuning by hand.
 
 >>> import numpy as np
@@ -67,6 +67,7 @@ _SIMILAR_FROM = 2  # the user's most recent distinct items it compares them with
 _MIN_SIMILARITY = 0.5
 _MIN_MODEL_WEIGHT = 0.01  # the dense score keeps breaking ties among sparse-less items
 _SCALE_ROWS = 512
+_BLEND_SAMPLE = 50  # sparse rows beside the top ones in a blend step
 _MAGIC = b"FB1"
 
 
@@ -283,22 +284,33 @@ class ScoreBlend:
 
 
 def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
-                query: np.ndarray, scale: float, candidates: np.ndarray, item_row: int) -> None:
+                query: np.ndarray, scale: float, candidates: np.ndarray, item_row: int,
+                excluded: np.ndarray) -> None:
     """The blend's step for a user's positive event on ``item_row``, taken before the event
-    is learned: ``candidates`` are the rows the blend ranks highest for the user now (the
-    event's item is added), ``features``/``query``/``scale`` the user's as they ranked."""
-    rows = candidates[candidates != item_row]
-    if rows.shape[0] == 0:
-        return
-    rows = np.concatenate((np.array([item_row], dtype=np.int64), rows))
+    is learned. The softmax runs over ``candidates`` (the rows the blend ranks highest for
+    the user now), an even spread of ``_BLEND_SAMPLE`` of the user's other sparse rows
+    (not ``excluded``: those cannot be listed) and the event's item; ``features`` /
+    ``query`` / ``scale`` are the user's as they ranked. The spread matters where many
+    items have some co-visitation: among the top rows alone, chosen for their high
+    co-visitation, the taken item looks below average, and the blend learned to ignore
+    co-visitation (MovieLens 100K, docs/model.md)."""
+    at = np.flatnonzero(~np.isin(features.rows, excluded))
+    if at.shape[0] > _BLEND_SAMPLE:  # deterministic, so replays repeat
+        at = at[np.linspace(0, at.shape[0] - 1, _BLEND_SAMPLE).astype(np.int64)]
+    at = np.union1d(at, np.flatnonzero(features.rows == item_row))
+    sparse = features.rows[at]
+    rows = np.concatenate((sparse, candidates[~np.isin(candidates, sparse)]))
     F = np.zeros((rows.shape[0], len(FEATURES)), dtype=np.float64)
-    where = {r: j for j, r in enumerate(rows.tolist())}
-    for j, r in enumerate(features.rows.tolist()):
-        k = where.get(r)
-        if k is not None:
-            F[k] = features.values[j]
+    F[: sparse.shape[0]] = features.values[at]
+    hit = np.flatnonzero(rows == item_row)
+    if hit.shape[0]:
+        target = int(hit[0])
+    else:  # the taken item has no sparse feature and is not among the top rows
+        rows = np.append(rows, item_row)
+        F = np.vstack((F, np.zeros((1, len(FEATURES)))))
+        target = rows.shape[0] - 1
     F[:, MODEL] = (replica.table._data[rows] @ query + replica.static[rows]) / scale
-    blend.learn(F, 0)
+    blend.learn(F, target)
 
 
 @dataclass

@@ -137,7 +137,7 @@ class ModelConfig:
     recency_boost: float = 1.0
     recency_half_life_s: float = 3600.0
     covisit_window: int = 10
-    covisit_neighbours: int = 20
+    covisit_neighbours: int = 100
     blend_learning_rate: float = 0.1
     pop_weight: float = 0.3
     trend_half_life_s: float = 3600.0

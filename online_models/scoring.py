@@ -194,9 +194,12 @@ def recommend_for_users(
     for lo in range(0, len(users), _SCORE_CHUNK):
         chunk = users[lo:lo + _SCORE_CHUNK]
         scores = torch.addmm(static, tq[lo:lo + len(chunk)], vt)
-        # Each user's spread of dense scores over the available items, before any bonus.
+        # Each user's spread of dense scores over the available items, before any bonus
+        # (population std, as :func:`~online_models.blend.spread` computes it: torch's
+        # default divides by n - 1).
         spreads = ((scores if available is None else scores[:, available])
-                   .std(dim=1).tolist() if n_available > 1 else [1.0] * len(chunk))
+                   .std(dim=1, correction=0).tolist() if n_available > 1
+                   else [1.0] * len(chunk))
         # Every user's bonus and exclusions go in with one scatter each (a torch call per
         # user costs more than the work at a list's few hundred sparse entries).
         users_b, rows_b, bonus_b, users_x, rows_x = [], [], [], [], []
@@ -277,4 +280,5 @@ def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config:
     scale = spread(replica, dense)
     top, _ = select(replica, dense, BLEND_CANDIDATES, excluded, features.rows,
                     blend.bonus(features, scale))
-    learn_blend(blend, replica, features, q, scale, top, item_row)
+    learn_blend(blend, replica, features, q, scale, top, item_row,
+                np.asarray(excluded, dtype=np.int64))

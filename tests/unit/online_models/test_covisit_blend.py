@@ -108,3 +108,28 @@ def test_covisit_and_blend_settings_are_validated(override: str) -> None:
     key = override.split("=")[0]
     with pytest.raises(SettingsError, match=key.replace(".", r"\.")):
         load_settings(None, env={}, overrides=[override])
+
+
+def test_blend_keeps_co_visitation_where_many_items_have_some() -> None:
+    # 300 items all co-visited with the user's recent ones, the taken item drawn with odds
+    # exp(2 * covisit): co-visitation predicts it, yet it is often outside the top rows.
+    # A blend that learned only among the top rows (chosen for their high co-visitation)
+    # saw the taken item below their average and drove the weight down (MovieLens 100K).
+    from online_models.blend import COVISIT, UserFeatures
+    from online_models.scoring import blend_step
+
+    rng = np.random.default_rng(3)
+    rep = ItemReplica(CFG)
+    for n in range(400):
+        rep.ensure(f"i{n}")
+    rows = np.arange(300, dtype=np.int64)
+    values = np.zeros((300, len(FEATURES)), dtype=np.float32)
+    values[:, COVISIT] = np.linspace(2.0, 0.1, 300)
+    feats = UserFeatures(rows, values, {})
+    blend = ScoreBlend.initial(CFG)
+    start = float(blend.weights[COVISIT])
+    odds = np.exp(2.0 * values[:, COVISIT])
+    user = UserState.new("u", CFG.dim, 0)
+    for target in rng.choice(300, size=300, p=odds / odds.sum()):
+        blend_step(blend, user, rep, CFG, feats, int(target))
+    assert blend.weights[COVISIT] > start + 0.5
