@@ -84,7 +84,7 @@ class UserSide:
         cfg = self.config
         self.replica = ItemReplica(cfg)
         self.clusters = UserClusters(cfg.n_clusters, cfg.dim, cfg.seed, cfg.trend_half_life_s)
-        self.covisit = CoVisitTable(cfg.covisit_neighbours)
+        self.covisit = CoVisitTable(cfg.covisit_neighbours, self.replica.table.index)
         self.blend = ScoreBlend.initial(cfg)
         # It starts from sensible weights: a few hundred steps, then one chance in 32.
         self.blend_schedule = BlendSchedule(200, 32)

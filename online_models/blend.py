@@ -77,12 +77,37 @@ class UserFeatures:
 
     rows: np.ndarray          # int64 replica rows
     values: np.ndarray        # float32 len(rows) x len(FEATURES); column ``model`` unused
-    sources: dict[int, str]   # row -> the recent item its covisit or similar_new comes from
+    source: np.ndarray        # int64 per row: its covisit or similar_new source in
+    source_ids: list[str]     # these recent items (-1: none)
 
     @staticmethod
     def empty() -> UserFeatures:
         return UserFeatures(np.zeros(0, dtype=np.int64),
-                            np.zeros((0, len(FEATURES)), dtype=np.float32), {})
+                            np.zeros((0, len(FEATURES)), dtype=np.float32),
+                            np.zeros(0, dtype=np.int64), [])
+
+    def source_of(self, j: int) -> str | None:
+        """The recent item row ``j``'s co-visitation or similarity comes from."""
+        s = int(self.source[j])
+        return self.source_ids[s] if s >= 0 else None
+
+
+def row_positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The position of each of ``wanted`` in ``rows`` (distinct), -1 where absent."""
+    if not rows.shape[0]:
+        return np.full(wanted.shape[0], -1, dtype=np.int64)
+    order = np.argsort(rows)
+    at = np.minimum(np.searchsorted(rows[order], wanted), rows.shape[0] - 1)
+    return np.where(rows[order[at]] == wanted, order[at], -1)
+
+
+def _place(rows: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the distinct rows ``new`` among ``rows`` extended by those it lacks
+    (appended in their order), and the extended rows."""
+    pos = row_positions(rows, new)
+    missing = pos < 0
+    pos[missing] = rows.shape[0] + np.arange(int(missing.sum()))
+    return pos, np.concatenate((rows, new[missing]))
 
 
 def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, now_ms: int,
@@ -92,7 +117,6 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
     """Sparse features of a user's candidates (history, co-visitation, cold bonus)."""
     index = replica.table.index
     feats: dict[int, list[float]] = {}
-    sources: dict[int, str] = {}
     hl = config.recency_half_life_s * 1000.0
     place = 0
     for item, ts, w, _ in reversed(user.history):
@@ -112,55 +136,37 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
         f[RECENT_COUNT] = math.log1p(f[RECENT_COUNT])
     similar = _similar_new(replica, feats)
     _new_in_categories(replica, feats)
-    # Co-visitation rows (most of a user's candidates) go to columns of their own: a list
-    # of every feature per row costs more than the rest of the features together.
-    co_rows: list[int] = []
-    co_all: list[float] = []
-    co_last: list[float] = []
-    if covisit is not None and covisit.neighbours:
-        window = config.covisit_window
-        for item, (all_, last, src, _) in covisit.scores(recent_items(user, window),
-                                                         window).items():
-            r = index.get(item, -1)
-            if r < 0:
-                continue
-            f = feats.get(r)
-            if f is None:
-                co_rows.append(r)
-                co_all.append(all_)
-                co_last.append(last)
-            else:
-                f[COVISIT] = math.log1p(3.0 * all_)
-                f[COVISIT_LAST] = math.log1p(3.0 * last)
-            sources[r] = src
-    if similar is not None:
-        sources.setdefault(*similar)
-    cold_at: dict[int, float] = {}
+    rows = np.fromiter(feats, dtype=np.int64, count=len(feats))
+    n_feats = rows.shape[0]
+    recent: list[str] = []
+    co_at = np.zeros(0, dtype=np.int64)
+    if covisit is not None and len(covisit):
+        recent = recent_items(user, config.covisit_window)
+        co = covisit.scores(recent, config.covisit_window)
+        co_at, rows = _place(rows, co.rows)
     c_rows, c_vals = cold
+    cold_at = np.zeros(0, dtype=np.int64)
     if c_rows is not None and c_vals is not None:
-        for r, v in zip(c_rows.tolist(), c_vals.tolist(), strict=True):
-            f = feats.get(r)
-            if f is None:
-                cold_at[r] = v
-            else:
-                f[COLD] = v
-    n_feats, n_co = len(feats), len(co_rows)
-    co_index = {r: n_feats + j for j, r in enumerate(co_rows)}
-    extra = [r for r in cold_at if r not in co_index]
-    n = n_feats + n_co + len(extra)
+        cold_at, rows = _place(rows, c_rows)
+    n = rows.shape[0]
     if n == 0:
         return UserFeatures.empty()
-    rows = np.fromiter((*feats, *co_rows, *extra), dtype=np.int64, count=n)
     values = np.zeros((n, len(FEATURES)), dtype=np.float32)
     if n_feats:
         values[:n_feats] = np.array(list(feats.values()), dtype=np.float32)
-    if n_co:
-        values[n_feats:n_feats + n_co, COVISIT] = np.log1p(3.0 * np.asarray(co_all))
-        values[n_feats:n_feats + n_co, COVISIT_LAST] = np.log1p(3.0 * np.asarray(co_last))
-    at = co_index | {r: n_feats + n_co + j for j, r in enumerate(extra)}
-    for r, v in cold_at.items():
-        values[at[r], COLD] = v
-    return UserFeatures(rows, values, sources)
+    source = np.full(n, -1, dtype=np.int64)
+    if co_at.shape[0]:
+        values[co_at, COVISIT] = np.log1p(3.0 * co.total)
+        values[co_at, COVISIT_LAST] = np.log1p(3.0 * co.last)
+        source[co_at] = co.source
+    if cold_at.shape[0]:
+        values[cold_at, COLD] = c_vals
+    if similar is not None:
+        j = list(feats).index(similar[0])
+        if source[j] < 0:
+            source[j] = len(recent)
+            recent = [*recent, similar[1]]
+    return UserFeatures(rows, values, source, recent)
 
 
 def _row(feats: dict[int, list[float]], r: int) -> list[float]:

@@ -16,20 +16,21 @@ weighted linearly by recency as V-SKNN weights a session (the most recent 1, the
 ``window``-th ``1 / window``); the last item's share is also kept apart (what comes right
 after it).
 
->>> t = CoVisitTable(max_neighbours=4)
+>>> t = CoVisitTable(4, rows={"a": 0, "b": 1, "c": 2})
 >>> t.add(CoVisits(["a", "b", "a"], ["b", "a", "c"], [1.0, 1.0, 0.5], ["a", "b", "c"]))
->>> sorted(t.neighbours["a"].items())
+>>> sorted(t.neighbours("a").items())
 [('b', 1.0), ('c', 0.5)]
 >>> s = t.scores(["a"], window=5)
->>> round(s["b"][0], 3), s["b"][2]
-(1.0, 'a')
+>>> s.rows.tolist(), s.total.round(3).tolist(), s.source.tolist()
+([1, 2], [1.0, 0.5], [0, 0])
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -76,10 +77,10 @@ class CoVisits:
 
 
 _MAGIC = b"FC1"
+K = TypeVar("K", str, int)
 
 
-def add_pair(neighbours: dict[str, float], other: str, w: float, cap: int
-             ) -> dict[str, float]:
+def add_pair(neighbours: dict[K, float], other: K, w: float, cap: int) -> dict[K, float]:
     """``neighbours[other] += w``, pruned to the strongest ``cap`` once it holds twice as
     many (amortised); returns the dict to keep (a new one after pruning)."""
     neighbours[other] = neighbours.get(other, 0.0) + w
@@ -119,20 +120,99 @@ def covisit_pairs(user: UserState, item_id: str, window: int, into: CoVisits) ->
         into.w += (w, w)
 
 
-class CoVisitTable:
-    """Bounded co-visitation neighbours and occurrence counts per item (in memory: the
-    in-process model and replay; the job keeps the same sums in item-keyed state)."""
+@dataclass(slots=True)
+class CoVisitScores:
+    """A user's co-visitation scores, one entry per replica row, in the order the rows are
+    first met (the most recent item's neighbours first)."""
 
-    def __init__(self, max_neighbours: int = 100) -> None:
-        self.max_neighbours = max_neighbours
-        self.neighbours: dict[str, dict[str, float]] = {}
-        self.count: dict[str, float] = {}
-        # sqrt(count) where count > 1, else 1: the cosine's denominator, kept beside the
-        # count because a user's scores need it for every neighbour of every recent item.
-        self._root: dict[str, float] = {}
+    rows: np.ndarray    # int64 replica rows
+    total: np.ndarray   # float64 score over all recent items
+    last: np.ndarray    # float64 the share of the last item
+    source: np.ndarray  # int64 place in ``recent`` of the item giving the largest share
 
     def __len__(self) -> int:
-        return len(self.neighbours)
+        return self.rows.shape[0]
+
+
+_NO_SCORES = CoVisitScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0),
+                           np.zeros(0, np.int64))
+
+
+class _Neighbours:
+    """One item's neighbours as arrays (codes, summed weights) in the order first paired,
+    kept as :func:`add_pair` keeps a dict: pruned to the strongest ``cap`` (stable) once
+    they pass twice that. Scoring reads the arrays as they are."""
+
+    __slots__ = ("codes", "n", "slot", "weights")
+
+    def __init__(self, codes: np.ndarray, weights: np.ndarray, n: int) -> None:
+        self.codes, self.weights, self.n = codes, weights, n  # the first n are in use
+        self.slot: dict[int, int] | None = None  # code -> index, built on the first add
+
+    def add(self, code: int, w: float, cap: int) -> None:
+        slot = self.slot
+        if slot is None:
+            slot = self.slot = {c: j for j, c in enumerate(self.codes[: self.n].tolist())}
+        j = slot.get(code)
+        if j is None:
+            j = slot[code] = self.n
+            if j == self.codes.shape[0]:
+                self.codes = np.concatenate((self.codes, np.zeros(max(j, 4), np.int64)))
+                self.weights = np.concatenate((self.weights, np.zeros(max(j, 4))))
+            self.codes[j] = code
+            self.weights[j] = 0.0
+            self.n += 1
+        self.weights[j] += w
+        if self.n > 2 * cap:
+            keep = np.argsort(-self.weights[: self.n], kind="stable")[:cap]
+            self.codes, self.weights = self.codes[keep], self.weights[keep]
+            self.n, self.slot = cap, None
+
+
+class CoVisitTable:
+    """Bounded co-visitation neighbours and occurrence counts per item (in memory: the
+    in-process model and replay; the job keeps the same sums in item-keyed state).
+
+    Items get dense codes on first sight and their neighbours are arrays, so a user's scores
+    are array work (a Python loop over up to 200 neighbours of each of 10 recent items cost
+    more than the rest of a list). ``rows`` is the index of the replica the scores are for
+    (item id -> row); a row never moves, so the table keeps them by code.
+    """
+
+    def __init__(self, max_neighbours: int, rows: Mapping[str, int]) -> None:
+        self.max_neighbours = max_neighbours
+        self.count: dict[str, float] = {}
+        self._rows = rows
+        self._code: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._neighbours: dict[int, _Neighbours] = {}
+        # Per code: sqrt(count) where count > 1, else 1 (the cosine's denominator), and the
+        # replica row (-1 while the replica does not have the item).
+        self._root = np.ones(1024)
+        self._row = np.full(1024, -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._neighbours)
+
+    def _code_of(self, item_id: str) -> int:
+        c = self._code.get(item_id)
+        if c is None:
+            c = self._code[item_id] = len(self._ids)
+            self._ids.append(item_id)
+            if c == self._root.shape[0]:
+                self._root = np.concatenate((self._root, np.ones(c)))
+                self._row = np.concatenate((self._row, np.full(c, -1, dtype=np.int64)))
+        return c
+
+    def neighbours(self, item_id: str) -> dict[str, float]:
+        """An item's neighbours and their summed pair weights."""
+        c = self._code.get(item_id)
+        nb = self._neighbours.get(c) if c is not None else None
+        if nb is None:
+            return {}
+        ids = self._ids
+        return {ids[k]: w for k, w in zip(nb.codes[: nb.n].tolist(),
+                                          nb.weights[: nb.n].tolist(), strict=True)}
 
     def add(self, increments: CoVisits) -> None:
         """Apply a bundle's increments."""
@@ -140,49 +220,76 @@ class CoVisitTable:
         for item in increments.positives:
             count[item] = count.get(item, 0.0) + 1.0
             self._set_root(item)
-        cap = self.max_neighbours
-        table = self.neighbours
+        cap, code, table = self.max_neighbours, self._code_of, self._neighbours
         for a, b, w in zip(increments.a, increments.b, increments.w, strict=True):
-            table[a] = add_pair(table.get(a, {}), b, w, cap)
+            ca = code(a)
+            nb = table.get(ca)
+            if nb is None:
+                nb = table[ca] = _Neighbours(np.zeros(4, np.int64), np.zeros(4), 0)
+            nb.add(code(b), w, cap)
 
     def set_item(self, item_id: str, neighbours: Sequence[tuple[str, float]],
                  count: float) -> None:
         """An item's neighbours and count as its owner published them (the job's replica)."""
+        c = self._code_of(item_id)
         if neighbours:
-            self.neighbours[item_id] = dict(neighbours)
+            n, code = len(neighbours), self._code_of
+            self._neighbours[c] = _Neighbours(
+                np.fromiter((code(i) for i, _ in neighbours), np.int64, n),
+                np.fromiter((w for _, w in neighbours), np.float64, n), n)
         else:
-            self.neighbours.pop(item_id, None)
+            self._neighbours.pop(c, None)
         self.count[item_id] = count
         self._set_root(item_id)
 
     def _set_root(self, item_id: str) -> None:
-        n = self.count[item_id]
-        self._root[item_id] = math.sqrt(n) if n > 1.0 else 1.0
+        n, c = self.count[item_id], self._code_of(item_id)  # the code may grow the arrays
+        self._root[c] = math.sqrt(n) if n > 1.0 else 1.0
 
     def forget_item(self, item_id: str) -> None:
         """Drop an item's own neighbours and count (others' links fade by pruning)."""
-        self.neighbours.pop(item_id, None)
+        c = self._code.get(item_id)
+        if c is None:
+            return
+        self._neighbours.pop(c, None)
         self.count.pop(item_id, None)
-        self._root.pop(item_id, None)
+        self._root[c] = 1.0
 
-    def scores(self, recent: Sequence[str], window: int) -> dict[str, list]:
-        """Item -> ``[score over all recent items, score from the last one, strongest
-        source item, that source's share]`` for a user's last ``window`` distinct items
-        ``recent`` (most recent first)."""
-        out: dict[str, list] = {}
-        root = self._root.get
-        for pos, src in enumerate(recent[:window]):
-            nb = self.neighbours.get(src)
-            if not nb:
+    def scores(self, recent: Sequence[str], window: int) -> CoVisitScores:
+        """The co-visitation scores of the replica rows near a user's last ``window``
+        distinct items ``recent`` (most recent first); items the replica does not have yet
+        are left out."""
+        codes_at: list[np.ndarray] = []
+        values_at: list[np.ndarray] = []
+        places: list[int] = []
+        for place, src in enumerate(recent[:window]):
+            c = self._code.get(src)
+            nb = self._neighbours.get(c) if c is not None else None
+            if nb is None or not nb.n:
                 continue
-            w_src = (window - pos) / (window * root(src, 1.0))
-            for item, c in nb.items():
-                v = w_src * c / root(item, 1.0)
-                cur = out.get(item)
-                if cur is None:
-                    out[item] = [v, v if pos == 0 else 0.0, src, v]
-                else:
-                    cur[0] += v
-                    if v > cur[3]:
-                        cur[2], cur[3] = src, v
-        return out
+            codes_at.append(nb.codes[: nb.n])
+            values_at.append(nb.weights[: nb.n] * ((window - place) / (window * self._root[c])))
+            places.append(place)
+        if not codes_at:
+            return _NO_SCORES
+        codes = np.concatenate(codes_at)
+        v = np.concatenate(values_at) / self._root[codes]
+        place = np.repeat(np.array(places, dtype=np.int64), [a.shape[0] for a in codes_at])
+        uniq, first, inv = np.unique(codes, return_index=True, return_inverse=True)
+        # bincount sums in input order: the same sums as a loop over the sources.
+        total = np.bincount(inv, weights=v, minlength=uniq.shape[0])
+        last = np.bincount(inv, weights=np.where(place == 0, v, 0.0), minlength=uniq.shape[0])
+        # The largest share per item, the most recent source on a tie.
+        by = np.lexsort((np.arange(v.shape[0]), -v, inv))
+        grouped = inv[by]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        source = place[by[starts]]
+        order = np.argsort(first, kind="stable")
+        uniq = uniq[order]
+        rows = self._row[uniq]
+        for j in np.flatnonzero(rows < 0).tolist():
+            r = self._rows.get(self._ids[uniq[j]], -1)
+            if r >= 0:
+                self._row[uniq[j]] = rows[j] = r
+        keep = order[rows >= 0]
+        return CoVisitScores(rows[rows >= 0], total[keep], last[keep], source[keep])

@@ -14,6 +14,7 @@ from online_models.blend import (
     RECENT_POSITION,
     SIMILAR_NEW,
     UserFeatures,
+    row_positions,
 )
 from online_models.config import ModelConfig
 from online_models.learning import context_rows
@@ -32,7 +33,7 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
     """A human-readable reason per recommended row."""
     V = replica.table.vectors
     ctx_rows, _ = context_rows(user, replica, _CTX_ALL)
-    f_row = {r: j for j, r in enumerate(features.rows.tolist())}
+    f_at = row_positions(features.rows, rows).tolist()
     f = features.values
     ctx_ids = [replica.ids[r] for r in ctx_rows.tolist()]
     verb_of = {h[0]: _VERBS.get(h[3], "viewed") for h in user.history}
@@ -52,21 +53,20 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
         meta = replica.meta[r]
         category = meta.get("category")
         item_id = replica.ids[r]
-        fj = f_row.get(r)
-        if fj is not None and recent[fj] > 0:
+        fj = f_at[j]
+        src = features.source_of(fj) if fj >= 0 else None
+        if fj >= 0 and recent[fj] > 0:
             verb = verb_of.get(item_id, "viewed")
             out.append("you added this to your cart" if verb == "added to cart"
                        else f"you {verb} this recently")
-        elif fj is not None and cold[fj] > 0:  # a cold user's list is their cluster's
+        elif fj >= 0 and cold[fj] > 0:  # a cold user's list is their cluster's
             out.append("popular with shoppers like you")
-        elif fj is not None and new[fj] > 0:
+        elif fj >= 0 and new[fj] > 0:
             out.append(f"new in {category}" if category else "new arrival")
-        elif (fj is not None and similar[fj] > 0 and co[fj] == 0 and co_last[fj] == 0
-              and r in features.sources):  # a cold item near one the user just took
-            src = features.sources[r]
+        elif (src is not None and similar[fj] > 0 and co[fj] == 0
+              and co_last[fj] == 0):  # a cold item near one the user just took
             out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
-        elif fj is not None and r in features.sources:
-            src = features.sources[r]
+        elif src is not None:
             out.append(f"often {verb_of.get(src, 'viewed')} with {src}")
         elif best and best[j] > 0.5 * own[j]:
             src = ctx_ids[most_similar[j]]

@@ -27,6 +27,7 @@ from online_models.blend import (
     BlendSchedule,
     ScoreBlend,
     UserFeatures,
+    row_positions,
     spread,
     user_features,
 )
@@ -129,8 +130,8 @@ class FreshRecModel:
         self.metrics = RollingMetrics()
         self.step = 0  # events since start or last drift (drives the lr schedule)
         self.now_ms = 0
-        self.covisit = (CoVisitTable(self.config.covisit_neighbours) if items_of is None
-                        else items_of.covisit)
+        self.covisit = (items_of.covisit if items_of is not None
+                        else CoVisitTable(self.config.covisit_neighbours, self.replica.table.index))
         self.blend = ScoreBlend.initial(self.config)
         # Replays are short: the blend learns from every chance for a while.
         self._blend_schedule = BlendSchedule(5000, 2)
@@ -312,11 +313,13 @@ class FreshRecModel:
         listed, self._listed = self._listed, None
         feats = (listed[2] if listed is not None and listed[0] is user and listed[1] == now
                  else self.features(user, now))
-        bonus = dict(zip(feats.rows.tolist(),
-                         self.blend.bonus(feats, spread(rep, rep.scores(q))).tolist(), strict=True))
+        bonus = self.blend.bonus(feats, spread(rep, rep.scores(q)))
         r = rows[known]
         dense = rep.table._data[r] @ q + rep.static[r]
-        out[known] = dense + np.array([bonus.get(x, 0.0) for x in r.tolist()])
+        at = row_positions(feats.rows, r)
+        sparse = np.zeros(r.shape[0])
+        sparse[at >= 0] = bonus[at[at >= 0]]
+        out[known] = dense + sparse
         return out
 
     def recommend_many(self, user_ids: Sequence[str], k: int = 20, reasons: bool = True

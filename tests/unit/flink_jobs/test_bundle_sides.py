@@ -199,7 +199,7 @@ def test_covisitation_pairs_reach_item_state_and_the_replica_through_the_changel
     reader = UserSide(settings())
     catalogue(reader)
     reader.apply_changelog([RawRecord(0, j, T0, k, v) for j, (k, v) in enumerate(records)])
-    assert reader.covisit.neighbours["i1"] == {"i2": 2.0} and reader.covisit.count["i1"] == 2
+    assert reader.covisit.neighbours("i1") == {"i2": 2.0} and reader.covisit.count["i1"] == 2
     rec = Recommendation.from_json(decode_output_bundle(reader.process(
         [event(5, "u3", "i1")], Store().load, now=T0 + 2000).output.to_bytes())
         [RECOMMENDATIONS][0][1])
@@ -219,7 +219,7 @@ def test_the_job_keeps_and_publishes_the_neighbours_the_replay_keeps() -> None:
         bundle.a.append("a")
         bundle.b.append(f"n{n}")
         bundle.w.append(w)
-    table = CoVisitTable(cfg.covisit_neighbours)
+    table = CoVisitTable(cfg.covisit_neighbours, rows={})
     items, item_side = Store(), ItemSide(cfg, 200, 5000)
     published = []
     for bundle in (first, second):
@@ -233,7 +233,7 @@ def test_the_job_keeps_and_publishes_the_neighbours_the_replay_keeps() -> None:
     # After 3 pairs (room up to 4): all kept, strongest first.
     assert published[0] == (("n0", 5.0), ("n2", 4.0), ("n1", 1.0))
     # The 5th pair passed 4: pruned to the 2 strongest, then n5 came in.
-    assert dict(published[1]) == table.neighbours["a"] == {"n0": 5.0, "n2": 4.0, "n5": 0.25}
+    assert dict(published[1]) == table.neighbours("a") == {"n0": 5.0, "n2": 4.0, "n5": 0.25}
     assert [w for _, w in published[1]] == [5.0, 4.0, 0.25]
 
 

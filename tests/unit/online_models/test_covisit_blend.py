@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -33,33 +35,83 @@ def test_pairs_weigh_by_distance_in_both_directions_and_skip_the_item_itself() -
 
 
 def test_table_keeps_the_strongest_neighbours() -> None:
-    t = CoVisitTable(max_neighbours=2)
+    t = CoVisitTable(2, rows={})
     inc = CoVisits()
     for n, w in enumerate([5.0, 1.0, 4.0, 0.5, 3.0]):
         inc.a.append("a")
         inc.b.append(f"n{n}")
         inc.w.append(w)
     t.add(inc)
-    assert set(t.neighbours["a"]) == {"n0", "n2"}  # pruned at 2x the cap, to the cap
+    assert set(t.neighbours("a")) == {"n0", "n2"}  # pruned at 2x the cap, to the cap
 
 
 def test_scores_survive_items_published_without_events() -> None:
     # The changelog can carry neighbours of an item whose count is still 0 (pairs reached
     # its owner before any positive event did): no division by zero.
-    t = CoVisitTable()
+    t = CoVisitTable(100, rows={"a": 0, "b": 1})
     t.set_item("a", [("b", 1.0)], 0.0)
     t.set_item("b", [], 0.0)
-    assert t.scores(["a"], window=5)["b"][0] == 1.0
+    assert t.scores(["a"], window=5).total.tolist() == [1.0]
 
 
 def test_older_recent_items_count_linearly_less_and_none_past_the_window() -> None:
-    t = CoVisitTable()
+    rows = {"x": 0, "y": 1, "w": 2, "p": 3, "q": 4, "r": 5}
+    t = CoVisitTable(100, rows)
     for src, nb in (("x", "p"), ("y", "q"), ("w", "r")):
         t.set_item(src, [(nb, 1.0)], 1.0)
     s = t.scores(["x", "y", "w"], window=2)  # most recent first
-    assert s["p"][:2] == [1.0, 1.0]  # the last item: full weight, and its own column
-    assert s["q"][:2] == [0.5, 0.0]  # one place older: (2 - 1) / 2
-    assert "r" not in s  # past the window
+    assert s.rows.tolist() == [3, 4]  # r: past the window
+    assert s.total.tolist() == [1.0, 0.5]  # one place older: (2 - 1) / 2
+    assert s.last.tolist() == [1.0, 0.0]  # the last item's own column
+
+
+def _scores_by_loop(t: CoVisitTable, rows: dict[str, int], recent: list[str], window: int
+                    ) -> dict[int, tuple[float, float, int]]:
+    """The definition, one neighbour at a time: row -> (total, last, source place)."""
+    root = {i: math.sqrt(n) if n > 1 else 1.0 for i, n in t.count.items()}
+    out: dict[int, list] = {}
+    for place, src in enumerate(recent[:window]):
+        w_src = (window - place) / (window * root.get(src, 1.0))
+        for item, c in t.neighbours(src).items():
+            if item not in rows:
+                continue
+            v = w_src * c / root.get(item, 1.0)
+            cur = out.setdefault(rows[item], [0.0, 0.0, place, v])
+            cur[0] += v
+            cur[1] += v if place == 0 else 0.0
+            if v > cur[3]:
+                cur[2], cur[3] = place, v
+    return {r: (a, b, p) for r, (a, b, p, _) in out.items()}
+
+
+def test_scores_sum_every_recent_items_share_and_name_the_largest() -> None:
+    rng = np.random.default_rng(3)
+    items = [f"i{n}" for n in range(60)]
+    rows = {i: n for n, i in enumerate(items[:50])}  # the replica lacks i50..i59 for now
+    t = CoVisitTable(8, rows)
+    for _ in range(40):
+        pairs = CoVisits()
+        for _ in range(50):
+            a, b = rng.choice(items, 2, replace=False).tolist()
+            pairs.a.append(a)
+            pairs.b.append(b)
+            pairs.w.append(float(rng.choice([1.0, 0.5, 1 / 3])))
+        pairs.positives = rng.choice(items, 20).tolist()
+        t.add(pairs)
+        recent = rng.choice(items, 10, replace=False).tolist()
+        got = t.scores(recent, 7)
+        want = _scores_by_loop(t, rows, recent, 7)
+        assert sorted(got.rows.tolist()) == sorted(want)
+        for r, total, last, src in zip(got.rows.tolist(), got.total.tolist(),
+                                       got.last.tolist(), got.source.tolist(), strict=True):
+            assert (total, last, src) == pytest.approx(want[r], rel=1e-12)
+    rows.update({i: 50 + n for n, i in enumerate(items[50:])})  # now the replica has them
+    got = t.scores(recent, 7)
+    assert sorted(got.rows.tolist()) == sorted(_scores_by_loop(t, rows, recent, 7))
+    for n in range(3000):  # past the table's first allocation
+        rows[f"x{n}"] = 60 + n
+        t.set_item(f"x{n}", [(f"x{n - 1}", 1.0)], 4.0)
+    assert t.scores(["x2999"], 7).total.tolist() == [0.25]  # 1 / (2 * 2)
 
 
 def test_bundle_pairs_a_users_second_event_with_the_first() -> None:
@@ -125,7 +177,7 @@ def test_blend_keeps_co_visitation_where_many_items_have_some() -> None:
     rows = np.arange(300, dtype=np.int64)
     values = np.zeros((300, len(FEATURES)), dtype=np.float32)
     values[:, COVISIT] = np.linspace(2.0, 0.1, 300)
-    feats = UserFeatures(rows, values, {})
+    feats = UserFeatures(rows, values, np.full(rows.shape[0], -1), [])
     blend = ScoreBlend.initial(CFG)
     start = float(blend.weights[COVISIT])
     odds = np.exp(2.0 * values[:, COVISIT])
