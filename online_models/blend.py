@@ -77,8 +77,10 @@ class UserFeatures:
 
     rows: np.ndarray          # int64 replica rows
     values: np.ndarray        # float32 len(rows) x len(FEATURES); column ``model`` unused
-    source: np.ndarray        # int64 per row: its covisit or similar_new source in
-    source_ids: list[str]     # these recent items (-1: none)
+    # Per row, the place in ``source_ids`` (the user's recent items) of the item its
+    # covisit or similar_new comes from; -1: none.
+    source: np.ndarray
+    source_ids: list[str]
 
     @staticmethod
     def empty() -> UserFeatures:
@@ -306,15 +308,14 @@ def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
     at = np.union1d(at, np.flatnonzero(features.rows == item_row))
     sparse = features.rows[at]
     rows = np.concatenate((sparse, candidates[~np.isin(candidates, sparse)]))
-    F = np.zeros((rows.shape[0], len(FEATURES)), dtype=np.float64)
-    F[: sparse.shape[0]] = features.values[at]
     hit = np.flatnonzero(rows == item_row)
     if hit.shape[0]:
         target = int(hit[0])
     else:  # the taken item has no sparse feature and is not among the top rows
         rows = np.append(rows, item_row)
-        F = np.vstack((F, np.zeros((1, len(FEATURES)))))
         target = rows.shape[0] - 1
+    F = np.zeros((rows.shape[0], len(FEATURES)), dtype=np.float64)
+    F[: sparse.shape[0]] = features.values[at]
     F[:, MODEL] = (replica.table._data[rows] @ query + replica.static[rows]) / scale
     blend.learn(F, target)
 
