@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -77,10 +76,10 @@ class CoVisits:
 
 
 _MAGIC = b"FC1"
-K = TypeVar("K", str, int)
 
 
-def add_pair(neighbours: dict[K, float], other: K, w: float, cap: int) -> dict[K, float]:
+def add_pair(neighbours: dict[str, float], other: str, w: float, cap: int
+             ) -> dict[str, float]:
     """``neighbours[other] += w``, pruned to the strongest ``cap`` once it holds twice as
     many (amortised); returns the dict to keep (a new one after pruning)."""
     neighbours[other] = neighbours.get(other, 0.0) + w
