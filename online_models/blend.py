@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from online_models.config import ModelConfig
-from online_models.covisit import CoVisitTable, recent_items
+from online_models.covisit import CoVisitScores, CoVisitTable, recent_items
 from online_models.replica import ItemReplica
 from online_models.state import UserState
 
@@ -141,6 +141,7 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
     rows = np.fromiter(feats, dtype=np.int64, count=len(feats))
     n_feats = rows.shape[0]
     recent: list[str] = []
+    co: CoVisitScores | None = None
     co_at = np.zeros(0, dtype=np.int64)
     if covisit is not None and len(covisit):
         recent = recent_items(user, config.covisit_window)
@@ -157,7 +158,7 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
     if n_feats:
         values[:n_feats] = np.array(list(feats.values()), dtype=np.float32)
     source = np.full(n, -1, dtype=np.int64)
-    if co_at.shape[0]:
+    if co is not None:
         values[co_at, COVISIT] = np.log1p(3.0 * co.total)
         values[co_at, COVISIT_LAST] = np.log1p(3.0 * co.last)
         source[co_at] = co.source
