@@ -6,7 +6,9 @@ integer is big-endian (Java's ``DataOutputStream``).
 
 * Record bundle (``RecordBundler``, input of the Python operators): ``int32 n``, then per
   record ``int32 partition, int64 offset, int64 timestamp, int32 key_len (-1: null) + key,
-  int32 value_len (-1: null) + value``.
+  int32 value_len (-1: null) + value``. A count of -1 is a barrier marker
+  (:data:`BARRIER_MARKER`): in exactly-once mode the events' bundler sends one to every
+  user shard after its buffered bundles and before each checkpoint barrier.
 * Shard bundle (``ShardRecordBundler``): ``int32 n``, then per payload ``int32 len + bytes``.
 * Output bundle (a Python call's one output record, split by ``KeyedRecordSplitter`` and
   ``ShardRecordSplitter``): sections of ``byte part, int32 n`` and n records; parts 0-2 are
@@ -42,6 +44,8 @@ UPSERT_MESSAGE = b"U"
 COVISIT_MESSAGE = b"C"
 
 _INT = struct.Struct(">i")
+# A record bundle of count -1: a checkpoint barrier follows.
+BARRIER_MARKER = _INT.pack(-1)
 _RECORD_HEAD = struct.Struct(">iqq")
 _SECTION = struct.Struct(">bi")
 _SHARD_RECORD = struct.Struct(">ii")
@@ -80,6 +84,11 @@ def decode_record_bundle(payload: bytes) -> list[RawRecord]:
         value, off = _read_bytes(payload, off)
         out.append(RawRecord(partition, offset, timestamp, key, value))
     return out
+
+
+def is_barrier_marker(payload: bytes) -> bool:
+    """Whether a record bundle is the marker sent ahead of a checkpoint barrier."""
+    return payload == BARRIER_MARKER
 
 
 def encode_record_bundle(records: Iterable[RawRecord]) -> bytes:

@@ -33,7 +33,7 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
-from flink_jobs.bundles import decode_record_bundle, decode_shard_bundle
+from flink_jobs.bundles import decode_record_bundle, decode_shard_bundle, is_barrier_marker
 from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpack_ids
 from flink_jobs.metrics import JobMetrics
@@ -206,6 +206,14 @@ class UserUpdate(KeyedBroadcastProcessFunction):
     def process_element(self, value: Row, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)
         self.shard_count.check(ctx)
+        if is_barrier_marker(value[1]):
+            # Exactly-once: lists owed now would commit one checkpoint later than the
+            # events they reflect, so they are scored before the barrier.
+            owed = list(unpack_due(self.owed.value()))
+            if owed:
+                self.owed.clear()
+                yield from self._refresh(owed)
+            return
         records = decode_record_bundle(value[1])
         if self._fault is not None:
             for _ in records:
@@ -231,9 +239,12 @@ class UserUpdate(KeyedBroadcastProcessFunction):
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)
         due = _take_due(self.owed, timestamp, ctx)
-        if not due:
-            return
-        yield from self._finish(self.side.refresh(due, lambda ids: _load(self.users, ids)))
+        if due:
+            yield from self._refresh(due)
+
+    def _refresh(self, user_ids: list[str]) -> Iterator[bytes]:
+        """Score the lists owed to these users."""
+        yield from self._finish(self.side.refresh(user_ids, lambda ids: _load(self.users, ids)))
 
     def _finish(self, result: UserBundleResult) -> Iterator[bytes]:
         if result.writes:

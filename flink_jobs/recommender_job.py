@@ -93,15 +93,16 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
 
     raw = env.from_source(io.events, WatermarkStrategy.no_watermarks(), "kafka-events",
                           kafka_io.RAW_RECORD_TYPE).uid("source-events")
-    # Bundled by a hash of the user id read from the event itself, whatever the Kafka key.
+    # Bundled by a hash of the user id read from the event itself, whatever the Kafka key;
+    # exactly-once marks each barrier so owed lists commit with the events they reflect.
     events = java_operator(raw, "bundle-events", glue.RecordBundler(
-        "user_id", job.user_shards, max_records, max_age, job.max_payload_bytes),
-        SHARD_BUNDLE_TYPE)
+        "user_id", job.user_shards, max_records, max_age, job.max_payload_bytes,
+        job.delivery == "exactly-once"), SHARD_BUNDLE_TYPE)
     changelog = env.from_source(
         io.item_changelog, WatermarkStrategy.no_watermarks(), "kafka-item-embeddings",
         kafka_io.RAW_RECORD_TYPE).uid("source-item-embeddings")
     replica_feed = java_operator(changelog, "bundle-item-embeddings", glue.RecordBundler(
-        "", 1, max_records, max_age, 0), SHARD_BUNDLE_TYPE).broadcast(ITEMS_DESCRIPTOR)
+        "", 1, max_records, max_age, 0, False), SHARD_BUNDLE_TYPE).broadcast(ITEMS_DESCRIPTOR)
 
     key_file = None
     if settings.privacy.pseudonymize_users:

@@ -458,3 +458,34 @@ def test_an_item_only_nudged_is_published_in_its_background_slot(kafka_broker,
     assert nudged.n_events == 1, "only the view of the first item is its own interaction"
     assert any(e.n_events == 1 and first in dict(e.neighbours)
                for e in published(records, second))
+
+
+def test_exactly_once_commits_an_owed_list_with_its_checkpoint(kafka_broker,
+                                                               tmp_path: Path) -> None:
+    """Exactly-once lists become visible at commit. A second view within the refresh
+    interval (here 10 minutes) owes its user a list; the events' bundler marks the next
+    barrier, so that list is scored before it and commits with that checkpoint (2 s), not
+    when the interval ends."""
+    settings, overrides = job_settings(kafka_broker.settings, tmp_path, [
+        "job.delivery=exactly-once", "job.refresh_interval_ms=600000"])
+    topics = settings.topics
+    first, second = item_id(CATEGORIES[0], 0), item_id(CATEGORIES[0], 1)
+
+    def applied(records: list[Record]) -> list[int]:
+        return [r.events_applied or 0 for r in recs_of(records, "owed") if r is not None]
+
+    job = JobProcess(settings, overrides, tmp_path / "job.log").start()
+    try:
+        announce_catalogue(job)
+        job.send_events([Event("owed-1", "view", BASE_TS + 1000, user_id="owed",
+                               item_id=first)])
+        job.wait_for(topics.recommendations, lambda rs: 1 in applied(rs),
+                     what="the first list")
+        job.send_events([Event("owed-2", "view", BASE_TS + 2000, user_id="owed",
+                               item_id=second)])
+        records = job.wait_for(topics.recommendations, lambda rs: 2 in applied(rs),
+                               timeout_s=60, what="the owed list after the next checkpoint")
+        job.assert_alive()
+    finally:
+        job.stop()
+    assert applied(records) == [1, 2], "one list per event: the owed one was not scored twice"

@@ -10,6 +10,7 @@ import org.apache.flink.api.common.typeinfo.Types;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
+import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Preconditions;
 
@@ -21,6 +22,11 @@ import org.apache.flink.util.Preconditions;
  *
  * <p>Bundle: int32 n, then per record int32 partition, int64 offset, int64 timestamp,
  * int32 key length (-1 for null) + key, int32 value length (-1 for null) + value.
+ *
+ * <p>With {@code markBarriers}, every checkpoint barrier is preceded, after the buffered
+ * bundles, by a marker for every shard: a bundle whose count is -1. Exactly-once output
+ * becomes visible only when its checkpoint commits, so the Python side scores the lists it
+ * still owes before the barrier instead of one checkpoint interval later.
  */
 public final class RecordBundler extends ShardBundlingOperator {
     private static final long serialVersionUID = 1L;
@@ -29,17 +35,19 @@ public final class RecordBundler extends ShardBundlingOperator {
     private final String shardField;
     private final int shards;
     private final int maxParseBytes;
+    private final boolean markBarriers;
 
     private transient JsonFactory json;
     private transient CRC32 crc;
 
     public RecordBundler(String shardField, int shards, int maxRecords, long maxAgeMs,
-            int maxParseBytes) {
+            int maxParseBytes, boolean markBarriers) {
         super(maxRecords, maxAgeMs);
         Preconditions.checkArgument(shards >= 1, "shards must be >= 1: %s", shards);
         this.shardField = shardField == null || shardField.isEmpty() ? null : shardField;
         this.shards = shards;
         this.maxParseBytes = maxParseBytes;
+        this.markBarriers = markBarriers;
     }
 
     /** Row(shard INT, bundle BYTES), the type of every bundler's and ShardRecordSplitter's rows. */
@@ -52,6 +60,16 @@ public final class RecordBundler extends ShardBundlingOperator {
         super.open();
         json = new JsonFactory();
         crc = new CRC32();
+    }
+
+    @Override
+    public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
+        super.prepareSnapshotPreBarrier(checkpointId);
+        if (markBarriers) {
+            for (int shard = 0; shard < shards; shard++) {
+                output.collect(new StreamRecord<>(Row.of(shard, new byte[] {-1, -1, -1, -1})));
+            }
+        }
     }
 
     @Override
