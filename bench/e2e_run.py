@@ -34,14 +34,18 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def scrape_metrics(port: int) -> dict[str, Any]:
-    """Busy/back-pressured time per task and records/s per operator from the reporter."""
+    """Busy/back-pressured time per task, records/s per operator and the last checkpoint's
+    duration (trigger to the last acknowledgement) from the reporter."""
     families = scrape(port)
     if not families:
         return {"error": f"no metrics on port {port}"}
     tasks: dict[str, dict[str, float]] = defaultdict(dict)
     ops: dict[str, float] = defaultdict(float)
+    checkpoint_ms = None
     for s in (s for family in families for s in family.samples):
         name, labels, v = s.name, s.labels, s.value
+        if name == "flink_jobmanager_job_lastCheckpointDuration":
+            checkpoint_ms = v
         short = name.rsplit("_", 1)[-1]
         if name.startswith("flink_taskmanager_job_task_") and "operator" not in name and short in (
                 "busyTimeMsPerSecond", "backPressuredTimeMsPerSecond", "idleTimeMsPerSecond"):
@@ -50,7 +54,8 @@ def scrape_metrics(port: int) -> dict[str, Any]:
         elif name == "flink_taskmanager_job_task_operator_numRecordsInPerSecond":
             ops[f"{labels.get('operator_name', '?')}#{labels.get('subtask_index', '?')}"] += v
     return {"tasks": {k: tasks[k] for k in sorted(tasks)},
-            "operator_records_in_per_s": {k: round(v, 1) for k, v in sorted(ops.items())}}
+            "operator_records_in_per_s": {k: round(v, 1) for k, v in sorted(ops.items())},
+            "last_checkpoint_ms": checkpoint_ms}
 
 
 def print_metrics(m: dict[str, Any]) -> None:
@@ -65,6 +70,8 @@ def print_metrics(m: dict[str, Any]) -> None:
     for op, v in m["operator_records_in_per_s"].items():
         if v > 0:
             say(f"  operator {op}: {v:,.0f} records in/s")
+    if m["last_checkpoint_ms"] is not None:
+        say(f"  last checkpoint: {m['last_checkpoint_ms']:,.0f} ms")
 
 
 @dataclasses.dataclass
