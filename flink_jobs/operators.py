@@ -38,11 +38,11 @@ from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpack_ids
 from flink_jobs.metrics import JobMetrics
 from flink_jobs.native_imports import freeze_imported_objects
+from flink_jobs.replica_value import unpack_replica_value
 from flink_jobs.user_side import UserSide
 from flink_jobs.user_side_types import BundleStats, UserBundleResult, UserSideSettings, now_ms
 from freshrec_common.privacy import load_key
 from online_models.config import ModelConfig
-from schemas.item_embedding import ItemEmbedding
 
 # Broadcast state of the item replica: item_id -> the changelog record's bytes.
 ITEMS_DESCRIPTOR = MapStateDescriptor("item-replica", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
@@ -201,7 +201,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         self._replica_loaded = True
         for item_id, value in ctx.get_broadcast_state(ITEMS_DESCRIPTOR).items():
             if item_id not in self.side.replica:
-                self.side.apply_embedding(ItemEmbedding.from_bytes(value))
+                self.side.apply_embedding(unpack_replica_value(value))
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)

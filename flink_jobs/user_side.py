@@ -30,6 +30,7 @@ from flink_jobs.bundles import (
     RawRecord,
 )
 from flink_jobs.dedup import NO_RECENT_IDS, RecentIdsWindow
+from flink_jobs.replica_value import pack_replica_value
 from flink_jobs.shard_keys import shard_of
 from flink_jobs.user_side_types import (
     BundleStats,
@@ -377,7 +378,7 @@ class UserSide:
     # -- the item changelog -----------------------------------------------------------------
     def apply_changelog(self, records: Iterable[RawRecord]) -> tuple[dict[str, bytes], int]:
         """Apply changelog records to the replica; returns what the broadcast state stores
-        (item id -> record bytes, tombstones skipped) and the newest publish time."""
+        (item id -> ``FR1`` value, tombstones skipped) and the newest publish time."""
         stored: dict[str, bytes] = {}
         newest = 0
         for rec in records:
@@ -391,7 +392,7 @@ class UserSide:
                             rec.offset, exc)
                 continue
             self.apply_embedding(emb)
-            stored[emb.item_id] = rec.value
+            stored[emb.item_id] = pack_replica_value(emb)
             newest = max(newest, rec.timestamp)
         return stored, newest
 

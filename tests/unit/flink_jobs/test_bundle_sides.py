@@ -20,6 +20,7 @@ from flink_jobs.bundles import (
     encode_record_bundle,
 )
 from flink_jobs.item_side import BACKGROUND_SLOTS, ItemSide, background_slot, pack_due, unpack_due
+from flink_jobs.replica_value import unpack_replica_value
 from flink_jobs.shard_keys import shard_of
 from flink_jobs.user_side import UserSide
 from flink_jobs.user_value import id_hash, unpack_user_value
@@ -172,6 +173,7 @@ def test_gradients_reach_the_item_side_and_come_back_through_the_changelog() -> 
         [RawRecord(0, j, T0 + j, k, v) for j, (k, v) in enumerate(records)]
         + [RawRecord(0, 9, T0 + 9, b"gone", None)])
     assert sorted(stored) == ["i1", "new-1"] and newest == T0 + 1
+    assert unpack_replica_value(stored["i1"]) == emb, "the broadcast state keeps the record"
     assert replica_side.replica.row("i1") >= 0 and "gone" not in replica_side.replica
 
 

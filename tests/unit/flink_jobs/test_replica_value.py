@@ -1,0 +1,47 @@
+"""user-update's broadcast-state value of a replica item (flink_jobs.replica_value)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flink_jobs.replica_value import pack_replica_value, unpack_replica_value
+from schemas.item_embedding import ItemEmbedding
+
+
+def published(n_neighbours: int, **fields: object) -> ItemEmbedding:
+    """An item as the changelog carries it: a float32 vector, neighbours strongest first."""
+    rng = np.random.default_rng(n_neighbours)
+    vector = tuple(rng.normal(0, 0.1, 64).astype(np.float32).tolist())
+    neighbours = tuple((f"item-{k}", float(rng.random() * 10)) for k in range(n_neighbours))
+    base = dict(item_id="item-x", vector=vector, bias=0.123456789, trend=-3.25, n_events=17,
+                updated_at=1_764_000_000_123, acc=0.5, category="electronics.audio",
+                brand="acme", title="Kopfhörer — schnurlos", price=19.99, available=True,
+                neighbours=neighbours)
+    base.update(fields)
+    return ItemEmbedding(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("emb", [
+    published(0),
+    published(100),
+    published(3, trend=None, price=None, category=None, brand=None, title=None,
+               available=False),
+    published(2, category="", brand="", title=""),
+])
+def test_a_stored_item_reads_back_as_the_record_it_was_packed_from(emb: ItemEmbedding) -> None:
+    assert unpack_replica_value(pack_replica_value(emb)) == emb
+    assert unpack_replica_value(pack_replica_value(ItemEmbedding.from_bytes(emb.to_bytes()))) \
+        == ItemEmbedding.from_bytes(emb.to_bytes())
+
+
+def test_the_json_record_stored_before_fr1_still_reads() -> None:
+    emb = published(5)
+    assert unpack_replica_value(emb.to_bytes()) == emb
+
+
+@pytest.mark.parametrize(("n_neighbours", "most"), [(0, 0.35), (100, 0.6), (200, 0.6)])
+def test_the_stored_item_is_well_below_its_json_record(n_neighbours: int, most: float) -> None:
+    """Every subtask writes the whole broadcast state at every checkpoint."""
+    emb = published(n_neighbours)
+    assert len(pack_replica_value(emb)) <= most * len(emb.to_bytes())
