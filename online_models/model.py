@@ -23,12 +23,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from online_models.ann import use_approximate
 from online_models.blend import (
     BlendSchedule,
     ScoreBlend,
     UserFeatures,
     row_positions,
-    spread,
     user_features,
 )
 from online_models.bundle import learn_bundle
@@ -38,7 +38,9 @@ from online_models.item_gradients import apply_item_gradients
 from online_models.learning import event_meta, lr_schedule
 from online_models.replica import ItemReplica
 from online_models.scoring import (
+    DenseScores,
     blend_step,
+    dense_scores,
     query_vector,
     recommend_for_user,
     recommend_for_users,
@@ -139,6 +141,9 @@ class FreshRecModel:
         # (the replay's sampled AUC scores the same test): used once, dropped on learning.
         # Only right after recommend: another model sharing the item side may learn later.
         self._listed: tuple[UserState, int, UserFeatures] | None = None
+        # The last user's dense scores, kept while that user and the replica are unchanged:
+        # an event's test list, its sampled AUC and its blend step share one scan.
+        self._dense: tuple[UserState, int, DenseScores] | None = None
         if items_of is not None:
             self.text, self._item_text = items_of.text, items_of._item_text
             self._item_positives = items_of._item_positives
@@ -264,7 +269,18 @@ class FreshRecModel:
         if not self._blend_schedule.take():
             return
         blend_step(self.blend, user, self.replica, self.config,
-                   self.features(user, max(user.last_ts, self.now_ms)), row)
+                   self.features(user, max(user.last_ts, self.now_ms)), row,
+                   self._dense_scores(user))
+
+    def _dense_scores(self, user: UserState) -> DenseScores:
+        """:func:`~online_models.scoring.dense_scores`, reused while ``user`` is the same
+        object and the replica has not been written since."""
+        memo, writes = self._dense, self.replica.writes
+        if memo is not None and memo[0] is user and memo[1] == writes:
+            return memo[2]
+        dense = dense_scores(user, self.replica, self.config)
+        self._dense = (user, writes, dense)
+        return dense
 
     def features(self, user: UserState, now_ms: int) -> UserFeatures:
         """The user's sparse features: history, co-visitation, cold-start cluster."""
@@ -293,10 +309,11 @@ class FreshRecModel:
         now = max(user.last_ts, self.now_ms)
         feats = self.features(user, now)
         self._listed = (user, now, feats)
+        exact = not use_approximate(len(self.replica), self.config)
         return recommend_for_user(user, self.replica, self.config, k, now, exclude,
                                   feats, self.blend,
                                   self.explore_rng if self.config.exploration else None,
-                                  reasons)
+                                  reasons, self._dense_scores(user) if exact else None)
 
     def score_items(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
         """The ranking scores of some items (dense score plus blend bonus; ``-inf`` for
@@ -308,14 +325,14 @@ class FreshRecModel:
         known = rows >= 0
         if not known.any():
             return out
-        q = query_vector(user, rep, self.config)
+        d = self._dense_scores(user)
         now = max(user.last_ts, self.now_ms)
         listed, self._listed = self._listed, None
         feats = (listed[2] if listed is not None and listed[0] is user and listed[1] == now
                  else self.features(user, now))
-        bonus = self.blend.bonus(feats, spread(rep, rep.scores(q)))
+        bonus = self.blend.bonus(feats, d.scale)
         r = rows[known]
-        dense = rep.table._data[r] @ q + rep.static[r]
+        dense = rep.table._data[r] @ d.query + rep.static[r]
         at = row_positions(feats.rows, r)
         sparse = np.zeros(r.shape[0])
         sparse[at >= 0] = bonus[at[at >= 0]]

@@ -83,6 +83,9 @@ class ItemReplica:
         # rows whose vector or static score changed since the index last saw them.
         self.ann: Any = None
         self._changed: set[int] | None = None
+        # Every write to what the dense scores read (vectors, bias, trend, availability):
+        # a memo of a user's scores is valid while this stays the same.
+        self.writes = 0
         self._version = 0
         self._trend_cache: dict[Any, tuple[int, np.ndarray]] = {}
         self._new_cache: dict[tuple[int, int], tuple[int, int, list[int]]] = {}
@@ -127,6 +130,7 @@ class ItemReplica:
     def _refresh_static(self, row: int) -> None:
         t = self.trend[row]
         self.static[row] = self.bias[row] + self.config.pop_weight * (t if t > -1e300 else -50.0)
+        self.writes += 1
         if self._changed is not None:
             self._changed.add(row)
 
@@ -137,6 +141,7 @@ class ItemReplica:
 
     def mark_changed(self, rows: Iterable[int]) -> None:
         """Rows whose vectors were written directly (in-process item learning)."""
+        self.writes += 1
         if self._changed is not None:
             self._changed.update(int(r) for r in rows)
 

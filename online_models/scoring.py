@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,22 @@ def query_vector(user: UserState, replica: ItemReplica, config: ModelConfig) -> 
     return q.astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class DenseScores:
+    """A user's query, the dense score of every item and their spread: one scan."""
+
+    query: np.ndarray
+    scores: np.ndarray
+    scale: float
+
+
+def dense_scores(user: UserState, replica: ItemReplica, config: ModelConfig) -> DenseScores:
+    """Score every item of the replica for the user (the exact scan)."""
+    q = query_vector(user, replica, config)
+    scores = replica.scores(q)
+    return DenseScores(q, scores, spread(replica, scores))
+
+
 def excluded_items(user: UserState, config: ModelConfig, extra: Iterable[str] = ()
                    ) -> set[str]:
     """Item ids the user must not be shown under ``config.exclude`` plus ``extra``."""
@@ -81,6 +98,7 @@ def recommend_for_user(
     blend: ScoreBlend | None = None,
     rng: np.random.Generator | None = None,
     reasons: bool = True,
+    dense: DenseScores | None = None,
 ) -> list[ScoredItem]:
     """Top-``k`` items for one user from their state and the item replica.
 
@@ -105,12 +123,13 @@ def recommend_for_user(
         Needed for exploration slots; without it exploration is off.
     reasons : bool
         Compute reasons (slightly slower); otherwise reason is ``""``.
+    dense : DenseScores, optional
+        The user's :func:`dense_scores` as the caller already has them (exact scan only).
     """
     k = config.top_k if k is None else k
     if len(replica) == 0 or k <= 0:
         return []
     now = user.last_ts if now_ms is None else now_ms
-    q = query_vector(user, replica, config)
     if features is None:
         features = user_features(user, replica, config, now)
     blend = blend or ScoreBlend.initial(config)
@@ -120,11 +139,12 @@ def recommend_for_user(
     n_explore = round(config.exploration * k) if rng is not None else 0
     index = synced_index(replica, config)
     if index is None:
-        dense = replica.scores(q)
-        rows, scores = select(replica, dense, k, ex_rows, features.rows,
-                                      blend.bonus(features, spread(replica, dense)),
-                                      config.diversity_cap)
+        d = dense or dense_scores(user, replica, config)
+        # select works in place: the scores may be shared (DenseScores).
+        rows, scores = select(replica, d.scores.copy(), k, ex_rows, features.rows,
+                              blend.bonus(features, d.scale), config.diversity_cap)
     else:
+        q = query_vector(user, replica, config)
         rows, scores = approximate_top_k(replica, index, q, k, ex_rows, features.rows,
                                          blend.bonus(features, dense_scale(replica, q)),
                                          config.diversity_cap)
@@ -270,15 +290,15 @@ BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top
 
 
 def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config: ModelConfig,
-               features: UserFeatures, item_row: int) -> None:
+               features: UserFeatures, item_row: int, dense: DenseScores | None = None
+               ) -> None:
     """Test the blend on a user's positive event on ``item_row`` before it is learned: rank
-    as :func:`recommend_for_user` would, then :func:`~online_models.blend.learn_blend`."""
+    as :func:`recommend_for_user` would, then :func:`~online_models.blend.learn_blend`.
+    ``dense``: the user's :func:`dense_scores` as the caller already has them."""
     index = replica.table.index
     excluded = [index[i] for i in excluded_items(user, config) if i in index]
-    q = query_vector(user, replica, config)
-    dense = replica.scores(q)
-    scale = spread(replica, dense)
-    top, _ = select(replica, dense, BLEND_CANDIDATES, excluded, features.rows,
-                    blend.bonus(features, scale))
-    learn_blend(blend, replica, features, q, scale, top, item_row,
+    d = dense or dense_scores(user, replica, config)
+    top, _ = select(replica, d.scores.copy(), BLEND_CANDIDATES, excluded, features.rows,
+                    blend.bonus(features, d.scale))
+    learn_blend(blend, replica, features, d.query, d.scale, top, item_row,
                 np.asarray(excluded, dtype=np.int64))

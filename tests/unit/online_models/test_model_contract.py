@@ -157,6 +157,38 @@ def test_score_items_after_a_list_reuses_its_features_only_until_the_model_learn
                                   model.score_items(user, items))  # type: ignore[attr-defined]
 
 
+def test_a_test_list_its_auc_and_its_blend_step_share_one_scan(
+        events: list[Event], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay's order (list, sampled AUC, learning with a blend step) scans the
+    catalogue once per event, and every figure and blend weight equals a model that scans
+    for each of them (ranking writes its scores in place: a shared scan must not change)."""
+    from online_models.scoring import dense_scores
+
+    shared, scanning = FreshRecModel(CFG), FreshRecModel(CFG)
+    monkeypatch.setattr(scanning, "_dense_scores",
+                        lambda user: dense_scores(user, scanning.replica, CFG))
+    scans = 0
+    scores = shared.replica.scores
+
+    def counted(query: np.ndarray) -> np.ndarray:
+        nonlocal scans
+        scans += 1
+        return scores(query)
+
+    monkeypatch.setattr(shared.replica, "scores", counted)
+    tests, items = 0, sorted({e.item_id for e in events if e.item_id})[:30]
+    for ev in events[:1200]:
+        if ev.user_id in shared.users and ev.item_id is not None:
+            tests += 1
+            assert shared.recommend(ev.user_id) == scanning.recommend(ev.user_id)
+            np.testing.assert_array_equal(shared.score_items(ev.user_id, items),
+                                          scanning.score_items(ev.user_id, items))
+        shared.learn_one(ev)
+        scanning.learn_one(ev)
+    assert tests > 500 and scans == tests
+    np.testing.assert_array_equal(shared.blend.weights, scanning.blend.weights)
+
+
 def test_user_state_round_trip_after_learning(events: list[Event]) -> None:
     model = _trained("freshrec", events[:800])
     for state in list(model.users.values())[:20]:  # type: ignore[attr-defined]
