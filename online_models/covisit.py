@@ -232,10 +232,12 @@ class CoVisitTable:
         """An item's neighbours and count as its owner published them (the job's replica)."""
         c = self._code_of(item_id)
         if neighbours:
-            n, code = len(neighbours), self._code_of
-            self._neighbours[c] = _Neighbours(
-                np.fromiter((code(i) for i, _ in neighbours), np.int64, n),
-                np.fromiter((w for _, w in neighbours), np.float64, n), n)
+            ids, weights = zip(*neighbours, strict=True)
+            codes = list(map(self._code.get, ids))
+            if None in codes:  # ids met for the first time get codes
+                codes = list(map(self._code_of, ids))
+            self._neighbours[c] = _Neighbours(np.array(codes, dtype=np.int64),
+                                              np.array(weights, dtype=np.float64), len(ids))
         else:
             self._neighbours.pop(c, None)
         self.count[item_id] = count
