@@ -114,9 +114,11 @@ def _place(rows: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, now_ms: int,
                   covisit: CoVisitTable | None = None,
-                  cold: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
-                  ) -> UserFeatures:
-    """Sparse features of a user's candidates (history, co-visitation, cold bonus)."""
+                  cold: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+                  covisit_scores: CoVisitScores | None = None) -> UserFeatures:
+    """Sparse features of a user's candidates (history, co-visitation, cold bonus).
+    ``covisit_scores``: the user's scores from ``covisit`` when the caller has them
+    (:meth:`~online_models.covisit.CoVisitTable.scores_many`)."""
     index = replica.table.index
     feats: dict[int, list[float]] = {}
     hl = config.recency_half_life_s * 1000.0
@@ -145,7 +147,8 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
     co_at = np.zeros(0, dtype=np.int64)
     if covisit is not None and len(covisit):
         recent = recent_items(user, config.covisit_window)
-        co = covisit.scores(recent, config.covisit_window)
+        co = (covisit_scores if covisit_scores is not None
+              else covisit.scores(recent, config.covisit_window))
         co_at, rows = _place(rows, co.rows)
     c_rows, c_vals = cold
     cold_at = np.zeros(0, dtype=np.int64)

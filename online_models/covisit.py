@@ -260,23 +260,37 @@ class CoVisitTable:
         """The co-visitation scores of the replica rows near a user's last ``window``
         distinct items ``recent`` (most recent first); items the replica does not have yet
         are left out."""
+        return self.scores_many([recent], window)[0]
+
+    def scores_many(self, recents: Sequence[Sequence[str]], window: int
+                    ) -> list[CoVisitScores]:
+        """:meth:`scores` of several users with one pass of array work (the job scores
+        its due lists together)."""
         codes_at: list[np.ndarray] = []
         values_at: list[np.ndarray] = []
         places: list[int] = []
-        for place, src in enumerate(recent[:window]):
-            c = self._code.get(src)
-            nb = self._neighbours.get(c) if c is not None else None
-            if nb is None or not nb.n:
-                continue
-            codes_at.append(nb.codes[: nb.n])
-            values_at.append(nb.weights[: nb.n] * ((window - place) / (window * self._root[c])))
-            places.append(place)
+        owners: list[int] = []
+        for owner, recent in enumerate(recents):
+            for place, src in enumerate(recent[:window]):
+                c = self._code.get(src)
+                nb = self._neighbours.get(c) if c is not None else None
+                if nb is None or not nb.n:
+                    continue
+                codes_at.append(nb.codes[: nb.n])
+                values_at.append(
+                    nb.weights[: nb.n] * ((window - place) / (window * self._root[c])))
+                places.append(place)
+                owners.append(owner)
         if not codes_at:
-            return _NO_SCORES
+            return [_NO_SCORES] * len(recents)
+        sizes = [a.shape[0] for a in codes_at]
         codes = np.concatenate(codes_at)
         v = np.concatenate(values_at) / self._root[codes]
-        place = np.repeat(np.array(places, dtype=np.int64), [a.shape[0] for a in codes_at])
-        uniq, first, inv = np.unique(codes, return_index=True, return_inverse=True)
+        place = np.repeat(np.array(places, dtype=np.int64), sizes)
+        n_codes = len(self._ids)
+        # One key per (user, item): a user's entries are contiguous, in their own order.
+        key = np.repeat(np.array(owners, dtype=np.int64), sizes) * n_codes + codes
+        uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
         # bincount sums in input order: the same sums as a loop over the sources.
         total = np.bincount(inv, weights=v, minlength=uniq.shape[0])
         last = np.bincount(inv, weights=np.where(place == 0, v, 0.0), minlength=uniq.shape[0])
@@ -285,12 +299,20 @@ class CoVisitTable:
         grouped = inv[by]
         starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
         source = place[by[starts]]
+        # First-met order: users in turn, each user's rows as their items met them.
         order = np.argsort(first, kind="stable")
         uniq = uniq[order]
-        rows = self._row[uniq]
+        item = uniq % n_codes
+        rows = self._row[item]
         for j in np.flatnonzero(rows < 0).tolist():
-            r = self._rows.get(self._ids[uniq[j]], -1)
+            r = self._rows.get(self._ids[item[j]], -1)
             if r >= 0:
-                self._row[uniq[j]] = rows[j] = r
-        keep = order[rows >= 0]
-        return CoVisitScores(rows[rows >= 0], total[keep], last[keep], source[keep])
+                self._row[item[j]] = rows[j] = r
+        known = rows >= 0
+        keep = order[known]
+        rows, owner = rows[known], uniq[known] // n_codes
+        bounds = np.searchsorted(owner, np.arange(len(recents) + 1))
+        total, last, source = total[keep], last[keep], source[keep]
+        return [CoVisitScores(rows[a:b], total[a:b], last[a:b], source[a:b]) if b > a
+                else _NO_SCORES for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(),
+                                                strict=True)]

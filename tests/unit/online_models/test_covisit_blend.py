@@ -105,6 +105,13 @@ def test_scores_sum_every_recent_items_share_and_name_the_largest() -> None:
         for r, total, last, src in zip(got.rows.tolist(), got.total.tolist(),
                                        got.last.tolist(), got.source.tolist(), strict=True):
             assert (total, last, src) == pytest.approx(want[r], rel=1e-12)
+        # Users scored together get what each gets alone, in the same order.
+        others = [rng.choice(items, int(n), replace=False).tolist() for n in (3, 0, 10)]
+        users = [others[0], recent, others[1], others[2], recent]
+        for one, together in zip(users, t.scores_many(users, 7), strict=True):
+            alone = t.scores(one, 7)
+            for field in ("rows", "total", "last", "source"):
+                np.testing.assert_array_equal(getattr(together, field), getattr(alone, field))
     rows.update({i: 50 + n for n, i in enumerate(items[50:])})  # now the replica has them
     got = t.scores(recent, 7)
     assert sorted(got.rows.tolist()) == sorted(_scores_by_loop(t, rows, recent, 7))
