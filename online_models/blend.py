@@ -57,7 +57,7 @@ FEATURES = ("model", "recent_position", "recent_count", "recent_time", "covisit"
 # Where the online ranker ended on the shared logs, rounded: a start that ranks well
 # before it has learned anything (``recent_position`` and ``cold_cluster`` start at the
 # settings ``recency_boost`` and ``cluster_weight``).
-INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 0.1, 1.5, 0.4, 1.0, 1.0)
+INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 1.5, 1.5, 0.4, 1.0, 1.0)
 _NEW_PER_CATEGORY = 16  # never-learned items per category, newest first
 _NEW_CATEGORIES = 2  # categories of the user's recent items that get new items
 _FRESH_POOL = 512  # the newest rows similar_new looks among (bounded work per list)
