@@ -44,7 +44,7 @@ from flink_jobs.user_side_types import BundleStats, UserBundleResult, UserSideSe
 from freshrec_common.privacy import load_key
 from online_models.config import ModelConfig
 
-# Broadcast state of the item replica: item_id -> the changelog record's bytes.
+# Broadcast state of the item replica: item_id -> FR1 value (flink_jobs.replica_value).
 ITEMS_DESCRIPTOR = MapStateDescriptor("item-replica", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 # One output record per call: an output bundle for the Java splitters.
 OUTPUT_TYPE = Types.PRIMITIVE_ARRAY(Types.BYTE())
