@@ -2,7 +2,9 @@
 
 - An injected task failure mid-stream: Flink restores the latest checkpoint and every valid
   event is applied exactly once (per-user ``events_applied``), in both delivery modes; in
-  exactly-once mode a read_committed consumer sees each user's versions strictly in order.
+  exactly-once mode a read_committed consumer sees each user's versions strictly in order,
+  and each item's published interaction count is exact, though its messages wait in their
+  bundler across barriers.
 - Exactly-once with the item side frozen: a run with a failure ends with the same user
   state (the same lists with the same scores) as an uninterrupted run on the same input.
 - The broker stopped and restarted mid-stream (a broker of its own): nothing lost.
@@ -28,6 +30,7 @@ from freshrec_common.settings import Settings
 from schemas.dlq import DeadLetter
 from schemas.event_fields import DecodeError
 from schemas.events import Event, decode_event, encode_event
+from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation
 from tests.integration.job_harness import JobProcess, Record, job_settings, latest_by_key
 from tests.integration.shop import (
@@ -71,6 +74,12 @@ def applied(records: list[Record]) -> dict[str, int]:
             for user, rec in latest_by_key(records).items() if rec.value is not None}
 
 
+def item_counts(records: list[Record]) -> dict[str, int]:
+    """Each item's n_events in its latest changelog record."""
+    return {item: ItemEmbedding.from_bytes(rec.value).n_events
+            for item, rec in latest_by_key(records).items() if rec.value is not None}
+
+
 def reached(counts: Counter[str]) -> object:
     def done(records: list[Record]) -> bool:
         got = applied(records)
@@ -108,13 +117,17 @@ def start_with_catalogue(settings: Settings, overrides: list[str], log: Path,
                          [("at-least-once", "hashmap"), ("exactly-once", "rocksdb")])
 def test_injected_task_failure_restores_from_checkpoint(kafka_broker, tmp_path: Path,
                                                         delivery: str, backend: str) -> None:
+    # Item messages wait up to 3 s in their bundler: across the 2 s checkpoints' barriers, in
+    # its operator state, so the restore must send them on exactly once.
     settings, overrides = job_settings(
         kafka_broker.settings, tmp_path,
-        ["job.parallelism=2", f"job.delivery={delivery}", f"job.state_backend={backend}"])
+        ["job.parallelism=2", f"job.delivery={delivery}", f"job.state_backend={backend}",
+         "job.item_bundle_max_age_ms=3000"])
     marker = tmp_path / "fault-fired"
-    # Each subtask applies ~240 of the 480 events: the first to reach 120 fails, once.
+    # Each subtask applies ~240 of the 480 events: the first to reach 200 fails, once, after
+    # checkpoints taken while item messages waited in their bundler.
     job = start_with_catalogue(settings, overrides, tmp_path / "job.log",
-                               env={ENV_VAR: f"120:{marker}"})
+                               env={ENV_VAR: f"200:{marker}"})
     events, counts = storefront_traffic(n_users=16, per_user=30)
     try:
         # Spread over several checkpoint intervals (2 s), so the failure lands mid-stream
@@ -127,10 +140,23 @@ def test_injected_task_failure_restores_from_checkpoint(kafka_broker, tmp_path: 
         assert marker.exists(), "the fault was never injected"
         assert job.restarts() >= 1, "Flink did not restart the job after the fault"
         log = "\n".join(job.flink_log_lines())
-        assert "injected fault after 120 events" in log
+        assert "injected fault after 200 events" in log
         assert "Restoring job" in log and "from Checkpoint" in log, \
             "the job restarted without restoring a checkpoint"
         assert_delivered(records, counts, exactly_once=delivery == "exactly-once")
+        # Every event here is positive: each counts once for its item (at least once when
+        # replays may repeat it).
+        taken = Counter(e.item_id for e in events if e.item_id is not None)
+        if delivery == "exactly-once":
+            job.wait_for(settings.topics.item_embeddings,
+                                 lambda rs: all(item_counts(rs).get(i) == n
+                                                for i, n in taken.items()),
+                                 timeout_s=60, what="each item's exact interaction count")
+        else:
+            job.wait_for(settings.topics.item_embeddings,
+                                 lambda rs: all(item_counts(rs).get(i, 0) >= n
+                                                for i, n in taken.items()),
+                                 timeout_s=60, what="each item's interactions counted")
         job.assert_alive()
     finally:
         job.stop()

@@ -27,10 +27,7 @@ final class BundleBuffer {
 
     void putInt(int v) {
         ensure(Integer.BYTES);
-        bytes[size] = (byte) (v >>> 24);
-        bytes[size + 1] = (byte) (v >>> 16);
-        bytes[size + 2] = (byte) (v >>> 8);
-        bytes[size + 3] = (byte) v;
+        writeInt(bytes, size, v);
         size += Integer.BYTES;
     }
 
@@ -55,16 +52,51 @@ final class BundleBuffer {
         records++;
     }
 
+    /** The bundle so far with its shard in front (int32 shard, int32 n, records); the buffer
+     * is unchanged. {@link #restore} takes it back. */
+    byte[] snapshot() {
+        byte[] copy = new byte[Integer.BYTES + size];
+        System.arraycopy(bytes, 0, copy, Integer.BYTES, size);
+        writeInt(copy, 0, shard);
+        writeInt(copy, Integer.BYTES, records);
+        return copy;
+    }
+
+    /** The shard of a {@link #snapshot}. */
+    static int shardOf(byte[] snapshot) {
+        return readInt(snapshot, 0);
+    }
+
+    /** Appends the records of a {@link #snapshot} of this shard; returns how many. */
+    int restore(byte[] snapshot) {
+        int n = readInt(snapshot, Integer.BYTES);
+        int from = 2 * Integer.BYTES;
+        ensure(snapshot.length - from);
+        System.arraycopy(snapshot, from, bytes, size, snapshot.length - from);
+        size += snapshot.length - from;
+        records += n;
+        return n;
+    }
+
     /** The finished bundle; the buffer is empty afterwards. */
     byte[] drain() {
         byte[] bundle = Arrays.copyOf(bytes, size);
-        bundle[0] = (byte) (records >>> 24);
-        bundle[1] = (byte) (records >>> 16);
-        bundle[2] = (byte) (records >>> 8);
-        bundle[3] = (byte) records;
+        writeInt(bundle, 0, records);
         size = Integer.BYTES;
         records = 0;
         return bundle;
+    }
+
+    private static void writeInt(byte[] b, int at, int v) {
+        b[at] = (byte) (v >>> 24);
+        b[at + 1] = (byte) (v >>> 16);
+        b[at + 2] = (byte) (v >>> 8);
+        b[at + 3] = (byte) v;
+    }
+
+    private static int readInt(byte[] b, int at) {
+        return (b[at] & 0xff) << 24 | (b[at + 1] & 0xff) << 16 | (b[at + 2] & 0xff) << 8
+                | (b[at + 3] & 0xff);
     }
 
     private void ensure(int more) {

@@ -27,6 +27,9 @@ import org.apache.flink.util.Preconditions;
  * bundles, by a marker for every shard: a bundle whose count is -1. Exactly-once output
  * becomes visible only when its checkpoint commits, so the Python side scores the lists it
  * still owes before the barrier instead of one checkpoint interval later.
+ *
+ * <p>With {@code keepAcrossBarriers}, bundles being built at a barrier stay in operator state
+ * instead of going out before it (see {@link ShardBundlingOperator}).
  */
 public final class RecordBundler extends ShardBundlingOperator {
     private static final long serialVersionUID = 1L;
@@ -41,8 +44,10 @@ public final class RecordBundler extends ShardBundlingOperator {
     private transient CRC32 crc;
 
     public RecordBundler(String shardField, int shards, int maxRecords, long maxAgeMs,
-            int maxParseBytes, boolean markBarriers) {
-        super(maxRecords, maxAgeMs);
+            int maxParseBytes, boolean markBarriers, boolean keepAcrossBarriers) {
+        super(maxRecords, maxAgeMs, keepAcrossBarriers);
+        Preconditions.checkArgument(!(markBarriers && keepAcrossBarriers),
+                "a marker must follow every bundle built before its barrier");
         Preconditions.checkArgument(shards >= 1, "shards must be >= 1: %s", shards);
         this.shardField = shardField == null || shardField.isEmpty() ? null : shardField;
         this.shards = shards;

@@ -6,6 +6,11 @@ import java.util.List;
 import java.util.Map;
 
 import org.apache.flink.api.common.operators.ProcessingTimeService.ProcessingTimeCallback;
+import org.apache.flink.api.common.state.ListState;
+import org.apache.flink.api.common.state.ListStateDescriptor;
+import org.apache.flink.api.common.typeinfo.PrimitiveArrayTypeInfo;
+import org.apache.flink.runtime.state.StateInitializationContext;
+import org.apache.flink.runtime.state.StateSnapshotContext;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
 import org.apache.flink.streaming.api.operators.OneInputStreamOperator;
 import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
@@ -15,9 +20,13 @@ import org.apache.flink.util.Preconditions;
 /**
  * Gathers records into one bundle per shard and emits Row(shard, bundle), so that Python is
  * called once per bundle instead of once per record. A shard's bundle goes out when it holds
- * maxRecords records; all bundles go out when the oldest buffered record is maxAgeMs old,
- * before every checkpoint barrier and at the end of a bounded input. Nothing is ever held
- * across a barrier, so the operator has no state to snapshot.
+ * maxRecords records; all bundles go out when the oldest buffered record is maxAgeMs old
+ * and at the end of a bounded input.
+ *
+ * <p>At a checkpoint barrier the bundles being built either go out before it, or, with
+ * keepAcrossBarriers, stay and are written to operator state (restored and sent on after a
+ * failure). Sent before it, the next operator must process them before its own snapshot,
+ * which lengthens every checkpoint by that work.
  */
 abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
         implements OneInputStreamOperator<Row, Row>, ProcessingTimeCallback {
@@ -25,7 +34,9 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
 
     private final int maxRecords;
     private final long maxAgeMs;
+    private final boolean keepAcrossBarriers;
 
+    private transient ListState<byte[]> kept;
     private transient Map<Integer, BundleBuffer> buffers;
     /** Shards holding records, in the order they got their first one. */
     private transient List<BundleBuffer> pending;
@@ -34,11 +45,12 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     private transient long firstBufferedAt;
     private transient boolean timerRegistered;
 
-    protected ShardBundlingOperator(int maxRecords, long maxAgeMs) {
+    protected ShardBundlingOperator(int maxRecords, long maxAgeMs, boolean keepAcrossBarriers) {
         Preconditions.checkArgument(maxRecords >= 1, "maxRecords must be >= 1: %s", maxRecords);
         Preconditions.checkArgument(maxAgeMs >= 0, "maxAgeMs must be >= 0: %s", maxAgeMs);
         this.maxRecords = maxRecords;
         this.maxAgeMs = maxAgeMs;
+        this.keepAcrossBarriers = keepAcrossBarriers;
     }
 
     /** The shard the record goes to. */
@@ -48,17 +60,39 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     protected abstract void append(Row record, BundleBuffer bundle);
 
     @Override
-    public void open() throws Exception {
-        super.open();
+    public void initializeState(StateInitializationContext context) throws Exception {
+        super.initializeState(context);
         buffers = new HashMap<>();
         pending = new ArrayList<>();
+        if (!keepAcrossBarriers) {
+            return;
+        }
+        kept = context.getOperatorStateStore().getListState(new ListStateDescriptor<>(
+                "bundles-kept", PrimitiveArrayTypeInfo.BYTE_PRIMITIVE_ARRAY_TYPE_INFO));
+        // After a rescale a subtask may get several snapshots of one shard: they append.
+        for (byte[] snapshot : kept.get()) {
+            BundleBuffer bundle = buffer(BundleBuffer.shardOf(snapshot));
+            int n = bundle.restore(snapshot);
+            if (n > 0 && bundle.records() == n) {
+                pending.add(bundle);
+            }
+            bufferedRecords += n;
+        }
+    }
+
+    @Override
+    public void open() throws Exception {
+        super.open();
+        if (bufferedRecords > 0) { // restored: they go out at the age limit, counted from now
+            firstBufferedAt = getProcessingTimeService().getCurrentProcessingTime();
+            registerTimer(firstBufferedAt + maxAgeMs);
+        }
     }
 
     @Override
     public void processElement(StreamRecord<Row> element) {
         Row record = element.getValue();
-        int shard = shardOf(record);
-        BundleBuffer bundle = buffers.computeIfAbsent(shard, BundleBuffer::new);
+        BundleBuffer bundle = buffer(shardOf(record));
         append(record, bundle);
         bundle.endRecord();
         if (bundle.records() == 1) {
@@ -94,13 +128,31 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     @Override
     public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
         super.prepareSnapshotPreBarrier(checkpointId);
-        flushAll();
+        if (!keepAcrossBarriers) {
+            flushAll();
+        }
+    }
+
+    @Override
+    public void snapshotState(StateSnapshotContext context) throws Exception {
+        super.snapshotState(context);
+        if (keepAcrossBarriers) {
+            List<byte[]> snapshots = new ArrayList<>(pending.size());
+            for (BundleBuffer bundle : pending) {
+                snapshots.add(bundle.snapshot());
+            }
+            kept.update(snapshots);
+        }
     }
 
     @Override
     public void finish() throws Exception {
         flushAll();
         super.finish();
+    }
+
+    private BundleBuffer buffer(int shard) {
+        return buffers.computeIfAbsent(shard, BundleBuffer::new);
     }
 
     private void registerTimer(long time) {

@@ -6,13 +6,14 @@ import org.apache.flink.types.Row;
 /**
  * Bundles Row(shard, payload) rows that already carry their shard, so the next Python operator
  * gets one call per bundle. Bundle: int32 n, then per record int32 length (-1 for a null
- * payload) + payload, in arrival order.
+ * payload) + payload, in arrival order. Bundles being built at a barrier stay in operator
+ * state (item-update's snapshot does not wait for them).
  */
 public final class ShardRecordBundler extends ShardBundlingOperator {
     private static final long serialVersionUID = 1L;
 
     public ShardRecordBundler(int maxRecords, long maxAgeMs) {
-        super(maxRecords, maxAgeMs);
+        super(maxRecords, maxAgeMs, true);
     }
 
     /** Row(shard INT, bundle BYTES). */
