@@ -273,11 +273,11 @@ class ItemSide:
         for a, b, w in zip(pairs.a, pairs.b, pairs.w, strict=True):
             nb = table.get(a)
             if nb is None:
-                nb = dict(rows.neighbours(rows.index[a]))
+                nb = rows.neighbours(rows.index[a])
             table[a] = add_pair(nb, b, w, cap)
         for a, nb in table.items():
             # Kept as CoVisitTable keeps them (the replay's): up to twice the cap.
-            rows.set_neighbours(rows.index[a], tuple(nb.items()))
+            rows.set_neighbours(rows.index[a], nb)
             changed[a] = None
 
     def publish(self, item_ids: list[str], stored: Mapping[str, bytes | None]

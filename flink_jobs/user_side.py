@@ -326,10 +326,9 @@ class UserSide:
                         stats.variant_tests[cell] += 1
                         stats.variant_hits[cell] += hit
                         stats.variant_hits_at_10[cell] += key in rs.shown_hashes[:10]
-            if user.n_events <= 4 * cfg.cold_events:
-                for item, weight in zip(rs.pending.items, rs.pending.weights, strict=True):
-                    learn_cold_start(self.clusters, user, self.replica, cfg, item, weight,
-                                     rs.last_event_ts)
+            learn_cold_start(self.clusters, user, self.replica, cfg,
+                             list(zip(rs.pending.items, rs.pending.weights, strict=True)),
+                             rs.last_event_ts)
         lists = self._lists(due)
         stats.scored += len(due)
         settled: dict[str, RefreshState] = {}

@@ -263,23 +263,24 @@ class ItemRows:
         (self.n_events[j], self.acc[j], self.bias[j], self.trend[j],
          self.last_ts[j]) = numbers
 
-    def neighbours(self, j: int) -> tuple[tuple[str, float], ...]:
-        """Row ``j``'s co-visitation neighbours (see :attr:`ItemState.neighbours`)."""
+    def neighbours(self, j: int) -> dict[str, float]:
+        """Row ``j``'s co-visitation neighbours and their weights, in stored order (see
+        :attr:`ItemState.neighbours`)."""
         version, _, _, n_nb = self._layout[j]
         if version == 1:
-            return self.state(j).neighbours
+            return dict(self.state(j).neighbours)
         if not n_nb:
-            return ()
+            return {}
         tail = self._tails[j]
         weights = np.frombuffer(tail, dtype="<f8", count=n_nb).tolist()
         ids = tail[8 * n_nb:].decode("utf-8").split(_NUL)[4:]
-        return tuple(zip(ids, weights, strict=True))
+        return dict(zip(ids, weights, strict=True))
 
-    def set_neighbours(self, j: int, neighbours: tuple[tuple[str, float], ...]) -> None:
+    def set_neighbours(self, j: int, neighbours: Mapping[str, float]) -> None:
         """Replace row ``j``'s neighbours (written in layout ``FI3``, or ``FI2`` if none)."""
         version, flags, price, n_nb = self._layout[j]
         if version == 1:
-            self.set_state(j, self.state(j).replace(neighbours=neighbours))
+            self.set_state(j, self.state(j).replace(neighbours=tuple(neighbours.items())))
             return
         tail = self._tails[j]
         text = tail[8 * n_nb:].split(b"\x00", 4)[:4]
@@ -287,13 +288,12 @@ class ItemRows:
             self._layout[j] = (2, flags, price, 0)
             self._tails[j] = b"\x00".join(text)
             return
-        ids = _NUL.join(i for i, _ in neighbours)
+        ids = _NUL.join(neighbours)
         if ids.count(_NUL) != len(neighbours) - 1:
             raise ValueError(f"item {self.ids[j]!r}: a neighbour id contains NUL")
         self._layout[j] = (3, flags, price, len(neighbours))
         self._tails[j] = b"".join((
-            np.fromiter((w for _, w in neighbours), dtype="<f8",
-                        count=len(neighbours)).tobytes(),
+            np.fromiter(neighbours.values(), dtype="<f8", count=len(neighbours)).tobytes(),
             b"\x00".join(text), b"\x00", ids.encode("utf-8")))
 
     def blob(self, j: int) -> bytes:

@@ -56,11 +56,17 @@ _INTERACTIONS = frozenset(INTERACTION_TYPES)
 
 
 def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemReplica,
-                     config: ModelConfig, item_id: str, weight: float, ts_ms: int) -> None:
-    """Learn the user clusters from a positive event of a user still in their first
-    ``4 * cold_events`` events: clusters serve cold users, so they learn from early ones."""
-    if weight > 0 and user.n_events <= 4 * config.cold_events:
-        clusters.learn(query_vector(user, replica, config), item_id, weight, ts_ms)
+                     config: ModelConfig, taken: Sequence[tuple[str, float]], ts_ms: int
+                     ) -> None:
+    """Learn the user clusters from the positive events (``taken``: item, weight, in order)
+    of a user still in their first ``4 * cold_events`` events: clusters serve cold users,
+    so they learn from early ones. The user's query is computed once for all of them."""
+    if user.n_events > 4 * config.cold_events or not any(w > 0 for _, w in taken):
+        return
+    query = query_vector(user, replica, config)
+    for item_id, weight in taken:
+        if weight > 0:
+            clusters.learn(query, item_id, weight, ts_ms)
 
 
 def cold_start_bonus(clusters: UserClusters, user: UserState, replica: ItemReplica,
@@ -219,8 +225,8 @@ class FreshRecModel:
         for ev in step.learned:
             user_id, item_id = ev.user_id, ev.item_id
             assert user_id is not None and item_id is not None
-            learn_cold_start(self.clusters, self.users[user_id], self.replica, cfg, item_id,
-                             max(cfg.event_weight(ev.event_type), 0.0), ev.ts_ms)
+            learn_cold_start(self.clusters, self.users[user_id], self.replica, cfg,
+                             [(item_id, cfg.event_weight(ev.event_type))], ev.ts_ms)
 
     def _start_vectors(self, events: Sequence[Event]) -> list[np.ndarray | None]:
         """Starting vectors of the new items of ``events`` from their text (``None``: from

@@ -218,17 +218,18 @@ def test_item_rows_write_what_item_state_writes(title: str | None) -> None:
                      bare.to_bytes()])
     assert [rows.blob(j) for j in range(3)] == [
         base.to_bytes(), with_nb.replace(item_id="i7").to_bytes(), bare.to_bytes()]
-    assert rows.neighbours(1) == with_nb.neighbours and rows.neighbours(0) == ()
+    assert list(rows.neighbours(1).items()) == list(with_nb.neighbours)
+    assert rows.neighbours(0) == {}
     rows.n_events[0] += 2
     rows.vectors[0] += 1.0
-    rows.set_neighbours(0, (("x", 1.5),))
-    rows.set_neighbours(1, ())
+    rows.set_neighbours(0, {"x": 1.5})
+    rows.set_neighbours(1, {})
     expected = base.replace(n_events=2, vector=base.vector + 1.0, neighbours=(("x", 1.5),))
     assert rows.state(0) == expected and rows.blobs()["i9"] == expected.to_bytes()
     assert rows.state(1) == with_nb.replace(item_id="i7", neighbours=())
     assert rows.lacks(2, {"brand": "b"}) and not rows.lacks(0, {"category": "c"})
     with pytest.raises(ValueError, match="contains NUL"):
-        rows.set_neighbours(2, (("a\x00b", 1.0),))
+        rows.set_neighbours(2, {"a\x00b": 1.0})
     with pytest.raises(ValueError, match="'i1' has dim 4, the others 16"):
         ItemRows([bare.to_bytes(), ItemState.new("i1", dim=4, seed=0).to_bytes()])
 
