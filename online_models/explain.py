@@ -33,8 +33,13 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
     """A human-readable reason per recommended row."""
     V = replica.table.vectors
     ctx_rows, _ = context_rows(user, replica, _CTX_ALL)
-    f_at = row_positions(features.rows, rows).tolist()
-    f = features.values
+    at = row_positions(features.rows, rows)
+    f_at = at.tolist()
+    # Only the listed rows' features (a user has hundreds of feature rows, a list ~20);
+    # a row without features (at -1) reads row 0 and is never looked at.
+    values = features.values
+    f = (values[np.maximum(at, 0)] if values.shape[0]
+         else np.zeros((rows.shape[0], values.shape[1]), dtype=values.dtype))
     ctx_ids = [replica.ids[r] for r in ctx_rows.tolist()]
     verb_of = {h[0]: _VERBS.get(h[3], "viewed") for h in user.history}
     rows_l = rows.tolist()
@@ -55,16 +60,16 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
         item_id = replica.ids[r]
         fj = f_at[j]
         src = features.source_of(fj) if fj >= 0 else None
-        if fj >= 0 and recent[fj] > 0:
+        if fj >= 0 and recent[j] > 0:
             verb = verb_of.get(item_id, "viewed")
             out.append("you added this to your cart" if verb == "added to cart"
                        else f"you {verb} this recently")
-        elif fj >= 0 and cold[fj] > 0:  # a cold user's list is their cluster's
+        elif fj >= 0 and cold[j] > 0:  # a cold user's list is their cluster's
             out.append("popular with shoppers like you")
-        elif fj >= 0 and new[fj] > 0:
+        elif fj >= 0 and new[j] > 0:
             out.append(f"new in {category}" if category else "new arrival")
-        elif (src is not None and similar[fj] > 0 and co[fj] == 0
-              and co_last[fj] == 0):  # a cold item near one the user just took
+        elif (src is not None and similar[j] > 0 and co[j] == 0
+              and co_last[j] == 0):  # a cold item near one the user just took
             out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
         elif src is not None:
             out.append(f"often {verb_of.get(src, 'viewed')} with {src}")
