@@ -294,11 +294,14 @@ class CoVisitTable:
         # bincount sums in input order: the same sums as a loop over the sources.
         total = np.bincount(inv, weights=v, minlength=uniq.shape[0])
         last = np.bincount(inv, weights=np.where(place == 0, v, 0.0), minlength=uniq.shape[0])
-        # The largest share per item, the most recent source on a tie.
-        by = np.lexsort((np.arange(v.shape[0]), -v, inv))
-        grouped = inv[by]
-        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-        source = place[by[starts]]
+        # The largest share per item, the most recent source on a tie: the first such entry,
+        # as each user's entries run from their most recent source on.
+        best = np.full(uniq.shape[0], -np.inf)
+        np.maximum.at(best, inv, v)
+        top = np.flatnonzero(v == best[inv])
+        first_top = np.full(uniq.shape[0], v.shape[0], dtype=np.int64)
+        np.minimum.at(first_top, inv[top], top)
+        source = place[first_top]
         # First-met order: users in turn, each user's rows as their items met them.
         order = np.argsort(first, kind="stable")
         uniq = uniq[order]
