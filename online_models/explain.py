@@ -50,29 +50,33 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
         own = np.einsum("ij,ij->i", vr, vr).tolist()
     else:
         best = most_similar = own = []
-    recent, cold, new, similar, co, co_last = (
-        f[:, c].tolist() for c in (RECENT_POSITION, COLD, NEW_IN_CATEGORY, SIMILAR_NEW, COVISIT,
-                                   COVISIT_LAST))
+    ids = replica.ids
+    frows = f.tolist()
     out = []
     for j, r in enumerate(rows_l):
-        meta = replica.meta[r]
-        category = meta.get("category")
-        item_id = replica.ids[r]
+        category = replica.meta[r].get("category")
         fj = f_at[j]
-        src = features.source_of(fj) if fj >= 0 else None
-        if fj >= 0 and recent[j] > 0:
-            verb = verb_of.get(item_id, "viewed")
-            out.append("you added this to your cart" if verb == "added to cart"
-                       else f"you {verb} this recently")
-        elif fj >= 0 and cold[j] > 0:  # a cold user's list is their cluster's
-            out.append("popular with shoppers like you")
-        elif fj >= 0 and new[j] > 0:
-            out.append(f"new in {category}" if category else "new arrival")
-        elif (src is not None and similar[j] > 0 and co[j] == 0
-              and co_last[j] == 0):  # a cold item near one the user just took
-            out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
-        elif src is not None:
-            out.append(f"often {verb_of.get(src, 'viewed')} with {src}")
+        reason = None
+        if fj >= 0:  # the row has sparse features: the first that applies says why
+            fr = frows[j]
+            if fr[RECENT_POSITION] > 0:
+                verb = verb_of.get(ids[r], "viewed")
+                reason = ("you added this to your cart" if verb == "added to cart"
+                          else f"you {verb} this recently")
+            elif fr[COLD] > 0:  # a cold user's list is their cluster's
+                reason = "popular with shoppers like you"
+            elif fr[NEW_IN_CATEGORY] > 0:
+                reason = f"new in {category}" if category else "new arrival"
+            else:
+                src = features.source_of(fj)
+                if src is not None:
+                    # A cold item near one the user just took, or a co-visited one.
+                    reason = (f"similar to {src} you {verb_of.get(src, 'viewed')}"
+                              if fr[SIMILAR_NEW] > 0 and fr[COVISIT] == 0
+                              and fr[COVISIT_LAST] == 0
+                              else f"often {verb_of.get(src, 'viewed')} with {src}")
+        if reason is not None:
+            out.append(reason)
         elif best and best[j] > 0.5 * own[j]:
             src = ctx_ids[most_similar[j]]
             out.append(f"similar to {src} you {verb_of.get(src, 'viewed')}")
