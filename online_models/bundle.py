@@ -60,7 +60,7 @@ from online_models.learning import (
     recent_context,
     updated_user,
 )
-from online_models.negatives import negative_positions
+from online_models.negatives import POOL_SIZE, negative_positions
 from online_models.replica import ItemReplica
 from online_models.state import UserState
 from schemas.events import Event
@@ -127,150 +127,183 @@ def learn_bundle(users: Mapping[str, UserState], events: Sequence[Event],
         if r == len(rounds):
             rounds.append([])
         rounds[r].append(ev)
-    current = dict(users)
-    done = [_learn_round(current, batch, replica, config, lr_scale) for batch in rounds]
-    done = [r for r in done if r.learned]
-    if not done:
+    plan = _plan(users, rounds, replica, config, lr_scale)
+    if not plan.learned:
         return BundleStep({}, _no_gradients(config.dim), np.zeros(0), [], CoVisits())
-    new_users: dict[str, UserState] = {}
-    for r in done:
-        new_users.update(r.users)
-    cat = np.concatenate
-    learned = [ev for r in done for ev in r.learned]
-    gradients = _item_gradients(
-        replica, config, cat([r.rows for r in done]), cat([r.grads for r in done]),
-        cat([r.bias_grads for r in done]), learned, cat([r.pos for r in done]),
-        cat([r.weights for r in done]))
-    if len(done) > 1:  # learned in rounds: back to arrival order
+    new_users, losses, rows, grads, bgrads = _steps(plan, replica, config)
+    learned = plan.learned
+    gradients = _item_gradients(replica, config, rows, grads, bgrads, learned, plan.pos,
+                                plan.weights)
+    if len(plan.bounds) > 1:  # learned in rounds: back to arrival order
         order = {id(ev): j for j, ev in enumerate(events)}
         learned = sorted(learned, key=lambda e: order[id(e)])
-    covisits = CoVisits()
-    for r in done:
-        covisits.extend(r.covisits)
-    return BundleStep(new_users, gradients, cat([r.losses for r in done]), learned, covisits)
+    return BundleStep(new_users, gradients, losses, learned, plan.covisits)
 
 
 @dataclass(frozen=True, slots=True)
-class _Round:
-    """One round's new users and raw item gradient rows (summed once per bundle)."""
+class _Plan:
+    """Everything of a bundle's steps that does not depend on the user vectors, one row
+    per learned event in round order: the histories move on whatever the vectors do."""
 
-    users: dict[str, UserState]
-    losses: np.ndarray
     learned: list[Event]
+    bounds: list[tuple[int, int]]  # each round's slice of the rows
+    slots: np.ndarray              # the event's user, a row of p0 / acc0
+    user_ids: list[str]
+    after: list[UserState]         # each user after their events (vector, acc not yet)
+    p0: np.ndarray                 # the users' vectors and accumulators as they came
+    acc0: np.ndarray
     pos: np.ndarray
     weights: np.ndarray
-    rows: np.ndarray
-    grads: np.ndarray
-    bias_grads: np.ndarray
+    scales: np.ndarray
+    targets: np.ndarray            # the positive then the negatives
+    mask: np.ndarray               # 0 where a negative is the positive
+    ctx: np.ndarray
+    cw: np.ndarray
     covisits: CoVisits
 
 
-def _learn_round(users: dict[str, UserState], events: Sequence[Event],
-                 replica: ItemReplica, config: ModelConfig, lr_scale: float | None) -> _Round:
-    """One vectorised step over events of distinct users (see :func:`learn_bundle`); the
-    round's users are updated in ``users`` too."""
+def _plan(users: Mapping[str, UserState], rounds: list[list[Event]], replica: ItemReplica,
+          config: ModelConfig, lr_scale: float | None) -> _Plan:
+    """One pass over the bundle's events in round order (items new to the replica get
+    their rows in that order) and the arrays the steps read."""
     dim, n_neg, n_ctx = config.dim, config.negatives, config.context_len
     work: dict[str, UserState] = {}
     slot: dict[str, int] = {}
+    start: list[UserState] = []  # each user as the bundle found them
+    hashes: list[int] = []
     learned: list[Event] = []
+    bounds: list[tuple[int, int]] = []
     ub: list[int] = []
     pos_rows: list[int] = []
     weights: list[float] = []
     scales: list[float] = []
     counts: list[int] = []
-    hashes: list[int] = []
-    ctx = np.zeros((len(events), n_ctx), dtype=np.int64)
-    cw = np.zeros((len(events), n_ctx), dtype=np.float32)
+    pools: list[np.ndarray] = []
+    n = sum(len(r) for r in rounds)
+    ctx = np.zeros((n, n_ctx), dtype=np.int64)
+    cw = np.zeros((n, n_ctx), dtype=np.float32)
     index = replica.table.index
     covisits = CoVisits()
-    for ev in events:
-        item, uid = ev.item_id, ev.user_id
-        w = event_weight(config, ev.event_type)
-        if item is None or uid is None or w == 0:
-            continue
-        user = work.get(uid)
-        if user is None:
-            user = users.get(uid) or UserState.new(uid, dim, config.seed)
-            slot[uid] = len(slot)
-            hashes.append(_user_hash(uid))
-        pos = index.get(item, -1)
-        if pos < 0 or not replica.meta[pos]:
-            pos = replica.ensure(item, event_meta(ev), ev.ts_ms)
-        j = len(learned)
-        rows = recent_context(user, index, n_ctx)
-        if rows:
-            ctx[j, n_ctx - len(rows):] = rows
-            cw[j, n_ctx - len(rows):] = context_weights(len(rows), config.context_decay)
-        if w > 0:
-            covisit_pairs(user, item, config.covisit_window, covisits)
-        learned.append(ev)
-        ub.append(slot[uid])
-        pos_rows.append(pos)
-        weights.append(w)
-        counts.append(user.n_events)
-        scales.append(lr_schedule(user.n_events, config) if lr_scale is None else lr_scale)
-        work[uid] = updated_user(user, ev, w, config, user.vector, user.acc)
+    for batch in rounds:
+        a = len(learned)
+        for ev in batch:
+            item, uid = ev.item_id, ev.user_id
+            w = event_weight(config, ev.event_type)
+            if item is None or uid is None or w == 0:
+                continue
+            user = work.get(uid)
+            if user is None:
+                user = users.get(uid) or UserState.new(uid, dim, config.seed)
+                slot[uid] = len(slot)
+                start.append(user)
+                hashes.append(_user_hash(uid))
+            pos = index.get(item, -1)
+            if pos < 0 or not replica.meta[pos]:
+                pos = replica.ensure(item, event_meta(ev), ev.ts_ms)
+            j = len(learned)
+            rows = recent_context(user, index, n_ctx)
+            if rows:
+                ctx[j, n_ctx - len(rows):] = rows
+                cw[j, n_ctx - len(rows):] = context_weights(len(rows), config.context_decay)
+            if w > 0:
+                covisit_pairs(user, item, config.covisit_window, covisits)
+            learned.append(ev)
+            ub.append(slot[uid])
+            pos_rows.append(pos)
+            weights.append(w)
+            counts.append(user.n_events)
+            scales.append(lr_schedule(user.n_events, config) if lr_scale is None else lr_scale)
+            work[uid] = updated_user(user, ev, w, config, user.vector, user.acc)
+        if len(learned) > a:
+            bounds.append((a, len(learned)))
+            # Drawn round by round: the pool counts its draws and may be redrawn between.
+            pools.append(replica.negative_pool((len(learned) - a) * n_neg))
     B = len(learned)
-    if B == 0:
-        empty = np.zeros(0)
-        return _Round({}, empty, [], empty, empty, empty, np.zeros((0, dim)), empty, covisits)
-    ctx, cw = ctx[:B], cw[:B]
-    ubi = np.asarray(ub, dtype=np.int64)
+    slots = np.asarray(ub, dtype=np.int64)
     pos = np.asarray(pos_rows, dtype=np.int64)
-    w = np.asarray(weights, dtype=np.float32)
-    scale = np.asarray(scales, dtype=np.float32)
-    pool = replica.negative_pool(B * n_neg)
-    negs = pool[negative_positions(config.seed, np.asarray(hashes, dtype=np.uint64)[ubi],
-                                   np.asarray(counts), n_neg, pool.shape[0])]
-    tgt = np.concatenate((pos[:, None], negs), axis=1)
-    mask = np.ones(tgt.shape, dtype=np.float32)
+    at = negative_positions(config.seed, np.asarray(hashes, dtype=np.uint64)[slots],
+                            np.asarray(counts), n_neg, POOL_SIZE)
+    negs = np.empty((B, n_neg), dtype=np.int64)
+    for (a, b), pool in zip(bounds, pools, strict=True):
+        negs[a:b] = pool[at[a:b]]
+    targets = np.concatenate((pos[:, None], negs), axis=1)
+    mask = np.ones(targets.shape, dtype=np.float32)
     mask[:, 1:] = negs != pos[:, None]
-    # Every user's vector as the bundle found it (before any of its events).
     user_ids = list(slot)
-    P0 = np.stack([(users.get(u) or work[u]).vector for u in user_ids]).astype(np.float32)
-    acc0 = np.fromiter(((users.get(u) or work[u]).acc for u in user_ids), dtype=np.float64,
-                       count=len(user_ids))
+    p0 = (np.stack([u.vector for u in start]).astype(np.float32) if start
+          else np.zeros((0, dim), dtype=np.float32))
+    acc0 = np.fromiter((u.acc for u in start), dtype=np.float64, count=len(start))
+    return _Plan(learned, bounds, slots, user_ids, [work[u] for u in user_ids], p0, acc0, pos,
+                 np.asarray(weights, dtype=np.float32), np.asarray(scales, dtype=np.float32),
+                 targets, mask, ctx[:B], cw[:B], covisits)
+
+
+def _steps(plan: _Plan, replica: ItemReplica, config: ModelConfig
+           ) -> tuple[dict[str, UserState], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rounds' vectorised steps: new users, each event's loss, and the item gradient
+    rows (row, gradient, bias gradient; targets then context items, round by round)."""
+    dim = config.dim
     V = replica.table._data
-    bias = replica.bias
     uw = np.float32(config.user_weight)
-    Q = uw * P0[ubi] + np.einsum("bc,bcd->bd", cw, V[ctx])
-    T = V[tgt]
-    s = np.einsum("bkd,bd->bk", T, Q) + bias[tgt]
-    sign = np.where(w >= 0, np.float32(1.0), np.float32(-1.0))
-    x = sign[:, None] * (s[:, :1] - s[:, 1:])
-    m = mask[:, 1:]
-    nneg = np.maximum(m.sum(axis=1), 1.0)
+    tgt, ctx, cw, w, mask = plan.targets, plan.ctx, plan.cw, plan.weights, plan.mask
+    T_all = V[tgt]
+    s_bias = replica.bias[tgt]
+    context = np.einsum("bc,bcd->bd", cw, V[ctx])
+    sign_all = np.where(w >= 0, np.float32(1.0), np.float32(-1.0))
+    m_all = mask[:, 1:]
+    nneg_all = np.maximum(m_all.sum(axis=1), 1.0)
     # dL/ds_neg of L = -|w| * mean_k log sigmoid(sign * (s_pos - s_neg_k))
-    g = ((-np.abs(w) * sign / nneg)[:, None] * (0.5 * (1.0 - np.tanh(0.5 * x)))) * m
-    losses = (np.logaddexp(0.0, -x) * m).sum(axis=1) / nneg
-    c = np.concatenate((g.sum(axis=1, keepdims=True), -g), axis=1).astype(np.float32)
-    grad_q = np.einsum("bk,bkd->bd", c, T)
-    # users: one Adagrad step each (a round holds each user's one event)
-    gP = np.zeros_like(P0)
-    np.add.at(gP, ubi, uw * grad_q)
-    gP += np.float32(config.l2) * P0
-    acc = acc0 + np.einsum("ij,ij->i", gP, gP) / dim
-    first_scale = scale[np.unique(ubi, return_index=True)[1]]
-    step = (config.learning_rate * first_scale / np.sqrt(acc + EPS)).astype(np.float32)
-    newP = P0 - step[:, None] * gP
+    coef_all = -np.abs(w) * sign_all / nneg_all
+    P = plan.p0.copy()
+    acc = plan.acc0.copy()
+    losses = np.empty(w.shape[0], dtype=np.float32)
+    Q_all = np.empty((w.shape[0], dim), dtype=np.float32)
+    c_all = np.empty(tgt.shape, dtype=np.float32)
+    grad_q_all = np.empty((w.shape[0], dim), dtype=np.float32)
+    l2 = np.float32(config.l2)
+    for a, b in plan.bounds:
+        ub = plan.slots[a:b]  # distinct: a round holds each user's one event
+        P_r = P[ub]
+        Q = uw * P_r + context[a:b]
+        T = T_all[a:b]
+        s = np.einsum("bkd,bd->bk", T, Q) + s_bias[a:b]
+        sign = sign_all[a:b]
+        x = sign[:, None] * (s[:, :1] - s[:, 1:])
+        m = m_all[a:b]
+        g = (coef_all[a:b][:, None] * (0.5 * (1.0 - np.tanh(0.5 * x)))) * m
+        losses[a:b] = (np.logaddexp(0.0, -x) * m).sum(axis=1) / nneg_all[a:b]
+        c = np.concatenate((g.sum(axis=1, keepdims=True), -g), axis=1).astype(np.float32)
+        grad_q = np.einsum("bk,bkd->bd", c, T)
+        # users: one Adagrad step each
+        gP = uw * grad_q + l2 * P_r
+        acc_r = acc[ub] + np.einsum("ij,ij->i", gP, gP) / dim
+        step = (config.learning_rate * plan.scales[a:b] / np.sqrt(acc_r + EPS)
+                ).astype(np.float32)
+        P[ub] = P_r - step[:, None] * gP
+        acc[ub] = acc_r
+        Q_all[a:b], c_all[a:b], grad_q_all[a:b] = Q, c, grad_q
     new_users: dict[str, UserState] = {}
-    for j, u in enumerate(user_ids):
-        vec = newP[j]
+    for j, (u, w_u) in enumerate(zip(plan.user_ids, plan.after, strict=True)):
+        vec = P[j]
         vec.setflags(write=False)
-        w_u = work[u]  # the history etc. after its events, the vector after the step
         new_users[u] = UserState(u, vec, float(acc[j]), w_u.history, w_u.purchased, w_u.seen,
                                  w_u.n_events, w_u.last_ts)
-    users.update(new_users)
-    # Item gradient rows: targets (positive and negatives), then context items.
-    rows = np.concatenate((tgt.reshape(-1), ctx.reshape(-1)))
-    keep = np.concatenate((mask.reshape(-1), cw.reshape(-1))) > 0
-    sc = c * scale[:, None]
-    grads = np.concatenate(((sc[:, :, None] * Q[:, None, :]).reshape(-1, dim),
-                            ((cw * scale[:, None])[:, :, None] * grad_q[:, None, :])
-                            .reshape(-1, dim)))
-    bgrads = np.concatenate((sc.reshape(-1), np.zeros(ctx.size, dtype=np.float32)))
-    return _Round(new_users, losses, learned, pos, w, rows[keep], grads[keep], bgrads[keep],
-                  covisits)
+    # Item gradient rows: each round's targets (positive and negatives), then its context
+    # items (the order they are summed in).
+    scale = plan.scales
+    sc = c_all * scale[:, None]
+    t_grads = (sc[:, :, None] * Q_all[:, None, :]).reshape(tgt.shape[0], -1, dim)
+    c_grads = ((cw * scale[:, None])[:, :, None] * grad_q_all[:, None, :])
+    n_c = ctx.shape[1]
+    parts_r, parts_g, parts_b, parts_k = [], [], [], []
+    for a, b in plan.bounds:
+        parts_r += [tgt[a:b].reshape(-1), ctx[a:b].reshape(-1)]
+        parts_g += [t_grads[a:b].reshape(-1, dim), c_grads[a:b].reshape(-1, dim)]
+        parts_b += [sc[a:b].reshape(-1), np.zeros((b - a) * n_c, dtype=np.float32)]
+        parts_k += [mask[a:b].reshape(-1), cw[a:b].reshape(-1)]
+    cat = np.concatenate
+    keep = cat(parts_k) > 0
+    return new_users, losses, cat(parts_r)[keep], cat(parts_g)[keep], cat(parts_b)[keep]
 
 
 def _no_gradients(dim: int) -> ItemGradients:
@@ -292,8 +325,12 @@ def _item_gradients(replica: ItemReplica, config: ModelConfig, rows: np.ndarray,
     where[uniq] = np.arange(uniq.shape[0])
     inv = where[rows]
     n = uniq.shape[0]
-    G = np.zeros((n, dim), dtype=np.float32)
-    np.add.at(G, inv, grads)
+    import torch
+
+    # torch's index_add_ sums in row order as np.add.at does, ~4x faster.
+    G_t = torch.zeros((n, dim), dtype=torch.float32)
+    G_t.index_add_(0, torch.from_numpy(inv), torch.from_numpy(np.ascontiguousarray(grads)))
+    G = G_t.numpy()
     G += np.float32(config.l2) * replica.table._data[uniq]
     Gb = np.bincount(inv, weights=bgrads, minlength=n).astype(np.float32)
     trend_w = np.zeros(n)
