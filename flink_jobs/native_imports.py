@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import sys
 import threading
 
 # Extension-bearing packages the operators and the model core import (some lazily).
@@ -38,18 +39,14 @@ NATIVE_MODULES = (
 
 def import_native_modules(names: tuple[str, ...] = NATIVE_MODULES) -> None:
     """Import ``names`` on a new Python thread and wait; re-raise its ImportError here.
-    torch is left with one intra-op thread."""
+    Then :func:`limit_native_threads`."""
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
             for name in names:
-                module = importlib.import_module(name)
-                if name == "torch":
-                    # One interpreter runs every Python operator of a TaskManager: torch's
-                    # intra-op threads spin between calls and took CPU from the JVM and the
-                    # other operators (the job's user side ran 1.5x faster with one thread).
-                    module.set_num_threads(1)
+                importlib.import_module(name)
+            limit_native_threads()
         except BaseException as exc:  # handed to the caller's thread below
             errors.append(exc)
 
@@ -58,6 +55,22 @@ def import_native_modules(names: tuple[str, ...] = NATIVE_MODULES) -> None:
     thread.join()
     if errors:
         raise errors[0]
+
+
+def limit_native_threads() -> None:
+    """One thread for torch's intra-op work and one for numpy's BLAS (OpenBLAS), if loaded.
+
+    One interpreter runs every Python operator of a TaskManager, and the pools' idle
+    threads spin between calls, taking CPU from the JVM and the other operators: torch's
+    made the job's user side 1.5x slower; OpenBLAS runs products of a few hundred rows
+    on every core, and one such product per list call made the whole job path 1.9x slower
+    (463 against 240 us of CPU per event)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    if "numpy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
 
 
 def freeze_imported_objects() -> None:

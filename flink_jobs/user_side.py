@@ -54,10 +54,11 @@ from online_models.blend import (
     ScoreBlend,
     UserFeatures,
     user_features,
+    users_features,
 )
 from online_models.bundle import BundleStep, learn_bundle
 from online_models.config import ModelConfig
-from online_models.covisit import CoVisitScores, CoVisitTable, recent_items
+from online_models.covisit import CoVisitTable, recent_items
 from online_models.experiments import trending_list
 from online_models.learning import apply_item_embedding
 from online_models.model import cold_start_bonus, learn_cold_start
@@ -295,11 +296,9 @@ class UserSide:
                 done.add(user.user_id)
                 blend_step(self.blends[variant], user, rep, cfg, self._features(user, cfg), row)
 
-    def _features(self, user: UserState, cfg: ModelConfig,
-                  covisit_scores: CoVisitScores | None = None) -> UserFeatures:
+    def _features(self, user: UserState, cfg: ModelConfig) -> UserFeatures:
         return user_features(user, self.replica, cfg, user.last_ts, self.covisit,
-                             cold_start_bonus(self.clusters, user, self.replica, cfg),
-                             covisit_scores)
+                             cold_start_bonus(self.clusters, user, self.replica, cfg))
 
     def refresh(self, user_ids: list[str], load: Loader, now: int | None = None
                 ) -> UserBundleResult:
@@ -372,9 +371,11 @@ class UserSide:
             else:
                 window = cfg.covisit_window
                 co = self.covisit.scores_many([recent_items(u, window) for u in users], window)
-                lists = recommend_for_users(
-                    users, self.replica, cfg, blend=self.blends[variant],
-                    features=[self._features(u, cfg, c) for u, c in zip(users, co, strict=True)])
+                features = users_features(
+                    users, self.replica, cfg, [u.last_ts for u in users], self.covisit,
+                    [cold_start_bonus(self.clusters, u, self.replica, cfg) for u in users], co)
+                lists = recommend_for_users(users, self.replica, cfg, blend=self.blends[variant],
+                                            features=features)
             out.update((u, (items, variant)) for u, items in zip(uids, lists, strict=True))
         return out
 

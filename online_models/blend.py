@@ -39,8 +39,10 @@ True
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,22 +105,124 @@ def row_positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.where(rows[order[at]] == wanted, order[at], -1)
 
 
-def _place(rows: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The positions of the distinct rows ``new`` among ``rows`` extended by those it lacks
-    (appended in their order), and the extended rows."""
-    pos = row_positions(rows, new)
-    missing = pos < 0
-    pos[missing] = rows.shape[0] + np.arange(int(missing.sum()))
-    return pos, np.concatenate((rows, new[missing]))
+Cold = tuple[np.ndarray | None, np.ndarray | None]
 
 
 def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, now_ms: int,
-                  covisit: CoVisitTable | None = None,
-                  cold: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+                  covisit: CoVisitTable | None = None, cold: Cold = (None, None),
                   covisit_scores: CoVisitScores | None = None) -> UserFeatures:
     """Sparse features of a user's candidates (history, co-visitation, cold bonus).
     ``covisit_scores``: the user's scores from ``covisit`` when the caller has them
     (:meth:`~online_models.covisit.CoVisitTable.scores_many`)."""
+    return users_features([user], replica, config, [now_ms], covisit, [cold],
+                          None if covisit_scores is None else [covisit_scores])[0]
+
+
+def users_features(users: Sequence[UserState], replica: ItemReplica, config: ModelConfig,
+                   now_ms: Sequence[int], covisit: CoVisitTable | None = None,
+                   colds: Sequence[Cold] | None = None,
+                   covisit_scores: Sequence[CoVisitScores] | None = None
+                   ) -> list[UserFeatures]:
+    """:func:`user_features` of many users, the array work done once for all of them.
+    Each user's rows: their history's and the new items' first, then co-visited rows they
+    lack, then cold-cluster rows they lack."""
+    if not users:
+        return []
+    feats = [_history_features(u, replica, config, t) for u, t in zip(users, now_ms,
+                                                                      strict=True)]
+    similar = _similar_new(replica, feats)
+    for f in feats:
+        _new_in_categories(replica, f)
+    recents: list[list[str]] = [[] for _ in users]
+    cos: Sequence[CoVisitScores | None] = [None] * len(users)
+    if covisit is not None and len(covisit):
+        recents = [recent_items(u, config.covisit_window) for u in users]
+        cos = (covisit_scores if covisit_scores is not None
+               else covisit.scores_many(recents, config.covisit_window))
+    colds = colds if colds is not None else [(None, None)] * len(users)
+    # Every user's entries, user after user: their feature rows, co-visited rows, cold rows
+    # (each distinct, but the three may share rows); ``*_at``: where each part starts.
+    parts: list[np.ndarray] = []
+    f_at: list[int] = []
+    co_at: list[int] = []
+    cold_at: list[int] = []
+    n_entries: list[int] = []
+    f_rows = np.fromiter(itertools.chain.from_iterable(feats), dtype=np.int64,
+                         count=sum(len(f) for f in feats))
+    n = taken = 0
+    for f, co, (c_rows, c_vals) in zip(feats, cos, colds, strict=True):
+        begin = n
+        f_at.append(n)
+        parts.append(f_rows[taken:taken + len(f)])
+        taken += len(f)
+        n += len(f)
+        if co is not None:
+            co_at.append(n)
+            parts.append(co.rows)
+            n += co.rows.shape[0]
+        if c_rows is not None and c_vals is not None:
+            cold_at.append(n)
+            parts.append(c_rows)
+            n += c_rows.shape[0]
+        n_entries.append(n - begin)
+    user_e = np.repeat(np.arange(len(users)), n_entries)
+    rows_e = np.concatenate(parts)
+    kept, place = _first_entries(user_e, rows_e, len(replica))
+    rows = rows_e[kept]
+    values = np.zeros((rows.shape[0], len(FEATURES)), dtype=np.float32)
+    source = np.full(rows.shape[0], -1, dtype=np.int64)
+    if f_rows.shape[0]:
+        at = np.concatenate([place[a:a + len(f)] for a, f in zip(f_at, feats, strict=True)])
+        values[at] = np.array([v for f in feats for v in f.values()], dtype=np.float32)
+    present = [co for co in cos if co is not None]
+    if present:
+        at = np.concatenate([place[a:a + co.rows.shape[0]]
+                             for a, co in zip(co_at, present, strict=True)])
+        values[at, COVISIT] = np.log1p(3.0 * np.concatenate([co.total for co in present]))
+        values[at, COVISIT_LAST] = np.log1p(3.0 * np.concatenate([co.last for co in present]))
+        source[at] = np.concatenate([co.source for co in present])
+    cold_rows = [(r, v) for r, v in colds if r is not None and v is not None]
+    if cold_rows:
+        at = np.concatenate([place[a:a + r.shape[0]]
+                             for a, (r, _) in zip(cold_at, cold_rows, strict=True)])
+        values[at, COLD] = np.concatenate([v for _, v in cold_rows])
+    bounds = np.searchsorted(user_e[kept], np.arange(len(users) + 1)).tolist()
+    out = []
+    for j, (f, sim, recent) in enumerate(zip(feats, similar, recents, strict=True)):
+        a, b = bounds[j], bounds[j + 1]
+        if a == b:
+            out.append(UserFeatures.empty())
+            continue
+        src = source[a:b]
+        if sim is not None:
+            i = list(f).index(sim[0])
+            if src[i] < 0:
+                src[i] = len(recent)
+                recent = [*recent, sim[1]]
+        out.append(UserFeatures(rows[a:b], values[a:b], src, recent))
+    return out
+
+
+def _first_entries(users: np.ndarray, rows: np.ndarray, n_rows: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """For entries (user, row), grouped by user: the entries where each distinct pair
+    first appears, in order, and each entry's place among them."""
+    keys = users * (n_rows + 1) + rows
+    by_key = np.argsort(keys, kind="stable")
+    sorted_keys = keys[by_key]
+    first = np.ones(keys.shape[0], dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    firsts = by_key[first]
+    kept = np.sort(firsts)
+    place = np.empty(keys.shape[0], dtype=np.int64)
+    place[by_key] = np.searchsorted(kept, firsts)[np.cumsum(first) - 1]
+    return kept, place
+
+
+def _history_features(user: UserState, replica: ItemReplica, config: ModelConfig,
+                      now_ms: int) -> dict[int, list[float]]:
+    """The recent_* features of the rows of the user's positive history, most recent
+    first."""
     index = replica.table.index
     feats: dict[int, list[float]] = {}
     hl = config.recency_half_life_s * 1000.0
@@ -138,41 +242,7 @@ def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, no
         f[RECENT_COUNT] += 1.0
     for f in feats.values():
         f[RECENT_COUNT] = math.log1p(f[RECENT_COUNT])
-    similar = _similar_new(replica, feats)
-    _new_in_categories(replica, feats)
-    rows = np.fromiter(feats, dtype=np.int64, count=len(feats))
-    n_feats = rows.shape[0]
-    recent: list[str] = []
-    co: CoVisitScores | None = None
-    co_at = np.zeros(0, dtype=np.int64)
-    if covisit is not None and len(covisit):
-        recent = recent_items(user, config.covisit_window)
-        co = (covisit_scores if covisit_scores is not None
-              else covisit.scores(recent, config.covisit_window))
-        co_at, rows = _place(rows, co.rows)
-    c_rows, c_vals = cold
-    cold_at = np.zeros(0, dtype=np.int64)
-    if c_rows is not None and c_vals is not None:
-        cold_at, rows = _place(rows, c_rows)
-    n = rows.shape[0]
-    if n == 0:
-        return UserFeatures.empty()
-    values = np.zeros((n, len(FEATURES)), dtype=np.float32)
-    if n_feats:
-        values[:n_feats] = np.array(list(feats.values()), dtype=np.float32)
-    source = np.full(n, -1, dtype=np.int64)
-    if co is not None:
-        values[co_at, COVISIT] = np.log1p(3.0 * co.total)
-        values[co_at, COVISIT_LAST] = np.log1p(3.0 * co.last)
-        source[co_at] = co.source
-    if cold_at.shape[0]:
-        values[cold_at, COLD] = c_vals
-    if similar is not None:
-        j = list(feats).index(similar[0])
-        if source[j] < 0:
-            source[j] = len(recent)
-            recent = [*recent, similar[1]]
-    return UserFeatures(rows, values, source, recent)
+    return feats
 
 
 def _row(feats: dict[int, list[float]], r: int) -> list[float]:
@@ -198,26 +268,36 @@ def _new_in_categories(replica: ItemReplica, feats: dict[int, list[float]]) -> N
             _row(feats, r)[NEW_IN_CATEGORY] = 1.0 / (1 + place)
 
 
-def _similar_new(replica: ItemReplica, feats: dict[int, list[float]]
-                 ) -> tuple[int, str] | None:
-    """``similar_new`` for the newest never-learned row (:meth:`ItemReplica.fresh_rows`)
-    within ``_MIN_SIMILARITY`` cosine of one of the user's most recent items (``feats``
-    holds the history rows in recency order); returns (that row, the recent item's id).
-    One row per list: more cost warm items their places (measured)."""
+def _similar_new(replica: ItemReplica, feats: list[dict[int, list[float]]]
+                 ) -> list[tuple[int, str] | None]:
+    """Per user, ``similar_new`` for the newest never-learned row
+    (:meth:`ItemReplica.fresh_rows`) within ``_MIN_SIMILARITY`` cosine of one of the
+    user's most recent items (``feats`` holds the history rows in recency order); (that
+    row, the recent item's id) or None. One row per list: more cost warm items their
+    places (measured)."""
+    out: list[tuple[int, str] | None] = [None] * len(feats)
     rows, unit = replica.fresh_rows(_FRESH_POOL)
-    if not rows.shape[0] or not feats:
-        return None
-    recent = list(feats)[:_SIMILAR_FROM]
-    src = replica.table._data[recent]
+    recent = [list(itertools.islice(f, _SIMILAR_FROM)) for f in feats]
+    cols = [r for rs in recent for r in rs]
+    if not rows.shape[0] or not cols:
+        return out
+    src = replica.table._data[cols]
     sims = unit @ src.T
     sims /= np.maximum(np.sqrt(np.einsum("ij,ij->i", src, src)), np.float32(1e-12))
-    near = np.flatnonzero(sims.max(axis=1) >= _MIN_SIMILARITY)
-    if not near.shape[0]:
-        return None
-    j = int(near[-1])  # rows run oldest to newest
-    r = int(rows[j])
-    _row(feats, r)[SIMILAR_NEW] = 1.0
-    return r, replica.ids[recent[int(sims[j].argmax())]]
+    near = sims >= _MIN_SIMILARITY
+    c = 0
+    for j, rs in enumerate(recent):
+        if not rs:
+            continue
+        mine = near[:, c:c + len(rs)].any(axis=1)
+        hits = np.flatnonzero(mine)
+        if hits.shape[0]:
+            i = int(hits[-1])  # rows run oldest to newest
+            r = int(rows[i])
+            _row(feats[j], r)[SIMILAR_NEW] = 1.0
+            out[j] = (r, replica.ids[rs[int(sims[i, c:c + len(rs)].argmax())]])
+        c += len(rs)
+    return out
 
 
 def spread(replica: ItemReplica, scores: np.ndarray) -> float:

@@ -30,6 +30,7 @@ from online_models.blend import (
     UserFeatures,
     row_positions,
     user_features,
+    users_features,
 )
 from online_models.bundle import learn_bundle
 from online_models.config import ModelConfig
@@ -350,6 +351,9 @@ class FreshRecModel:
         """Lists for many users with one matrix product (see
         :func:`~online_models.scoring.recommend_for_users`). No exploration."""
         users = [self.user(u) for u in user_ids]
-        return recommend_for_users(users, self.replica, self.config, k, self.now_ms,
-                                   [self.features(u, max(u.last_ts, self.now_ms)) for u in users],
+        cfg = self.config
+        features = users_features(
+            users, self.replica, cfg, [max(u.last_ts, self.now_ms) for u in users],
+            self.covisit, [cold_start_bonus(self.clusters, u, self.replica, cfg) for u in users])
+        return recommend_for_users(users, self.replica, cfg, k, self.now_ms, features,
                                    self.blend, reasons)

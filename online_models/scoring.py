@@ -38,6 +38,7 @@ from online_models.blend import (
     learn_blend,
     spread,
     user_features,
+    users_features,
 )
 from online_models.config import ModelConfig
 from online_models.explain import explain
@@ -191,7 +192,7 @@ def recommend_for_users(
     if not users or len(replica) == 0 or k <= 0:
         return [[] for _ in users]
     if features is None:
-        features = [user_features(u, replica, config, max(u.last_ts, now_ms)) for u in users]
+        features = users_features(users, replica, config, [max(u.last_ts, now_ms) for u in users])
     blend = blend or ScoreBlend.initial(config)
     if synced_index(replica, config) is not None:
         # Large catalogue: a graph search per user beats the batched full scan.

@@ -4,6 +4,7 @@ thread state."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,16 @@ def test_imported_objects_are_frozen_out_of_full_collections() -> None:
     before, frozen, after = map(int, out)
     # The modules' objects (River, SciPy, PyFlink, ...) leave what a full collection scans.
     assert frozen > 50_000 and after < before / 10
+
+
+def test_torch_and_blas_are_left_with_one_thread() -> None:
+    check = ("import numpy, torch\n"
+             "from threadpoolctl import threadpool_info\n"
+             "from flink_jobs.native_imports import import_native_modules\n"
+             "import_native_modules(('numpy', 'torch'))\n"
+             "print(torch.get_num_threads(), sorted({i['num_threads'] for i in threadpool_info()"
+             " if i['user_api'] == 'blas'}))")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True, timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+                         ).stdout
+    assert out.strip() == "1 [1]"
