@@ -64,10 +64,8 @@ def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemRepli
     so they learn from early ones. The user's query is computed once for all of them."""
     if user.n_events > 4 * config.cold_events or not any(w > 0 for _, w in taken):
         return
-    query = query_vector(user, replica, config)
-    for item_id, weight in taken:
-        if weight > 0:
-            clusters.learn(query, item_id, weight, ts_ms)
+    clusters.learn_many(query_vector(user, replica, config),
+                        [(item, w) for item, w in taken if w > 0], ts_ms)
 
 
 def cold_start_bonus(clusters: UserClusters, user: UserState, replica: ItemReplica,

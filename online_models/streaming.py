@@ -72,22 +72,33 @@ class UserClusters:
 
     def learn(self, vector: np.ndarray, item_id: str, weight: float, ts_ms: int) -> int:
         """Update the clustering (every ``learn_every``-th call) and the cluster's popularity."""
-        self._n += 1
-        if self._n % self.learn_every == 1 or self.learn_every == 1:
-            self.kmeans.learn_one(self._x(vector))
-            self._center_matrix = None
-        c = self.assign(vector)
-        if weight > 0:
-            if self._t0 is None:
-                self._t0 = float(ts_ms)
-            lt = math.log(weight) + (ts_ms - self._t0) * self._k
-            d = self.counts[c]
-            old = d.get(item_id)
-            d[item_id] = lt if old is None else logaddexp(old, lt)
-            self._version[c] += 1
-            if len(d) > 20 * self.top_n:  # keep memory bounded: drop the coldest half
-                keep = sorted(d.items(), key=lambda kv: kv[1], reverse=True)[: 10 * self.top_n]
-                self.counts[c] = dict(keep)
+        return self.learn_many(vector, [(item_id, weight)], ts_ms)
+
+    def learn_many(self, vector: np.ndarray, taken: Sequence[tuple[str, float]], ts_ms: int
+                   ) -> int:
+        """:meth:`learn` for each (item, weight) of ``taken`` with the same vector; returns
+        the last one's cluster. The vector's cluster is only looked up again after the
+        centres moved."""
+        c = -1
+        for item_id, weight in taken:
+            self._n += 1
+            if self._n % self.learn_every == 1 or self.learn_every == 1:
+                self.kmeans.learn_one(self._x(vector))
+                self._center_matrix = None
+                c = -1
+            if c < 0:
+                c = self.assign(vector)
+            if weight > 0:
+                if self._t0 is None:
+                    self._t0 = float(ts_ms)
+                lt = math.log(weight) + (ts_ms - self._t0) * self._k
+                d = self.counts[c]
+                old = d.get(item_id)
+                d[item_id] = lt if old is None else logaddexp(old, lt)
+                self._version[c] += 1
+                if len(d) > 20 * self.top_n:  # keep memory bounded: drop the coldest half
+                    keep = sorted(d.items(), key=lambda kv: kv[1], reverse=True)[: 10 * self.top_n]
+                    self.counts[c] = dict(keep)
         return c
 
     def popular(self, vector: np.ndarray, n: int) -> list[tuple[str, float]]:
