@@ -272,7 +272,9 @@ class UserSide:
                                    (step.covisits.a, step.covisits, COVISIT_MESSAGE)):
             if not len(ids):
                 continue
-            shards = np.fromiter((shard_of(i, n_shards) for i in ids), dtype=np.int64,
+            # The pairs name each item many times: one crc32 per distinct item.
+            shard_by_id = {i: shard_of(i, n_shards) for i in dict.fromkeys(ids)}
+            shards = np.fromiter(map(shard_by_id.__getitem__, ids), dtype=np.int64,
                                  count=len(ids))
             for shard in np.unique(shards).tolist():
                 part = payload.take(np.flatnonzero(shards == shard))
