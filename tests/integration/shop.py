@@ -75,11 +75,12 @@ def shop_tastes(job: JobProcess) -> tuple[list[Record], dict[str, int]]:
     return records, counts
 
 
-def view_once_more(job: JobProcess, expected: dict[str, int]) -> list[Record]:
-    """One more view per user after a restore; waits for lists showing ``expected``
-    events applied per user and returns the recommendation records."""
+def view_once_more(job: JobProcess, expected: dict[str, int], ts: int = BASE_TS + 9000
+                   ) -> list[Record]:
+    """One more view per user (at ``ts``, e.g. after a restore); waits for lists showing
+    ``expected`` events applied per user and returns the recommendation records."""
     job.send_events([
-        Event(f"{u}-after", "view", BASE_TS + 9000, user_id=u, item_id=item_id(c, 14))
+        Event(f"{u}-after-{ts}", "view", ts, user_id=u, item_id=item_id(c, 14))
         for u, c in users()])
     return job.wait_for(
         job.settings.topics.recommendations,

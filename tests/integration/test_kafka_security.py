@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kafka import TopicPartition
 
 from devstack.jars import ensure_jars
 from devstack.kafka_broker import _spawn, _stop, _wait_ready
@@ -242,9 +243,11 @@ def test_topic_round_trip_and_wrong_password(secure_broker: SecureBroker, mechan
         producer.send(topic, key=b"k", value=user.encode()).get(timeout=30)
     finally:
         producer.close()
-    consumer = kafka_config.consumer(settings, topic, auto_offset_reset="earliest",
-                                     consumer_timeout_ms=60_000)  # SSL start-up on a loaded machine
+    # The partition assigned by hand: no subscription waiting on topic metadata.
+    consumer = kafka_config.consumer(settings, auto_offset_reset="earliest",
+                                     consumer_timeout_ms=90_000)  # SSL start-up on a loaded machine
     try:
+        consumer.assign([TopicPartition(topic, 0)])
         got = next(consumer, None)
         assert got is not None and (got.key, got.value) == (b"k", user.encode())
     finally:
