@@ -53,7 +53,6 @@ from online_models.blend import (
     BlendSchedule,
     ScoreBlend,
     UserFeatures,
-    user_features,
     users_features,
 )
 from online_models.bundle import BundleStep, learn_bundle
@@ -285,6 +284,7 @@ class UserSide:
         chances the schedule takes), before the bundle is learned, so each is a test of the
         list the user would have had."""
         rep = self.replica
+        steps: list[tuple[UserState, int, str | None]] = []
         done: set[str] = set()
         for ev in events:
             uid = ev.user_id
@@ -296,11 +296,18 @@ class UserSide:
                 continue
             if self.blend_schedule.take():
                 done.add(user.user_id)
-                blend_step(self.blends[variant], user, rep, cfg, self._features(user, cfg), row)
-
-    def _features(self, user: UserState, cfg: ModelConfig) -> UserFeatures:
-        return user_features(user, self.replica, cfg, user.last_ts, self.covisit,
-                             cold_start_bonus(self.clusters, user, self.replica, cfg))
+                steps.append((user, row, variant))
+        # The steps' features do not depend on the blend: built together, per variant.
+        features: dict[str, UserFeatures] = {}
+        for variant in dict.fromkeys(v for _, _, v in steps):
+            cfg = self.variant_configs[variant]
+            group = [u for u, _, v in steps if v == variant]
+            features.update(zip((u.user_id for u in group), users_features(
+                group, rep, cfg, [u.last_ts for u in group], self.covisit,
+                [cold_start_bonus(self.clusters, u, rep, cfg) for u in group]), strict=True))
+        for user, row, variant in steps:
+            blend_step(self.blends[variant], user, rep, self.variant_configs[variant],
+                       features[user.user_id], row)
 
     def refresh(self, user_ids: list[str], load: Loader, now: int | None = None
                 ) -> UserBundleResult:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 import orjson
@@ -89,8 +90,9 @@ def add_pair(neighbours: dict[str, float], other: str, w: float, cap: int
 
 
 def strongest_first(neighbours: Iterable[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
-    """Neighbours ordered strongest first (what an item publishes)."""
-    return tuple(sorted(neighbours, key=lambda kv: -kv[1]))
+    """Neighbours ordered strongest first (what an item publishes); equal weights keep
+    their order (a reversed sort is stable too)."""
+    return tuple(sorted(neighbours, key=itemgetter(1), reverse=True))
 
 
 def recent_items(user: UserState, n: int) -> list[str]:
