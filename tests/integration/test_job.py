@@ -107,12 +107,16 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
         # the replicas through the changelog behind the events (on a loaded machine the
         # last categories' items arrive after their users' lists were scored): wait for
         # every tasted item on the changelog and for the replicas to read it, then have
-        # every list scored once more by one more view of an item the user viewed.
+        # every list scored once more by one more view of an item of the user's category.
         tasted = Counter(e.item_id for e in events if e.event_type == "view")
-        job.wait_for(topics.item_embeddings, lambda rs: all(
-            (rec := latest_by_key(rs).get(i)) is not None and rec.value is not None
-            and ItemEmbedding.from_bytes(rec.value).n_events >= n
-            for i, n in tasted.items() if i is not None), what="the tasted items' vectors")
+
+        def tasted_published(rs: list[Record]) -> bool:
+            latest = latest_by_key(rs)
+            return all((rec := latest.get(i)) is not None and rec.value is not None
+                       and ItemEmbedding.from_bytes(rec.value).n_events >= n
+                       for i, n in tasted.items() if i is not None)
+
+        job.wait_for(topics.item_embeddings, tasted_published, what="the tasted items' vectors")
         job.wait_for_checkpoint()
         job.wait_for_checkpoint()
         counts = {u: n + 1 for u, n in counts.items()}
