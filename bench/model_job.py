@@ -3,6 +3,7 @@ their own code, as the job's bundlers, timers and publish ticks drive them."""
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Sequence
 
@@ -47,10 +48,10 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     item_values: dict[str, bytes] = {}
     text_maps: dict[object, bytes | None] = {}  # per item shard, as the job keeps them
     due: dict[str, int] = {}  # item -> its publish tick
+    ticks: list[tuple[int, str]] = []  # a heap of (tick, item); stale entries are skipped
     owed: dict[int, dict[str, int]] = {}  # shard -> user -> when its owed list falls due
     max_n, max_age = job.bundle_max_records, job.bundle_max_age_ms
     flush_age = 10**12 if backlog else max_age
-    item_flush_age = 10**12 if backlog else job.item_bundle_max_age_ms
     user_bundles: dict[int, tuple[int, list[RawRecord]]] = {}  # shard -> (first at, records)
     item_bundles: dict[object, tuple[int, list[bytes]]] = {}
     clock = time.process_time  # CPU time: less sensitive to other load on a shared machine
@@ -99,23 +100,27 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
                 timer.output.to_bytes()
         t1 = clock()
         for sh in [sh for sh, (at, ms) in item_bundles.items()
-                   if len(ms) >= max_n or now - at >= item_flush_age or n == len(events) - 1]:
+                   if len(ms) >= max_n or now - at >= job.item_bundle_max_age_ms
+                   or n == len(events) - 1]:
             done = items_side.process(item_bundles.pop(sh)[1], load_items, lambda _: False,
                                       now, text_maps.get(sh))
             n_item_calls += 1
             item_values.update(done.writes)
             if done.text_map is not None:
                 text_maps[sh] = done.text_map
-            for item_id in done.soon:
-                due[item_id] = min(due.get(item_id, done.soon_at), done.soon_at)
-            for at, later in done.later.items():
-                for item_id in later:
-                    due[item_id] = min(due.get(item_id, at), at)
-        publish = [i for i, at in due.items() if at <= now]
+            for at, ids in ((done.soon_at, done.soon), *done.later.items()):
+                for item_id in ids:
+                    if at < due.get(item_id, at + 1):
+                        due[item_id] = at
+                        heapq.heappush(ticks, (at, item_id))
+        publish = []
+        while ticks and ticks[0][0] <= now:
+            at, item_id = heapq.heappop(ticks)
+            if due.get(item_id) == at:
+                del due[item_id]
+                publish.append(item_id)
         changelog: list[tuple[bytes, bytes]] = []
         if publish:
-            for i in publish:
-                del due[i]
             published, k = items_side.publish(publish, item_values)
             n_published += k
             changelog = decode_output_bundle(published.to_bytes()).get(ITEM_EMBEDDINGS, [])
