@@ -17,8 +17,8 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     ``job.bundle_max_records`` or ``job.bundle_max_age_ms``), item messages per item shard
     (``job.item_bundle_max_age_ms``); owed refreshes fire at their due time (the job's
     timers) and items publish at their ticks, their changelog applied to the replica. A
-    ``backlog`` fills every bundle (the source reads ahead) while the clock moves at
-    ``rate``, the job's pace."""
+    ``backlog`` fills every user bundle (the source reads ahead) while the clock moves at
+    ``rate``, the job's pace; item bundles and publishes keep to that clock."""
     from flink_jobs.bundles import (
         ITEM_EMBEDDINGS,
         ITEM_GRADIENTS,
