@@ -49,16 +49,14 @@ from typing import Any
 import numpy as np
 
 from online_models.config import ModelConfig
-from online_models.covisit import CoVisits, covisit_pairs
+from online_models.covisit import CoVisits
 from online_models.item_gradients import ItemGradients
 from online_models.learning import (
     EPS,
     context_weights,
     event_meta,
-    event_weight,
-    lr_schedule,
-    recent_context,
-    updated_user,
+    event_weights,
+    lr_schedules,
 )
 from online_models.negatives import POOL_SIZE, negative_positions
 from online_models.replica import ItemReplica
@@ -149,7 +147,7 @@ class _Plan:
     bounds: list[tuple[int, int]]  # each round's slice of the rows
     slots: np.ndarray              # the event's user, a row of p0 / acc0
     user_ids: list[str]
-    after: list[UserState]         # each user after their events (vector, acc not yet)
+    after: list[_UserWork]         # each user's history after their events
     p0: np.ndarray                 # the users' vectors and accumulators as they came
     acc0: np.ndarray
     pos: np.ndarray
@@ -162,12 +160,47 @@ class _Plan:
     covisits: CoVisits
 
 
+class _UserWork:
+    """A user's history as the bundle's events move it on (the new :class:`UserState` is
+    built once per user, after the step, with its new vector)."""
+
+    __slots__ = ("history", "last_ts", "n_events", "purchased", "seen")
+
+    def __init__(self, user: UserState) -> None:
+        self.history = user.history
+        self.purchased = user.purchased
+        self.seen = user.seen
+        self.n_events = user.n_events
+        self.last_ts = user.last_ts
+
+    def add(self, event: Event, item: str, weight: float, config: ModelConfig) -> None:
+        """One learned event: into the history (a negative one takes its item out), the
+        purchases, the seen items (only under ``exclude = "seen"``: it grows with every
+        item the user touches) and the count."""
+        if weight < 0:
+            self.history = tuple(h for h in self.history if h[0] != item)
+        else:
+            history = (*self.history, (item, event.ts_ms, weight, event.event_type))
+            self.history = (history[-config.history_len:] if len(history) > config.history_len
+                            else history)
+        if event.event_type == "purchase" and item not in self.purchased:
+            self.purchased = self.purchased | {item}
+        if config.exclude == "seen" and item not in self.seen:
+            self.seen = self.seen | {item}
+        self.n_events += 1
+        if event.ts_ms > self.last_ts:
+            self.last_ts = event.ts_ms
+
+
 def _plan(users: Mapping[str, UserState], rounds: list[list[Event]], replica: ItemReplica,
           config: ModelConfig, lr_scale: float | None) -> _Plan:
     """One pass over the bundle's events in round order (items new to the replica get
     their rows in that order) and the arrays the steps read."""
-    dim, n_neg, n_ctx = config.dim, config.negatives, config.context_len
-    work: dict[str, UserState] = {}
+    dim, n_neg, n_ctx, window = (config.dim, config.negatives, config.context_len,
+                                 config.covisit_window)
+    table = event_weights(config)
+    padded = _padded_context_weights(n_ctx, config.context_decay)
+    work: dict[str, _UserWork] = {}
     slot: dict[str, int] = {}
     start: list[UserState] = []  # each user as the bundle found them
     hashes: list[int] = []
@@ -176,44 +209,73 @@ def _plan(users: Mapping[str, UserState], rounds: list[list[Event]], replica: It
     ub: list[int] = []
     pos_rows: list[int] = []
     weights: list[float] = []
-    scales: list[float] = []
     counts: list[int] = []
     pools: list[np.ndarray] = []
-    n = sum(len(r) for r in rounds)
-    ctx = np.zeros((n, n_ctx), dtype=np.int64)
-    cw = np.zeros((n, n_ctx), dtype=np.float32)
+    ctx_rows: list[list[int]] = []
+    cw_rows: list[tuple[float, ...]] = []
     index = replica.table.index
     covisits = CoVisits()
+    pair_a, pair_b, pair_w, positives = covisits.a, covisits.b, covisits.w, covisits.positives
     for batch in rounds:
         a = len(learned)
         for ev in batch:
             item, uid = ev.item_id, ev.user_id
-            w = event_weight(config, ev.event_type)
+            w = table.get(ev.event_type)
+            if w is None:
+                w = config.event_weight(ev.event_type)
             if item is None or uid is None or w == 0:
                 continue
             user = work.get(uid)
             if user is None:
-                user = users.get(uid) or UserState.new(uid, dim, config.seed)
+                found = users.get(uid) or UserState.new(uid, dim, config.seed)
+                user = work[uid] = _UserWork(found)
                 slot[uid] = len(slot)
-                start.append(user)
+                start.append(found)
                 hashes.append(_user_hash(uid))
             pos = index.get(item, -1)
-            if pos < 0 or not replica.meta[pos]:
+            if pos < 0:
                 pos = replica.ensure(item, event_meta(ev), ev.ts_ms)
-            j = len(learned)
-            rows = recent_context(user, index, n_ctx)
-            if rows:
-                ctx[j, n_ctx - len(rows):] = rows
-                cw[j, n_ctx - len(rows):] = context_weights(len(rows), config.context_decay)
+            elif not replica.meta[pos]:
+                meta = event_meta(ev)
+                if meta:  # the first event that names the item's category, brand or price
+                    replica.ensure(item, meta, ev.ts_ms)
+            # One walk back through the history: the context (the last n_ctx positive
+            # items the replica knows) and, for a positive event, its co-visitation pairs
+            # with the last `window` distinct positive items (weight 1 / distance).
+            rows: list[int] = []
+            recent: list[str] = []
+            need_rows, need_recent = n_ctx, window if w > 0 else 0
+            for entry in reversed(user.history):
+                if entry[2] <= 0:
+                    continue
+                other = entry[0]
+                if need_rows:
+                    r = index.get(other, -1)
+                    if r >= 0:
+                        rows.append(r)
+                        need_rows -= 1
+                if need_recent and other not in recent:
+                    recent.append(other)
+                    need_recent -= 1
+                if not (need_rows or need_recent):
+                    break
+            rows.reverse()
+            ctx_rows.append([0] * need_rows + rows)
+            cw_rows.append(padded[n_ctx - need_rows])
             if w > 0:
-                covisit_pairs(user, item, config.covisit_window, covisits)
+                positives.append(item)
+                for dist, other in enumerate(recent, 1):
+                    if other != item:
+                        pw = 1.0 / dist
+                        pair_a += (item, other)
+                        pair_b += (other, item)
+                        pair_w += (pw, pw)
             learned.append(ev)
             ub.append(slot[uid])
             pos_rows.append(pos)
             weights.append(w)
             counts.append(user.n_events)
-            scales.append(lr_schedule(user.n_events, config) if lr_scale is None else lr_scale)
-            work[uid] = updated_user(user, ev, w, config, user.vector, user.acc)
+            user.add(ev, item, w, config)
         if len(learned) > a:
             bounds.append((a, len(learned)))
             # Drawn round by round: the pool counts its draws and may be redrawn between.
@@ -221,8 +283,9 @@ def _plan(users: Mapping[str, UserState], rounds: list[list[Event]], replica: It
     B = len(learned)
     slots = np.asarray(ub, dtype=np.int64)
     pos = np.asarray(pos_rows, dtype=np.int64)
+    n_events = np.asarray(counts)
     at = negative_positions(config.seed, np.asarray(hashes, dtype=np.uint64)[slots],
-                            np.asarray(counts), n_neg, POOL_SIZE)
+                            n_events, n_neg, POOL_SIZE)
     negs = np.empty((B, n_neg), dtype=np.int64)
     for (a, b), pool in zip(bounds, pools, strict=True):
         negs[a:b] = pool[at[a:b]]
@@ -233,9 +296,27 @@ def _plan(users: Mapping[str, UserState], rounds: list[list[Event]], replica: It
     p0 = (np.stack([u.vector for u in start]).astype(np.float32) if start
           else np.zeros((0, dim), dtype=np.float32))
     acc0 = np.fromiter((u.acc for u in start), dtype=np.float64, count=len(start))
+    scales = (lr_schedules(n_events, config) if lr_scale is None
+              else np.full(B, lr_scale, dtype=np.float64))
     return _Plan(learned, bounds, slots, user_ids, [work[u] for u in user_ids], p0, acc0, pos,
-                 np.asarray(weights, dtype=np.float32), np.asarray(scales, dtype=np.float32),
-                 targets, mask, ctx[:B], cw[:B], covisits)
+                 np.asarray(weights, dtype=np.float32), scales.astype(np.float32),
+                 targets, mask, np.array(ctx_rows, dtype=np.int64).reshape(B, n_ctx),
+                 np.array(cw_rows, dtype=np.float32).reshape(B, n_ctx), covisits)
+
+
+_PADDED: dict[tuple[int, float], list[tuple[float, ...]]] = {}
+
+
+def _padded_context_weights(n_ctx: int, decay: float) -> list[tuple[float, ...]]:
+    """For each context length ``L``: ``n_ctx`` weights, zeros then the ``L`` of
+    :func:`~online_models.learning.context_weights` (float32 values as Python floats)."""
+    got = _PADDED.get((n_ctx, decay))
+    if got is None:
+        got = [(0.0,) * n_ctx] + [
+            (0.0,) * (n_ctx - n) + tuple(context_weights(n, decay).tolist())
+            for n in range(1, n_ctx + 1)]
+        _PADDED[(n_ctx, decay)] = got
+    return got
 
 
 def _steps(plan: _Plan, replica: ItemReplica, config: ModelConfig

@@ -19,7 +19,7 @@ import numpy as np
 from online_models.config import ModelConfig
 from online_models.item_state import ItemState
 from online_models.replica import ItemReplica
-from online_models.state import HistoryEntry, UserState
+from online_models.state import UserState
 from schemas.events import Event
 from schemas.item_embedding import ItemEmbedding
 
@@ -59,39 +59,29 @@ def lr_schedule(step: float, config: ModelConfig) -> float:
     return max(config.min_lr_scale, 1.0 / math.sqrt(1.0 + step / config.lr_decay_events))
 
 
+def lr_schedules(steps: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """:func:`lr_schedule` of many steps at once (float64, the same values).
+
+    >>> lr_schedules(np.array([0, 300_000]), ModelConfig()).round(3).tolist()
+    [1.0, 0.5]
+    """
+    return np.maximum(config.min_lr_scale,
+                      1.0 / np.sqrt(1.0 + np.asarray(steps, dtype=np.float64)
+                                    / config.lr_decay_events))
+
+
 def event_meta(event: Event) -> dict[str, Any] | None:
     if event.category is None and event.brand is None and event.price is None:
         return None
     return {"category": event.category, "brand": event.brand, "price": event.price}
 
 
-def updated_user(user: UserState, event: Event, weight: float, config: ModelConfig,
-                  vector: np.ndarray, acc: float) -> UserState:
-    item = event.item_id
-    assert item is not None
-    history: tuple[HistoryEntry, ...]
-    if weight < 0:
-        history = tuple(h for h in user.history if h[0] != item)
-    else:
-        history = (*user.history, (item, event.ts_ms, weight, event.event_type))
-        if len(history) > config.history_len:
-            history = history[-config.history_len:]
-    purchased = user.purchased
-    if event.event_type == "purchase" and item not in purchased:
-        purchased = purchased | {item}
-    seen = user.seen
-    if config.exclude == "seen" and item not in seen:  # grows with the catalogue: only if used
-        seen = seen | {item}
-    vector.setflags(write=False)
-    return UserState(user.user_id, vector, acc, history, purchased, seen, user.n_events + 1,
-                     max(user.last_ts, event.ts_ms))
-
-
 _WEIGHTS: dict[int, tuple[ModelConfig, dict[str, float]]] = {}
 
 
-def event_weight(config: ModelConfig, event_type: str) -> float:
-    """``config.event_weight`` through a per-config table (the getattr costs ~1 us)."""
+def event_weights(config: ModelConfig) -> dict[str, float]:
+    """``config.event_weight`` of the interaction types, as a table kept per config (the
+    getattr costs ~1 us per event)."""
     hit = _WEIGHTS.get(id(config))
     if hit is None or hit[0] is not config:
         if len(_WEIGHTS) > 64:
@@ -99,7 +89,12 @@ def event_weight(config: ModelConfig, event_type: str) -> float:
         names = ("view", "click", "favorite", "add_to_cart", "purchase", "unfavorite",
                  "remove_from_cart")
         hit = _WEIGHTS[id(config)] = (config, {t: config.event_weight(t) for t in names})
-    w = hit[1].get(event_type)
+    return hit[1]
+
+
+def event_weight(config: ModelConfig, event_type: str) -> float:
+    """``config.event_weight`` through :func:`event_weights`."""
+    w = event_weights(config).get(event_type)
     return config.event_weight(event_type) if w is None else w
 
 
