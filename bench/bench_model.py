@@ -105,6 +105,9 @@ def learn(args: argparse.Namespace) -> None:
     from river import optim, reco
 
     from online_models import FreshRecModel, ModelConfig
+    from online_models.bundle import learn_bundle
+    from online_models.item_gradients import apply_item_gradients
+    from online_models.replica import ItemReplica
 
     n_ev = 20_000 if args.quick else 60_000
     events = _generated(n_ev)
@@ -137,6 +140,21 @@ def learn(args: argparse.Namespace) -> None:
     put("learn", freshrec_learn_one_per_s=len(events) / one_s,
         ratio_vs_funkmf=(len(events) / one_s) / funk,
         ratio_vs_biasedmf=(len(events) / one_s) / river_rates["BiasedMF"])
+
+    # The job's learner alone: learn_bundle over backlog bundles of the interactions, the
+    # item gradients applied in place (what learn_many adds: blend steps, clusters, text).
+    rep, users, n_learned = ItemReplica(cfg), {}, 0
+    t = clock()
+    for i in range(0, len(inter), 2048):
+        step = learn_bundle(users, inter[i:i + 2048], rep, cfg)
+        apply_item_gradients(rep, step.gradients, cfg)
+        users.update(step.users)
+        n_learned += len(step.learned)
+    bundle_rate = n_learned / (clock() - t)
+    print(f"freshrec learn_bundle(2048) {_rate(n_learned, n_learned / bundle_rate)}   "
+          f"ratio vs River {bundle_rate / funk:.2f}x (goal >= 3x)")
+    put("learn", freshrec_learn_bundle_2048_per_s=bundle_rate,
+        learn_bundle_2048_ratio_vs_funkmf=bundle_rate / funk)
 
     for bs in (256, 1024):
         m = FreshRecModel(cfg)
