@@ -217,7 +217,8 @@ class PrequentialWindow:
     """Rolling Recall@k, Recall@10 and NDCG@k of shown lists against the next item.
 
     Test-then-learn: call :meth:`update` with the list a user was shown and the item of the
-    event that followed it, before the model learns from that event.
+    event that followed it, before the model learns from that event. Outcomes are kept
+    until a figure is read, then go into the windows at once (:class:`RollingMean`).
 
     >>> w = PrequentialWindow(k=20, window=100)
     >>> w.update(("a", "b", "c"), "b"), w.update(("a", "b"), "z")
@@ -228,9 +229,8 @@ class PrequentialWindow:
 
     def __init__(self, k: int, window: int = 1000) -> None:
         self.k = k
-        self._hits = RollingMetrics(window)
-        self._top10 = RollingMetrics(window)
-        self._ndcg = RollingMetrics(window)
+        self._windows = (RollingMean(window), RollingMean(window), RollingMean(window))
+        self._outcomes: list[tuple[float, float, float]] = []  # not yet in the windows
 
     def update(self, shown: Sequence[Hashable], item: Hashable) -> bool:
         """Score one event against the list shown before it (item ids, or the same hash of
@@ -238,19 +238,30 @@ class PrequentialWindow:
         top = shown[: self.k]
         rank = top.index(item) if item in top else -1
         hit = rank >= 0
-        self._hits.update(hit)
-        self._top10.update(0 <= rank < 10)
-        self._ndcg.update(1.0 / math.log2(rank + 2) if hit else 0.0)
+        self._outcomes.append((1.0 if hit else 0.0, 1.0 if 0 <= rank < 10 else 0.0,
+                               1.0 / math.log2(rank + 2) if hit else 0.0))
+        if len(self._outcomes) >= 4096:
+            self._settle()
         return hit
+
+    def _settle(self) -> None:
+        if self._outcomes:
+            for window, values in zip(self._windows, zip(*self._outcomes, strict=True),
+                                      strict=True):
+                window.update_many(values)
+            self._outcomes.clear()
 
     @property
     def hit_rate(self) -> float:
-        return self._hits.hit_rate
+        self._settle()
+        return self._windows[0].mean
 
     @property
     def recall_at_10(self) -> float:
-        return self._top10.hit_rate
+        self._settle()
+        return self._windows[1].mean
 
     @property
     def ndcg(self) -> float:
-        return self._ndcg.hit_rate
+        self._settle()
+        return self._windows[2].mean
