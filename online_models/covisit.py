@@ -3,8 +3,9 @@
 Each positive event pairs its item with the user's last ``covisit_window`` distinct positive
 items, weighted ``1 / distance`` (the item just before counts most), in both directions
 (Amazon's item-to-item CF; the co-visitation matrices of the OTTO session-recommendation
-winners). :func:`covisit_pairs` computes a bundle's increments from the users' states, so
-the owner of an item can sum them like gradients; :class:`CoVisitTable` keeps, per item,
+winners). The bundle learner (:func:`online_models.bundle.learn_bundle`) computes a
+bundle's increments from the users' states, so the owner of an item can sum them like
+gradients; :class:`CoVisitTable` keeps, per item,
 its positive-event count and between ``covisit_neighbours`` and twice that many strongest
 neighbours (pruned to the strongest ``covisit_neighbours`` whenever they pass twice that,
 so a newcomer has room to earn its place). The job's item owner keeps exactly the same in
@@ -104,21 +105,6 @@ def recent_items(user: UserState, n: int) -> list[str]:
             if len(out) == n:
                 break
     return out
-
-
-def covisit_pairs(user: UserState, item_id: str, window: int, into: CoVisits) -> None:
-    """Add the pairs of a positive event on ``item_id`` by ``user`` (state before the
-    event) to ``into``: both directions, weight ``1 / distance``."""
-    into.positives.append(item_id)
-    dist = 0
-    for other in recent_items(user, window):
-        dist += 1
-        if other == item_id:
-            continue
-        w = 1.0 / dist
-        into.a += (item_id, other)
-        into.b += (other, item_id)
-        into.w += (w, w)
 
 
 @dataclass(slots=True)

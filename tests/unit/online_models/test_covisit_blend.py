@@ -10,7 +10,7 @@ import pytest
 from freshrec_common.settings import SettingsError, load_settings
 from online_models import FreshRecModel, ItemReplica, ModelConfig, UserState, learn_bundle
 from online_models.blend import COVISIT_LAST, FEATURES, RECENT_POSITION, ScoreBlend
-from online_models.covisit import CoVisits, CoVisitTable, covisit_pairs
+from online_models.covisit import CoVisits, CoVisitTable
 from schemas.events import Event
 
 pytestmark = pytest.mark.unit
@@ -26,8 +26,9 @@ def test_pairs_weigh_by_distance_in_both_directions_and_skip_the_item_itself() -
     user = UserState.new("u", 8, 0).replace(history=(
         ("a", 1, 1.0, "view"), ("b", 2, 1.0, "view"), ("d", 3, 1.0, "view"),
         ("c", 4, 1.0, "view"), ("x", 5, -1.0, "unfavorite")))
-    out = CoVisits()
-    covisit_pairs(user, "d", window=3, into=out)
+    step = learn_bundle({"u": user}, [Event("e", "view", 6, user_id="u", item_id="d")],
+                        ItemReplica(CFG), CFG.replace(covisit_window=3))
+    out = step.covisits
     # recent distinct positive items, newest first: c, d, b (window 3); d is the item itself
     assert list(zip(out.a, out.b, out.w, strict=True)) == [
         ("d", "c", 1.0), ("c", "d", 1.0), ("d", "b", 1 / 3), ("b", "d", 1 / 3)]
