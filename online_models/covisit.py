@@ -5,10 +5,10 @@ items, weighted ``1 / distance`` (the item just before counts most), in both dir
 (Amazon's item-to-item CF; the co-visitation matrices of the OTTO session-recommendation
 winners). The bundle learner (:func:`online_models.bundle.learn_bundle`) computes a
 bundle's increments from the users' states, so the owner of an item can sum them like
-gradients; :class:`CoVisitTable` keeps, per item,
-its positive-event count and between ``covisit_neighbours`` and twice that many strongest
-neighbours (pruned to the strongest ``covisit_neighbours`` whenever they pass twice that,
-so a newcomer has room to earn its place). The job's item owner keeps exactly the same in
+gradients; :class:`CoVisitTable` keeps, per item, its positive-event count and between
+``covisit_neighbours`` and twice that many strongest neighbours (pruned to the strongest
+``covisit_neighbours`` whenever they pass twice that, so a newcomer has room to earn its
+place). The job's item owner keeps exactly the same in
 item state and publishes all of them, so the job's replicas and the replay score alike.
 
 A user's co-visitation score of an item is the cosine-normalised pair weight

@@ -1,9 +1,9 @@
 """The pieces of a learning step that the bundle learner, the item owner and scoring share:
-new item states, the user's recent context, learning-rate schedule, event weights, the
-history update, row-wise Adagrad, and applying an item changelog record to a replica.
+new item states, the user's recent context, learning-rate schedules, event weights,
+row-wise Adagrad, and applying an item changelog record to a replica.
 
 >>> cfg = ModelConfig(dim=4, seed=0)
->>> event_weight(cfg, "purchase"), event_weight(cfg, "unfavorite")
+>>> event_weights(cfg)["purchase"], event_weights(cfg)["unfavorite"]
 (5.0, -1.0)
 """
 
@@ -90,12 +90,6 @@ def event_weights(config: ModelConfig) -> dict[str, float]:
                  "remove_from_cart")
         hit = _WEIGHTS[id(config)] = (config, {t: config.event_weight(t) for t in names})
     return hit[1]
-
-
-def event_weight(config: ModelConfig, event_type: str) -> float:
-    """``config.event_weight`` through :func:`event_weights`."""
-    w = event_weights(config).get(event_type)
-    return config.event_weight(event_type) if w is None else w
 
 
 def recent_context(user: UserState, index: Mapping[str, int], n_max: int) -> list[int]:
