@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from online_models.blend import (
+    CATEGORY_TREND,
     COLD,
     COVISIT,
     COVISIT_LAST,
@@ -65,6 +66,8 @@ def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
                               if fr[SIMILAR_NEW] > 0 and fr[COVISIT] == 0
                               and fr[COVISIT_LAST] == 0
                               else f"often {verb_of.get(src, 'viewed')} with {src}")
+                elif fr[CATEGORY_TREND] > 0:
+                    reason = f"trending in {replica.meta[r].get('category')}"
         out.append(reason)
     rest = [j for j, reason in enumerate(out) if not reason]
     if rest:

@@ -193,3 +193,29 @@ def test_blend_keeps_co_visitation_where_many_items_have_some() -> None:
     for target in rng.choice(300, size=300, p=odds / odds.sum()):
         blend_step(blend, user, rep, CFG, feats, int(target))
     assert blend.weights[COVISIT] > start + 0.5
+
+
+def test_trending_items_of_the_users_latest_category_get_category_trend_and_its_reason() -> None:
+    from online_models.blend import CATEGORY_TREND, user_features
+    from online_models.explain import explain
+
+    rep = ItemReplica(CFG)
+    for cat in ("shoes", "books"):
+        for n in range(60):
+            rep.upsert(f"{cat}-{n}", meta={"category": cat}, ts_ms=0)
+    # Trend rises with n in both categories; shoes-59 is the most trending shoe.
+    for cat in ("shoes", "books"):
+        for n in range(60):
+            rep.record_trend(rep.row(f"{cat}-{n}"), float(n + 1), 1000)
+    # An older book, then a shoe: the latest category is shoes.
+    user = UserState.new("u", CFG.dim, CFG.seed).replace(history=(
+        ("books-3", 1000, 1.0, "view"), ("shoes-2", 2000, 1.0, "view")))
+    f = user_features(user, rep, CFG, now_ms=3000)
+    trend = {rep.ids[r]: v[CATEGORY_TREND] for r, v in zip(f.rows.tolist(), f.values,
+                                                             strict=True) if v[CATEGORY_TREND]}
+    assert len(trend) == 50 and all(i.startswith("shoes-") for i in trend)
+    assert trend["shoes-59"] == 1.0 and trend["shoes-58"] == 0.5
+    assert "shoes-9" not in trend  # the 51st most trending
+    # shoes-40 is past the 16 never-learned shoes that new_in_category names first.
+    rows = np.array([rep.row("shoes-40"), rep.row("shoes-2")])
+    assert explain(user, rep, rows, f) == ["trending in shoes", "you viewed this recently"]
