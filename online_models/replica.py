@@ -17,6 +17,7 @@ time-decayed log popularity); :mod:`online_models.ranking` takes the top-K.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -72,6 +73,9 @@ class ItemReplica:
         self.static = np.zeros(capacity, dtype=np.float32)
         self.blocked = np.zeros(capacity, dtype=bool)
         self.category_code = np.full(capacity, -1, dtype=np.int32)
+        # Breaks ties of trend by id (its CRC-32), not by the order rows arrived in, which
+        # differs between replicas and after a restore: the trending rows are the same.
+        self.tie_key = np.zeros(capacity, dtype=np.uint32)
         self.categories: list[str] = []
         self._category_index: dict[str, int] = {}
         self.category_rows: dict[int, list[int]] = {}
@@ -182,6 +186,8 @@ class ItemReplica:
             self.static = _grow(self.static, n, 0.0)
             self.blocked = _grow(self.blocked, n, False)
             self.category_code = _grow(self.category_code, n, -1)
+            self.tie_key = _grow(self.tie_key, n, 0)
+            self.tie_key[row] = zlib.crc32(item_id.encode("utf-8"))
             self.meta.append({})
             if trend is None and ts_ms is not None:
                 trend = math.log(NEW_ITEM_TREND) + self._log_time(ts_ms)
@@ -291,7 +297,8 @@ class ItemReplica:
     # -- trending -------------------------------------------------------------------------
     def trending_rows(self, n: int, category: str | None = None,
                       now_ms: int | None = None) -> np.ndarray:
-        """Up to ``n`` available rows with the highest decayed count (overall or in a category).
+        """Up to ``n`` available rows with the highest decayed count (overall or in a
+        category), ties in id order (:attr:`tie_key`).
 
         Cached and recomputed after every 256 replica changes.
         """
@@ -305,15 +312,17 @@ class ItemReplica:
         else:
             code = self._category_index.get(category, -1)
             cand = np.asarray(self.category_rows.get(code, []), dtype=np.int64)
-        if cand.size:
+        if cand.size and n > 0:
             t = self.trend[cand]
             t = np.where(self.blocked[cand] | ~np.isfinite(t), -np.inf, t)
             m = min(n, cand.size)
-            part = np.argpartition(-t, m - 1)[:m] if m < cand.size else np.arange(cand.size)
-            part = part[np.argsort(-t[part], kind="stable")]
+            # The n-th highest trend and every row tied with it, then ordered.
+            part = (np.flatnonzero(t >= np.partition(t, cand.size - m)[cand.size - m])
+                    if m < cand.size else np.arange(cand.size))
+            part = part[np.lexsort((self.tie_key[cand[part]], -t[part]))][:m]
             rows = cand[part][np.isfinite(t[part])]
         else:
-            rows = cand
+            rows = cand[:0]
         self._trend_cache[key] = (self._version, rows)
         return rows
 

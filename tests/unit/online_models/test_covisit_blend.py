@@ -219,3 +219,20 @@ def test_trending_items_of_the_users_latest_category_get_category_trend_and_its_
     # shoes-40 is past the 16 never-learned shoes that new_in_category names first.
     rows = np.array([rep.row("shoes-40"), rep.row("shoes-2")])
     assert explain(user, rep, rows, f) == ["trending in shoes", "you viewed this recently"]
+
+
+def test_trending_rows_do_not_depend_on_the_order_items_arrived_in() -> None:
+    # Replicas fill in changelog order, which differs between instances and after a
+    # restore; a catalogue listed at one time ties on trend.
+    ids = [f"shoes-{n}" for n in range(40)]
+    orders = [ids, ids[::-1], ids[13:] + ids[:13]]
+    picks = []
+    for order in orders:
+        rep = ItemReplica(CFG)
+        for item in order:
+            rep.upsert(item, meta={"category": "shoes"}, ts_ms=0)
+        rep.record_trend(rep.row("shoes-7"), 5.0, 0)
+        picks.append([[rep.ids[r] for r in rep.trending_rows(10, category)]
+                      for category in (None, "shoes")])
+    assert picks[0] == picks[1] == picks[2]
+    assert picks[0][0][0] == "shoes-7" and len(picks[0][0]) == 10
