@@ -62,7 +62,8 @@ FEATURES = ("model", "recent_position", "recent_count", "recent_time", "covisit"
 # Where the online ranker ended on the shared logs, rounded: a start that ranks well
 # before it has learned anything (``recent_position`` and ``cold_cluster`` start at the
 # settings ``recency_boost`` and ``cluster_weight``). ``category_trend`` starts like
-# ``new_in_category``: 0.5 or 1.0 made no difference on REES46 (Recall@20 0.4981 / 0.4979).
+# ``new_in_category``: 0.5 or 1.0 made no difference on REES46 (Recall@20 0.4981 / 0.4979,
+# 20 rows).
 INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 1.5, 1.5, 0.4, 1.0, 1.0, 1.0)
 _NEW_PER_CATEGORY = 16  # never-learned items per category, newest first
 _NEW_CATEGORIES = 2  # categories of the user's recent items that get new items
