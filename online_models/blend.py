@@ -49,6 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from online_models.arrays import group_keys
 from online_models.config import ModelConfig
 from online_models.covisit import CoVisitScores, CoVisitTable, recent_items
 from online_models.replica import ItemReplica
@@ -139,8 +140,7 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
     feats = [_history_features(u, replica, config, t) for u, t in zip(users, now_ms,
                                                                       strict=True)]
     similar = _similar_new(replica, feats)
-    for f in feats:
-        _category_features(replica, f)
+    cats = [_category_entries(replica, f) for f in feats]
     recents: list[list[str]] = [[] for _ in users]
     cos: Sequence[CoVisitScores | None] = [None] * len(users)
     if covisit is not None and len(covisit):
@@ -148,22 +148,27 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
         cos = (covisit_scores if covisit_scores is not None
                else covisit.scores_many(recents, config.covisit_window))
     colds = colds if colds is not None else [(None, None)] * len(users)
-    # Every user's entries, user after user: their feature rows, co-visited rows, cold rows
-    # (each distinct, but the three may share rows); ``*_at``: where each part starts.
+    # Every user's entries, user after user: their feature rows, category rows, co-visited
+    # rows, cold rows (each distinct, but the four may share rows); ``*_at``: where each
+    # part starts.
     parts: list[np.ndarray] = []
     f_at: list[int] = []
+    cat_at: list[int] = []
     co_at: list[int] = []
     cold_at: list[int] = []
     n_entries: list[int] = []
     f_rows = np.fromiter(itertools.chain.from_iterable(feats), dtype=np.int64,
                          count=sum(len(f) for f in feats))
     n = taken = 0
-    for f, co, (c_rows, c_vals) in zip(feats, cos, colds, strict=True):
+    for f, cat, co, (c_rows, c_vals) in zip(feats, cats, cos, colds, strict=True):
         begin = n
         f_at.append(n)
         parts.append(f_rows[taken:taken + len(f)])
         taken += len(f)
         n += len(f)
+        cat_at.append(n)
+        parts.append(cat.rows)
+        n += cat.rows.shape[0]
         if co is not None:
             co_at.append(n)
             parts.append(co.rows)
@@ -182,6 +187,11 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
     if f_rows.shape[0]:
         at = np.concatenate([place[a:a + len(f)] for a, f in zip(f_at, feats, strict=True)])
         values[at] = np.array([v for f in feats for v in f.values()], dtype=np.float32)
+    at = np.concatenate([place[a:a + c.rows.shape[0]] for a, c in zip(cat_at, cats,
+                                                                      strict=True)])
+    if at.shape[0]:
+        values[at, np.concatenate([c.columns for c in cats])] = np.concatenate(
+            [c.values for c in cats])
     present = [co for co in cos if co is not None]
     if present:
         at = np.concatenate([place[a:a + co.rows.shape[0]]
@@ -215,16 +225,11 @@ def _first_entries(users: np.ndarray, rows: np.ndarray, n_rows: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """For entries (user, row), grouped by user: the entries where each distinct pair
     first appears, in order, and each entry's place among them."""
-    keys = users * (n_rows + 1) + rows
-    by_key = np.argsort(keys, kind="stable")
-    sorted_keys = keys[by_key]
-    first = np.ones(keys.shape[0], dtype=bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    firsts = by_key[first]
+    firsts, group = group_keys(users * (n_rows + 1) + rows)
     kept = np.sort(firsts)
-    place = np.empty(keys.shape[0], dtype=np.int64)
-    place[by_key] = np.searchsorted(kept, firsts)[np.cumsum(first) - 1]
-    return kept, place
+    rank = np.empty(rows.shape[0], dtype=np.int64)
+    rank[kept] = np.arange(kept.shape[0])
+    return kept, rank[firsts][group]
 
 
 def _history_features(user: UserState, replica: ItemReplica, config: ModelConfig,
@@ -261,7 +266,25 @@ def _row(feats: dict[int, list[float]], r: int) -> list[float]:
     return f
 
 
-def _category_features(replica: ItemReplica, feats: dict[int, list[float]]) -> None:
+@dataclass(frozen=True, slots=True)
+class _CategoryEntries:
+    """A user's category features as entries: row, feature column, value."""
+
+    rows: np.ndarray
+    columns: np.ndarray
+    values: np.ndarray
+
+
+_NO_CATEGORY_ENTRIES = _CategoryEntries(np.zeros(0, dtype=np.int64),
+                                        np.zeros(0, dtype=np.int64),
+                                        np.zeros(0, dtype=np.float32))
+# 1 / (1 + place): the value of the rows of a ranked list.
+_BY_PLACE = (1.0 / (1.0 + np.arange(max(_NEW_PER_CATEGORY, _TRENDING_IN_CATEGORY)))
+             ).astype(np.float32)
+
+
+def _category_entries(replica: ItemReplica, feats: dict[int, list[float]]
+                      ) -> _CategoryEntries:
     """``new_in_category`` for never-learned rows of the categories of the user's history
     rows, ``category_trend`` for the trending rows of the most recent one (``feats`` holds
     the history rows in recency order)."""
@@ -273,13 +296,16 @@ def _category_features(replica: ItemReplica, feats: dict[int, list[float]]) -> N
             if len(codes) == _NEW_CATEGORIES:
                 break
     if not codes:
-        return
-    for c in codes:
-        for place, r in enumerate(replica.new_rows(c, _NEW_PER_CATEGORY)):
-            _row(feats, r)[NEW_IN_CATEGORY] = 1.0 / (1 + place)
+        return _NO_CATEGORY_ENTRIES
+    news = [replica.new_rows(c, _NEW_PER_CATEGORY) for c in codes]
     trending = replica.trending_rows(_TRENDING_IN_CATEGORY, replica.categories[codes[0]])
-    for place, r in enumerate(trending.tolist()):
-        _row(feats, r)[CATEGORY_TREND] = 1.0 / (1 + place)
+    n_new = [len(rs) for rs in news]
+    return _CategoryEntries(
+        np.concatenate([np.fromiter(itertools.chain.from_iterable(news), dtype=np.int64,
+                                    count=sum(n_new)), trending]),
+        np.repeat(np.array([NEW_IN_CATEGORY, CATEGORY_TREND], dtype=np.int64),
+                  [sum(n_new), trending.shape[0]]),
+        np.concatenate([*(_BY_PLACE[:k] for k in n_new), _BY_PLACE[:trending.shape[0]]]))
 
 
 def _similar_new(replica: ItemReplica, feats: list[dict[int, list[float]]]

@@ -36,6 +36,7 @@ from operator import itemgetter
 import numpy as np
 import orjson
 
+from online_models.arrays import group_keys
 from online_models.state import UserState
 
 
@@ -255,7 +256,8 @@ class CoVisitTable:
         """:meth:`scores` of several users with one pass of array work (the job scores
         its due lists together)."""
         codes_at: list[np.ndarray] = []
-        values_at: list[np.ndarray] = []
+        weights_at: list[np.ndarray] = []
+        scales: list[float] = []
         places: list[int] = []
         owners: list[int] = []
         for owner, recent in enumerate(recents):
@@ -265,20 +267,22 @@ class CoVisitTable:
                 if nb is None or not nb.n:
                     continue
                 codes_at.append(nb.codes[: nb.n])
-                values_at.append(
-                    nb.weights[: nb.n] * ((window - place) / (window * self._root[c])))
+                weights_at.append(nb.weights[: nb.n])
+                scales.append((window - place) / (window * self._root[c]))
                 places.append(place)
                 owners.append(owner)
         if not codes_at:
             return [_NO_SCORES] * len(recents)
         sizes = [a.shape[0] for a in codes_at]
         codes = np.concatenate(codes_at)
-        v = np.concatenate(values_at) / self._root[codes]
+        v = (np.concatenate(weights_at) * np.repeat(np.array(scales), sizes)
+             / self._root[codes])
         place = np.repeat(np.array(places, dtype=np.int64), sizes)
         n_codes = len(self._ids)
         # One key per (user, item): a user's entries are contiguous, in their own order.
         key = np.repeat(np.array(owners, dtype=np.int64), sizes) * n_codes + codes
-        uniq, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        first, inv = group_keys(key)
+        uniq = key[first]
         # bincount sums in input order: the same sums as a loop over the sources.
         total = np.bincount(inv, weights=v, minlength=uniq.shape[0])
         last = np.bincount(inv, weights=np.where(place == 0, v, 0.0), minlength=uniq.shape[0])
@@ -291,7 +295,7 @@ class CoVisitTable:
         np.minimum.at(first_top, inv[top], top)
         source = place[first_top]
         # First-met order: users in turn, each user's rows as their items met them.
-        order = np.argsort(first, kind="stable")
+        order = np.argsort(first)  # distinct
         uniq = uniq[order]
         item = uniq % n_codes
         rows = self._row[item]

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from online_models.blend import (
@@ -29,55 +31,89 @@ _VERBS = {
 _CTX_ALL = ModelConfig(context_len=5)
 
 
+# What a listed row's reason comes from: the first of these its features have.
+_DENSE, _RECENT, _COLD, _NEW, _SOURCE, _TREND = range(6)
+
+
 def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
-            features: UserFeatures, trending: frozenset[int] = frozenset()) -> list[str]:
+            features: UserFeatures) -> list[str]:
     """A human-readable reason per recommended row."""
-    at = row_positions(features.rows, rows)
-    f_at = at.tolist()
-    # Only the listed rows' features (a user has hundreds of feature rows, a list ~20);
-    # a row without features (at -1) reads row 0 and is never looked at.
-    values = features.values
-    f = (values[np.maximum(at, 0)] if values.shape[0]
-         else np.zeros((rows.shape[0], values.shape[1]), dtype=values.dtype))
-    verb_of = {h[0]: _VERBS.get(h[3], "viewed") for h in user.history}
-    rows_l = rows.tolist()
-    ids = replica.ids
-    frows = f.tolist()
-    out: list[str] = []  # "": no sparse reason yet
-    for j, r in enumerate(rows_l):
-        fj = f_at[j]
-        reason = ""
-        if fj >= 0:  # the row has sparse features: the first that applies says why
-            fr = frows[j]
-            if fr[RECENT_POSITION] > 0:
+    return explain_many([user], replica, [rows], [features])[0]
+
+
+def explain_many(users: Sequence[UserState], replica: ItemReplica, rows: Sequence[np.ndarray],
+                 features: Sequence[UserFeatures]) -> list[list[str]]:
+    """:func:`explain` of several users' lists (``rows[j]`` for ``users[j]``), the array
+    work done once for all of them."""
+    if not users:
+        return []
+    kinds, sources, similar = _reason_kinds(replica, rows, features)
+    ids, meta = replica.ids, replica.meta
+    out: list[list[str]] = []
+    begin = 0
+    for user, listed, feats in zip(users, rows, features, strict=True):
+        end = begin + listed.shape[0]
+        verb_of = {h[0]: _VERBS.get(h[3], "viewed") for h in user.history}
+        reasons: list[str] = []  # "": no sparse reason
+        for r, kind, s, sim in zip(listed.tolist(), kinds[begin:end], sources[begin:end],
+                                   similar[begin:end], strict=True):
+            if kind == _RECENT:
                 verb = verb_of.get(ids[r], "viewed")
-                reason = ("you added this to your cart" if verb == "added to cart"
-                          else f"you {verb} this recently")
-            elif fr[COLD] > 0:  # a cold user's list is their cluster's
-                reason = "popular with shoppers like you"
-            elif fr[NEW_IN_CATEGORY] > 0:
-                category = replica.meta[r].get("category")
-                reason = f"new in {category}" if category else "new arrival"
+                reasons.append("you added this to your cart" if verb == "added to cart"
+                               else f"you {verb} this recently")
+            elif kind == _COLD:  # a cold user's list is their cluster's
+                reasons.append("popular with shoppers like you")
+            elif kind == _NEW:
+                category = meta[r].get("category")
+                reasons.append(f"new in {category}" if category else "new arrival")
+            elif kind == _SOURCE:
+                # A cold item near one the user just took, or a co-visited one.
+                src = feats.source_ids[s]
+                reasons.append(f"similar to {src} you {verb_of.get(src, 'viewed')}" if sim
+                               else f"often {verb_of.get(src, 'viewed')} with {src}")
+            elif kind == _TREND:
+                reasons.append(f"trending in {meta[r].get('category')}")
             else:
-                src = features.source_of(fj)
-                if src is not None:
-                    # A cold item near one the user just took, or a co-visited one.
-                    reason = (f"similar to {src} you {verb_of.get(src, 'viewed')}"
-                              if fr[SIMILAR_NEW] > 0 and fr[COVISIT] == 0
-                              and fr[COVISIT_LAST] == 0
-                              else f"often {verb_of.get(src, 'viewed')} with {src}")
-                elif fr[CATEGORY_TREND] > 0:
-                    reason = f"trending in {replica.meta[r].get('category')}"
-        out.append(reason)
-    rest = [j for j, reason in enumerate(out) if not reason]
-    if rest:
-        _dense_reasons(user, replica, rows[rest], rest, out, verb_of, trending)
+                reasons.append("")
+        rest = [j for j, reason in enumerate(reasons) if not reason]
+        if rest:
+            _dense_reasons(user, replica, listed[rest], rest, reasons, verb_of)
+        out.append(reasons)
+        begin = end
     return out
 
 
+def _reason_kinds(replica: ItemReplica, rows: Sequence[np.ndarray],
+                  features: Sequence[UserFeatures]
+                  ) -> tuple[list[int], list[int], list[bool]]:
+    """Per listed row of every list, in order: the kind of its sparse reason (the first
+    feature that applies; ``_DENSE``: none), the place of its co-visitation or similarity
+    source among its user's recent items, and whether that source is a similarity."""
+    n = len(replica) + 1
+    users = np.arange(len(rows))
+    listed = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    # Each listed row's place among all users' feature rows (-1: it has none).
+    at = row_positions(
+        np.repeat(users, [f.rows.shape[0] for f in features]) * n
+        + np.concatenate([f.rows for f in features]),
+        np.repeat(users, [r.shape[0] for r in rows]) * n + listed)
+    has = at >= 0
+    at = np.maximum(at, 0)
+    values = np.concatenate([f.values for f in features])
+    if not values.shape[0]:
+        return [_DENSE] * listed.shape[0], [-1] * listed.shape[0], [False] * listed.shape[0]
+    f = values[at]
+    source = np.where(has, np.concatenate([f.source for f in features])[at], -1)
+    kinds = np.select(
+        [~has, f[:, RECENT_POSITION] > 0, f[:, COLD] > 0, f[:, NEW_IN_CATEGORY] > 0,
+         source >= 0, f[:, CATEGORY_TREND] > 0],
+        [_DENSE, _RECENT, _COLD, _NEW, _SOURCE, _TREND], _DENSE)
+    similar = (f[:, SIMILAR_NEW] > 0) & (f[:, COVISIT] == 0) & (f[:, COVISIT_LAST] == 0)
+    return kinds.tolist(), source.tolist(), similar.tolist()
+
+
 def _dense_reasons(user: UserState, replica: ItemReplica, rows: np.ndarray, at: list[int],
-                   out: list[str], verb_of: dict[str, str],
-                   trending: frozenset[int]) -> None:
+                   out: list[str], verb_of: dict[str, str]) -> None:
     """Reasons of the rows without a sparse one (``out[at[j]]`` for ``rows[j]``): the
     context item they are most like, or what is trending (only these rows are compared
     with the context: most listed rows have a sparse reason)."""
@@ -97,8 +133,6 @@ def _dense_reasons(user: UserState, replica: ItemReplica, rows: np.ndarray, at: 
         if best and best[j] > 0.5 * own[j]:
             src = ctx_ids[most_similar[j]]
             reason = f"similar to {src} you {verb_of.get(src, 'viewed')}"
-        elif r in trending or (not best and category is None):
-            reason = f"trending in {category}" if category else "popular now"
         elif category is not None:
             reason = f"trending in {category}"
         else:

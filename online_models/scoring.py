@@ -41,7 +41,7 @@ from online_models.blend import (
     users_features,
 )
 from online_models.config import ModelConfig
-from online_models.explain import explain
+from online_models.explain import explain, explain_many
 from online_models.learning import context_rows
 from online_models.ranking import select, top_k
 from online_models.replica import ItemReplica
@@ -243,16 +243,14 @@ def recommend_for_users(
         top_s.append(s.numpy())
         top_r.append(r.numpy())
     all_s, all_r = np.concatenate(top_s), np.concatenate(top_r)
+    finite = np.isfinite(all_s)
+    lists = [(all_s[j][finite[j]], all_r[j][finite[j]]) for j in range(len(users))]
+    whys = (explain_many(users, replica, [r for _, r in lists], features) if reasons
+            else [[""] * r.shape[0] for _, r in lists])
     ids = replica.ids
-    out = []
-    for j, user in enumerate(users):
-        s, r = all_s[j], all_r[j]
-        finite = np.isfinite(s)
-        s, r = s[finite], r[finite]
-        why = explain(user, replica, r, features[j]) if reasons else [""] * r.shape[0]
-        out.append([ScoredItem(ids[a], float(b), c)
-                    for a, b, c in zip(r.tolist(), s.tolist(), why, strict=True)])
-    return out
+    return [[ScoredItem(ids[a], float(b), c) for a, b, c in zip(r.tolist(), s.tolist(), why,
+                                                               strict=True)]
+            for (s, r), why in zip(lists, whys, strict=True)]
 
 
 def similar_items(replica: ItemReplica, item_id: str, k: int, config: ModelConfig
