@@ -84,26 +84,38 @@ PIPELINES = ("job", "identity", "passthrough")
 
 # ============================================================================ driver
 
+def storefront_events(seed: int, n_users: int, n_items: int, n: int, start: int
+                      ) -> tuple[Any, list[Any]]:
+    """A fresh storefront and its first events: the catalogue block (one ``item_upsert``
+    per item at ``start``), then ``n`` events of its stream from ``start`` on."""
+    from freshrec.generator import Storefront
+    from schemas.events import Event
+
+    shop = Storefront(seed=seed, n_users=n_users, n_items=n_items, mean_gap_ms=1.0,
+                      start_ts_ms=start)
+    t = shop.truth
+    out = []
+    for item in sorted(t.item_category, key=lambda s: int(s[1:])):
+        shop._announced.add(item)  # no second announcement inside the stream
+        out.append(Event(f"cat-{item}", "item_upsert", start, item_id=item,
+                         price=t.item_price[item], category=t.item_category[item],
+                         brand=t.item_brand[item],
+                         title=f"{t.item_brand[item]} {t.item_category[item]} item {item}",
+                         available=True))
+    out += shop.events(n)
+    return shop, out
+
+
 def make_events(args: argparse.Namespace) -> tuple[Any, list[tuple[bytes, bytes, bool]]]:
     """A fresh storefront (same seed every call) and its encoded preload."""
-    from freshrec.generator import Storefront
-    from schemas.events import Event, encode_event
+    from schemas.events import encode_event
 
     n = args.events
     # Event times end at "now", so the later live phases continue the same clock.
-    start = int(time.time() * 1000) - n
-    shop = Storefront(seed=args.seed, n_users=args.users, n_items=args.items, mean_gap_ms=1.0,
-                      start_ts_ms=start)
+    shop, events = storefront_events(args.seed, args.users, args.items, n,
+                                     int(time.time() * 1000) - n)
     out: list[tuple[bytes, bytes, bool]] = []
-    t = shop.truth
-    for item in sorted(t.item_category, key=lambda s: int(s[1:])):  # the catalogue block
-        shop._announced.add(item)  # no second announcement inside the stream
-        ev = Event(f"cat-{item}", "item_upsert", start, item_id=item, price=t.item_price[item],
-                   category=t.item_category[item], brand=t.item_brand[item],
-                   title=f"{t.item_brand[item]} {t.item_category[item]} item {item}",
-                   available=True)
-        out.append((item.encode(), encode_event(ev), False))
-    for ev in shop.events(n):
+    for ev in events:
         interaction = ev.event_type != "item_upsert"
         key = ev.user_id if interaction else ev.item_id
         out.append(((key or "").encode(), encode_event(ev), interaction))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.bench_e2e import storefront_events
 from bench.model_job import job_path
 
 # Every printed figure, by section, for the JSON file.
@@ -63,6 +64,13 @@ def main() -> None:
         events = _generated(n_job)
         put("job_path", **job_path(events, args.dim, 3_000.0, args.sets, backlog=True))
         put("job_path_steady", **job_path(events, args.dim, 1_000.0, args.sets))
+        # The state bench_e2e's job has when its steady phases begin (its storefront: 5,000
+        # users, 10,000 items in a catalogue block, 60,000 events), then 500/s.
+        n_warm, n_timed = (20_000, 2_000) if args.quick else (60_000, 5_000)
+        _, shop_events = storefront_events(1, 5000, 10_000, n_warm + n_timed,
+                                           1_800_000_000_000)
+        put("job_path_warm", **job_path(shop_events, args.dim, 500.0, args.sets,
+                                        warmup=len(shop_events) - n_timed))
     if "learn" in only:
         learn(args)
     users = None

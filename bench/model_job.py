@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 
 def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
-             backlog: bool = False) -> dict[str, float | str]:
+             backlog: bool = False, warmup: int = 0) -> dict[str, float | str]:
     """Per-event CPU cost of the job's two Python operators through their own code
     (``flink_jobs.user_side`` / ``item_side`` over bytes, the Flink state a dict), with
     the job's settings (``sets`` overrides them) on generated data arriving at ``rate``
@@ -18,7 +18,8 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     (``job.item_bundle_max_age_ms``); owed refreshes fire at their due time (the job's
     timers) and items publish at their ticks, their changelog applied to the replica. A
     ``backlog`` fills every user bundle (the source reads ahead) while the clock moves at
-    ``rate``, the job's pace; item bundles and publishes keep to that clock."""
+    ``rate``, the job's pace; item bundles and publishes keep to that clock. The first
+    ``warmup`` events fill the state as a backlog at 3,000/s and are not counted."""
     from flink_jobs.bundles import (
         ITEM_EMBEDDINGS,
         ITEM_GRADIENTS,
@@ -51,7 +52,6 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     ticks: list[tuple[int, str]] = []  # a heap of (tick, item); stale entries are skipped
     owed: dict[int, dict[str, int]] = {}  # shard -> user -> when its owed list falls due
     max_n, max_age = job.bundle_max_records, job.bundle_max_age_ms
-    flush_age = 10**12 if backlog else max_age
     user_bundles: dict[int, tuple[int, list[RawRecord]]] = {}  # shard -> (first at, records)
     item_bundles: dict[object, tuple[int, list[bytes]]] = {}
     clock = time.process_time  # CPU time: less sensitive to other load on a shared machine
@@ -65,14 +65,25 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
         return {i: item_values.get(i) for i in ids}
 
     start = now = 1_800_000_000_000
+    warm_rate = 3_000.0
+    flush_all = {warmup - 1, len(events) - 1}  # the end of the warm-up and of the events
     for n, e in enumerate(events):
-        now = start + int(n * 1000 / rate)
+        if n < warmup:
+            now = start + int(n * 1000 / warm_rate)
+        else:
+            now = start + int(warmup * 1000 / warm_rate) + int((n - warmup) * 1000 / rate)
+        if n == warmup and n:
+            t_user = t_item = t_replica = 0.0
+            n_lists = n_msgs = n_published = n_user_calls = n_item_calls = 0
+            flush_age = 10**12 if backlog else max_age
+        elif n == 0:
+            flush_age = 10**12 if backlog or warmup else max_age
         key = e.user_id.encode() if e.user_id else None
         shard = shard_of(e.user_id or e.item_id or "", job.user_shards)
         recs = user_bundles.setdefault(shard, (now, []))[1]
         recs.append(RawRecord(0, n, now, key, encode_event(e)))
         ready = [sh for sh, (at, rs) in user_bundles.items()
-                 if len(rs) >= max_n or now - at >= flush_age or n == len(events) - 1]
+                 if len(rs) >= max_n or now - at >= flush_age or n in flush_all]
         t0 = clock()
         for sh in ready:
             shard_owed = owed.setdefault(sh, {})
@@ -101,7 +112,7 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
         t1 = clock()
         for sh in [sh for sh, (at, ms) in item_bundles.items()
                    if len(ms) >= max_n or now - at >= job.item_bundle_max_age_ms
-                   or n == len(events) - 1]:
+                   or n in flush_all]:
             done = items_side.process(item_bundles.pop(sh)[1], load_items, lambda _: False,
                                       now, text_maps.get(sh))
             n_item_calls += 1
@@ -131,11 +142,12 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
         t_user += t1 - t0
         t_item += t2 - t1
         t_replica += t3 - t2
-    n = len(events)
+    n = len(events) - warmup
     per = 1e6 / n
     total = t_user + t_item + t_replica
     print(f"job path {'in a backlog, clock' if backlog else 'at'} {rate:,.0f} events/s, CPU "
-          f"time ({n:,} events; {job.user_shards} user "
+          f"time ({n:,} events{f' after {warmup:,} of warm-up' if warmup else ''}; "
+          f"{job.user_shards} user "
           f"and {job.item_shards} item shards, bundles of up to {max_n} or {max_age} ms "
           f"({job.item_bundle_max_age_ms} ms for items): "
           f"{n / n_user_calls:.1f} events per user-side call, {n_msgs / n_item_calls:.1f} "
@@ -146,7 +158,7 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     print(f"  replica    (changelog applied)                   {t_replica * per:7.1f} us/event")
     print(f"  total                                            {total * per:7.1f} us/event "
           f"= {n / total:,.0f} events/s on one core")
-    return dict(rate=rate, backlog=str(backlog), user_shards=job.user_shards,
+    return dict(rate=rate, backlog=str(backlog), warmup=warmup, user_shards=job.user_shards,
         item_shards=job.item_shards,
         bundle_max_age_ms=max_age, item_bundle_max_age_ms=job.item_bundle_max_age_ms,
         events_per_user_call=n / n_user_calls,
