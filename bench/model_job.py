@@ -52,6 +52,7 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     ticks: list[tuple[int, str]] = []  # a heap of (tick, item); stale entries are skipped
     owed: dict[int, dict[str, int]] = {}  # shard -> user -> when its owed list falls due
     max_n, max_age = job.bundle_max_records, job.bundle_max_age_ms
+    flush_age = 10**12 if backlog or warmup else max_age
     user_bundles: dict[int, tuple[int, list[RawRecord]]] = {}  # shard -> (first at, records)
     item_bundles: dict[object, tuple[int, list[bytes]]] = {}
     clock = time.process_time  # CPU time: less sensitive to other load on a shared machine
@@ -72,12 +73,10 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
             now = start + int(n * 1000 / warm_rate)
         else:
             now = start + int(warmup * 1000 / warm_rate) + int((n - warmup) * 1000 / rate)
-        if n == warmup and n:
+        if n == warmup and n:  # the timed part begins
             t_user = t_item = t_replica = 0.0
             n_lists = n_msgs = n_published = n_user_calls = n_item_calls = 0
             flush_age = 10**12 if backlog else max_age
-        elif n == 0:
-            flush_age = 10**12 if backlog or warmup else max_age
         key = e.user_id.encode() if e.user_id else None
         shard = shard_of(e.user_id or e.item_id or "", job.user_shards)
         recs = user_bundles.setdefault(shard, (now, []))[1]
