@@ -91,24 +91,24 @@ def _reason_kinds(replica: ItemReplica, rows: Sequence[np.ndarray],
     source among its user's recent items, and whether that source is a similarity."""
     n = len(replica) + 1
     users = np.arange(len(rows))
-    listed = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+    listed = np.concatenate(rows)
     # Each listed row's place among all users' feature rows (-1: it has none).
     at = row_positions(
-        np.repeat(users, [f.rows.shape[0] for f in features]) * n
-        + np.concatenate([f.rows for f in features]),
+        np.repeat(users, [u.rows.shape[0] for u in features]) * n
+        + np.concatenate([u.rows for u in features]),
         np.repeat(users, [r.shape[0] for r in rows]) * n + listed)
     has = at >= 0
     at = np.maximum(at, 0)
-    values = np.concatenate([f.values for f in features])
+    values = np.concatenate([u.values for u in features])
     if not values.shape[0]:
         return [_DENSE] * listed.shape[0], [-1] * listed.shape[0], [False] * listed.shape[0]
-    f = values[at]
-    source = np.where(has, np.concatenate([f.source for f in features])[at], -1)
+    v = values[at]  # the listed rows' features
+    source = np.where(has, np.concatenate([u.source for u in features])[at], -1)
     kinds = np.select(
-        [~has, f[:, RECENT_POSITION] > 0, f[:, COLD] > 0, f[:, NEW_IN_CATEGORY] > 0,
-         source >= 0, f[:, CATEGORY_TREND] > 0],
+        [~has, v[:, RECENT_POSITION] > 0, v[:, COLD] > 0, v[:, NEW_IN_CATEGORY] > 0,
+         source >= 0, v[:, CATEGORY_TREND] > 0],
         [_DENSE, _RECENT, _COLD, _NEW, _SOURCE, _TREND], _DENSE)
-    similar = (f[:, SIMILAR_NEW] > 0) & (f[:, COVISIT] == 0) & (f[:, COVISIT_LAST] == 0)
+    similar = (v[:, SIMILAR_NEW] > 0) & (v[:, COVISIT] == 0) & (v[:, COVISIT_LAST] == 0)
     return kinds.tolist(), source.tolist(), similar.tolist()
 
 
