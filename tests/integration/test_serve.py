@@ -386,10 +386,17 @@ def test_serves_what_the_job_publishes(kafka_broker: Any, tmp_path: Path,
             return True
 
         wait_for(served_as_topic, "the job's latest lists served", timeout_s=60)
-        # Item vectors reach the changelog on their own schedule (job.item_publish_*).
-        wait_for(lambda: serve.get("/v1/items/sku-0/similar?k=5").status == 200,
-                   "similar items of a catalogue item", timeout_s=60)
-        assert len(served_items(serve.get("/v1/items/sku-0/similar?k=5"))) == 5
+        # Item vectors reach the changelog on their own schedule (job.item_publish_*), one
+        # item after another: wait until five neighbours of sku-0 are known.
+        def similar() -> list[str]:
+            reply = serve.get("/v1/items/sku-0/similar?k=5")
+            return served_items(reply) if reply.status == 200 else []
+
+        wait_for(lambda: len(similar()) == 5, "five similar items of a catalogue item",
+                 timeout_s=90)
+        neighbours = similar()
+        assert "sku-0" not in neighbours and len(set(neighbours)) == 5
+        assert set(neighbours) <= {f"sku-{n}" for n in range(30)}
 
         job.send_events([Event("forget-0", "forget_user", NOW + 100, user_id=users[0])])
         wait_for(lambda: serve.get(f"/v1/users/{users[0]}/recommendations").status == 404,
