@@ -39,6 +39,7 @@ from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpac
 from flink_jobs.metrics import JobMetrics
 from flink_jobs.native_imports import freeze_imported_objects
 from flink_jobs.replica_value import unpack_replica_value
+from flink_jobs.state_cache import CachedMapState
 from flink_jobs.user_side import UserSide
 from flink_jobs.user_side_types import BundleStats, UserBundleResult, UserSideSettings, now_ms
 from freshrec_common.privacy import load_key
@@ -106,10 +107,6 @@ UNSLOTTED_LATER_DESCRIPTOR = ListStateDescriptor("publish-later", Types.STRING()
 TEXT_MAP_DESCRIPTOR = ValueStateDescriptor("text-map", Types.PICKLED_BYTE_ARRAY())
 
 
-def _load(state: Any, keys: list[str]) -> dict[str, bytes | None]:
-    return {k: state.get(k) for k in keys}
-
-
 class ShardCount:
     """Each shard's state remembers the shard count it was written with, and a restore
     with another count stops the job: keys would land in other shards and start over."""
@@ -155,10 +152,11 @@ class UserUpdate(KeyedBroadcastProcessFunction):
     replica fed by bundles of the changelog (broadcast)."""
 
     def __init__(self, settings: UserSideSettings, user_ttl_days: int, user_shards: int,
-                 pseudonym_key_file: str | None = None) -> None:
+                 state_cache_entries: int, pseudonym_key_file: str | None = None) -> None:
         self.settings = settings
         self.user_ttl_days = user_ttl_days
         self.user_shards = user_shards
+        self.state_cache_entries = state_cache_entries
         # None: keep user ids; else pseudonymise with the key read in open(), so the key is
         # never part of the job graph.
         self.pseudonym_key_file = pseudonym_key_file
@@ -168,7 +166,8 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         key = None if self.pseudonym_key_file is None else load_key(self.pseudonym_key_file)
         self.side = UserSide(self.settings, key)
         users, owed = user_state_descriptors(self.user_ttl_days)
-        self.users = runtime_context.get_map_state(users)
+        self.users = CachedMapState(runtime_context.get_map_state(users),
+                                    self.state_cache_entries, self.user_ttl_days * 86_400_000)
         self.owed = runtime_context.get_state(owed)
         self.shard_count = ShardCount(runtime_context, "job.user_shards", self.user_shards)
         self._replica_loaded = False
@@ -223,7 +222,8 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         # Owed lists already due go with the bundle's: one call instead of a timer's too.
         owed = unpack_due(self.owed.value())
         due = [u for u, t in owed.items() if t <= now]
-        result = self.side.process(records, lambda ids: _load(self.users, ids), now, due)
+        result = self.side.process(records, lambda ids: self.users.get_many(ids, now), now,
+                                   due)
         if due or result.owed:
             for u in due:
                 del owed[u]
@@ -244,11 +244,13 @@ class UserUpdate(KeyedBroadcastProcessFunction):
 
     def _refresh(self, user_ids: list[str]) -> Iterator[bytes]:
         """Score the lists owed to these users."""
-        yield from self._finish(self.side.refresh(user_ids, lambda ids: _load(self.users, ids)))
+        now = now_ms()
+        yield from self._finish(self.side.refresh(
+            user_ids, lambda ids: self.users.get_many(ids, now), now))
 
     def _finish(self, result: UserBundleResult) -> Iterator[bytes]:
         if result.writes:
-            self.users.put_all(result.writes)
+            self.users.put_all(result.writes, now_ms())
         for user_id in result.removes:
             self.users.remove(user_id)
         self._record(result.stats)
@@ -309,9 +311,10 @@ class ItemUpdate(KeyedProcessFunction):
 
     def __init__(self, config: ModelConfig, publish_interval_ms: int,
                  background_publish_interval_ms: int, dedup_window_s: int,
-                 item_shards: int) -> None:
+                 item_shards: int, state_cache_entries: int) -> None:
         self.config = config
         self.item_shards = item_shards
+        self.state_cache_entries = state_cache_entries
         self.publish_interval_ms = publish_interval_ms
         self.background_publish_interval_ms = background_publish_interval_ms
         self.dedup_window_s = dedup_window_s
@@ -321,7 +324,8 @@ class ItemUpdate(KeyedProcessFunction):
         self.side = ItemSide(self.config, self.publish_interval_ms,
                              self.background_publish_interval_ms)
         items, seen, soon, slots = item_state_descriptors(self.dedup_window_s)
-        self.items = runtime_context.get_map_state(items)
+        self.items = CachedMapState(runtime_context.get_map_state(items),
+                                    self.state_cache_entries)
         self.seen_ids = runtime_context.get_map_state(seen)
         self.soon = runtime_context.get_list_state(soon)
         self.slots = runtime_context.get_map_state(slots)
@@ -335,11 +339,12 @@ class ItemUpdate(KeyedProcessFunction):
     def process_element(self, value: Row, ctx: Any) -> list[Any]:
         self.shard_count.check(ctx)
         text_map = self.text_map.value() if self.side.text_encoder is not None else None
+        now = now_ms()
         result = self.side.process(decode_shard_bundle(value[1]),
-                                   lambda ids: _load(self.items, ids), self.seen_ids.contains,
-                                   now_ms(), text_map)
+                                   lambda ids: self.items.get_many(ids, now),
+                                   self.seen_ids.contains, now, text_map)
         if result.writes:
-            self.items.put_all(result.writes)
+            self.items.put_all(result.writes, now)
         if result.text_map is not None:
             self.text_map.update(result.text_map)
         if result.upsert_ids:
@@ -373,7 +378,7 @@ class ItemUpdate(KeyedProcessFunction):
         if not ready:
             return
         ids = list(ready)
-        out, n = self.side.publish(ids, _load(self.items, ids))
+        out, n = self.side.publish(ids, self.items.get_many(ids, timestamp))
         if n:
             self._published.inc(n)
             yield out.to_bytes()

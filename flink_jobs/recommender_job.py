@@ -126,7 +126,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     users = (
         events.key_by(lambda bundle, keys=user_keys: keys[bundle[0]], Types.INT())
         .connect(replica_feed)
-        .process(UserUpdate(user_side, job.user_state_ttl_days, job.user_shards, key_file),
+        .process(UserUpdate(user_side, job.user_state_ttl_days, job.user_shards,
+                            job.state_cache_entries, key_file),
                  OUTPUT_TYPE)
         .name("user-update").uid("user-update")
     )
@@ -150,7 +151,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         item_messages.key_by(lambda bundle, keys=item_keys: keys[bundle[0]], Types.INT())
         .process(ItemUpdate(config, job.item_publish_interval_ms,
                             job.item_background_publish_interval_ms, job.dedup_window_s,
-                            job.item_shards),
+                            job.item_shards, job.state_cache_entries),
                  OUTPUT_TYPE)
         .name("item-update").uid("item-update")
     )

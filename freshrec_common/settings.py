@@ -88,6 +88,7 @@ class JobSettings:
     dedup_window_s: int
     dedup_max_ids: int
     user_state_ttl_days: int
+    state_cache_entries: int
     max_payload_bytes: int
     max_id_length: int
     group_id: str
@@ -189,7 +190,8 @@ _POSITIVE = {
     "cluster.slots_per_taskmanager", "cluster.parallelism", "cluster.start_timeout_s",
     "serve.store_max_gb",
 }
-_NON_NEGATIVE = {"job.restart_attempts", "job.restart_delay_ms", "job.network_buffer_timeout_ms"}
+_NON_NEGATIVE = {"job.restart_attempts", "job.restart_delay_ms", "job.network_buffer_timeout_ms",
+                 "job.state_cache_entries"}
 # Secrets that must come from the environment: a file or a --set flag would leave them in
 # the repository, a shell history or the process list.
 _ENV_ONLY = {"serve.auth_token"}
