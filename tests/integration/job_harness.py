@@ -136,13 +136,13 @@ class JobProcess:
         self.proc.wait(timeout=30)
 
     # -- traffic ----------------------------------------------------------------------
-    def send_events(self, events: Iterable[Event]) -> int:
+    def send_events(self, events: Iterable[Event], flush_timeout_s: float = 30) -> int:
         n = 0
         for event in events:
             key = event.item_id if event.event_type == "item_upsert" else event.user_id
             self.send_raw((key or "").encode(), encode_event(event))
             n += 1
-        self.flush()
+        self.flush(flush_timeout_s)
         return n
 
     def send_raw(self, key: bytes | None, value: bytes | None) -> Any:
@@ -152,9 +152,9 @@ class JobProcess:
                 self.settings, acks="all", linger_ms=5, max_request_size=2 * 1024 * 1024)
         return self._producer.send(self.settings.topics.events, key=key, value=value)
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float = 30) -> None:
         if self._producer is not None:
-            self._producer.flush(timeout=30)
+            self._producer.flush(timeout=timeout_s)
 
     # -- output -------------------------------------------------------------------------
     def read_topic(self, topic: str, timeout_s: float = 30) -> list[Record]:
