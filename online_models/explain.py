@@ -104,10 +104,13 @@ def _reason_kinds(replica: ItemReplica, rows: Sequence[np.ndarray],
         return [_DENSE] * listed.shape[0], [-1] * listed.shape[0], [False] * listed.shape[0]
     v = values[at]  # the listed rows' features
     source = np.where(has, np.concatenate([u.source for u in features])[at], -1)
-    kinds = np.select(
-        [~has, v[:, RECENT_POSITION] > 0, v[:, COLD] > 0, v[:, NEW_IN_CATEGORY] > 0,
-         source >= 0, v[:, CATEGORY_TREND] > 0],
-        [_DENSE, _RECENT, _COLD, _NEW, _SOURCE, _TREND], _DENSE)
+    # The first of these that applies gives the kind: assigned from the last to the first,
+    # as np.select would choose (which costs ~0.1 ms a call at a list's 20 rows).
+    kinds = np.full(listed.shape[0], _DENSE, dtype=np.int64)
+    for applies, kind in ((v[:, CATEGORY_TREND] > 0, _TREND), (source >= 0, _SOURCE),
+                          (v[:, NEW_IN_CATEGORY] > 0, _NEW), (v[:, COLD] > 0, _COLD),
+                          (v[:, RECENT_POSITION] > 0, _RECENT), (~has, _DENSE)):
+        kinds[applies] = kind
     similar = (v[:, SIMILAR_NEW] > 0) & (v[:, COVISIT] == 0) & (v[:, COVISIT_LAST] == 0)
     return kinds.tolist(), source.tolist(), similar.tolist()
 
