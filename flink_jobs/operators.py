@@ -41,7 +41,13 @@ from flink_jobs.native_imports import freeze_imported_objects
 from flink_jobs.replica_value import unpack_replica_value
 from flink_jobs.state_cache import CachedMapState
 from flink_jobs.user_side import UserSide
-from flink_jobs.user_side_types import BundleStats, UserBundleResult, UserSideSettings, now_ms
+from flink_jobs.user_side_types import (
+    BundleStats,
+    UserBundleResult,
+    UserSideSettings,
+    now_ms,
+    refresh_timer,
+)
 from freshrec_common.privacy import load_key
 from online_models.config import ModelConfig
 
@@ -133,15 +139,16 @@ class ShardCount:
         self._checked.add(shard)
 
 
-def _take_due(schedule: Any, timestamp: int, ctx: Any) -> list[str]:
+def _take_due(schedule: Any, timestamp: int, ctx: Any, interval_ms: int) -> list[str]:
     """Keys of a schedule (a ValueState of :func:`pack_due`) due at ``timestamp``; the rest
-    stay, with a timer at the earliest of them."""
+    stay, with a timer for the earliest of them (:func:`refresh_timer`)."""
     due = unpack_due(schedule.value())
     ready = [k for k, t in due.items() if t <= timestamp]
     rest = {k: t for k, t in due.items() if t > timestamp}
     if rest:
         schedule.update(pack_due(rest))
-        ctx.timer_service().register_processing_time_timer(min(rest.values()))
+        ctx.timer_service().register_processing_time_timer(
+            refresh_timer(min(rest.values()), interval_ms))
     else:
         schedule.clear()
     return ready
@@ -233,12 +240,13 @@ class UserUpdate(KeyedBroadcastProcessFunction):
             else:
                 self.owed.clear()
         if result.owed:
-            ctx.timer_service().register_processing_time_timer(min(result.owed.values()))
+            ctx.timer_service().register_processing_time_timer(
+                refresh_timer(min(result.owed.values()), self.settings.refresh_interval_ms))
         yield from self._finish(result)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)
-        due = _take_due(self.owed, timestamp, ctx)
+        due = _take_due(self.owed, timestamp, ctx, self.settings.refresh_interval_ms)
         if due:
             yield from self._refresh(due)
 

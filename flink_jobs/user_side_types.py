@@ -30,6 +30,17 @@ def refresh_due(last_refresh_ms: int, interval_ms: int) -> int:
     return -(-(last_refresh_ms + interval_ms) // tick) * tick
 
 
+def refresh_timer(due_ms: int, interval_ms: int) -> int:
+    """When the timer for lists owed at ``due_ms`` fires: one tick of the grid later. A
+    shard's bundle scores every owed list already due, and at a steady load its next bundle
+    comes within that tick, so the lists go with it: one Python call, not a timer's too.
+
+    >>> refresh_timer(1_250, 200)
+    1300
+    """
+    return due_ms + max(interval_ms // REFRESH_TICKS, 1)
+
+
 # Reads the stored values of some keys (missing or None: nothing stored).
 Loader = Callable[[list[str]], Mapping[str, bytes | None]]
 
