@@ -57,12 +57,12 @@ from online_models.blend import (
 )
 from online_models.bundle import BundleStep, learn_bundle
 from online_models.config import ModelConfig
-from online_models.covisit import CoVisitTable, recent_items
+from online_models.covisit import CoVisitTable
 from online_models.experiments import trending_list
 from online_models.learning import apply_item_embedding
 from online_models.model import cold_start_bonus, learn_cold_start
 from online_models.replica import ItemReplica
-from online_models.scoring import blend_step, recommend_for_users
+from online_models.scoring import blend_step, query_vector, recommend_for_users
 from online_models.state import UserState
 from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMean, UserClusters
 from schemas.dlq import DeadLetter, encode_dead_letter
@@ -378,13 +378,13 @@ class UserSide:
                     self.experiment.variant(variant).trending_only:
                 lists = [trending_list(self.replica, u, cfg, cfg.top_k) for u in users]
             else:
-                window = cfg.covisit_window
-                co = self.covisit.scores_many([recent_items(u, window) for u in users], window)
+                queries = [query_vector(u, self.replica, cfg) for u in users]
                 features = users_features(
                     users, self.replica, cfg, [u.last_ts for u in users], self.covisit,
-                    [cold_start_bonus(self.clusters, u, self.replica, cfg) for u in users], co)
+                    [cold_start_bonus(self.clusters, u, self.replica, cfg, q)
+                     for u, q in zip(users, queries, strict=True)])
                 lists = recommend_for_users(users, self.replica, cfg, blend=self.blends[variant],
-                                            features=features)
+                                            features=features, queries=queries)
             out.update((u, (items, variant)) for u, items in zip(uids, lists, strict=True))
         return out
 

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from online_models.arrays import group_keys
+from online_models.arrays import first_seen
 from online_models.config import ModelConfig
 from online_models.covisit import CoVisitScores, CoVisitTable, recent_items
 from online_models.replica import ItemReplica
@@ -105,33 +105,19 @@ class UserFeatures:
         return self.source_ids[s] if s >= 0 else None
 
 
-def row_positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """The position of each of ``wanted`` in ``rows`` (distinct), -1 where absent."""
-    if not rows.shape[0]:
-        return np.full(wanted.shape[0], -1, dtype=np.int64)
-    order = np.argsort(rows)
-    at = np.minimum(np.searchsorted(rows[order], wanted), rows.shape[0] - 1)
-    return np.where(rows[order[at]] == wanted, order[at], -1)
-
-
 Cold = tuple[np.ndarray | None, np.ndarray | None]
 
 
 def user_features(user: UserState, replica: ItemReplica, config: ModelConfig, now_ms: int,
-                  covisit: CoVisitTable | None = None, cold: Cold = (None, None),
-                  covisit_scores: CoVisitScores | None = None) -> UserFeatures:
-    """Sparse features of a user's candidates (history, co-visitation, cold bonus).
-    ``covisit_scores``: the user's scores from ``covisit`` when the caller has them
-    (:meth:`~online_models.covisit.CoVisitTable.scores_many`)."""
-    return users_features([user], replica, config, [now_ms], covisit, [cold],
-                          None if covisit_scores is None else [covisit_scores])[0]
+                  covisit: CoVisitTable | None = None, cold: Cold = (None, None)
+                  ) -> UserFeatures:
+    """Sparse features of a user's candidates (history, co-visitation, cold bonus)."""
+    return users_features([user], replica, config, [now_ms], covisit, [cold])[0]
 
 
 def users_features(users: Sequence[UserState], replica: ItemReplica, config: ModelConfig,
                    now_ms: Sequence[int], covisit: CoVisitTable | None = None,
-                   colds: Sequence[Cold] | None = None,
-                   covisit_scores: Sequence[CoVisitScores] | None = None
-                   ) -> list[UserFeatures]:
+                   colds: Sequence[Cold] | None = None) -> list[UserFeatures]:
     """:func:`user_features` of many users, the array work done once for all of them.
     Each user's rows: their history's and the new items' first, then co-visited rows they
     lack, then cold-cluster rows they lack."""
@@ -145,8 +131,7 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
     cos: Sequence[CoVisitScores | None] = [None] * len(users)
     if covisit is not None and len(covisit):
         recents = [recent_items(u, config.covisit_window) for u in users]
-        cos = (covisit_scores if covisit_scores is not None
-               else covisit.scores_many(recents, config.covisit_window))
+        cos = covisit.scores_many(recents, config.covisit_window)
     colds = colds if colds is not None else [(None, None)] * len(users)
     # Every user's entries, user after user: their feature rows, category rows, co-visited
     # rows, cold rows (each distinct, but the four may share rows); ``*_at``: where each
@@ -180,7 +165,9 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
         n_entries.append(n - begin)
     user_e = np.repeat(np.arange(len(users)), n_entries)
     rows_e = np.concatenate(parts)
-    kept, place = _first_entries(user_e, rows_e, len(replica))
+    # Each distinct (user, row) once, where first met, and each entry's place among them.
+    kept, place = first_seen(user_e * (len(replica) + 1) + rows_e,
+                             len(users) * (len(replica) + 1))
     rows = rows_e[kept]
     values = np.zeros((rows.shape[0], len(FEATURES)), dtype=np.float32)
     source = np.full(rows.shape[0], -1, dtype=np.int64)
@@ -219,17 +206,6 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
                 recent = [*recent, sim[1]]
         out.append(UserFeatures(rows[a:b], values[a:b], src, recent))
     return out
-
-
-def _first_entries(users: np.ndarray, rows: np.ndarray, n_rows: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """For entries (user, row), grouped by user: the entries where each distinct pair
-    first appears, in order, and each entry's place among them."""
-    firsts, group = group_keys(users * (n_rows + 1) + rows)
-    kept = np.sort(firsts)
-    rank = np.empty(rows.shape[0], dtype=np.int64)
-    rank[kept] = np.arange(kept.shape[0])
-    return kept, rank[firsts][group]
 
 
 def _history_features(user: UserState, replica: ItemReplica, config: ModelConfig,

@@ -36,7 +36,7 @@ from operator import itemgetter
 import numpy as np
 import orjson
 
-from online_models.arrays import group_keys
+from online_models.arrays import first_seen
 from online_models.state import UserState
 
 
@@ -279,9 +279,10 @@ class CoVisitTable:
              / self._root[codes])
         place = np.repeat(np.array(places, dtype=np.int64), sizes)
         n_codes = len(self._ids)
-        # One key per (user, item): a user's entries are contiguous, in their own order.
+        # One key per (user, item), grouped in first-met order: users in turn, each
+        # user's rows as their items met them (a user's entries are contiguous).
         key = np.repeat(np.array(owners, dtype=np.int64), sizes) * n_codes + codes
-        first, inv = group_keys(key)
+        first, inv = first_seen(key, len(recents) * n_codes)
         uniq = key[first]
         # bincount sums in input order: the same sums as a loop over the sources.
         total = np.bincount(inv, weights=v, minlength=uniq.shape[0])
@@ -294,9 +295,6 @@ class CoVisitTable:
         first_top = np.full(uniq.shape[0], v.shape[0], dtype=np.int64)
         np.minimum.at(first_top, inv[top], top)
         source = place[first_top]
-        # First-met order: users in turn, each user's rows as their items met them.
-        order = np.argsort(first)  # distinct
-        uniq = uniq[order]
         item = uniq % n_codes
         rows = self._row[item]
         for j in np.flatnonzero(rows < 0).tolist():
@@ -304,10 +302,9 @@ class CoVisitTable:
             if r >= 0:
                 self._row[item[j]] = rows[j] = r
         known = rows >= 0
-        keep = order[known]
         rows, owner = rows[known], uniq[known] // n_codes
         bounds = np.searchsorted(owner, np.arange(len(recents) + 1))
-        total, last, source = total[keep], last[keep], source[keep]
+        total, last, source = total[known], last[known], source[known]
         return [CoVisitScores(rows[a:b], total[a:b], last[a:b], source[a:b]) if b > a
                 else _NO_SCORES for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(),
                                                 strict=True)]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from online_models.arrays import positions
 from online_models.blend import (
     CATEGORY_TREND,
     COLD,
@@ -17,7 +18,6 @@ from online_models.blend import (
     RECENT_POSITION,
     SIMILAR_NEW,
     UserFeatures,
-    row_positions,
 )
 from online_models.config import ModelConfig
 from online_models.learning import context_rows
@@ -93,10 +93,10 @@ def _reason_kinds(replica: ItemReplica, rows: Sequence[np.ndarray],
     users = np.arange(len(rows))
     listed = np.concatenate(rows)
     # Each listed row's place among all users' feature rows (-1: it has none).
-    at = row_positions(
+    at = positions(
         np.repeat(users, [u.rows.shape[0] for u in features]) * n
         + np.concatenate([u.rows for u in features]),
-        np.repeat(users, [r.shape[0] for r in rows]) * n + listed)
+        np.repeat(users, [r.shape[0] for r in rows]) * n + listed, len(rows) * n)
     has = at >= 0
     at = np.maximum(at, 0)
     values = np.concatenate([u.values for u in features])

@@ -24,11 +24,11 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from online_models.ann import use_approximate
+from online_models.arrays import positions
 from online_models.blend import (
     BlendSchedule,
     ScoreBlend,
     UserFeatures,
-    row_positions,
     user_features,
     users_features,
 )
@@ -69,14 +69,18 @@ def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemRepli
 
 
 def cold_start_bonus(clusters: UserClusters, user: UserState, replica: ItemReplica,
-                     config: ModelConfig) -> tuple[np.ndarray | None, np.ndarray | None]:
+                     config: ModelConfig, query: np.ndarray | None = None
+                     ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The ``cold_cluster`` feature (rows, values) of the popular items of a cold user's
     cluster; it fades out linearly over the user's first ``cold_events`` events.
-    ``(None, None)`` if none."""
+    ``(None, None)`` if none. ``query``: the user's :func:`query_vector` if the caller has
+    it."""
     if user.n_events >= config.cold_events:
         return None, None
     share = 1.0 - user.n_events / config.cold_events
-    pop = clusters.popular(query_vector(user, replica, config), 2 * config.top_k)
+    if query is None:
+        query = query_vector(user, replica, config)
+    pop = clusters.popular(query, 2 * config.top_k)
     index = replica.table.index
     rows = [(index[i], v) for i, v in pop if i in index]
     if not rows:
@@ -338,7 +342,7 @@ class FreshRecModel:
         bonus = self.blend.bonus(feats, d.scale)
         r = rows[known]
         dense = rep.table._data[r] @ d.query + rep.static[r]
-        at = row_positions(feats.rows, r)
+        at = positions(feats.rows, r, len(rep))
         sparse = np.zeros(r.shape[0])
         sparse[at >= 0] = bonus[at[at >= 0]]
         out[known] = dense + sparse
@@ -350,8 +354,10 @@ class FreshRecModel:
         :func:`~online_models.scoring.recommend_for_users`). No exploration."""
         users = [self.user(u) for u in user_ids]
         cfg = self.config
+        queries = [query_vector(u, self.replica, cfg) for u in users]
         features = users_features(
             users, self.replica, cfg, [max(u.last_ts, self.now_ms) for u in users],
-            self.covisit, [cold_start_bonus(self.clusters, u, self.replica, cfg) for u in users])
+            self.covisit, [cold_start_bonus(self.clusters, u, self.replica, cfg, q)
+                           for u, q in zip(users, queries, strict=True)])
         return recommend_for_users(users, self.replica, cfg, k, self.now_ms, features,
-                                   self.blend, reasons)
+                                   self.blend, reasons, queries)
