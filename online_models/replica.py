@@ -328,8 +328,9 @@ class ItemReplica:
 
     def new_rows(self, category_code: int, n: int) -> list[int]:
         """Up to ``n`` available rows of a category that were never learned (no interaction
-        yet), the newest listing first (new-listing trend, then id: the same order on every
-        replica, whatever order the rows arrived in). Cached like :meth:`trending_rows`."""
+        yet), the newest listing first (new-listing trend, then the id's CRC-32: the same
+        order on every replica, whatever order the rows arrived in). Cached like
+        :meth:`trending_rows`."""
         key = (category_code, n)
         hit = self._new_cache.get(key)
         # A new row is news: recomputed then, and after every 256 other changes.
@@ -337,17 +338,16 @@ class ItemReplica:
             return hit[2]
         cand = np.asarray(self.category_rows.get(category_code, []), dtype=np.int64)
         fresh = cand[(self.table._acc[cand] == 0) & ~self.blocked[cand]] if cand.size else cand
-        ids, trend = self.table.ids, self.trend
-        rows = sorted(fresh.tolist(), key=lambda r: (-trend[r], ids[r]))[:n]
+        rows = fresh[np.lexsort((self.tie_key[fresh], -self.trend[fresh]))][:n].tolist()
         self._new_cache[key] = (self._version, len(self), rows)
         return rows
 
     def fresh_rows(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The newest ``n`` available, never-learned rows, oldest first, and their vectors
-        scaled to unit length. Ordered like :meth:`new_rows` (new-listing trend, then id),
-        not by the order rows arrived in, which differs between replicas and after a
-        restore. Cached like :meth:`new_rows`; rows learned or withdrawn since are left
-        out at each call."""
+        scaled to unit length. Ordered like :meth:`new_rows` (new-listing trend, then the
+        id's CRC-32), not by the order rows arrived in, which differs between replicas and
+        after a restore. Cached like :meth:`new_rows`; rows learned or withdrawn since are
+        left out at each call."""
         hit = self._fresh_cache
         if (hit is None or hit[0] != n or hit[2] != len(self)
                 or self._version - hit[1] >= _TREND_CACHE_EVERY):
@@ -357,10 +357,7 @@ class ItemReplica:
             if cand.shape[0] > n:  # the n newest listings, with every row tied at the cut
                 cut = np.partition(trend, cand.shape[0] - n)[cand.shape[0] - n]
                 cand, trend = cand[trend >= cut], trend[trend >= cut]
-            ids = self.table.ids
-            newest = sorted(zip(cand.tolist(), trend.tolist(), strict=True),
-                            key=lambda rt: (-rt[1], ids[rt[0]]))[:n]
-            rows = np.array([r for r, _ in reversed(newest)], dtype=np.int64)
+            rows = cand[np.lexsort((self.tie_key[cand], -trend))[:n]][::-1].copy()
             unit = self.table._data[rows]
             norm = np.sqrt(np.einsum("ij,ij->i", unit, unit))
             unit = unit / np.maximum(norm, np.float32(1e-12))[:, None]
