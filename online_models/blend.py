@@ -126,7 +126,7 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
     feats = [_history_features(u, replica, config, t) for u, t in zip(users, now_ms,
                                                                       strict=True)]
     similar = _similar_new(replica, feats)
-    cats = [_category_entries(replica, f) for f in feats]
+    cats = [_category_lists(replica, f) for f in feats]
     recents: list[list[str]] = [[] for _ in users]
     cos: Sequence[CoVisitScores | None] = [None] * len(users)
     if covisit is not None and len(covisit):
@@ -145,15 +145,17 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
     f_rows = np.fromiter(itertools.chain.from_iterable(feats), dtype=np.int64,
                          count=sum(len(f) for f in feats))
     n = taken = 0
-    for f, cat, co, (c_rows, c_vals) in zip(feats, cats, cos, colds, strict=True):
+    cat_lists = [c for user_cats in cats for c in user_cats]
+    for f, user_cats, co, (c_rows, c_vals) in zip(feats, cats, cos, colds, strict=True):
         begin = n
         f_at.append(n)
         parts.append(f_rows[taken:taken + len(f)])
         taken += len(f)
         n += len(f)
         cat_at.append(n)
-        parts.append(cat.rows)
-        n += cat.rows.shape[0]
+        for rows_c, _ in user_cats:
+            parts.append(rows_c)
+            n += rows_c.shape[0]
         if co is not None:
             co_at.append(n)
             parts.append(co.rows)
@@ -174,11 +176,12 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
     if f_rows.shape[0]:
         at = np.concatenate([place[a:a + len(f)] for a, f in zip(f_at, feats, strict=True)])
         values[at] = np.array([v for f in feats for v in f.values()], dtype=np.float32)
-    at = np.concatenate([place[a:a + c.rows.shape[0]] for a, c in zip(cat_at, cats,
-                                                                      strict=True)])
-    if at.shape[0]:
-        values[at, np.concatenate([c.columns for c in cats])] = np.concatenate(
-            [c.values for c in cats])
+    if cat_lists:
+        sizes = [r.shape[0] for r, _ in cat_lists]
+        n_cat = [sum(r.shape[0] for r, _ in user_cats) for user_cats in cats]
+        at = np.concatenate([place[a:a + k] for a, k in zip(cat_at, n_cat, strict=True)])
+        values[at, np.repeat([c for _, c in cat_lists], sizes)] = np.concatenate(
+            [_BY_PLACE[:k] for k in sizes])
     present = [co for co in cos if co is not None]
     if present:
         at = np.concatenate([place[a:a + co.rows.shape[0]]
@@ -242,28 +245,18 @@ def _row(feats: dict[int, list[float]], r: int) -> list[float]:
     return f
 
 
-@dataclass(frozen=True, slots=True)
-class _CategoryEntries:
-    """A user's category features as entries: row, feature column, value."""
-
-    rows: np.ndarray
-    columns: np.ndarray
-    values: np.ndarray
-
-
-_NO_CATEGORY_ENTRIES = _CategoryEntries(np.zeros(0, dtype=np.int64),
-                                        np.zeros(0, dtype=np.int64),
-                                        np.zeros(0, dtype=np.float32))
 # 1 / (1 + place): the value of the rows of a ranked list.
 _BY_PLACE = (1.0 / (1.0 + np.arange(max(_NEW_PER_CATEGORY, _TRENDING_IN_CATEGORY)))
              ).astype(np.float32)
 
 
-def _category_entries(replica: ItemReplica, feats: dict[int, list[float]]
-                      ) -> _CategoryEntries:
-    """``new_in_category`` for never-learned rows of the categories of the user's history
-    rows, ``category_trend`` for the trending rows of the most recent one (``feats`` holds
-    the history rows in recency order)."""
+def _category_lists(replica: ItemReplica, feats: dict[int, list[float]]
+                    ) -> list[tuple[np.ndarray, int]]:
+    """A user's ranked category lists, each with its feature column: ``new_in_category``
+    for never-learned rows of the categories of the user's history rows,
+    ``category_trend`` for the trending rows of the most recent one (``feats`` holds the
+    history rows in recency order). The replica's cached arrays, not copies: the caller
+    turns every user's lists into entries at once."""
     codes: list[int] = []
     for r in feats:
         c = int(replica.category_code[r])
@@ -272,16 +265,11 @@ def _category_entries(replica: ItemReplica, feats: dict[int, list[float]]
             if len(codes) == _NEW_CATEGORIES:
                 break
     if not codes:
-        return _NO_CATEGORY_ENTRIES
-    news = [replica.new_rows(c, _NEW_PER_CATEGORY) for c in codes]
-    trending = replica.trending_rows(_TRENDING_IN_CATEGORY, replica.categories[codes[0]])
-    n_new = [len(rs) for rs in news]
-    return _CategoryEntries(
-        np.concatenate([np.fromiter(itertools.chain.from_iterable(news), dtype=np.int64,
-                                    count=sum(n_new)), trending]),
-        np.repeat(np.array([NEW_IN_CATEGORY, CATEGORY_TREND], dtype=np.int64),
-                  [sum(n_new), trending.shape[0]]),
-        np.concatenate([*(_BY_PLACE[:k] for k in n_new), _BY_PLACE[:trending.shape[0]]]))
+        return []
+    out = [(replica.new_rows(c, _NEW_PER_CATEGORY), NEW_IN_CATEGORY) for c in codes]
+    out.append((replica.trending_rows(_TRENDING_IN_CATEGORY, replica.categories[codes[0]]),
+                CATEGORY_TREND))
+    return out
 
 
 def _similar_new(replica: ItemReplica, feats: list[dict[int, list[float]]]
@@ -300,19 +288,18 @@ def _similar_new(replica: ItemReplica, feats: list[dict[int, list[float]]]
     src = replica.table._data[cols]
     sims = unit @ src.T
     sims /= np.maximum(np.sqrt(np.einsum("ij,ij->i", src, src)), np.float32(1e-12))
-    near = sims >= _MIN_SIMILARITY
-    c = 0
-    for j, rs in enumerate(recent):
-        if not rs:
-            continue
-        mine = near[:, c:c + len(rs)].any(axis=1)
-        hits = np.flatnonzero(mine)
-        if hits.shape[0]:
-            i = int(hits[-1])  # rows run oldest to newest
-            r = int(rows[i])
-            _row(feats[j], r)[SIMILAR_NEW] = 1.0
-            out[j] = (r, replica.ids[rs[int(sims[i, c:c + len(rs)].argmax())]])
-        c += len(rs)
+    # Per user with recent items (their columns start at ``starts``): is any pool row near
+    # one of them, and the newest such row (rows run oldest to newest).
+    users = [j for j, rs in enumerate(recent) if rs]
+    starts = np.cumsum([0] + [len(recent[j]) for j in users[:-1]])
+    near = np.logical_or.reduceat(sims >= _MIN_SIMILARITY, starts, axis=1)
+    newest = rows.shape[0] - 1 - np.argmax(near[::-1], axis=0)
+    for u in np.flatnonzero(near.any(axis=0)).tolist():
+        j, i, c = users[u], int(newest[u]), int(starts[u])
+        rs = recent[j]
+        r = int(rows[i])
+        _row(feats[j], r)[SIMILAR_NEW] = 1.0
+        out[j] = (r, replica.ids[rs[int(sims[i, c:c + len(rs)].argmax())]])
     return out
 
 

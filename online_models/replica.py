@@ -92,7 +92,7 @@ class ItemReplica:
         self.writes = 0
         self._version = 0
         self._trend_cache: dict[Any, tuple[int, np.ndarray]] = {}
-        self._new_cache: dict[tuple[int, int], tuple[int, int, list[int]]] = {}
+        self._new_cache: dict[tuple[int, int], tuple[int, int, np.ndarray]] = {}
         self._fresh_cache: tuple[int, int, int, np.ndarray, np.ndarray] | None = None
 
     # -- ids and rows -------------------------------------------------------------------
@@ -326,7 +326,7 @@ class ItemReplica:
         self._trend_cache[key] = (self._version, rows)
         return rows
 
-    def new_rows(self, category_code: int, n: int) -> list[int]:
+    def new_rows(self, category_code: int, n: int) -> np.ndarray:
         """Up to ``n`` available rows of a category that were never learned (no interaction
         yet), the newest listing first (new-listing trend, then the id's CRC-32: the same
         order on every replica, whatever order the rows arrived in). Cached like
@@ -338,7 +338,7 @@ class ItemReplica:
             return hit[2]
         cand = np.asarray(self.category_rows.get(category_code, []), dtype=np.int64)
         fresh = cand[(self.table._acc[cand] == 0) & ~self.blocked[cand]] if cand.size else cand
-        rows = fresh[np.lexsort((self.tie_key[fresh], -self.trend[fresh]))][:n].tolist()
+        rows = fresh[np.lexsort((self.tie_key[fresh], -self.trend[fresh]))][:n]
         self._new_cache[key] = (self._version, len(self), rows)
         return rows
 
