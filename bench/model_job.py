@@ -27,7 +27,7 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
         decode_output_bundle,
     )
     from flink_jobs.item_side import ItemSide
-    from flink_jobs.native_imports import freeze_imported_objects, limit_native_threads
+    from flink_jobs.native_imports import limit_native_threads, quiet_garbage_collector
     from flink_jobs.shard_keys import shard_of
     from flink_jobs.user_side import UserSide
     from flink_jobs.user_side_types import UserSideSettings
@@ -44,7 +44,7 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     items_side = ItemSide(cfg, job.item_publish_interval_ms,
                           job.item_background_publish_interval_ms)
     limit_native_threads()  # as in the job's interpreter
-    freeze_imported_objects()  # as the operators do when they open
+    quiet_garbage_collector()  # as the operators do when they open
     user_values: dict[str, bytes] = {}
     item_values: dict[str, bytes] = {}
     text_maps: dict[object, bytes | None] = {}  # per item shard, as the job keeps them

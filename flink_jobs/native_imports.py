@@ -73,11 +73,21 @@ def limit_native_threads() -> None:
         threadpool_limits(1, user_api="blas")
 
 
-def freeze_imported_objects() -> None:
+# Young collections every 20,000 net allocations (CPython: 700), and 20 of each generation
+# before the next one is collected (CPython: 10). With the defaults the in-process job path
+# (bench/model_job.py, 24k storefront events) ran 9 full collections of ~80 ms each, the
+# GIL held, and spent 1.26 s of ~28 s of CPU in the collector; with these 3 and 0.41-0.49 s.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def quiet_garbage_collector() -> None:
     """Put every object the garbage collector tracks so far out of its reach for good: the
     functions, types and constants of the imported modules (torch, River, SciPy, PyFlink:
     ~280k in a TaskManager's interpreter), which live as long as it does anyway. Each full
     collection scanned them all and held the GIL, so no operator ran, for 150-190 ms (six
-    times a minute at 500 events/s); afterwards it scans the job's own objects, < 10 ms.
-    The operators call it when they open, once every module is imported."""
+    times a minute at 500 events/s). Then collect less often (:data:`GC_THRESHOLDS`): a
+    warm job's own objects (replica, co-visitation, state caches) still take ~80 ms per
+    full collection on a slow day. The operators call it when they open, once every module
+    is imported."""
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)

@@ -37,7 +37,7 @@ from flink_jobs.bundles import decode_record_bundle, decode_shard_bundle, is_bar
 from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpack_ids
 from flink_jobs.metrics import JobMetrics
-from flink_jobs.native_imports import freeze_imported_objects
+from flink_jobs.native_imports import quiet_garbage_collector
 from flink_jobs.replica_value import unpack_replica_value
 from flink_jobs.state_cache import CachedMapState
 from flink_jobs.user_side import UserSide
@@ -169,7 +169,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         self.pseudonym_key_file = pseudonym_key_file
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        freeze_imported_objects()
+        quiet_garbage_collector()
         key = None if self.pseudonym_key_file is None else load_key(self.pseudonym_key_file)
         self.side = UserSide(self.settings, key)
         users, owed = user_state_descriptors(self.user_ttl_days)
@@ -328,7 +328,7 @@ class ItemUpdate(KeyedProcessFunction):
         self.dedup_window_s = dedup_window_s
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        freeze_imported_objects()
+        quiet_garbage_collector()
         self.side = ItemSide(self.config, self.publish_interval_ms,
                              self.background_publish_interval_ms)
         items, seen, soon, slots = item_state_descriptors(self.dedup_window_s)

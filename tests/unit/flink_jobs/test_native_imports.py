@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from flink_jobs.native_imports import import_native_modules
+from flink_jobs.native_imports import GC_THRESHOLDS, import_native_modules
 
 CHECK = """
 import sys
@@ -51,14 +51,15 @@ def test_import_errors_reach_the_caller() -> None:
 
 def test_imported_objects_are_frozen_out_of_full_collections() -> None:
     check = ("import gc, flink_jobs.operators\n"
-             "from flink_jobs.native_imports import freeze_imported_objects\n"
-             "before = len(gc.get_objects()); freeze_imported_objects()\n"
-             "print(before, gc.get_freeze_count(), len(gc.get_objects()))")
+             "from flink_jobs.native_imports import quiet_garbage_collector\n"
+             "before = len(gc.get_objects()); quiet_garbage_collector()\n"
+             "print(before, gc.get_freeze_count(), len(gc.get_objects()), *gc.get_threshold())")
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                          check=True, timeout=120).stdout.split()
-    before, frozen, after = map(int, out)
+    before, frozen, after, *thresholds = map(int, out)
     # The modules' objects (River, SciPy, PyFlink, ...) leave what a full collection scans.
     assert frozen > 50_000 and after < before / 10
+    assert tuple(thresholds) == GC_THRESHOLDS != (700, 10, 10)
 
 
 def test_torch_and_blas_are_left_with_one_thread() -> None:
