@@ -255,7 +255,8 @@ def recommend_for_users(
     whys = (explain_many(users, replica, [r for _, r in lists], features) if reasons
             else [[""] * r.shape[0] for _, r in lists])
     ids = replica.ids
-    return [list(map(ScoredItem, [ids[a] for a in r.tolist()], s.tolist(), why))
+    return [list(map(ScoredItem._make, zip([ids[a] for a in r.tolist()], s.tolist(), why,
+                                           strict=True)))
             for (s, r), why in zip(lists, whys, strict=True)]
 
 
