@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
@@ -59,7 +59,7 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     t_user = t_item = t_replica = 0.0
     n_lists = n_msgs = n_published = n_user_calls = n_item_calls = 0
 
-    def load_users(ids: list[str]) -> dict[str, bytes | None]:
+    def load_users(ids: Iterable[str]) -> dict[str, bytes | None]:
         return {u: user_values.get(u) for u in ids}
 
     def load_items(ids: list[str]) -> dict[str, bytes | None]:
@@ -79,31 +79,36 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
             flush_age = 10**12 if backlog else max_age
         key = e.user_id.encode() if e.user_id else None
         shard = shard_of(e.user_id or e.item_id or "", job.user_shards)
-        recs = user_bundles.setdefault(shard, (now, []))[1]
-        recs.append(RawRecord(0, n, now, key, encode_event(e)))
+        # One user-update subtask: its bundles hold all shards, as the job's bundler makes them.
+        recs = user_bundles.setdefault(0, (now, []))[1]
+        recs.append(RawRecord(0, n, now, key, encode_event(e), shard))
         ready = [sh for sh, (at, rs) in user_bundles.items()
                  if len(rs) >= max_n or now - at >= flush_age or n in flush_all]
         t0 = clock()
         for sh in ready:
-            shard_owed = owed.setdefault(sh, {})
-            due_now = [u for u, at in shard_owed.items() if at <= now]
-            for u in due_now:
-                del shard_owed[u]
-            res = users_side.process(user_bundles.pop(sh)[1], load_users, now, due_now)
+            bundle = user_bundles.pop(sh)[1]
+            due_now: dict[str, int] = {}
+            for rec_shard in {r.shard for r in bundle}:
+                shard_owed = owed.setdefault(rec_shard, {})
+                due_now.update((u, rec_shard) for u, at in shard_owed.items() if at <= now)
+            for u, rec_shard in due_now.items():
+                del owed[rec_shard][u]
+            res = users_side.process(bundle, load_users, now, due_now)
             n_user_calls += 1
             user_values.update(res.writes)
-            shard_owed.update(res.owed)
+            for u, at in res.owed.items():
+                owed.setdefault(res.shards[u], {})[u] = at
             n_lists += res.stats.published
             for item_shard, m in decode_output_bundle(res.output.to_bytes()).get(
                     ITEM_GRADIENTS, []):
                 item_bundles.setdefault(item_shard, (now, []))[1].append(m)
                 n_msgs += 1
-        for shard_owed in owed.values():  # the timers of shards no bundle came to
+        for timer_shard, shard_owed in owed.items():  # the timers of shards no bundle came to
             fired = [u for u, at in shard_owed.items() if at <= now]
             if fired:
                 for u in fired:
                     del shard_owed[u]
-                timer = users_side.refresh(fired, load_users, now)
+                timer = users_side.refresh(dict.fromkeys(fired, timer_shard), load_users, now)
                 n_user_calls += 1
                 user_values.update(timer.writes)
                 n_lists += timer.stats.published

@@ -5,10 +5,11 @@ Python operators' output back into records, so Python is called once per bundle.
 integer is big-endian (Java's ``DataOutputStream``).
 
 * Record bundle (``RecordBundler``, input of the Python operators): ``int32 n``, then per
-  record ``int32 partition, int64 offset, int64 timestamp, int32 key_len (-1: null) + key,
-  int32 value_len (-1: null) + value``. A count of -1 is a barrier marker
-  (:data:`BARRIER_MARKER`): in exactly-once mode the events' bundler sends one to every
-  user shard after its buffered bundles and before each checkpoint barrier.
+  record ``int32 shard, int32 partition, int64 offset, int64 timestamp, int32 key_len
+  (-1: null) + key, int32 value_len (-1: null) + value``. The events' bundles hold every
+  shard of one user-update subtask (the bundle is named by the lowest). A count of -1 is a
+  barrier marker (:data:`BARRIER_MARKER`): in exactly-once mode the events' bundler sends
+  one to every user shard after its buffered bundles and before each checkpoint barrier.
 * Shard bundle (``ShardRecordBundler``): ``int32 n``, then per payload ``int32 len + bytes``.
 * Output bundle (a Python call's one output record, split by ``KeyedRecordSplitter`` and
   ``ShardRecordSplitter``): sections of ``byte part, int32 n`` and n records; parts 0-2 are
@@ -46,19 +47,20 @@ COVISIT_MESSAGE = b"C"
 _INT = struct.Struct(">i")
 # A record bundle of count -1: a checkpoint barrier follows.
 BARRIER_MARKER = _INT.pack(-1)
-_RECORD_HEAD = struct.Struct(">iqq")
+_RECORD_HEAD = struct.Struct(">iiqq")
 _SECTION = struct.Struct(">bi")
 _SHARD_RECORD = struct.Struct(">ii")
 
 
 class RawRecord(NamedTuple):
-    """One Kafka record as the Java bundler passes it on."""
+    """One Kafka record as the Java bundler passes it on, with the shard it was bundled for."""
 
     partition: int
     offset: int
     timestamp: int
     key: bytes | None
     value: bytes | None
+    shard: int = 0
 
 
 def _read_bytes(buf: bytes, off: int) -> tuple[bytes | None, int]:
@@ -79,10 +81,10 @@ def decode_record_bundle(payload: bytes) -> list[RawRecord]:
     off = 4
     out = []
     for _ in range(n):
-        partition, offset, timestamp = _RECORD_HEAD.unpack_from(payload, off)
+        shard, partition, offset, timestamp = _RECORD_HEAD.unpack_from(payload, off)
         key, off = _read_bytes(payload, off + _RECORD_HEAD.size)
         value, off = _read_bytes(payload, off)
-        out.append(RawRecord(partition, offset, timestamp, key, value))
+        out.append(RawRecord(partition, offset, timestamp, key, value, shard))
     return out
 
 
@@ -95,7 +97,7 @@ def encode_record_bundle(records: Iterable[RawRecord]) -> bytes:
     """A record bundle as the Java bundler writes it (for tests and benchmarks)."""
     recs = list(records)
     return _INT.pack(len(recs)) + b"".join(
-        _RECORD_HEAD.pack(r.partition, r.offset, r.timestamp) + _bytes_field(r.key)
+        _RECORD_HEAD.pack(r.shard, r.partition, r.offset, r.timestamp) + _bytes_field(r.key)
         + _bytes_field(r.value) for r in recs)
 
 

@@ -2,15 +2,18 @@
 
 - ``freshrec-flink-glue``: Kafka record (de)serializers against the shaded connector; it
   goes with the job (``pipeline.jars``).
-- ``freshrec-flink-metrics``: a double-valued gauge for Python metrics. Thread mode looks
+- ``freshrec-flink-metrics``: the classes Python calls through pemja: a double-valued gauge
+  for Python metrics and the switch of a keyed operator's current shard. Thread mode looks
   classes up in the TaskManager's own class loader, so this jar goes on the JVM classpath.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -29,7 +32,8 @@ def build_glue_jar(connector_jar: Path, cache_dir: Path) -> Path:
 
 
 def build_metrics_jar(cache_dir: Path) -> Path:
-    """The metrics glue (DoubleGauge), compiled against Flink."""
+    """The classes Python reaches through pemja (DoubleGauge, ShardKeySwitch), compiled
+    against Flink."""
     return _build_jar("freshrec-flink-metrics", JAVA_SOURCES / "metrics", [], cache_dir)
 
 
@@ -53,18 +57,21 @@ def _build_jar(name: str, source_dir: Path, extra_classpath: list[Path], cache_d
     home = pyflink_home()
     classpath = ":".join(
         [str(home / "lib" / "*"), str(home / "opt" / "*"), *map(str, extra_classpath)])
-    classes = cache_dir / f"{name}-classes"
-    shutil.rmtree(classes, ignore_errors=True)
-    classes.mkdir(parents=True)
-    subprocess.run(
-        [javac, "--release", "17", "-nowarn", "-cp", classpath, "-d", str(classes),
-         *map(str, sources)],
-        check=True,
-    )
-    tmp = jar.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w") as zf:
-        for cls in sorted(classes.rglob("*.class")):
-            zf.write(cls, cls.relative_to(classes).as_posix())
-    tmp.rename(jar)
-    shutil.rmtree(classes, ignore_errors=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Processes may build the same jar at once (test workers): each compiles in a directory
+    # of its own and the finished jar replaces the name atomically.
+    classes = Path(tempfile.mkdtemp(prefix=f"{name}-classes-", dir=cache_dir))
+    try:
+        subprocess.run(
+            [javac, "--release", "17", "-nowarn", "-cp", classpath, "-d", str(classes),
+             *map(str, sources)],
+            check=True,
+        )
+        tmp = classes / "jar.tmp"
+        with zipfile.ZipFile(tmp, "w") as zf:
+            for cls in sorted(classes.rglob("*.class")):
+                zf.write(cls, cls.relative_to(classes).as_posix())
+        os.replace(tmp, jar)
+    finally:
+        shutil.rmtree(classes, ignore_errors=True)
     return jar

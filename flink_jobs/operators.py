@@ -11,7 +11,7 @@ layouts (``flink_jobs.user_value``, ``online_models.state``); PyFlink stores the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 # torch must not be imported here: thread mode unpickles every task's function in its own
@@ -39,6 +39,7 @@ from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpac
 from flink_jobs.metrics import JobMetrics
 from flink_jobs.native_imports import quiet_garbage_collector
 from flink_jobs.replica_value import unpack_replica_value
+from flink_jobs.shard_keys import shard_keys
 from flink_jobs.state_cache import CachedMapState
 from flink_jobs.user_side import UserSide
 from flink_jobs.user_side_types import (
@@ -156,7 +157,12 @@ def _take_due(schedule: Any, timestamp: int, ctx: Any, interval_ms: int) -> list
 
 class UserUpdate(KeyedBroadcastProcessFunction):
     """Keyed by user shard: one call per record bundle (see :class:`UserSide`), the item
-    replica fed by bundles of the changelog (broadcast)."""
+    replica fed by bundles of the changelog (broadcast).
+
+    A bundle holds every shard of this subtask (the events' bundler gathers them), so the
+    operator switches the current key to each record's shard for that shard's state and
+    timers (:meth:`_use_shard`) and back to the bundle's key at the end; markers and timers
+    come per shard, under the key Flink set."""
 
     def __init__(self, settings: UserSideSettings, user_ttl_days: int, user_shards: int,
                  state_cache_entries: int, pseudonym_key_file: str | None = None) -> None:
@@ -177,6 +183,13 @@ class UserUpdate(KeyedBroadcastProcessFunction):
                                     self.state_cache_entries, self.user_ttl_days * 86_400_000)
         self.owed = runtime_context.get_state(owed)
         self.shard_count = ShardCount(runtime_context, "job.user_shards", self.user_shards)
+        self._keys = shard_keys(self.user_shards)
+        self._shard_of_key = {k: s for s, k in enumerate(self._keys)}
+        from pemja import findClass  # the JVM bridge of thread mode
+
+        self._key_switch = findClass("io.freshrec.flink.ShardKeySwitch")
+        # PyFlink keeps the Java keyed state backend in its (private) wrapper's attribute.
+        self._backend = runtime_context.get_keyed_state_backend()._keyed_state_backend
         self._replica_loaded = False
         self._replica_state: Any = None
         m = self.metrics = JobMetrics(runtime_context)
@@ -209,16 +222,36 @@ class UserUpdate(KeyedBroadcastProcessFunction):
             if item_id not in self.side.replica:
                 self.side.apply_embedding(unpack_replica_value(value))
 
+    def _use_shard(self, shard: int) -> None:
+        """Make ``shard`` the current key: the state and timers used next are its own."""
+        self._key_switch.setCurrentKey(self._backend, self._keys[shard])
+
+    def _current_shard(self, ctx: Any) -> int:
+        key = ctx.get_current_key()
+        return self._shard_of_key[key if isinstance(key, int) else key[0]]
+
+    def _load(self, users: Mapping[str, int], now: int) -> dict[str, bytes | None]:
+        """The stored values of these users (-> shard), each read under its shard's key."""
+        by_shard: dict[int, list[str]] = {}
+        for user_id, shard in users.items():
+            by_shard.setdefault(shard, []).append(user_id)
+        out: dict[str, bytes | None] = {}
+        for shard, ids in by_shard.items():
+            self._use_shard(shard)
+            out.update(self.users.get_many(ids, now))
+        return out
+
     def process_element(self, value: Row, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)
-        self.shard_count.check(ctx)
         if is_barrier_marker(value[1]):
             # Exactly-once: lists owed now would commit one checkpoint later than the
-            # events they reflect, so they are scored before the barrier.
-            owed = list(unpack_due(self.owed.value()))
-            if owed:
+            # events they reflect, so they are scored before the barrier (one marker per
+            # shard, under its key).
+            self.shard_count.check(ctx)
+            owed_now = list(unpack_due(self.owed.value()))
+            if owed_now:
                 self.owed.clear()
-                yield from self._refresh(owed)
+                yield from self._refresh(dict.fromkeys(owed_now, value[0]))
             return
         records = decode_record_bundle(value[1])
         if self._fault is not None:
@@ -227,39 +260,58 @@ class UserUpdate(KeyedBroadcastProcessFunction):
                 self._fault.check(self._applied)
         now = now_ms()
         # Owed lists already due go with the bundle's: one call instead of a timer's too.
-        owed = unpack_due(self.owed.value())
-        due = [u for u, t in owed.items() if t <= now]
-        result = self.side.process(records, lambda ids: self.users.get_many(ids, now), now,
-                                   due)
-        if due or result.owed:
-            for u in due:
-                del owed[u]
-            owed.update(result.owed)
-            if owed:
-                self.owed.update(pack_due(owed))
+        owed: dict[int, dict[str, int]] = {}
+        due: dict[str, int] = {}
+        for shard in sorted({r.shard for r in records}):
+            self._use_shard(shard)
+            self.shard_count.check(ctx)
+            owed[shard] = unpack_due(self.owed.value())
+            due.update((u, shard) for u, t in owed[shard].items() if t <= now)
+        result = self.side.process(records, lambda users: self._load(users, now), now, due)
+        for shard, shard_owed in owed.items():
+            new = {u: t for u, t in result.owed.items() if result.shards[u] == shard}
+            done = [u for u, s in due.items() if s == shard]
+            if not (done or new):
+                continue
+            self._use_shard(shard)
+            for u in done:
+                del shard_owed[u]
+            shard_owed.update(new)
+            if shard_owed:
+                self.owed.update(pack_due(shard_owed))
             else:
                 self.owed.clear()
-        if result.owed:
-            ctx.timer_service().register_processing_time_timer(
-                refresh_timer(min(result.owed.values()), self.settings.refresh_interval_ms))
+            if new:
+                ctx.timer_service().register_processing_time_timer(
+                    refresh_timer(min(new.values()), self.settings.refresh_interval_ms))
         yield from self._finish(result)
+        self._use_shard(value[0])  # back to the key Flink set for this bundle
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)
         due = _take_due(self.owed, timestamp, ctx, self.settings.refresh_interval_ms)
         if due:
-            yield from self._refresh(due)
+            shard = self._current_shard(ctx)
+            yield from self._refresh(dict.fromkeys(due, shard))
+            self._use_shard(shard)
 
-    def _refresh(self, user_ids: list[str]) -> Iterator[bytes]:
-        """Score the lists owed to these users."""
+    def _refresh(self, users: Mapping[str, int]) -> Iterator[bytes]:
+        """Score the owed lists of these users (-> shard)."""
         now = now_ms()
         yield from self._finish(self.side.refresh(
-            user_ids, lambda ids: self.users.get_many(ids, now), now))
+            users, lambda ids: self._load(ids, now), now))
 
     def _finish(self, result: UserBundleResult) -> Iterator[bytes]:
-        if result.writes:
-            self.users.put_all(result.writes, now_ms())
+        """Each shard's writes and removals under its key, metrics, the output."""
+        now = now_ms()
+        writes: dict[int, dict[str, bytes]] = {}
+        for user_id, value in result.writes.items():
+            writes.setdefault(result.shards[user_id], {})[user_id] = value
+        for shard, values in writes.items():
+            self._use_shard(shard)
+            self.users.put_all(values, now)
         for user_id in result.removes:
+            self._use_shard(result.shards[user_id])
             self.users.remove(user_id)
         self._record(result.stats)
         if len(result.output):

@@ -93,11 +93,18 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
 
     raw = env.from_source(io.events, WatermarkStrategy.no_watermarks(), "kafka-events",
                           kafka_io.RAW_RECORD_TYPE).uid("source-events")
-    # Bundled by a hash of the user id read from the event itself, whatever the Kafka key;
-    # exactly-once marks each barrier so owed lists commit with the events they reflect.
+    # Keyed by keys that spread the shards evenly over the subtasks (flink_jobs.shard_keys).
+    user_keys, item_keys = shard_keys(job.user_shards), shard_keys(job.item_shards)
+    gateway = get_gateway()
+    j_user_keys = gateway.new_array(gateway.jvm.int, len(user_keys))
+    for shard, key in enumerate(user_keys):
+        j_user_keys[shard] = key
+    # Sharded by a hash of the user id read from the event itself, whatever the Kafka key,
+    # one bundle for all shards of a user-update subtask; exactly-once marks each barrier so
+    # owed lists commit with the events they reflect.
     events = java_operator(raw, "bundle-events", glue.RecordBundler(
         "user_id", job.user_shards, max_records, max_age, job.max_payload_bytes,
-        job.delivery == "exactly-once", False), SHARD_BUNDLE_TYPE)
+        job.delivery == "exactly-once", False, j_user_keys), SHARD_BUNDLE_TYPE)
     changelog = env.from_source(
         io.item_changelog, WatermarkStrategy.no_watermarks(), "kafka-item-embeddings",
         kafka_io.RAW_RECORD_TYPE).uid("source-item-embeddings")
@@ -105,7 +112,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     # barrier (in operator state), so user-update and item-update need not apply it first:
     # their barriers, and with them the exactly-once commits, come sooner.
     replica_feed = java_operator(changelog, "bundle-item-embeddings", glue.RecordBundler(
-        "", 1, max_records, max_age, 0, False, True), SHARD_BUNDLE_TYPE).broadcast(
+        "", 1, max_records, max_age, 0, False, True, None), SHARD_BUNDLE_TYPE).broadcast(
         ITEMS_DESCRIPTOR)
 
     key_file = None
@@ -121,8 +128,6 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         # Read at submission: a bad file fails the start, naming the variant and key.
         experiment=(Experiment.load(settings.experiments.file) if settings.experiments.file
                     else None))
-    # Keyed by keys that spread the shards evenly over the subtasks (flink_jobs.shard_keys).
-    user_keys, item_keys = shard_keys(job.user_shards), shard_keys(job.item_shards)
     users = (
         events.key_by(lambda bundle, keys=user_keys: keys[bundle[0]], Types.INT())
         .connect(replica_feed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 
 import numpy as np
 
@@ -104,9 +105,11 @@ class UserSide:
 
     # -- records in -----------------------------------------------------------------------
     def decode(self, records: Iterable[RawRecord], stats: BundleStats, out: OutputBundle,
-               now: int) -> tuple[list[tuple[Event, int]], list[tuple[str, bytes]]]:
+               now: int, shards: dict[str, int]
+               ) -> tuple[list[tuple[Event, int]], list[tuple[str, bytes]]]:
         """Valid user events with their Kafka time, and item upserts (item id, raw bytes);
-        every invalid record becomes a dead letter in ``out``."""
+        every invalid record becomes a dead letter in ``out``. ``shards`` gets each event's
+        user (as the state knows it) and the shard of its record."""
         s = self.settings
         events: list[tuple[Event, int]] = []
         upserts: list[tuple[str, bytes]] = []
@@ -129,24 +132,27 @@ class UserSide:
                 result = dataclasses.replace(result, user_id=pseudonymize(self._key,
                                                                           result.user_id))
             events.append((result, rec.timestamp))
+            if result.user_id is not None:
+                shards[result.user_id] = rec.shard
         return events, upserts
 
     # -- the bundle -----------------------------------------------------------------------
     def process(self, records: Iterable[RawRecord], load: Loader, now: int | None = None,
-                due: Iterable[str] = ()) -> UserBundleResult:
+                due: Mapping[str, int] = MappingProxyType({})) -> UserBundleResult:
         """Everything user-update does with one bundle; ``load`` returns the stored values
-        of the given user ids (missing or None: a new user). ``due``: users whose owed list
-        has fallen due, scored in this call with the bundle's lists rather than by a timer
-        call of their own (users no longer owed one are skipped)."""
+        of the given users (missing or None: a new user). ``due``: users (-> shard) whose
+        owed list has fallen due, scored in this call with the bundle's lists rather than by
+        a timer call of their own (users no longer owed one are skipped)."""
         now = now_ms() if now is None else now
         s, cfg = self.settings, self.config
         stats, out = BundleStats(), OutputBundle()
-        events, upserts = self.decode(records, stats, out, now)
+        shard_of_user = dict(due)
+        events, upserts = self.decode(records, stats, out, now, shard_of_user)
         for item_id, raw in upserts:
             out.sharded(ITEM_GRADIENTS, shard_of(item_id, s.item_shards), UPSERT_MESSAGE + raw)
         user_ids = list(dict.fromkeys(e.user_id for e, _ in events if e.user_id is not None))
         due_set = set(due)
-        stored = load(user_ids + [u for u in due_set if u not in set(user_ids)])
+        stored = load(shard_of_user)
         blobs: dict[str, bytes | None] = {}
         refresh: dict[str, RefreshState] = {}
         for uid in user_ids:
@@ -249,7 +255,8 @@ class UserSide:
         for uid, blob in owed_only.items():
             writes[uid] = pack_user_value(blob, lists[uid])
         removes = [uid for uid in forgotten if uid not in to_learn]
-        return UserBundleResult(writes, removes, owed, out, stats)
+        shards = {uid: shard_of_user[uid] for uid in (*writes, *removes)}
+        return UserBundleResult(writes, removes, owed, out, stats, shards)
 
     def variant_of(self, user_id: str) -> str | None:
         """The user's experiment variant (``None`` when no experiment runs)."""
@@ -309,11 +316,11 @@ class UserSide:
             blend_step(self.blends[variant], user, rep, self.variant_configs[variant],
                        features[user.user_id], row)
 
-    def refresh(self, user_ids: list[str], load: Loader, now: int | None = None
+    def refresh(self, users: Mapping[str, int], load: Loader, now: int | None = None
                 ) -> UserBundleResult:
-        """Score the owed lists of these users (a timer fired, no bundle came); users no
-        longer owed one (a forget came in between) are skipped."""
-        return self.process([], load, now, due=user_ids)
+        """Score the owed lists of these users (-> shard; a timer fired, no bundle came);
+        users no longer owed one (a forget came in between) are skipped."""
+        return self.process([], load, now, due=users)
 
     def _score(self, due: Mapping[str, tuple[UserState, RefreshState]], now: int,
                out: OutputBundle, stats: BundleStats) -> dict[str, RefreshState]:

@@ -41,8 +41,9 @@ def refresh_timer(due_ms: int, interval_ms: int) -> int:
     return due_ms + max(interval_ms // REFRESH_TICKS, 1)
 
 
-# Reads the stored values of some keys (missing or None: nothing stored).
-Loader = Callable[[list[str]], Mapping[str, bytes | None]]
+# Reads the stored values of some users, given as user id -> shard (missing or None:
+# nothing stored).
+Loader = Callable[[Mapping[str, int]], Mapping[str, bytes | None]]
 
 
 def now_ms() -> int:
@@ -94,10 +95,12 @@ class BundleStats:
 
 @dataclass
 class UserBundleResult:
-    """State writes, owed refreshes (user -> due time) and output of one call."""
+    """State writes, owed refreshes (user -> due time) and output of one call, and the shard
+    of every user they name (a call may hold several shards of one subtask)."""
 
     writes: dict[str, bytes]
     removes: list[str]
     owed: dict[str, int]
     output: OutputBundle
     stats: BundleStats
+    shards: dict[str, int]

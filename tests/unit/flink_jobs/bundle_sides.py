@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 from flink_jobs.bundles import RawRecord
 from flink_jobs.user_side import UserSide
@@ -37,8 +38,8 @@ class Store:
     def __init__(self) -> None:
         self.values: dict[str, bytes] = {}
 
-    def load(self, ids: list[str]) -> dict[str, bytes | None]:
-        return {i: self.values.get(i) for i in ids}
+    def load(self, users: Mapping[str, int]) -> dict[str, bytes | None]:
+        return {i: self.values.get(i) for i in users}
 
     def apply(self, writes: dict[str, bytes], removes: list[str] = ()) -> None:  # type: ignore[assignment]
         self.values.update(writes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pytest
 
@@ -43,8 +44,37 @@ from tests.unit.flink_jobs.bundle_sides import (
 pytestmark = pytest.mark.unit
 
 def test_record_bundles_round_trip() -> None:
-    recs = [RawRecord(1, 5, 7, b"k", b"v"), RawRecord(0, 6, 8, None, None)]
+    recs = [RawRecord(1, 5, 7, b"k", b"v", 3), RawRecord(0, 6, 8, None, None)]
     assert decode_record_bundle(encode_record_bundle(recs)) == recs
+
+
+def test_a_call_with_several_shards_names_each_users_shard() -> None:
+    """A bundle holds every shard of a subtask: each user is read, written and owed a list
+    under the shard of its records, and due users under the shard they were owed in."""
+    side = UserSide(settings(refresh_interval_ms=100))
+    catalogue(side)
+    store, asked = Store(), []
+
+    def load(users: Mapping[str, int]) -> dict[str, bytes | None]:
+        asked.append(dict(users))
+        return store.load(users)
+
+    first = side.process([event(1, "u1", "i1")._replace(shard=2),
+                          event(2, "u2", "i2")._replace(shard=0)], load, now=T0)
+    assert asked == [{"u1": 2, "u2": 0}]
+    assert first.shards == {"u1": 2, "u2": 0}
+    store.apply(first.writes)
+    # u1 again within the interval: owed a list, in shard 2; u3 arrives in shard 1.
+    second = side.process([event(3, "u1", "i3")._replace(shard=2),
+                           event(4, "u3", "i4")._replace(shard=1)], load, now=T0 + 10)
+    assert second.owed.keys() == {"u1"} and second.shards == {"u1": 2, "u3": 1}
+    store.apply(second.writes)
+    third = side.process([event(5, "u2", "i5")._replace(shard=0)], load, now=T0 + 200,
+                         due={"u1": 2})
+    assert asked[-1] == {"u1": 2, "u2": 0}
+    assert third.shards == {"u1": 2, "u2": 0}
+    listed = [k for k, _ in decode_output_bundle(third.output.to_bytes())[RECOMMENDATIONS]]
+    assert sorted(listed) == [b"u1", b"u2"]
 
 
 def test_bad_records_are_dead_lettered_one_by_one_and_good_ones_learned() -> None:
@@ -84,7 +114,7 @@ def test_refreshes_within_the_interval_are_owed_then_scored() -> None:
     assert r2.owed == {"u1": T0 + 250}  # 200 ms after the last list, up to the 50 ms grid
     published = decode_output_bundle(r2.output.to_bytes())[RECOMMENDATIONS]
     assert [k for k, _ in published] == [b"u2"] and r2.stats.coalesced == 1
-    r3 = side.refresh(["u1"], store.load, now=T0 + 250)
+    r3 = side.refresh({"u1": 0}, store.load, now=T0 + 250)
     store.apply(r3.writes)
     rec = Recommendation.from_json(decode_output_bundle(r3.output.to_bytes())
                                     [RECOMMENDATIONS][0][1])
@@ -105,7 +135,7 @@ def test_owed_lists_that_fell_due_go_with_the_next_bundle() -> None:
     # its state unchanged), u2 (its new event too) and u3 together, none left owed.
     before = unpack_user_value(store.values["u1"])[0]
     r = side.process([event(5, "u2", "i5"), event(6, "u3", "i6")], store.load, now=T0 + 260,
-                     due=["u1", "u2"])
+                     due={"u1": 0, "u2": 0})
     store.apply(r.writes)
     recs = {k: Recommendation.from_json(v)
             for k, v in decode_output_bundle(r.output.to_bytes())[RECOMMENDATIONS]}
@@ -119,7 +149,7 @@ def test_owed_lists_that_fell_due_go_with_the_next_bundle() -> None:
     assert "u1" in r.owed
     forget = record({"event_id": "e8", "event_type": "forget_user", "ts": T0 + 8,
                      "user_id": "u1"}, offset=8, key=b"u1")
-    r = side.process([forget], store.load, now=T0 + 500, due=["u1"])
+    r = side.process([forget], store.load, now=T0 + 500, due={"u1": 0})
     assert (r.stats.scored, r.stats.tombstones, r.removes) == (0, 1, ["u1"])
 
 

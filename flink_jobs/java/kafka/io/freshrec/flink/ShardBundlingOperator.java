@@ -18,10 +18,11 @@ import org.apache.flink.types.Row;
 import org.apache.flink.util.Preconditions;
 
 /**
- * Gathers records into one bundle per shard and emits Row(shard, bundle), so that Python is
- * called once per bundle instead of once per record. A shard's bundle goes out when it holds
- * maxRecords records; all bundles go out when the oldest buffered record is maxAgeMs old
- * and at the end of a bounded input.
+ * Gathers records into bundles and emits Row(shard, bundle), so that Python is called once per
+ * bundle instead of once per record. By default each shard has its own bundle; a subclass may
+ * gather several shards into one ({@link #bundleOf}), named by one of them. A bundle goes out
+ * when it holds maxRecords records; all bundles go out when the oldest buffered record is
+ * maxAgeMs old and at the end of a bounded input.
  *
  * <p>At a checkpoint barrier the bundles being built either go out before it, or, with
  * keepAcrossBarriers, stay and are written to operator state (restored and sent on after a
@@ -56,8 +57,13 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     /** The shard the record goes to. */
     protected abstract int shardOf(Row record);
 
-    /** Appends the record to its shard's bundle. */
-    protected abstract void append(Row record, BundleBuffer bundle);
+    /** The shard naming the bundle a shard's records go to (by default its own). */
+    protected int bundleOf(int shard) {
+        return shard;
+    }
+
+    /** Appends the record of this shard to its bundle. */
+    protected abstract void append(Row record, int shard, BundleBuffer bundle);
 
     @Override
     public void initializeState(StateInitializationContext context) throws Exception {
@@ -92,8 +98,9 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     @Override
     public void processElement(StreamRecord<Row> element) {
         Row record = element.getValue();
-        BundleBuffer bundle = buffer(shardOf(record));
-        append(record, bundle);
+        int shard = shardOf(record);
+        BundleBuffer bundle = buffer(bundleOf(shard));
+        append(record, shard, bundle);
         bundle.endRecord();
         if (bundle.records() == 1) {
             pending.add(bundle);

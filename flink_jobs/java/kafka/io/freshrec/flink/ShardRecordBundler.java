@@ -27,7 +27,7 @@ public final class ShardRecordBundler extends ShardBundlingOperator {
     }
 
     @Override
-    protected void append(Row record, BundleBuffer bundle) {
+    protected void append(Row record, int shard, BundleBuffer bundle) {
         bundle.putBytes((byte[]) record.getField(1));
     }
 }
