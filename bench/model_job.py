@@ -13,8 +13,9 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     """Per-event CPU cost of the job's two Python operators through their own code
     (``flink_jobs.user_side`` / ``item_side`` over bytes, the Flink state a dict), with
     the job's settings (``sets`` overrides them) on generated data arriving at ``rate``
-    per second: events bundled per user shard as the Java bundler does (at
-    ``job.bundle_max_records`` or ``job.bundle_max_age_ms``), item messages per item shard
+    per second: events bundled as the Java bundler does (at
+    ``job.bundle_max_records`` per shard or ``job.bundle_max_age_ms``; one subtask's bundles
+    hold all its shards), item messages per item shard
     (``job.item_bundle_max_age_ms``); owed refreshes fire at their due time (the job's
     timers) and items publish at their ticks, their changelog applied to the replica. A
     ``backlog`` fills every user bundle (the source reads ahead) while the clock moves at
@@ -83,7 +84,8 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
         recs = user_bundles.setdefault(0, (now, []))[1]
         recs.append(RawRecord(0, n, now, key, encode_event(e), shard))
         ready = [sh for sh, (at, rs) in user_bundles.items()
-                 if len(rs) >= max_n or now - at >= flush_age or n in flush_all]
+                 if len(rs) >= max_n * job.user_shards or now - at >= flush_age
+                 or n in flush_all]
         t0 = clock()
         for sh in ready:
             bundle = user_bundles.pop(sh)[1]
@@ -152,7 +154,7 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     print(f"job path {'in a backlog, clock' if backlog else 'at'} {rate:,.0f} events/s, CPU "
           f"time ({n:,} events{f' after {warmup:,} of warm-up' if warmup else ''}; "
           f"{job.user_shards} user "
-          f"and {job.item_shards} item shards, bundles of up to {max_n} or {max_age} ms "
+          f"and {job.item_shards} item shards, bundles of up to {max_n} per shard or {max_age} ms "
           f"({job.item_bundle_max_age_ms} ms for items): "
           f"{n / n_user_calls:.1f} events per user-side call, {n_msgs / n_item_calls:.1f} "
           f"messages per item-side call; {n_lists / n:.2f} lists and "

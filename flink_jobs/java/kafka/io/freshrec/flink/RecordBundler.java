@@ -53,8 +53,9 @@ public final class RecordBundler extends ShardBundlingOperator {
 
     private transient JsonFactory json;
     private transient CRC32 crc;
-    /** The shard naming each shard's bundle. */
+    /** The shard naming each shard's bundle, and how many shards each such bundle gathers. */
     private transient int[] bundleShard;
+    private transient int[] shardsInBundle;
 
     public RecordBundler(String shardField, int shards, int maxRecords, long maxAgeMs,
             int maxParseBytes, boolean markBarriers, boolean keepAcrossBarriers,
@@ -85,6 +86,7 @@ public final class RecordBundler extends ShardBundlingOperator {
         json = new JsonFactory();
         crc = new CRC32();
         bundleShard = new int[shards];
+        shardsInBundle = new int[shards];
         int parallelism = getRuntimeContext().getTaskInfo().getNumberOfParallelSubtasks();
         int maxParallelism = getRuntimeContext().getTaskInfo().getMaxNumberOfParallelSubtasks();
         int[] firstOfSubtask = new int[parallelism];
@@ -103,11 +105,19 @@ public final class RecordBundler extends ShardBundlingOperator {
             }
             bundleShard[shard] = firstOfSubtask[subtask];
         }
+        for (int shard = 0; shard < shards; shard++) {
+            shardsInBundle[bundleShard[shard]]++;
+        }
     }
 
     @Override
     protected int bundleOf(int shard) {
         return bundleShard[shard];
+    }
+
+    @Override
+    protected int shardsIn(int bundleShard) {
+        return shardsInBundle[bundleShard];
     }
 
     @Override

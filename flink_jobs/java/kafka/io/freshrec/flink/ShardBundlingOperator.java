@@ -21,8 +21,8 @@ import org.apache.flink.util.Preconditions;
  * Gathers records into bundles and emits Row(shard, bundle), so that Python is called once per
  * bundle instead of once per record. By default each shard has its own bundle; a subclass may
  * gather several shards into one ({@link #bundleOf}), named by one of them. A bundle goes out
- * when it holds maxRecords records; all bundles go out when the oldest buffered record is
- * maxAgeMs old and at the end of a bounded input.
+ * when it holds maxRecords records per shard it gathers; all bundles go out when the oldest
+ * buffered record is maxAgeMs old and at the end of a bounded input.
  *
  * <p>At a checkpoint barrier the bundles being built either go out before it, or, with
  * keepAcrossBarriers, stay and are written to operator state (restored and sent on after a
@@ -60,6 +60,11 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     /** The shard naming the bundle a shard's records go to (by default its own). */
     protected int bundleOf(int shard) {
         return shard;
+    }
+
+    /** How many shards the bundle named by this shard gathers (by default one). */
+    protected int shardsIn(int bundleShard) {
+        return 1;
     }
 
     /** Appends the record of this shard to its bundle. */
@@ -111,7 +116,7 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
                 registerTimer(firstBufferedAt + maxAgeMs);
             }
         }
-        if (bundle.records() >= maxRecords) {
+        if (bundle.records() >= maxRecords * shardsIn(bundle.shard())) {
             pending.remove(bundle);
             emit(bundle);
         }
