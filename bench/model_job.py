@@ -29,12 +29,14 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     )
     from flink_jobs.item_side import ItemSide
     from flink_jobs.native_imports import limit_native_threads, quiet_garbage_collector
+    from flink_jobs.replica_value import pack_replica_value
     from flink_jobs.shard_keys import shard_of
     from flink_jobs.user_side import UserSide
     from flink_jobs.user_side_types import UserSideSettings
     from freshrec_common.settings import load_settings
     from online_models import ModelConfig
     from schemas.events import encode_event
+    from schemas.item_embedding import ItemEmbedding
 
     job = load_settings(None, overrides=sets).job  # the job's defaults, --set overrides
     cfg = ModelConfig(dim=dim)
@@ -142,12 +144,16 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
             n_published += k
             changelog = decode_output_bundle(published.to_bytes()).get(ITEM_EMBEDDINGS, [])
         t2 = clock()
-        if changelog:
-            users_side.apply_changelog([RawRecord(0, 0, now, k, v) for k, v in changelog])
+        # The job's changelog bundler packs each record (FR1) in Java: not Python's time.
+        packed = [RawRecord(0, 0, now, k, pack_replica_value(ItemEmbedding.from_bytes(v)))
+                  for k, v in changelog]
+        t2_packed = clock()
+        if packed:
+            users_side.apply_changelog(packed)
         t3 = clock()
         t_user += t1 - t0
         t_item += t2 - t1
-        t_replica += t3 - t2
+        t_replica += t3 - t2_packed
     n = len(events) - warmup
     per = 1e6 / n
     total = t_user + t_item + t_replica

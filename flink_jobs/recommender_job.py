@@ -104,15 +104,16 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     # owed lists commit with the events they reflect.
     events = java_operator(raw, "bundle-events", glue.RecordBundler(
         "user_id", job.user_shards, max_records, max_age, job.max_payload_bytes,
-        job.delivery == "exactly-once", False, j_user_keys), SHARD_BUNDLE_TYPE)
+        job.delivery == "exactly-once", False, j_user_keys, False), SHARD_BUNDLE_TYPE)
     changelog = env.from_source(
         io.item_changelog, WatermarkStrategy.no_watermarks(), "kafka-item-embeddings",
         kafka_io.RAW_RECORD_TYPE).uid("source-item-embeddings")
     # The changelog's and the item messages' bundlers keep what they are building across a
     # barrier (in operator state), so user-update and item-update need not apply it first:
     # their barriers, and with them the exactly-once commits, come sooner.
+    # The changelog's records reach the replicas in their stored layout (FR1), packed in Java.
     replica_feed = java_operator(changelog, "bundle-item-embeddings", glue.RecordBundler(
-        "", 1, max_records, max_age, 0, False, True, None), SHARD_BUNDLE_TYPE).broadcast(
+        "", 1, max_records, max_age, 0, False, True, None, True), SHARD_BUNDLE_TYPE).broadcast(
         ITEMS_DESCRIPTOR)
 
     key_file = None

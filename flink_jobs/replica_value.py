@@ -6,7 +6,9 @@ per checkpoint, per subtask, per item of the catalogue. The value is binary (lay
 item side's own precision), the neighbours' weights as float64, then the item id,
 category, brand, title and the NUL-joined neighbour ids in UTF-8 (ids never contain
 control characters: the event codec refuses them). Values that are the changelog's JSON
-record (the layout before ``FR1``) are still read.
+record (the layout before ``FR1``) are still read. The job's changelog bundler writes each
+record it reads in this layout already (``ItemEmbeddingPacker`` in Java), so a replica
+applies it and stores it as it came.
 
 >>> emb = ItemEmbedding("i1", (0.5, -0.25), 0.1, None, 3, 1700000000000, 0.2, "shoes",
 ...                     neighbours=(("i2", 1.5), ("i3", 0.5)))
@@ -18,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import numpy as np
@@ -53,27 +56,45 @@ def pack_replica_value(emb: ItemEmbedding) -> bytes:
                      np.array(weights, dtype="<f8").tobytes(), *texts))
 
 
-def unpack_replica_value(value: bytes) -> ItemEmbedding:
-    """Inverse of :func:`pack_replica_value`; a JSON changelog record is parsed as one."""
-    if value[:3] != _MAGIC:
-        return ItemEmbedding.from_bytes(value)
-    (_, flags, dim, n, n_events, updated_at, bias, trend, acc, price,
+def is_replica_value(value: bytes) -> bool:
+    """Whether ``value`` is in layout ``FR1`` (not a changelog record's JSON)."""
+    return value[:3] == _MAGIC
+
+
+def unpack_replica_columns(value: bytes) -> tuple[ItemEmbedding, list[str], np.ndarray]:
+    """An ``FR1`` value as its record without neighbours, and the neighbours as columns
+    (ids, float64 weights): a replica applies them so, without a pair per neighbour."""
+    (magic, flags, dim, n, n_events, updated_at, bias, trend, acc, price,
      *lengths) = _HEAD.unpack_from(value, 0)
+    if magic != _MAGIC:
+        raise ValueError(f"not an FR1 value: {value[:8]!r}")
     off = _HEAD.size
     vector = np.frombuffer(value, "<f4", dim, off).tolist()
     off += 4 * dim
-    weights = np.frombuffer(value, "<f8", n, off).tolist()
+    weights = np.frombuffer(value, "<f8", n, off).astype(np.float64)
     off += 8 * n
     texts = []
     for length in lengths:
         texts.append(value[off:off + length].decode("utf-8"))
         off += length
+    if off != len(value):
+        raise ValueError(f"FR1 value of {len(value)} bytes, its fields take {off}")
     item_id, category, brand, title, neighbour_ids = texts
-    return ItemEmbedding(
+    emb = ItemEmbedding(
         item_id=item_id, vector=tuple(vector), bias=bias,
         trend=trend if flags & _TREND else None, n_events=n_events, updated_at=updated_at,
         acc=acc, category=category if flags & _CATEGORY else None,
         brand=brand if flags & _BRAND else None, title=title if flags & _TITLE else None,
-        price=price if flags & _PRICE else None, available=bool(flags & _AVAILABLE),
-        neighbours=tuple(zip(neighbour_ids.split(_NUL), weights, strict=True)) if n else (),
-    )
+        price=price if flags & _PRICE else None, available=bool(flags & _AVAILABLE))
+    ids = neighbour_ids.split(_NUL) if n else []
+    if len(ids) != n:
+        raise ValueError(f"FR1 value of {item_id!r}: {n} neighbour weights, {len(ids)} ids")
+    return emb, ids, weights
+
+
+def unpack_replica_value(value: bytes) -> ItemEmbedding:
+    """Inverse of :func:`pack_replica_value`; a JSON changelog record is parsed as one."""
+    if not is_replica_value(value):
+        return ItemEmbedding.from_bytes(value)
+    emb, ids, weights = unpack_replica_columns(value)
+    return dataclasses.replace(emb, neighbours=tuple(zip(ids, weights.tolist(), strict=True)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import struct
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
@@ -31,7 +32,11 @@ from flink_jobs.bundles import (
     RawRecord,
 )
 from flink_jobs.dedup import NO_RECENT_IDS, RecentIdsWindow
-from flink_jobs.replica_value import pack_replica_value
+from flink_jobs.replica_value import (
+    is_replica_value,
+    pack_replica_value,
+    unpack_replica_columns,
+)
 from flink_jobs.shard_keys import shard_of
 from flink_jobs.user_side_types import (
     BundleStats,
@@ -404,17 +409,26 @@ class UserSide:
         for rec in records:
             if rec.key is None or rec.value is None:
                 continue
+            value = rec.value
             try:
-                emb = ItemEmbedding.from_bytes(rec.value)
-            except ValueError as exc:
+                if not is_replica_value(value):  # not packed by the bundler: JSON
+                    value = pack_replica_value(ItemEmbedding.from_bytes(value))
+                item_id = self.apply_stored(value)
+            except (ValueError, struct.error) as exc:
                 # Read from the start at every fresh start: a bad record must not stop the job.
                 log.warning("item changelog record at %s/%s skipped: %s", rec.partition,
                             rec.offset, exc)
                 continue
-            self.apply_embedding(emb)
-            stored[emb.item_id] = pack_replica_value(emb)
+            stored[item_id] = value
             newest = max(newest, rec.timestamp)
         return stored, newest
+
+    def apply_stored(self, value: bytes) -> str:
+        """Apply an ``FR1`` value (:mod:`flink_jobs.replica_value`); returns its item id."""
+        emb, ids, weights = unpack_replica_columns(value)
+        apply_item_embedding(self.replica, emb)
+        self.covisit.set_item_columns(emb.item_id, ids, weights, float(emb.n_events))
+        return emb.item_id
 
     def apply_embedding(self, emb: ItemEmbedding) -> None:
         apply_item_embedding(self.replica, emb)

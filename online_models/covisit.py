@@ -219,14 +219,24 @@ class CoVisitTable:
     def set_item(self, item_id: str, neighbours: Sequence[tuple[str, float]],
                  count: float) -> None:
         """An item's neighbours and count as its owner published them (the job's replica)."""
-        c = self._code_of(item_id)
         if neighbours:
             ids, weights = zip(*neighbours, strict=True)
-            codes = list(map(self._code.get, ids))
-            if None in codes:  # ids met for the first time get codes
-                codes = list(map(self._code_of, ids))
-            self._neighbours[c] = _Neighbours(np.array(codes, dtype=np.int64),
-                                              np.array(weights, dtype=np.float64), len(ids))
+            self.set_item_columns(item_id, ids, np.array(weights, dtype=np.float64), count)
+        else:
+            self.set_item_columns(item_id, (), np.zeros(0), count)
+
+    def set_item_columns(self, item_id: str, ids: Sequence[str], weights: np.ndarray,
+                         count: float) -> None:
+        """:meth:`set_item` with the neighbours as columns (ids, float64 weights, which the
+        table keeps)."""
+        c = self._code_of(item_id)
+        n = len(ids)
+        if n:
+            try:
+                codes = np.fromiter(map(self._code.get, ids), dtype=np.int64, count=n)
+            except TypeError:  # ids met for the first time get codes
+                codes = np.fromiter(map(self._code_of, ids), dtype=np.int64, count=n)
+            self._neighbours[c] = _Neighbours(codes, weights, n)
         else:
             self._neighbours.pop(c, None)
         self.count[item_id] = count

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import struct
+
 import numpy as np
 import pytest
 
@@ -45,3 +48,40 @@ def test_the_stored_item_is_well_below_its_json_record(n_neighbours: int, most: 
     """Every subtask writes the whole broadcast state at every checkpoint."""
     emb = published(n_neighbours)
     assert len(pack_replica_value(emb)) <= most * len(emb.to_bytes())
+
+
+def test_a_replica_applies_a_packed_record_as_it_applies_its_json() -> None:
+    """The job's changelog bundler hands records over packed (FR1): the replica, its
+    co-visitation table and what the broadcast state stores come out the same as from the
+    record's JSON, and a broken value is skipped like a broken record."""
+    from flink_jobs.bundles import RawRecord
+    from flink_jobs.user_side import UserSide
+    from tests.unit.flink_jobs.bundle_sides import CFG, settings
+
+    def item(n_neighbours: int, **fields: object) -> ItemEmbedding:
+        emb = published(n_neighbours, **fields)
+        return dataclasses.replace(emb, vector=emb.vector[:CFG.dim])
+
+    records = [item(40, item_id=f"item-{k}", n_events=k) for k in range(3)]
+    records.append(item(0, item_id="item-new", n_events=0))
+    as_json, packed = UserSide(settings()), UserSide(settings())
+    stored_json, _ = as_json.apply_changelog(
+        [RawRecord(0, k, 1, b"k", r.to_bytes()) for k, r in enumerate(records)])
+    broken = pack_replica_value(records[0])[:-3]
+    stored_packed, _ = packed.apply_changelog(
+        [RawRecord(0, k, 1, b"k", pack_replica_value(ItemEmbedding.from_bytes(r.to_bytes())))
+         for k, r in enumerate(records)] + [RawRecord(0, 9, 1, b"k", broken)])
+    assert stored_packed == stored_json and len(stored_json) == 4
+    assert as_json.replica.ids == packed.replica.ids
+    np.testing.assert_array_equal(as_json.replica.vectors, packed.replica.vectors)
+    for r in records:
+        assert packed.covisit.neighbours(r.item_id) == as_json.covisit.neighbours(r.item_id)
+        assert packed.covisit.neighbours(r.item_id) == dict(r.neighbours)
+
+
+@pytest.mark.parametrize("value", [b"FR1", b"FR1" + bytes(100), b"{}"])
+def test_a_broken_stored_value_names_what_is_wrong(value: bytes) -> None:
+    from flink_jobs.replica_value import unpack_replica_columns
+
+    with pytest.raises((ValueError, struct.error), match=r"FR1|buffer"):
+        unpack_replica_columns(value)

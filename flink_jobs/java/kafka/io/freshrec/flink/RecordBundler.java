@@ -40,6 +40,9 @@ import org.apache.flink.util.Preconditions;
  *
  * <p>With {@code keepAcrossBarriers}, bundles being built at a barrier stay in operator state
  * instead of going out before it (see {@link ShardBundlingOperator}).
+ *
+ * <p>With {@code packItemEmbeddings}, each value that is an item-embedding v1 record goes into
+ * the bundle in the replica's layout {@code FR1} instead ({@link ItemEmbeddingPacker}).
  */
 public final class RecordBundler extends ShardBundlingOperator {
     private static final long serialVersionUID = 1L;
@@ -50,8 +53,10 @@ public final class RecordBundler extends ShardBundlingOperator {
     private final int maxParseBytes;
     private final boolean markBarriers;
     private final int[] shardKeys;
+    private final boolean packItemEmbeddings;
 
     private transient JsonFactory json;
+    private transient ItemEmbeddingPacker packer;
     private transient CRC32 crc;
     /** The shard naming each shard's bundle, and how many shards each such bundle gathers. */
     private transient int[] bundleShard;
@@ -59,7 +64,7 @@ public final class RecordBundler extends ShardBundlingOperator {
 
     public RecordBundler(String shardField, int shards, int maxRecords, long maxAgeMs,
             int maxParseBytes, boolean markBarriers, boolean keepAcrossBarriers,
-            int[] shardKeys) {
+            int[] shardKeys, boolean packItemEmbeddings) {
         super(maxRecords, maxAgeMs, keepAcrossBarriers);
         Preconditions.checkArgument(!(markBarriers && keepAcrossBarriers),
                 "a marker must follow every bundle built before its barrier");
@@ -73,6 +78,7 @@ public final class RecordBundler extends ShardBundlingOperator {
         this.maxParseBytes = maxParseBytes;
         this.markBarriers = markBarriers;
         this.shardKeys = shardKeys;
+        this.packItemEmbeddings = packItemEmbeddings;
     }
 
     /** Row(shard INT, bundle BYTES), the type of every bundler's and ShardRecordSplitter's rows. */
@@ -85,6 +91,7 @@ public final class RecordBundler extends ShardBundlingOperator {
         super.open();
         json = new JsonFactory();
         crc = new CRC32();
+        packer = packItemEmbeddings ? new ItemEmbeddingPacker() : null;
         bundleShard = new int[shards];
         shardsInBundle = new int[shards];
         int parallelism = getRuntimeContext().getTaskInfo().getNumberOfParallelSubtasks();
@@ -153,7 +160,9 @@ public final class RecordBundler extends ShardBundlingOperator {
         bundle.putLong((Long) record.getField(2));
         bundle.putLong((Long) record.getField(3));
         bundle.putBytes((byte[]) record.getField(4));
-        bundle.putBytes((byte[]) record.getField(5));
+        byte[] value = (byte[]) record.getField(5);
+        byte[] packed = packer == null ? null : packer.pack(value);
+        bundle.putBytes(packed != null ? packed : value);
     }
 
     private int shard(byte[] bytes) {
