@@ -12,7 +12,7 @@ from flink_jobs.recommender_job import job_jars
 from flink_jobs.replica_value import pack_replica_value
 from freshrec_common.settings import load_settings
 from schemas.item_embedding import ItemEmbedding
-from tests.unit.flink_jobs.test_replica_value import published
+from tests.unit.flink_jobs.bundle_sides import published
 
 _BASE = {"schema_version": 1, "item_id": "x", "vector": [0.1, 0.2], "bias": 0.0,
          "trend": None, "n_events": 0, "updated_at": 5, "available": True}

@@ -1,14 +1,18 @@
-"""What the bundle-side tests share: settings, records, a dict standing in for MapState."""
+"""What the bundle-side tests share: settings, records, a dict standing in for MapState, a
+published item."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 
+import numpy as np
+
 from flink_jobs.bundles import RawRecord
 from flink_jobs.user_side import UserSide
 from flink_jobs.user_side_types import UserSideSettings
 from online_models.config import ModelConfig
+from schemas.item_embedding import ItemEmbedding
 
 T0 = 1_700_000_000_000
 CFG = ModelConfig(dim=8, seed=1, exploration=0.0, top_k=5)
@@ -50,3 +54,16 @@ class Store:
 def catalogue(side: UserSide, n: int = 30) -> None:
     for i in range(n):
         side.replica.upsert(f"i{i}", meta={"category": f"c{i % 3}"}, ts_ms=T0)
+
+
+def published(n_neighbours: int, **fields: object) -> ItemEmbedding:
+    """An item as the changelog carries it: a float32 vector, neighbours strongest first."""
+    rng = np.random.default_rng(n_neighbours)
+    vector = tuple(rng.normal(0, 0.1, 64).astype(np.float32).tolist())
+    neighbours = tuple((f"item-{k}", float(rng.random() * 10)) for k in range(n_neighbours))
+    base = dict(item_id="item-x", vector=vector, bias=0.123456789, trend=-3.25, n_events=17,
+                updated_at=1_764_000_000_123, acc=0.5, category="electronics.audio",
+                brand="acme", title="Kopfhörer — schnurlos", price=19.99, available=True,
+                neighbours=neighbours)
+    base.update(fields)
+    return ItemEmbedding(**base)  # type: ignore[arg-type]

@@ -10,19 +10,7 @@ import pytest
 
 from flink_jobs.replica_value import pack_replica_value, unpack_replica_value
 from schemas.item_embedding import ItemEmbedding
-
-
-def published(n_neighbours: int, **fields: object) -> ItemEmbedding:
-    """An item as the changelog carries it: a float32 vector, neighbours strongest first."""
-    rng = np.random.default_rng(n_neighbours)
-    vector = tuple(rng.normal(0, 0.1, 64).astype(np.float32).tolist())
-    neighbours = tuple((f"item-{k}", float(rng.random() * 10)) for k in range(n_neighbours))
-    base = dict(item_id="item-x", vector=vector, bias=0.123456789, trend=-3.25, n_events=17,
-                updated_at=1_764_000_000_123, acc=0.5, category="electronics.audio",
-                brand="acme", title="Kopfhörer — schnurlos", price=19.99, available=True,
-                neighbours=neighbours)
-    base.update(fields)
-    return ItemEmbedding(**base)  # type: ignore[arg-type]
+from tests.unit.flink_jobs.bundle_sides import published
 
 
 @pytest.mark.parametrize("emb", [
