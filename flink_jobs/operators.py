@@ -38,7 +38,7 @@ from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpack_ids
 from flink_jobs.metrics import JobMetrics
 from flink_jobs.native_imports import quiet_garbage_collector
-from flink_jobs.replica_value import unpack_replica_value
+from flink_jobs.replica_value import as_replica_value
 from flink_jobs.shard_keys import shard_keys
 from flink_jobs.state_cache import CachedMapState
 from flink_jobs.user_side import UserSide
@@ -220,7 +220,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         self._replica_loaded = True
         for item_id, value in ctx.get_broadcast_state(ITEMS_DESCRIPTOR).items():
             if item_id not in self.side.replica:
-                self.side.apply_embedding(unpack_replica_value(value))
+                self.side.apply_stored(as_replica_value(value))
 
     def _use_shard(self, shard: int) -> None:
         """Make ``shard`` the current key: the state and timers used next are its own."""

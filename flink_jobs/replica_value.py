@@ -61,6 +61,11 @@ def is_replica_value(value: bytes) -> bool:
     return value[:3] == _MAGIC
 
 
+def as_replica_value(value: bytes) -> bytes:
+    """``value`` in layout ``FR1``: as it is, or packed from a changelog record's JSON."""
+    return value if is_replica_value(value) else pack_replica_value(ItemEmbedding.from_bytes(value))
+
+
 def unpack_replica_columns(value: bytes) -> tuple[ItemEmbedding, list[str], np.ndarray]:
     """An ``FR1`` value as its record without neighbours, and the neighbours as columns
     (ids, float64 weights): a replica applies them so, without a pair per neighbour."""

@@ -32,11 +32,7 @@ from flink_jobs.bundles import (
     RawRecord,
 )
 from flink_jobs.dedup import NO_RECENT_IDS, RecentIdsWindow
-from flink_jobs.replica_value import (
-    is_replica_value,
-    pack_replica_value,
-    unpack_replica_columns,
-)
+from flink_jobs.replica_value import as_replica_value, unpack_replica_columns
 from flink_jobs.shard_keys import shard_of
 from flink_jobs.user_side_types import (
     BundleStats,
@@ -74,7 +70,6 @@ from online_models.streaming import DriftMonitor, PrequentialWindow, RollingMean
 from schemas.dlq import DeadLetter, encode_dead_letter
 from schemas.event_fields import DecodeError
 from schemas.events import Event, decode_event
-from schemas.item_embedding import ItemEmbedding
 from schemas.recommendation import Recommendation, ScoredItem
 
 log = logging.getLogger(__name__)
@@ -409,10 +404,8 @@ class UserSide:
         for rec in records:
             if rec.key is None or rec.value is None:
                 continue
-            value = rec.value
             try:
-                if not is_replica_value(value):  # not packed by the bundler: JSON
-                    value = pack_replica_value(ItemEmbedding.from_bytes(value))
+                value = as_replica_value(rec.value)  # JSON where the bundler left it so
                 item_id = self.apply_stored(value)
             except (ValueError, struct.error) as exc:
                 # Read from the start at every fresh start: a bad record must not stop the job.
@@ -430,6 +423,3 @@ class UserSide:
         self.covisit.set_item_columns(emb.item_id, ids, weights, float(emb.n_events))
         return emb.item_id
 
-    def apply_embedding(self, emb: ItemEmbedding) -> None:
-        apply_item_embedding(self.replica, emb)
-        self.covisit.set_item(emb.item_id, emb.neighbours, float(emb.n_events))

@@ -216,19 +216,10 @@ class CoVisitTable:
                 nb = table[ca] = _Neighbours(np.zeros(4, np.int64), np.zeros(4), 0)
             nb.add(code(b), w, cap)
 
-    def set_item(self, item_id: str, neighbours: Sequence[tuple[str, float]],
-                 count: float) -> None:
-        """An item's neighbours and count as its owner published them (the job's replica)."""
-        if neighbours:
-            ids, weights = zip(*neighbours, strict=True)
-            self.set_item_columns(item_id, ids, np.array(weights, dtype=np.float64), count)
-        else:
-            self.set_item_columns(item_id, (), np.zeros(0), count)
-
     def set_item_columns(self, item_id: str, ids: Sequence[str], weights: np.ndarray,
                          count: float) -> None:
-        """:meth:`set_item` with the neighbours as columns (ids, float64 weights, which the
-        table keeps)."""
+        """An item's neighbours and count as its owner published them (the job's replica):
+        the neighbours as columns (ids, float64 weights, which the table keeps)."""
         c = self._code_of(item_id)
         n = len(ids)
         if n:

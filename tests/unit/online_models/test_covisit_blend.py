@@ -50,8 +50,8 @@ def test_scores_survive_items_published_without_events() -> None:
     # The changelog can carry neighbours of an item whose count is still 0 (pairs reached
     # its owner before any positive event did): no division by zero.
     t = CoVisitTable(100, rows={"a": 0, "b": 1})
-    t.set_item("a", [("b", 1.0)], 0.0)
-    t.set_item("b", [], 0.0)
+    t.set_item_columns("a", ["b"], np.ones(1), 0.0)
+    t.set_item_columns("b", [], np.zeros(0), 0.0)
     assert t.scores(["a"], window=5).total.tolist() == [1.0]
 
 
@@ -59,7 +59,7 @@ def test_older_recent_items_count_linearly_less_and_none_past_the_window() -> No
     rows = {"x": 0, "y": 1, "w": 2, "p": 3, "q": 4, "r": 5}
     t = CoVisitTable(100, rows)
     for src, nb in (("x", "p"), ("y", "q"), ("w", "r")):
-        t.set_item(src, [(nb, 1.0)], 1.0)
+        t.set_item_columns(src, [nb], np.ones(1), 1.0)
     s = t.scores(["x", "y", "w"], window=2)  # most recent first
     assert s.rows.tolist() == [3, 4]  # r: past the window
     assert s.total.tolist() == [1.0, 0.5]  # one place older: (2 - 1) / 2
@@ -118,7 +118,7 @@ def test_scores_sum_every_recent_items_share_and_name_the_largest() -> None:
     assert sorted(got.rows.tolist()) == sorted(_scores_by_loop(t, rows, recent, 7))
     for n in range(3000):  # past the table's first allocation
         rows[f"x{n}"] = 60 + n
-        t.set_item(f"x{n}", [(f"x{n - 1}", 1.0)], 4.0)
+        t.set_item_columns(f"x{n}", [f"x{n - 1}"], np.ones(1), 4.0)
     assert t.scores(["x2999"], 7).total.tolist() == [0.25]  # 1 / (2 * 2)
 
 
