@@ -422,4 +422,3 @@ class UserSide:
         apply_item_embedding(self.replica, emb)
         self.covisit.set_item_columns(emb.item_id, ids, weights, float(emb.n_events))
         return emb.item_id
-
