@@ -112,7 +112,6 @@ class ModelResult:
     n_learned: int = 0
     rec_ms: list[float] = field(default_factory=list)
     hit_series: list[int] = field(default_factory=list)
-    ts_series: list[int] = field(default_factory=list)
     drifts: int = 0
 
     @property

@@ -214,7 +214,6 @@ def prequential(
                     res.slices.setdefault(slice_of(user), SliceResult()).add(rank, k, auc)
                 hit = int(0 <= rank < k)
                 res.hit_series.append(hit)
-                res.ts_series.append(ev.ts_ms)
                 observe = getattr(model, "observe", None)
                 if observe is not None and observe(bool(hit)):
                     res.drifts += 1

@@ -36,11 +36,14 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_replay_prints_table_and_writes_json(log: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "out.json"
+    out, png = tmp_path / "out.json", tmp_path / "rolling.png"
     rc = main(["replay", str(log), "--format", "jsonl", "--models",
                "freshrec,popularity,recent,item_knn,sknn,river_funkmf,river_biasedmf", "--json",
-               str(out)])
+               str(out), "--plot", str(png)])
     assert rc == 0
+    head = png.read_bytes()[:24]  # the PNG signature, then the IHDR chunk's width and height
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")) == (990, 495)
     doc = json.loads(out.read_text())
     assert set(doc) == {"freshrec", "popularity", "recent", "item_knn", "sknn", "river_funkmf",
                         "river_biasedmf"}
