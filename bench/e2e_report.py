@@ -13,7 +13,7 @@ GOAL_RATIO = 0.5
 def fmt(v: Any, unit: str = "") -> str:
     if v is None:
         return "-"
-    if isinstance(v, float) and v >= 100:
+    if isinstance(v, int | float) and not isinstance(v, bool) and v >= 100:
         return f"{v:,.0f}{unit}"
     return f"{v}{unit}"
 
@@ -97,10 +97,13 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     short = {"at-least-once": "ALO", "exactly-once": "EO"}
     labels = [f"{r['pipeline']}\np={r['parallelism']} {short[r['delivery']]}" for r in ok]
-    ax1.bar(labels, [r["throughput"]["events_per_s"] for r in ok],
-            color=["tab:blue" if r["pipeline"] == "job" else "tab:gray" for r in ok])
+    bars = ax1.bar(labels, [r["throughput"]["events_per_s"] for r in ok],
+                   color=["tab:blue" if r["pipeline"] == "job" else "tab:gray" for r in ok])
+    ax1.bar_label(bars, fmt="{:,.0f}")
     ax1.axhline(GOAL_RATE, color="tab:red", linestyle="--", label="goal 20k/s")
     ax1.set_yscale("log")
+    # From 100: a log axis cut at the smallest bar hides it; room above for the labels.
+    ax1.set_ylim(100, 2 * max(GOAL_RATE, *(r["throughput"]["events_per_s"] for r in ok)))
     ax1.set_ylabel("max sustained events/s (log)")
     ax1.legend()
     for r in ok:
