@@ -150,19 +150,27 @@ def learn(args: argparse.Namespace) -> None:
         ratio_vs_biasedmf=(len(events) / one_s) / river_rates["BiasedMF"])
 
     # The job's learner alone: learn_bundle over backlog bundles of the interactions, the
-    # item gradients applied in place (what learn_many adds: blend steps, clusters, text).
-    rep, users, n_learned = ItemReplica(cfg), {}, 0
-    t = clock()
-    for i in range(0, len(inter), 2048):
-        step = learn_bundle(users, inter[i:i + 2048], rep, cfg)
-        apply_item_gradients(rep, step.gradients, cfg)
-        users.update(step.users)
-        n_learned += len(step.learned)
-    bundle_rate = n_learned / (clock() - t)
-    print(f"freshrec learn_bundle(2048) {_rate(n_learned, n_learned / bundle_rate)}   "
-          f"ratio vs River {bundle_rate / funk:.2f}x (goal >= 3x)")
-    put("learn", freshrec_learn_bundle_2048_per_s=bundle_rate,
-        learn_bundle_2048_ratio_vs_funkmf=bundle_rate / funk)
+    # item gradients applied in place (what learn_many adds: blend steps, clusters, text);
+    # then without co-visitation pairs, for what they add to the learner's cost.
+    def bundle_rate(config: ModelConfig) -> float:
+        rep, users, n_learned = ItemReplica(config), {}, 0
+        t = clock()
+        for i in range(0, len(inter), 2048):
+            step = learn_bundle(users, inter[i:i + 2048], rep, config)
+            apply_item_gradients(rep, step.gradients, config)
+            users.update(step.users)
+            n_learned += len(step.learned)
+        return n_learned / (clock() - t)
+
+    rate = bundle_rate(cfg)
+    print(f"freshrec learn_bundle(2048) {_rate(1, 1 / rate)}   "
+          f"ratio vs River {rate / funk:.2f}x (goal >= 3x)")
+    plain = bundle_rate(cfg.replace(covisit_window=0))
+    print(f"  co-visitation off          {_rate(1, 1 / plain)}   the pairs add "
+          f"{plain / rate - 1:.0%} per event (goal <= 30%)")
+    put("learn", freshrec_learn_bundle_2048_per_s=rate,
+        learn_bundle_2048_ratio_vs_funkmf=rate / funk,
+        learn_bundle_2048_covisit_off_per_s=plain, covisit_cost_share=plain / rate - 1)
 
     for bs in (256, 1024):
         m = FreshRecModel(cfg)

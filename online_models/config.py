@@ -74,8 +74,9 @@ class ModelConfig:
     recency_half_life_s : float
         Half-life of the recent-history time feature in event time.
     covisit_window : int
-        A positive event is paired with the user's last this many distinct items
-        (:mod:`online_models.covisit`).
+        A positive event is paired with the user's last this many distinct items, and a
+        list's co-visitation candidates come from them (:mod:`online_models.covisit`); 0
+        turns co-visitation off (no pairs, no co-visitation candidates or features).
     covisit_neighbours : int
         Co-visitation neighbours kept per item.
     blend_learning_rate : float
@@ -156,10 +157,13 @@ class ModelConfig:
     text_map_min: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("dim", "top_k", "history_len", "context_len", "covisit_window",
-                     "covisit_neighbours", "negatives", "n_clusters", "text_map_min"):
+        for name in ("dim", "top_k", "history_len", "context_len", "covisit_neighbours",
+                     "negatives", "n_clusters", "text_map_min"):
             if getattr(self, name) < 1:
                 raise ModelConfigError(name, f"must be >= 1, got {getattr(self, name)!r}")
+        if self.covisit_window < 0:
+            raise ModelConfigError("covisit_window",
+                                   f"must be >= 0 (0: off), got {self.covisit_window!r}")
         for name, choices in (("exclude", EXCLUDE_CHOICES), ("ann_dtype", ANN_DTYPES),
                               ("text_encoder", TEXT_ENCODERS)):
             if getattr(self, name) not in choices:

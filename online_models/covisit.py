@@ -98,7 +98,9 @@ def strongest_first(neighbours: Iterable[tuple[str, float]]) -> tuple[tuple[str,
 
 
 def recent_items(user: UserState, n: int) -> list[str]:
-    """The user's last ``n`` distinct positive items, most recent first."""
+    """The user's last ``n`` distinct positive items, most recent first (none for 0)."""
+    if n <= 0:
+        return []
     out: list[str] = []
     for entry in reversed(user.history):
         if entry[2] > 0 and entry[0] not in out:

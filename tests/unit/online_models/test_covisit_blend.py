@@ -10,7 +10,7 @@ import pytest
 from freshrec_common.settings import SettingsError, load_settings
 from online_models import FreshRecModel, ItemReplica, ModelConfig, UserState, learn_bundle
 from online_models.blend import COVISIT_LAST, FEATURES, RECENT_POSITION, ScoreBlend
-from online_models.covisit import CoVisits, CoVisitTable
+from online_models.covisit import CoVisits, CoVisitTable, recent_items
 from schemas.events import Event
 
 pytestmark = pytest.mark.unit
@@ -33,6 +33,25 @@ def test_pairs_weigh_by_distance_in_both_directions_and_skip_the_item_itself() -
     assert list(zip(out.a, out.b, out.w, strict=True)) == [
         ("d", "c", 1.0), ("c", "d", 1.0), ("d", "b", 1 / 3), ("b", "d", 1 / 3)]
     assert out.positives == ["d"]
+
+
+def test_a_window_of_zero_turns_co_visitation_off() -> None:
+    cfg = CFG.replace(covisit_window=0)
+    user = UserState.new("u", 8, 0).replace(history=(("a", 1, 1.0, "view"),
+                                                     ("b", 2, 1.0, "view")))
+    step = learn_bundle({"u": user}, [Event("e", "view", 3, user_id="u", item_id="c")],
+                        ItemReplica(cfg), cfg)
+    assert (step.covisits.a, step.covisits.positives) == ([], ["c"])
+    assert recent_items(user, 0) == [] and recent_items(user, 5) == ["b", "a"]
+    reasons = {}
+    for window in (0, CFG.covisit_window):  # the same chain of views, with and without
+        model = FreshRecModel(CFG.replace(covisit_window=window, cold_events=0))
+        for u in range(20):
+            model.learn_many(_views(f"u{u}", [f"i{n}" for n in range(8)], t0=u * 100_000))
+        model.learn_one(Event("n1", "view", 10**9, user_id="newcomer", item_id="i3"))
+        reasons[window] = {r.reason for r in model.recommend("newcomer", k=5)}
+    assert "often viewed with i3" in reasons[CFG.covisit_window]
+    assert reasons[0] and not any(r.startswith("often viewed with") for r in reasons[0])
 
 
 def test_table_keeps_the_strongest_neighbours() -> None:
@@ -162,7 +181,7 @@ def test_blend_bytes_round_trip_and_reject_other_layouts() -> None:
 
 
 @pytest.mark.parametrize("override", [
-    "model.covisit_window=0", "model.covisit_neighbours=-1", "model.blend_learning_rate=-0.1",
+    "model.covisit_window=-1", "model.covisit_neighbours=0", "model.blend_learning_rate=-0.1",
     "model.blend_learning_rate=inf"])
 def test_covisit_and_blend_settings_are_validated(override: str) -> None:
     key = override.split("=")[0]
