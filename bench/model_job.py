@@ -34,12 +34,11 @@ def job_path(events: list, dim: int, rate: float, sets: Sequence[str] = (),
     from flink_jobs.user_side import UserSide
     from flink_jobs.user_side_types import UserSideSettings
     from freshrec_common.settings import load_settings
-    from online_models import ModelConfig
     from schemas.events import encode_event
     from schemas.item_embedding import ItemEmbedding
 
-    job = load_settings(None, overrides=sets).job  # the job's defaults, --set overrides
-    cfg = ModelConfig(dim=dim)
+    loaded = load_settings(None, overrides=sets)  # the job's defaults, --set overrides
+    job, cfg = loaded.job, loaded.model.replace(dim=dim)
     settings = UserSideSettings(cfg, "bench", "events", job.refresh_interval_ms,
                                 job.dedup_window_s, job.dedup_max_ids, job.max_payload_bytes,
                                 job.max_id_length, item_shards=job.item_shards)
