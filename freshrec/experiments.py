@@ -17,8 +17,10 @@ against the first variant of the experiment file (``experiments.file``) at the 5
 from __future__ import annotations
 
 import argparse
+import http.client
 import math
 import sys
+import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -150,6 +152,24 @@ def report(cells: Cells, order: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def read_exposition(url: str, attempts: int = 3, pause_s: float = 1.0) -> str:
+    """The text a metrics endpoint serves. A connection closed without an answer is tried
+    again: Flink's Prometheus reporter closes a scrape that way when collecting a metric
+    fails (seen once, while a new job registered its metrics); Prometheus itself would just
+    take the next scrape."""
+    for _ in range(attempts - 1):
+        try:
+            return _read(url)
+        except (http.client.RemoteDisconnected, ConnectionResetError):
+            time.sleep(pause_s)
+    return _read(url)
+
+
+def _read(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode("utf-8", "replace")
+
+
 def run(args: argparse.Namespace, settings: Any) -> int:
     """Entry point of ``freshrec experiments``."""
     order: list[str] = []
@@ -161,8 +181,7 @@ def run(args: argparse.Namespace, settings: Any) -> int:
             return 2
     try:
         if args.metrics:
-            with urllib.request.urlopen(args.metrics, timeout=10) as resp:
-                counts = counts_from_exposition(resp.read().decode("utf-8", "replace"))
+            counts = counts_from_exposition(read_exposition(args.metrics))
         else:
             counts = counts_from_prometheus(args.prometheus, args.window)
     except (OSError, ValueError) as exc:

@@ -369,10 +369,9 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
     the job's metrics endpoint add up to the overall ones (`freshrec experiments` reads
     them)."""
     import socket
-    import urllib.request
 
     from freshrec.cli import main as cli_main
-    from freshrec.experiments import counts_from_exposition, totals
+    from freshrec.experiments import counts_from_exposition, read_exposition, totals
     from online_models.experiments import Experiment
 
     exp_file = tmp_path / "experiment.toml"
@@ -405,8 +404,7 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
 
         def counted() -> bool:
             nonlocal text, cells, counts
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                text = resp.read().decode()
+            text = read_exposition(url)
             cells = counts_from_exposition(text)
             counts = totals(cells)
             return sum(c["tests"] for c in counts.values()) >= len(all_users)

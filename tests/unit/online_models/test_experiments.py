@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from freshrec.experiments import counts_from_exposition, report, totals
+from freshrec.experiments import counts_from_exposition, read_exposition, report, totals
 from freshrec.generator import generate_events
 from freshrec.replay import format_experiment
 from online_models.config import ModelConfig
@@ -158,3 +158,40 @@ def test_experiments_report_takes_users_in_groups_as_the_unit() -> None:
                  if x.startswith("boost"))
     assert "+0.0500" in boost and boost.endswith("not significant")
     assert "no experiment figures" in report({}, ["control"])
+
+
+def test_a_metrics_read_the_server_closed_without_answering_is_tried_again() -> None:
+    """A real HTTP server on 127.0.0.1 that closes its first connection unanswered (as
+    Flink's reporter does when collecting a metric fails) and answers the second; one that
+    never answers still fails the read."""
+    import http.client
+    import socket
+    import threading
+
+    body = _exposition({"control": (25, 35)}).encode()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def serve(answer_from: int, connections: int) -> None:
+            for n in range(connections):
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    if n >= answer_from:
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                                     % (len(body), body))
+
+        thread = threading.Thread(target=serve, args=(1, 2), daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert totals(counts_from_exposition(read_exposition(url, pause_s=0)))["control"][
+            "tests"] == 3200
+        thread.join(5)
+        thread = threading.Thread(target=serve, args=(9, 2), daemon=True)
+        thread.start()
+        with pytest.raises(http.client.RemoteDisconnected):
+            read_exposition(url, attempts=2, pause_s=0)
+        thread.join(5)
