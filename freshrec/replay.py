@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freshrec.datasets import FORMATS, AdapterErrors, read_events
+from freshrec.replay_workers import (
+    PartResult,
+    ReplayPart,
+    WorkerError,
+    default_workers,
+    groups,
+    replay_in_workers,
+)
 from online_models.config import ModelConfig
 from online_models.eval_results import ModelResult
 from online_models.evaluate import COLD_BELOW, Progress, prequential
@@ -71,9 +79,51 @@ def register(subparsers: Any) -> None:
     p.add_argument("--experiments", metavar="FILE",
                    help="also replay the variants of this experiment file side by side "
                         "(users split by keyed hash, one shared item side; docs/model.md)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes the models are split over (default: one per CPU for a "
+                        "log of 20,000 events or more, else 1); the figures are the same")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics (freshrec_replay_*) on this port")
     p.set_defaults(func=run)
+
+
+def build_models(keys: Sequence[str], config: ModelConfig, tuned: ModelConfig | None,
+                 experiment_file: str | None) -> tuple[dict[str, Any], str | None]:
+    """The models of a replay by key (a model name, :data:`TUNED` or :data:`EXPERIMENT`),
+    and the experiment's key if it is among them."""
+    from online_models.experiment_model import ExperimentModel
+
+    models: dict[str, Any] = {}
+    for key in keys:
+        if key == EXPERIMENT:
+            assert experiment_file is not None
+            models[key] = ExperimentModel(Experiment.load(experiment_file), config)
+        elif key == TUNED:
+            assert tuned is not None
+            models[key] = make_model("freshrec", tuned)
+        else:
+            models[key] = make_model(key, config)
+    return models, (EXPERIMENT if EXPERIMENT in models else None)
+
+
+def _log_line(line: str) -> None:
+    """A line of its own on stderr, under the progress line."""
+    print(f"\nfreshrec replay: {line}", file=sys.stderr)
+
+
+def replay_group(part: ReplayPart, events: Sequence[Event], progress: Any) -> PartResult:
+    """Test-then-learn of a part's models over ``events``; their results and the
+    experiment's report if the part has it."""
+    models, experiment = build_models(part.names, part.config, part.tuned, part.experiment)
+    results = prequential(models, events, k=part.k, progress=progress,
+                          eval_every=part.eval_every, warmup=part.warmup)
+    return results, (format_experiment(models[experiment]) if experiment else None)
+
+
+def replay_part(part: ReplayPart, progress: Any) -> PartResult:
+    """A worker's replay: it reads the log itself."""
+    events, _ = load_events(part.path, part.fmt, part.limit)
+    return replay_group(part, events, progress)
 
 
 def load_events(path: str | Path, fmt: str, limit: int = 0) -> tuple[list[Event], int]:
@@ -304,8 +354,6 @@ def run(args: argparse.Namespace, settings: Any) -> int:
     """Entry point of ``freshrec replay``."""
     import torch
 
-    from online_models.experiment_model import ExperimentModel
-
     torch.set_num_threads(max(1, args.threads))
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODEL_NAMES]
@@ -320,6 +368,10 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         inside = ", ".join(sorted(p.name for p in Path(args.path).iterdir())[:5])
         print(f"freshrec replay: {args.path} is a directory; pass a log file in it "
               f"({inside or 'it is empty'})", file=sys.stderr)
+        return 2
+    if args.workers < 0:
+        print(f"freshrec replay: --workers must be >= 0 (0: auto), got {args.workers}",
+              file=sys.stderr)
         return 2
     cfg = settings.model
     t0 = time.perf_counter()
@@ -341,31 +393,39 @@ def run(args: argparse.Namespace, settings: Any) -> int:
         warmup = prefix
         if "freshrec" not in names:  # the tuned model is always shown next to the default
             names.insert(0, "freshrec")
-    models: dict[str, Any] = {}
-    experiment = None
     if args.experiments:
         try:
-            experiment = Experiment.load(args.experiments)
+            Experiment.load(args.experiments)
         except ExperimentError as exc:
             print(f"freshrec replay: --experiments: {exc}", file=sys.stderr)
             return 2
-        models[EXPERIMENT] = ExperimentModel(experiment, cfg)
+    keys = [EXPERIMENT] if args.experiments else []
     for n in names:
-        models[n] = make_model(n, cfg)
-        if n == "freshrec" and tuned_cfg is not None:
-            models[TUNED] = make_model("freshrec", tuned_cfg)
+        keys += [n, TUNED] if n == "freshrec" and tuned_cfg is not None else [n]
+    workers = args.workers or default_workers(len(events), len(keys))
     bar: Any = Progress(len(events), "replay")
     if args.metrics_port:
         bar = ReplayMetrics(args.metrics_port, bar)
-    results = prequential(models, events, k=args.k, progress=bar, eval_every=args.eval_every,
-                          warmup=warmup)
+    parts = [ReplayPart(str(args.path), args.fmt, args.limit, tuple(group), cfg, tuned_cfg,
+                        args.experiments, args.k, args.eval_every, warmup, max(1, args.threads))
+             for group in groups(keys, workers)]
+    if len(parts) > 1:
+        print(f"freshrec replay: {len(parts)} worker processes: "
+              f"{'; '.join(', '.join(p.names) for p in parts)}", file=sys.stderr)
+        try:
+            results, report = replay_in_workers(replay_part, parts, keys, bar, _log_line)
+        except WorkerError as exc:
+            print(f"freshrec replay: {exc}", file=sys.stderr)
+            return 1
+    else:
+        results, report = replay_group(parts[0], events, bar)
     bar.close()
     if args.metrics_port:
         bar.report(results)
     print(format_table(results, note))
-    if experiment is not None:
+    if report is not None:
         print()
-        print(format_experiment(models[EXPERIMENT]))
+        print(report)
     if args.json_out:
         doc = {name: r.summary() for name, r in results.items()}
         Path(args.json_out).write_text(json.dumps(doc, indent=2) + "\n")

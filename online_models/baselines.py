@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -137,9 +138,13 @@ class _Base:
 
     def score_items(self, user_id: str, item_ids: Sequence[str]) -> np.ndarray:
         """The ranking scores of some items (``-inf`` for unknown ones): sampled AUC."""
-        s = self._user_scores(user_id) if self.n_items else np.zeros(0)
-        idx = self.items.index
-        return np.array([s[idx[i]] if i in idx else -np.inf for i in item_ids], dtype=np.float64)
+        if not self.n_items:
+            return np.full(len(item_ids), -np.inf)
+        rows = np.fromiter(map(self.items.index.get, item_ids, repeat(-1)), np.int64,
+                           len(item_ids))
+        scores = self._user_scores(user_id)[rows].astype(np.float64)
+        scores[rows < 0] = -np.inf
+        return scores
 
     _reason = "model score"
 

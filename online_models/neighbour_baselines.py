@@ -26,9 +26,8 @@ class _PopularityFilled(PopularityModel):
         raise NotImplementedError
 
     def _as_rows(self, scores: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.items.index
         n = len(scores)
-        return (np.fromiter((idx[i] for i in scores), np.int64, n),
+        return (np.fromiter(map(self.items.index.__getitem__, scores), np.int64, n),
                 np.fromiter(scores.values(), np.float64, n))
 
     def _scores(self, user_id: str) -> np.ndarray:
@@ -107,13 +106,20 @@ class ItemKNNModel(_PopularityFilled):
         self.window, self.max_neighbours = window, max_neighbours
         self.recent: dict[str, dict[str, None]] = {}
         self.pairs: dict[str, dict[str, float]] = {}
-        self.count: dict[str, float] = {}
+        self.count = np.zeros(self.logc.shape[0])  # positive events per item row
+
+    def _item_row(self, item_id: str) -> int:
+        r = super()._item_row(item_id)
+        if r >= self.count.shape[0]:
+            self.count = np.concatenate([self.count, np.zeros(self.logc.shape[0]
+                                                              - self.count.shape[0])])
+        return r
 
     def _add_pair(self, a: str, b: str, w: float) -> None:
         self.pairs[a] = add_pair(self.pairs.get(a, {}), b, w, self.max_neighbours)
 
     def _learn_positive(self, user_id: str, item_id: str) -> None:
-        self.count[item_id] = self.count.get(item_id, 0.0) + 1.0
+        self.count[self.items.index[item_id]] += 1.0
         seq = self.recent.setdefault(user_id, {})
         for dist, other in enumerate(reversed(seq), start=1):
             if other != item_id:
@@ -125,13 +131,20 @@ class ItemKNNModel(_PopularityFilled):
         self.recent.pop(user_id, None)
 
     def _own_scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
-        out: dict[str, float] = {}
-        count = self.count
+        row_of = self.items.index.__getitem__
+        rows: list[np.ndarray] = []
+        values: list[np.ndarray] = []
         for pos, item in enumerate(reversed(self.recent.get(user_id, {}))):
-            w = 1.0 / (pos + 1) / math.sqrt(count[item])
-            for other, c in self.pairs.get(item, {}).items():
-                out[other] = out.get(other, 0.0) + w * c / math.sqrt(count[other])
-        return self._as_rows(out)
+            pairs = self.pairs.get(item)
+            if not pairs:
+                continue
+            rows.append(np.fromiter(map(row_of, pairs), np.int64, len(pairs)))
+            w = 1.0 / (pos + 1) / math.sqrt(self.count[row_of(item)])
+            values.append(w * np.fromiter(pairs.values(), np.float64, len(pairs)))
+        if not rows:
+            return _NONE
+        at = np.concatenate(rows)
+        return at, np.concatenate(values) / np.sqrt(self.count[at])
 
 
 class SessionKNNModel(_PopularityFilled):
@@ -172,31 +185,33 @@ class SessionKNNModel(_PopularityFilled):
     def _session_rows(self, user_id: str) -> np.ndarray:
         rows = self._rows.get(user_id)
         if rows is None:
-            idx = self.items.index
             session = self.sessions[user_id]
-            rows = self._rows[user_id] = np.fromiter((idx[i] for i in session), np.int64,
-                                                      len(session))
+            rows = self._rows[user_id] = np.fromiter(map(self.items.index.__getitem__, session),
+                                                      np.int64, len(session))
         return rows
 
     def _own_scores(self, user_id: str) -> tuple[np.ndarray, np.ndarray]:
         current = list(self.sessions.get(user_id, {}))[-self.m:]
         if not current:
             return _NONE
-        weight = {item: (pos + 1) / len(current) for pos, item in enumerate(current)}
+        # Integer weights (the newest m, the oldest 1) sum the same in any order, and a set
+        # intersection's order follows the string hashes of the run.
+        weight = {item: pos + 1 for pos, item in enumerate(current)}
         candidates: dict[str, None] = {}
         for item in reversed(current):  # the newest item's holders first
-            for other in reversed(self.holders.get(item, {})):
-                if other != user_id:
-                    candidates[other] = None
-            if len(candidates) >= self.sample:
+            candidates.update(dict.fromkeys(reversed(self.holders.get(item, {}))))
+            if len(candidates) - (user_id in candidates) >= self.sample:
                 break
+        candidates.pop(user_id, None)
         sims = []
         sessions = self.sessions
+        current_items = weight.keys()
+        weight_of = weight.__getitem__
+        m = len(current)
         for other in list(candidates)[: self.sample]:
-            session = sessions[other]
-            sim = sum([w for i, w in weight.items() if i in session])
-            if sim > 0:
-                sims.append((sim, other))
+            shared = current_items & sessions[other].keys()
+            if shared:
+                sims.append((sum(map(weight_of, shared)) / m, other))
         sims.sort(reverse=True)
         best = sims[: self.k]
         if not best:

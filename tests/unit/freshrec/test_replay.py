@@ -15,8 +15,10 @@ import pytest
 from freshrec.cli import main
 from freshrec.generator import generate_events
 from freshrec.replay import format_table
+from freshrec.replay_workers import ReplayPart, WorkerError, replay_in_workers
+from online_models.config import ModelConfig
 from online_models.eval_results import ModelResult, SliceResult
-from online_models.evaluate import prequential
+from online_models.evaluate import Progress, prequential
 from schemas.events import Event, encode_event
 from schemas.recommendation import ScoredItem
 
@@ -105,6 +107,54 @@ def test_replay_tune_reports_tuned_next_to_defaults(log: Path, tmp_path: Path,
     assert "freshrec_tuned*" in out and "* freshrec_tuned: learning_rate=" in out
     assert "freshrec_tuned Recall@20 / best baseline (popularity)" in out
     assert "freshrec Recall@20 / best baseline (popularity)" in out
+
+
+def test_replay_in_worker_processes_gives_the_same_figures(log: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    """The models split over two spawned workers (the tuned model and an experiment's
+    variants among them) give every figure of one process; only the timings differ."""
+    exp_file = tmp_path / "experiment.toml"
+    exp_file.write_text('key = "t"\n[variants.a]\nshare = 0.5\n[variants.b]\nshare = 0.5\n'
+                        'trending_only = true\n')
+    docs, outs = [], []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.json"
+        assert main(["replay", str(log), "--format", "jsonl", "--models",
+                     "popularity,item_knn,sknn", "--tune", "--tune-fraction", "0.3",
+                     "--experiments", str(exp_file), "--workers", str(workers),
+                     "--json", str(out)]) == 0
+        captured = capsys.readouterr()
+        outs.append(captured.out)
+        docs.append(json.loads(out.read_text()))
+    assert "2 worker processes: " in captured.err
+    timings = {"learn_events_per_s", "recommend_p50_ms", "recommend_p99_ms"}
+    one, two = ({m: {k: v for k, v in f.items() if k not in timings} for m, f in d.items()}
+                for d in docs)
+    assert list(two) == list(one) == ["experiment", "freshrec", "freshrec_tuned", "popularity",
+                                      "item_knn", "sknn"]
+    assert two == one and one["freshrec"]["evaluated"] > 0
+    report = [line for line in outs[0].splitlines() if line.startswith(("a ", "b "))]
+    assert len(report) == 2 and report == [line for line in outs[1].splitlines()
+                                 if line.startswith(("a ", "b "))]
+
+
+def _failing_replay(part: ReplayPart, progress: object) -> None:
+    raise ValueError(f"no log for {part.names[0]}")
+
+
+def test_a_failed_worker_is_reported_with_its_models_and_error(log: Path) -> None:
+    part = ReplayPart(str(log), "jsonl", 0, ("popularity", "recent"), ModelConfig(), None, None,
+                      20, 1, 0, 1)
+    with pytest.raises(WorkerError, match=r"(?s)worker of popularity, recent failed.*"
+                                          r"ValueError: no log for popularity"):
+        replay_in_workers(_failing_replay, [part], ["popularity", "recent"], Progress(None),
+                          print)
+
+
+def test_replay_rejects_negative_workers(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(log), "--format", "jsonl", "--workers", "-1"]) == 2
+    assert "--workers must be >= 0" in capsys.readouterr().err
 
 
 # -- figures on a hand-built stream ----------------------------------------------------
