@@ -151,7 +151,7 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         java_operator(users, "split-item-messages", glue.ShardRecordSplitter(ITEM_GRADIENTS),
                       SHARD_BUNDLE_TYPE),
         "bundle-item-messages",
-        glue.ShardRecordBundler(max_records, job.item_bundle_max_age_ms),
+        glue.ShardRecordBundler(max_records, job.item_bundle_max_age_ms, job.item_shards),
         SHARD_BUNDLE_TYPE).start_new_chain()
     items = (
         item_messages.key_by(lambda bundle, keys=item_keys: keys[bundle[0]], Types.INT())

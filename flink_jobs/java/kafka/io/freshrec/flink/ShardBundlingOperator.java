@@ -2,6 +2,7 @@ package io.freshrec.flink;
 
 import java.util.ArrayList;
 import java.util.HashMap;
+import java.util.Iterator;
 import java.util.List;
 import java.util.Map;
 
@@ -21,8 +22,11 @@ import org.apache.flink.util.Preconditions;
  * Gathers records into bundles and emits Row(shard, bundle), so that Python is called once per
  * bundle instead of once per record. By default each shard has its own bundle; a subclass may
  * gather several shards into one ({@link #bundleOf}), named by one of them. A bundle goes out
- * when it holds maxRecords records per shard it gathers; all bundles go out when the oldest
- * buffered record is maxAgeMs old and at the end of a bounded input.
+ * when it holds maxRecords records per shard it gathers, at the first tick of its own clock
+ * after its first record (ticks every maxAgeMs, offset by {@link #phaseOf}: no record waits
+ * longer than maxAgeMs), and at the end of a bounded input. Bundles with different phases go
+ * out at different times: the next operator's work comes in smaller, spread-out calls instead
+ * of one burst per maxAgeMs, which held up every other Python operator of the TaskManager.
  *
  * <p>At a checkpoint barrier the bundles being built either go out before it, or, with
  * keepAcrossBarriers, stay and are written to operator state (restored and sent on after a
@@ -42,9 +46,10 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     /** Shards holding records, in the order they got their first one. */
     private transient List<BundleBuffer> pending;
     private transient int bufferedRecords;
-    /** When the buffer last went from empty to non-empty: no buffered record is older. */
-    private transient long firstBufferedAt;
-    private transient boolean timerRegistered;
+    /** When each pending bundle (by its shard) is due. */
+    private transient Map<Integer, Long> dueAt;
+    /** The earliest timer registered that has not fired (Long.MAX_VALUE: none). */
+    private transient long timerAt;
 
     protected ShardBundlingOperator(int maxRecords, long maxAgeMs, boolean keepAcrossBarriers) {
         Preconditions.checkArgument(maxRecords >= 1, "maxRecords must be >= 1: %s", maxRecords);
@@ -67,6 +72,11 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
         return 1;
     }
 
+    /** Where in each maxAgeMs the bundle named by this shard goes out (by default 0). */
+    protected long phaseOf(int bundleShard) {
+        return 0;
+    }
+
     /** Appends the record of this shard to its bundle. */
     protected abstract void append(Row record, int shard, BundleBuffer bundle);
 
@@ -75,6 +85,8 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
         super.initializeState(context);
         buffers = new HashMap<>();
         pending = new ArrayList<>();
+        dueAt = new HashMap<>();
+        timerAt = Long.MAX_VALUE;
         if (!keepAcrossBarriers) {
             return;
         }
@@ -94,9 +106,9 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     @Override
     public void open() throws Exception {
         super.open();
-        if (bufferedRecords > 0) { // restored: they go out at the age limit, counted from now
-            firstBufferedAt = getProcessingTimeService().getCurrentProcessingTime();
-            registerTimer(firstBufferedAt + maxAgeMs);
+        long now = getProcessingTimeService().getCurrentProcessingTime();
+        for (BundleBuffer bundle : pending) { // restored: they go out at their next tick
+            schedule(bundle, now);
         }
     }
 
@@ -107,33 +119,37 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
         BundleBuffer bundle = buffer(bundleOf(shard));
         append(record, shard, bundle);
         bundle.endRecord();
+        bufferedRecords++;
         if (bundle.records() == 1) {
             pending.add(bundle);
-        }
-        if (bufferedRecords++ == 0) {
-            firstBufferedAt = getProcessingTimeService().getCurrentProcessingTime();
-            if (!timerRegistered) {
-                registerTimer(firstBufferedAt + maxAgeMs);
-            }
+            schedule(bundle, getProcessingTimeService().getCurrentProcessingTime());
         }
         if (bundle.records() >= maxRecords * shardsIn(bundle.shard())) {
             pending.remove(bundle);
+            dueAt.remove(bundle.shard());
             emit(bundle);
         }
     }
 
     @Override
     public void onProcessingTime(long time) {
-        timerRegistered = false;
-        if (bufferedRecords == 0) {
-            return;
+        if (time >= timerAt) {
+            timerAt = Long.MAX_VALUE;
         }
-        long due = firstBufferedAt + maxAgeMs;
-        if (due <= time) {
-            flushAll();
-        } else {
-            // Everything older was flushed by count or a barrier since the timer was set.
-            registerTimer(due);
+        long next = Long.MAX_VALUE;
+        for (Iterator<BundleBuffer> it = pending.iterator(); it.hasNext(); ) {
+            BundleBuffer bundle = it.next();
+            long due = dueAt.get(bundle.shard());
+            if (due <= time) {
+                it.remove();
+                dueAt.remove(bundle.shard());
+                emit(bundle);
+            } else {
+                next = Math.min(next, due);
+            }
+        }
+        if (next != Long.MAX_VALUE) {
+            registerTimer(next);
         }
     }
 
@@ -167,9 +183,22 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
         return buffers.computeIfAbsent(shard, BundleBuffer::new);
     }
 
+    /** The bundle's next tick, and a timer for it. */
+    private void schedule(BundleBuffer bundle, long now) {
+        long due = now;
+        if (maxAgeMs > 0) { // the next tick after now: 1 to maxAgeMs away
+            due = now + 1 + Math.floorMod(phaseOf(bundle.shard()) - now - 1, maxAgeMs);
+        }
+        dueAt.put(bundle.shard(), due);
+        registerTimer(due);
+    }
+
+    /** A timer at this time unless an earlier one is still to fire (it registers the next). */
     private void registerTimer(long time) {
-        getProcessingTimeService().registerTimer(time, this);
-        timerRegistered = true;
+        if (time < timerAt) {
+            getProcessingTimeService().registerTimer(time, this);
+            timerAt = time;
+        }
     }
 
     private void flushAll() {
@@ -177,6 +206,7 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
             emit(bundle);
         }
         pending.clear();
+        dueAt.clear();
     }
 
     private void emit(BundleBuffer bundle) {
