@@ -127,7 +127,7 @@ def replay_in_workers(replay: Callable[[ReplayPart, Any], PartResult],
     shared = [ctx.Value("q", 0) for _ in parts]
     procs = [ctx.Process(target=_work, args=(replay, p, s, out), daemon=True)
              for p, s in zip(parts, shared, strict=True)]
-    got: dict[tuple[str, ...], tuple[dict[str, ModelResult], str | None]] = {}
+    got: dict[tuple[str, ...], PartResult] = {}
     shown = 0
     try:
         for proc in procs:
@@ -140,11 +140,10 @@ def replay_in_workers(replay: Callable[[ReplayPart, Any], PartResult],
             try:
                 names, results, text, took_s, error = out.get(timeout=0.5)
             except queue.Empty:  # nobody finished in the while: is anybody dead?
-                dead = [p for p, proc in zip(parts, procs, strict=True)
-                        if proc.exitcode not in (None, 0) and p.names not in got]
-                if dead:
-                    raise WorkerError(f"the worker of {', '.join(dead[0].names)} exited with "
-                                      f"code {procs[parts.index(dead[0])].exitcode}") from None
+                for part, proc in zip(parts, procs, strict=True):
+                    if proc.exitcode not in (None, 0) and part.names not in got:
+                        raise WorkerError(f"the worker of {', '.join(part.names)} exited with "
+                                          f"code {proc.exitcode}") from None
                 continue
             if error is not None:
                 raise WorkerError(f"the worker of {', '.join(names)} failed:\n{error}")
