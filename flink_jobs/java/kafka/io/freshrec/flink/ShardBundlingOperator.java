@@ -38,7 +38,8 @@ abstract class ShardBundlingOperator extends AbstractStreamOperator<Row>
     private static final long serialVersionUID = 1L;
 
     private final int maxRecords;
-    private final long maxAgeMs;
+    /** The bundle age: a bundle's ticks are this far apart. */
+    protected final long maxAgeMs;
     private final boolean keepAcrossBarriers;
 
     private transient ListState<byte[]> kept;

@@ -16,13 +16,11 @@ public final class ShardRecordBundler extends ShardBundlingOperator {
     private static final long serialVersionUID = 1L;
 
     private final int shards;
-    private final long maxAgeMs;
 
     public ShardRecordBundler(int maxRecords, long maxAgeMs, int shards) {
         super(maxRecords, maxAgeMs, true);
         Preconditions.checkArgument(shards >= 1, "shards must be >= 1: %s", shards);
         this.shards = shards;
-        this.maxAgeMs = maxAgeMs;
     }
 
     @Override
