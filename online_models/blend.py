@@ -16,7 +16,11 @@ Features of a candidate item (:data:`FEATURES`):
   vector (placed from its text or metadata) is near one of the user's two most recent
   items: ``new_in_category`` for items without a category;
 * ``category_trend``: among the 50 trending items of the category of the user's most
-  recent item, 1 / (1 + place): what people browsing the same shelf take now.
+  recent item, 1 / (1 + place): what people browsing the same shelf take now;
+* ``same_brand``, ``price_near``: a candidate outside the user's history shares the brand
+  of the user's most recent item; on its shelf (category), how near its price is to that
+  item's (``min/max`` of the two, less its mean over the user's rows of that shelf).
+  Zero where the catalogue has no brands or prices; both start at weight 0.
 
 All but ``model`` are sparse (non-zero for a few hundred items at most), so ranking stays
 one dense pass plus a sparse bonus. The weights start at :data:`INITIAL_WEIGHTS` and are
@@ -57,15 +61,16 @@ from online_models.state import UserState
 
 FEATURES = ("model", "recent_position", "recent_count", "recent_time", "covisit",
             "covisit_last", "cold_cluster", "new_in_category", "similar_new",
-            "category_trend")
+            "category_trend", "price_near", "same_brand")
 (MODEL, RECENT_POSITION, RECENT_COUNT, RECENT_TIME, COVISIT, COVISIT_LAST, COLD,
- NEW_IN_CATEGORY, SIMILAR_NEW, CATEGORY_TREND) = range(10)
+ NEW_IN_CATEGORY, SIMILAR_NEW, CATEGORY_TREND, PRICE_NEAR, SAME_BRAND) = range(12)
 # Where the online ranker ended on the shared logs, rounded: a start that ranks well
 # before it has learned anything (``recent_position`` and ``cold_cluster`` start at the
 # settings ``recency_boost`` and ``cluster_weight``). ``category_trend`` starts like
 # ``new_in_category``: 0.5 or 1.0 made no difference on REES46 (Recall@20 0.4981 / 0.4979,
-# 20 rows).
-INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 1.5, 1.5, 0.4, 1.0, 1.0, 1.0)
+# 20 rows). ``price_near`` and ``same_brand`` start at 0: nothing until the blend has
+# learned what a catalogue's brands and prices say (0.5 moved no replay by over 0.001).
+INITIAL_WEIGHTS = (1.0, 2.5, 0.5, 0.2, 1.5, 1.5, 0.4, 1.0, 1.0, 1.0, 0.0, 0.0)
 _NEW_PER_CATEGORY = 16  # never-learned items per category, newest first
 _NEW_CATEGORIES = 2  # categories of the user's recent items that get new items
 # Trending items of the user's most recent category: 50 measured best on REES46 (10, 20,
@@ -194,7 +199,9 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
         at = np.concatenate([place[a:a + r.shape[0]]
                              for a, (r, _) in zip(cold_at, cold_rows, strict=True)])
         values[at, COLD] = np.concatenate([v for _, v in cold_rows])
-    bounds = np.searchsorted(user_e[kept], np.arange(len(users) + 1)).tolist()
+    uk = user_e[kept]
+    _shelf_features(replica, feats, uk, rows, values, len(users))
+    bounds = np.searchsorted(uk, np.arange(len(users) + 1)).tolist()
     out = []
     for j, (f, sim, recent) in enumerate(zip(feats, similar, recents, strict=True)):
         a, b = bounds[j], bounds[j + 1]
@@ -209,6 +216,31 @@ def users_features(users: Sequence[UserState], replica: ItemReplica, config: Mod
                 recent = [*recent, sim[1]]
         out.append(UserFeatures(rows[a:b], values[a:b], src, recent))
     return out
+
+
+def _shelf_features(replica: ItemReplica, feats: list[dict[int, list[float]]],
+                    user_of: np.ndarray, rows: np.ndarray, values: np.ndarray,
+                    n_users: int) -> None:
+    """``same_brand`` and ``price_near`` of the candidate rows outside each user's own
+    history (``user_of``: each row's user; the recent_* features rank the history), next to
+    the user's most recent item (the first row of their ``feats``). ``price_near`` is
+    ``min/max`` of the two prices within the same category, less its mean over the user's
+    rows there: it only orders a shelf by price, so where prices say nothing about taste it
+    does not favour the shelf as a whole."""
+    latest = np.array([next(iter(f), -1) for f in feats], dtype=np.int64)[user_of]
+    other = (latest >= 0) & (values[:, RECENT_POSITION] == 0)
+    latest = np.maximum(latest, 0)
+    brand = replica.brand_code
+    values[:, SAME_BRAND] = other & (brand[rows] >= 0) & (brand[rows] == brand[latest])
+    category, price = replica.category_code, replica.price
+    p_row, p_latest = price[rows], price[latest]
+    shelf = (other & (category[rows] >= 0) & (category[rows] == category[latest])
+             & (p_row > 0) & (p_latest > 0))  # NaN: no price
+    near = np.exp(-np.abs(np.log(p_row[shelf] / p_latest[shelf])))
+    owner = user_of[shelf]
+    mean = (np.bincount(owner, weights=near, minlength=n_users)
+            / np.maximum(np.bincount(owner, minlength=n_users), 1))
+    values[shelf, PRICE_NEAR] = near - mean[owner]
 
 
 def _history_features(user: UserState, replica: ItemReplica, config: ModelConfig,

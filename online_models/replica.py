@@ -73,6 +73,10 @@ class ItemReplica:
         self.static = np.zeros(capacity, dtype=np.float32)
         self.blocked = np.zeros(capacity, dtype=bool)
         self.category_code = np.full(capacity, -1, dtype=np.int32)
+        # What the blend's same_brand and price_near read (NaN: no price).
+        self.brand_code = np.full(capacity, -1, dtype=np.int32)
+        self.price = np.full(capacity, np.nan, dtype=np.float32)
+        self._brand_index: dict[str, int] = {}
         # Breaks ties of trend by id (its CRC-32), not by the order rows arrived in, which
         # differs between replicas and after a restore: the trending rows are the same.
         self.tie_key = np.zeros(capacity, dtype=np.uint32)
@@ -186,6 +190,8 @@ class ItemReplica:
             self.static = _grow(self.static, n, 0.0)
             self.blocked = _grow(self.blocked, n, False)
             self.category_code = _grow(self.category_code, n, -1)
+            self.brand_code = _grow(self.brand_code, n, -1)
+            self.price = _grow(self.price, n, np.nan)
             self.tie_key = _grow(self.tie_key, n, 0)
             self.tie_key[row] = zlib.crc32(item_id.encode("utf-8"))
             self.meta.append({})
@@ -208,6 +214,12 @@ class ItemReplica:
                     self.category_rows.setdefault(code, []).append(row)
                 self.category_code[row] = code
             self.blocked[row] = stored.get("available") is False
+            brand = stored.get("brand")
+            if brand is not None:
+                self.brand_code[row] = self._brand_index.setdefault(brand, len(self._brand_index))
+            price = stored.get("price")
+            if type(price) in (int, float) and price > 0:
+                self.price[row] = price
         if bias is not None:
             self.bias[row] = bias
         if trend is not None:

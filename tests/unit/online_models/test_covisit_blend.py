@@ -255,3 +255,60 @@ def test_trending_rows_do_not_depend_on_the_order_items_arrived_in() -> None:
                       for category in (None, "shoes")])
     assert picks[0] == picks[1] == picks[2]
     assert picks[0][0][0] == "shoes-7" and len(picks[0][0]) == 10
+
+
+def test_other_items_of_the_latest_brand_and_shelf_get_same_brand_and_price_near() -> None:
+    from online_models.blend import PRICE_NEAR, SAME_BRAND, user_features
+
+    rep = ItemReplica(CFG)
+    for item, cat, brand, price in (("p1", "phones", "acme", 100.0),
+                                    ("p2", "phones", "acme", 110.0),
+                                    ("p3", "phones", "zeta", 400.0),
+                                    ("p4", "phones", "zeta", 100.0),
+                                    ("p5", "phones", "zeta", None),
+                                    ("t1", "tvs", "acme", 300.0),
+                                    ("t2", "tvs", "acme", 100.0)):
+        rep.upsert(item, meta={"category": cat, "brand": brand, "price": price}, ts_ms=0)
+    # t1 before p1: p1 is the latest item; the shelves' never-learned items are candidates.
+    user = UserState.new("u", CFG.dim, CFG.seed).replace(history=(
+        ("t1", 1000, 1.0, "view"), ("p1", 2000, 1.0, "view")))
+    f = user_features(user, rep, CFG, now_ms=3000)
+    got = {rep.ids[r]: (float(v[SAME_BRAND]), round(float(v[PRICE_NEAR]), 4))
+           for r, v in zip(f.rows.tolist(), f.values, strict=True)}
+    near = {"p2": 100 / 110, "p3": 100 / 400, "p4": 1.0}  # min/max of the two prices
+    mean = sum(near.values()) / 3
+    assert got == {
+        "p1": (0.0, 0.0), "t1": (0.0, 0.0),  # the user's own items: recent_* rank them
+        "p2": (1.0, round(near["p2"] - mean, 4)),
+        "p3": (0.0, round(near["p3"] - mean, 4)),
+        "p4": (0.0, round(near["p4"] - mean, 4)),
+        "p5": (0.0, 0.0),  # no price
+        "t2": (1.0, 0.0),  # the brand on another shelf: no price comparison
+    }
+
+
+def test_a_catalogue_without_brands_or_prices_leaves_both_features_at_zero() -> None:
+    from online_models.blend import PRICE_NEAR, SAME_BRAND, user_features
+
+    rep = ItemReplica(CFG)
+    for n in range(5):
+        rep.upsert(f"i{n}", meta={"category": "c"}, ts_ms=0)
+    user = UserState.new("u", CFG.dim, CFG.seed).replace(history=(("i0", 1000, 1.0, "view"),))
+    f = user_features(user, rep, CFG, now_ms=2000)
+    assert f.rows.shape[0] == 5
+    assert not f.values[:, [SAME_BRAND, PRICE_NEAR]].any()
+
+
+def test_changelog_records_give_the_replica_brands_and_prices() -> None:
+    # The job's replicas learn items only from the changelog: the shelf features need
+    # its brand and price there.
+    from online_models.learning import apply_item_embedding
+    from schemas.item_embedding import ItemEmbedding
+
+    rep = ItemReplica(CFG)
+    row = apply_item_embedding(rep, ItemEmbedding(
+        "p1", (0.0,) * CFG.dim, 0.0, None, 3, 1000, category="phones", brand="acme",
+        price=99.5))
+    bare = apply_item_embedding(rep, ItemEmbedding("p2", (0.0,) * CFG.dim, 0.0, None, 3, 1000))
+    assert rep.price[row] == np.float32(99.5) and rep.brand_code[row] >= 0
+    assert np.isnan(rep.price[bare]) and rep.brand_code[bare] == -1
