@@ -142,10 +142,12 @@ def test_job_end_to_end(kafka_broker, tmp_path: Path, parallelism: int, delivery
             assert letter.topic == topics.events and letter.offset >= 0
             assert letter.key == base64.b64encode(b"bad-key").decode()
 
-        # Phase 3: a new item announced by item_upsert reaches users of its category.
+        # Phase 3: a new item announced by item_upsert reaches users of its category. Its
+        # brand is its own: in this shop a view is never of the previous item's brand, so
+        # the blend learns that same_brand counts against an item here.
         new_item = "audio-new"
         job.send_events([Event("up-new", "item_upsert", BASE_TS + 5000, item_id=new_item,
-                               category="audio", brand="brand-0", price=12.0, title="new")])
+                               category="audio", brand="brand-new", price=12.0, title="new")])
         job.wait_for(topics.item_embeddings,
                      lambda rs: new_item.encode() in {r.key for r in rs}, what="new item")
         audio_users = [u for u, c in users() if c == "audio"]
