@@ -1,5 +1,6 @@
 """Reasons for recommended items, in the words a shopper reads ("you viewed this recently",
-"often viewed with <item>", "new in <category>", "trending in <category>").
+"often viewed with <item>", "new in <category>", "trending in <category>", "popular
+<brand> in <category>").
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import numpy as np
 
 from online_models.arrays import positions
 from online_models.blend import (
+    BRAND_TREND,
     CATEGORY_TREND,
     COLD,
     COVISIT,
@@ -32,7 +34,7 @@ _CTX_ALL = ModelConfig(context_len=5)
 
 
 # What a listed row's reason comes from: the first of these its features have.
-_DENSE, _RECENT, _COLD, _NEW, _SOURCE, _TREND = range(6)
+_DENSE, _RECENT, _COLD, _NEW, _SOURCE, _TREND, _BRAND = range(7)
 
 
 def explain(user: UserState, replica: ItemReplica, rows: np.ndarray,
@@ -73,6 +75,8 @@ def explain_many(users: Sequence[UserState], replica: ItemReplica, rows: Sequenc
                                else f"often {verb_of.get(src, 'viewed')} with {src}")
             elif kind == _TREND:
                 reasons.append(f"trending in {meta[r].get('category')}")
+            elif kind == _BRAND:
+                reasons.append(f"popular {meta[r].get('brand')} in {meta[r].get('category')}")
             else:
                 reasons.append("")
         rest = [j for j, reason in enumerate(reasons) if not reason]
@@ -107,7 +111,8 @@ def _reason_kinds(replica: ItemReplica, rows: Sequence[np.ndarray],
     # The first of these that applies gives the kind: assigned from the last to the first,
     # as np.select would choose (which costs ~0.1 ms a call at a list's 20 rows).
     kinds = np.full(listed.shape[0], _DENSE, dtype=np.int64)
-    for applies, kind in ((v[:, CATEGORY_TREND] > 0, _TREND), (source >= 0, _SOURCE),
+    for applies, kind in ((v[:, BRAND_TREND] > 0, _BRAND), (v[:, CATEGORY_TREND] > 0, _TREND),
+                          (source >= 0, _SOURCE),
                           (v[:, NEW_IN_CATEGORY] > 0, _NEW), (v[:, COLD] > 0, _COLD),
                           (v[:, RECENT_POSITION] > 0, _RECENT), (~has, _DENSE)):
         kinds[applies] = kind

@@ -312,3 +312,45 @@ def test_changelog_records_give_the_replica_brands_and_prices() -> None:
     bare = apply_item_embedding(rep, ItemEmbedding("p2", (0.0,) * CFG.dim, 0.0, None, 3, 1000))
     assert rep.price[row] == np.float32(99.5) and rep.brand_code[row] >= 0
     assert np.isnan(rep.price[bare]) and rep.brand_code[bare] == -1
+
+
+def test_trending_items_of_the_latest_brand_on_its_shelf_get_brand_trend_and_its_reason() -> None:
+    from online_models.blend import BRAND_TREND, CATEGORY_TREND, user_features
+    from online_models.explain import explain
+
+    rep = ItemReplica(CFG)
+    # 80 phones, every fourth of brand acme; 5 acme TVs; trend rises with n.
+    for n in range(80):
+        rep.upsert(f"p{n}", meta={"category": "phones",
+                                  "brand": "acme" if n % 4 == 0 else "zeta"}, ts_ms=0)
+        rep.record_trend(rep.row(f"p{n}"), float(n + 1), 1000)
+    for n in range(5):
+        rep.upsert(f"t{n}", meta={"category": "tvs", "brand": "acme"}, ts_ms=0)
+        rep.record_trend(rep.row(f"t{n}"), 100.0, 1000)
+    user = UserState.new("u", CFG.dim, CFG.seed).replace(history=(("p8", 2000, 1.0, "view"),))
+    f = user_features(user, rep, CFG, now_ms=3000)
+    brand = {rep.ids[r]: float(v[BRAND_TREND]) for r, v in zip(f.rows.tolist(), f.values,
+                                                                strict=True) if v[BRAND_TREND]}
+    # All 20 acme phones by trend (the user's own p8 among them), no TV: another shelf.
+    assert sorted(brand, key=brand.__getitem__, reverse=True) == [
+        f"p{n}" for n in range(76, -1, -4)]
+    assert brand["p76"] == 1.0 and brand["p72"] == 0.5
+    # p4 is below the shelf's 50 trending phones: a candidate through its brand alone.
+    p4 = f.values[f.rows.tolist().index(rep.row("p4"))]
+    assert p4[CATEGORY_TREND] == 0 and p4[BRAND_TREND] > 0
+    # p52 is among them (and past the 16 never-learned phones new_in_category names first):
+    # the shelf's reason comes first.
+    rows = np.array([rep.row("p4"), rep.row("p52")])
+    assert explain(user, rep, rows, f) == ["popular acme in phones", "trending in phones"]
+
+
+def test_no_brand_trend_where_the_latest_item_has_no_brand() -> None:
+    from online_models.blend import BRAND_TREND, user_features
+
+    rep = ItemReplica(CFG)
+    for n in range(10):
+        rep.upsert(f"p{n}", meta={"category": "phones", "brand": "acme" if n else None},
+                   ts_ms=0)
+    user = UserState.new("u", CFG.dim, CFG.seed).replace(history=(("p0", 2000, 1.0, "view"),))
+    f = user_features(user, rep, CFG, now_ms=3000)
+    assert f.rows.shape[0] == 10 and not f.values[:, BRAND_TREND].any()
