@@ -329,6 +329,7 @@ class UserSide:
         if not due:
             return {}
         cfg = self.config
+        queries: dict[str, np.ndarray] = {}  # learn_cold_start's (under ``cfg``), for the lists
         for uid, (user, rs) in due.items():
             cell = None if self.experiment is None else self.experiment.cell_of(uid)
             for item in rs.pending.items:
@@ -341,10 +342,12 @@ class UserSide:
                         stats.variant_tests[cell] += 1
                         stats.variant_hits[cell] += hit
                         stats.variant_hits_at_10[cell] += key in rs.shown_hashes[:10]
-            learn_cold_start(self.clusters, user, self.replica, cfg,
-                             list(zip(rs.pending.items, rs.pending.weights, strict=True)),
-                             rs.last_event_ts)
-        lists = self._lists(due)
+            query = learn_cold_start(
+                self.clusters, user, self.replica, cfg,
+                list(zip(rs.pending.items, rs.pending.weights, strict=True)), rs.last_event_ts)
+            if query is not None:
+                queries[uid] = query
+        lists = self._lists(due, queries)
         stats.scored += len(due)
         settled: dict[str, RefreshState] = {}
         for uid, (user, rs) in due.items():
@@ -370,10 +373,13 @@ class UserSide:
                 last_event_id="", shown_hashes=tuple(id_hash(it.item_id) for it in items))
         return settled
 
-    def _lists(self, due: Mapping[str, tuple[UserState, RefreshState]]
+    def _lists(self, due: Mapping[str, tuple[UserState, RefreshState]],
+               queries: Mapping[str, np.ndarray]
                ) -> dict[str, tuple[list[ScoredItem], str | None]]:
         """Each due user's list and variant: one batched scoring per variant (the
-        trending-only control's users get the trending items)."""
+        trending-only control's users get the trending items). ``queries``: users' query
+        vectors under the job's own settings, already computed (the user states have not
+        changed since)."""
         groups: dict[str | None, list[str]] = {}
         for uid in due:
             groups.setdefault(self.variant_of(uid), []).append(uid)
@@ -385,13 +391,15 @@ class UserSide:
                     self.experiment.variant(variant).trending_only:
                 lists = [trending_list(self.replica, u, cfg, cfg.top_k) for u in users]
             else:
-                queries = [query_vector(u, self.replica, cfg) for u in users]
+                known = queries if cfg is self.config else {}
+                qs = [q if (q := known.get(uid)) is not None
+                      else query_vector(due[uid][0], self.replica, cfg) for uid in uids]
                 features = users_features(
                     users, self.replica, cfg, [u.last_ts for u in users], self.covisit,
                     [cold_start_bonus(self.clusters, u, self.replica, cfg, q)
-                     for u, q in zip(users, queries, strict=True)])
+                     for u, q in zip(users, qs, strict=True)])
                 lists = recommend_for_users(users, self.replica, cfg, blend=self.blends[variant],
-                                            features=features, queries=queries)
+                                            features=features, queries=qs)
             out.update((u, (items, variant)) for u, items in zip(uids, lists, strict=True))
         return out
 

@@ -58,14 +58,16 @@ _INTERACTIONS = frozenset(INTERACTION_TYPES)
 
 def learn_cold_start(clusters: UserClusters, user: UserState, replica: ItemReplica,
                      config: ModelConfig, taken: Sequence[tuple[str, float]], ts_ms: int
-                     ) -> None:
+                     ) -> np.ndarray | None:
     """Learn the user clusters from the positive events (``taken``: item, weight, in order)
     of a user still in their first ``4 * cold_events`` events: clusters serve cold users,
-    so they learn from early ones. The user's query is computed once for all of them."""
+    so they learn from early ones. The user's query is computed once for all of them, and
+    returned (None where none was), for the caller to score the user's list with."""
     if user.n_events > 4 * config.cold_events or not any(w > 0 for _, w in taken):
-        return
-    clusters.learn_many(query_vector(user, replica, config),
-                        [(item, w) for item, w in taken if w > 0], ts_ms)
+        return None
+    query = query_vector(user, replica, config)
+    clusters.learn_many(query, [(item, w) for item, w in taken if w > 0], ts_ms)
+    return query
 
 
 def cold_start_bonus(clusters: UserClusters, user: UserState, replica: ItemReplica,
