@@ -341,8 +341,9 @@ def test_job_and_clis_over_sasl_ssl(secure_broker: SecureBroker, tmp_path: Path,
     # freshrec tail (PLAIN) shows the same lists: read up to the latest one seen above.
     user = sorted(users)[0]
     seen = sum(r.key == user.encode() for r in records)
+    # --max ends it; the idle timeout covers SSL start-up on a loaded machine (20 s did not).
     out = cli(secure_broker, "PLAIN", PLAIN_USER, PLAIN_PASSWORD, "tail", "--from-beginning",
-              "--user", user, "--max", str(seen), "--timeout", "20",
+              "--user", user, "--max", str(seen), "--timeout", "90",
               "--topic", settings.topics.recommendations)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"({seen} records from " in out.stderr
