@@ -57,11 +57,13 @@ def scrape_metrics(port: int) -> dict[str, Any]:
         return {"error": f"no metrics on port {port}"}
     tasks: dict[str, dict[str, float]] = defaultdict(dict)
     ops: dict[str, float] = defaultdict(float)
-    checkpoint_ms = None
+    checkpoint_ms = checkpoint_bytes = None
     for s in (s for family in families for s in family.samples):
         name, labels, v = s.name, s.labels, s.value
         if name == "flink_jobmanager_job_lastCheckpointDuration":
             checkpoint_ms = v
+        elif name == "flink_jobmanager_job_lastCheckpointSize":
+            checkpoint_bytes = v
         short = name.rsplit("_", 1)[-1]
         if name.startswith("flink_taskmanager_job_task_") and "operator" not in name and short in (
                 "busyTimeMsPerSecond", "backPressuredTimeMsPerSecond", "idleTimeMsPerSecond"):
@@ -71,7 +73,7 @@ def scrape_metrics(port: int) -> dict[str, Any]:
             ops[f"{labels.get('operator_name', '?')}#{labels.get('subtask_index', '?')}"] += v
     return {"tasks": {k: tasks[k] for k in sorted(tasks)},
             "operator_records_in_per_s": {k: round(v, 1) for k, v in sorted(ops.items())},
-            "last_checkpoint_ms": checkpoint_ms}
+            "last_checkpoint_ms": checkpoint_ms, "last_checkpoint_bytes": checkpoint_bytes}
 
 
 def print_metrics(m: dict[str, Any]) -> None:
@@ -87,7 +89,9 @@ def print_metrics(m: dict[str, Any]) -> None:
         if v > 0:
             say(f"  operator {op}: {v:,.0f} records in/s")
     if m["last_checkpoint_ms"] is not None:
-        say(f"  last checkpoint: {m['last_checkpoint_ms']:,.0f} ms")
+        size = m.get("last_checkpoint_bytes")
+        say(f"  last checkpoint: {m['last_checkpoint_ms']:,.0f} ms"
+            + ("" if size is None else f", {size / 1e6:,.2f} MB"))
 
 
 @dataclasses.dataclass

@@ -11,7 +11,10 @@ layouts (``flink_jobs.user_value``, ``online_models.state``); PyFlink stores the
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # torch must not be imported here: thread mode unpickles every task's function in its own
@@ -34,6 +37,7 @@ from pyflink.datastream.state import (
 )
 
 from flink_jobs.bundles import decode_record_bundle, decode_shard_bundle, is_barrier_marker
+from flink_jobs.changelog_reader import read_latest
 from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpack_ids
 from flink_jobs.metrics import JobMetrics
@@ -50,10 +54,17 @@ from flink_jobs.user_side_types import (
     refresh_timer,
 )
 from freshrec_common.privacy import load_key
+from freshrec_common.settings import Settings
 from online_models.config import ModelConfig
 
-# Broadcast state of the item replica: item_id -> FR1 value (flink_jobs.replica_value).
+log = logging.getLogger(__name__)
+
+# user-update's broadcast state. It holds one marker, written with the first changelog
+# bundle a subtask applies: a restore that finds it refills the replica from the changelog
+# topic (flink_jobs.changelog_reader). Before layout 2 it held every item of the replica
+# (item_id -> FR1 value, flink_jobs.replica_value): such a state is loaded, then cleared.
 ITEMS_DESCRIPTOR = MapStateDescriptor("item-replica", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+REPLICA_MARKER = ""  # no item id is empty (the event codec refuses it)
 # One output record per call: an output bundle for the Java splitters.
 OUTPUT_TYPE = Types.PRIMITIVE_ARRAY(Types.BYTE())
 # Row(shard, bundle) made by the Java bundlers.
@@ -155,6 +166,15 @@ def _take_due(schedule: Any, timestamp: int, ctx: Any, interval_ms: int) -> list
     return ready
 
 
+@dataclass(frozen=True)
+class ChangelogTopic:
+    """Where a restored user-update reads the item changelog (the Kafka client settings and
+    the topic)."""
+
+    settings: Settings
+    topic: str
+
+
 class UserUpdate(KeyedBroadcastProcessFunction):
     """Keyed by user shard: one call per record bundle (see :class:`UserSide`), the item
     replica fed by bundles of the changelog (broadcast).
@@ -165,8 +185,10 @@ class UserUpdate(KeyedBroadcastProcessFunction):
     come per shard, under the key Flink set."""
 
     def __init__(self, settings: UserSideSettings, user_ttl_days: int, user_shards: int,
-                 state_cache_entries: int, pseudonym_key_file: str | None = None) -> None:
+                 state_cache_entries: int, changelog: ChangelogTopic,
+                 pseudonym_key_file: str | None = None) -> None:
         self.settings = settings
+        self.changelog = changelog
         self.user_ttl_days = user_ttl_days
         self.user_shards = user_shards
         self.state_cache_entries = state_cache_entries
@@ -191,7 +213,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         # PyFlink keeps the Java keyed state backend in its (private) wrapper's attribute.
         self._backend = runtime_context.get_keyed_state_backend()._keyed_state_backend
         self._replica_loaded = False
-        self._replica_state: Any = None
+        self._marked = False  # the broadcast state holds (only) the marker
         m = self.metrics = JobMetrics(runtime_context)
         self._counters = {name: m.counter(f"freshrec_job_{name}") for name in (
             "dlq_writes_total", "duplicates_dropped_total", "refreshes_coalesced_total",
@@ -213,14 +235,23 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         self._fault = InjectedFault.from_env()
 
     def _ensure_replica(self, ctx: Any) -> None:
-        # The broadcast state is what Flink checkpoints; the numpy replica is a cache
-        # rebuilt from it on the first element after a (re)start.
+        # The replica is a cache of the changelog topic, refilled on the first element after
+        # a restore: the changelog source resumes at its checkpointed offsets.
         if self._replica_loaded:
             return
         self._replica_loaded = True
+        restored = False
         for item_id, value in ctx.get_broadcast_state(ITEMS_DESCRIPTOR).items():
-            if item_id not in self.side.replica:
-                self.side.apply_stored(as_replica_value(value))
+            restored = True
+            if item_id != REPLICA_MARKER and item_id not in self.side.replica:
+                self.side.apply_stored(as_replica_value(value))  # the layout before 2
+        if restored:
+            started = time.monotonic()
+            latest = read_latest(self.changelog.settings, self.changelog.topic)
+            for at in range(0, len(latest), 4096):
+                self.side.apply_changelog(latest[at:at + 4096])
+            log.info("replica refilled from %s after a restore: %d items, %.1f s",
+                     self.changelog.topic, len(self.side.replica), time.monotonic() - started)
 
     def _use_shard(self, shard: int) -> None:
         """Make ``shard`` the current key: the state and timers used next are its own."""
@@ -353,13 +384,16 @@ class UserUpdate(KeyedBroadcastProcessFunction):
             self._ingest_latency.observe_many(stats.ingest_latency_s)
 
     def process_broadcast_element(self, value: Row, ctx: Any) -> list[Any]:
-        if self._replica_state is None:
-            # The broadcast state of an operator instance is one object; wrapping it again
-            # for every bundle costs a descriptor conversion into Java each time.
-            self._replica_state = ctx.get_broadcast_state(ITEMS_DESCRIPTOR)
-        stored, newest = self.side.apply_changelog(decode_record_bundle(value[1]))
-        if stored:
-            self._replica_state.put_all(stored)
+        if not self._marked:
+            self._ensure_replica(ctx)
+            state = ctx.get_broadcast_state(ITEMS_DESCRIPTOR)
+            # items(): the embedded broadcast state's keys() calls a method Java lacks.
+            if [k for k, _ in state.items()] != [REPLICA_MARKER]:
+                state.clear()  # items of the layout before 2: in the replica now
+                state.put(REPLICA_MARKER, b"")
+            self._marked = True
+        applied, newest = self.side.apply_changelog(decode_record_bundle(value[1]))
+        if applied:
             self._staleness.set(max(now_ms() - newest, 0) / 1000.0)
             self._items_gauge.set(float(len(self.side.replica)))
         return []

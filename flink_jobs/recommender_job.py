@@ -27,6 +27,7 @@ from flink_jobs.operators import (
     ITEMS_DESCRIPTOR,
     OUTPUT_TYPE,
     SHARD_BUNDLE_TYPE,
+    ChangelogTopic,
     ItemUpdate,
     UserUpdate,
 )
@@ -133,7 +134,8 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
         events.key_by(lambda bundle, keys=user_keys: keys[bundle[0]], Types.INT())
         .connect(replica_feed)
         .process(UserUpdate(user_side, job.user_state_ttl_days, job.user_shards,
-                            job.state_cache_entries, key_file),
+                            job.state_cache_entries,
+                            ChangelogTopic(settings, settings.topics.item_embeddings), key_file),
                  OUTPUT_TYPE)
         .name("user-update").uid("user-update")
     )

@@ -1,14 +1,13 @@
-"""user-update's broadcast state: each item of the replica as its changelog record last said.
+"""An item of user-update's replica as its changelog record last said, in layout ``FR1``.
 
-Every subtask writes the whole broadcast state at every checkpoint, so its size is paid
-per checkpoint, per subtask, per item of the catalogue. The value is binary (layout
-``FR1``, about a third of the record's JSON): a fixed header, the vector as float32 (the
-item side's own precision), the neighbours' weights as float64, then the item id,
-category, brand, title and the NUL-joined neighbour ids in UTF-8 (ids never contain
-control characters: the event codec refuses them). Values that are the changelog's JSON
-record (the layout before ``FR1``) are still read. The job's changelog bundler writes each
-record it reads in this layout already (``ItemEmbeddingPacker`` in Java), so a replica
-applies it and stores it as it came.
+The job's changelog bundler writes each record it reads in this layout
+(``ItemEmbeddingPacker`` in Java), so a replica applies it without parsing JSON; it is also
+how user-update's broadcast state held every item in checkpoints before the replica left
+state (those still restore). The value is binary (about a third of the record's JSON): a
+fixed header, the vector as float32 (the item side's own precision), the neighbours'
+weights as float64, then the item id, category, brand, title and the NUL-joined neighbour
+ids in UTF-8 (ids never contain control characters: the event codec refuses them). Values
+that are the changelog's JSON record are read too.
 
 >>> emb = ItemEmbedding("i1", (0.5, -0.25), 0.1, None, 3, 1700000000000, 0.2, "shoes",
 ...                     neighbours=(("i2", 1.5), ("i3", 0.5)))

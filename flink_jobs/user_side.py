@@ -404,25 +404,24 @@ class UserSide:
         return out
 
     # -- the item changelog -----------------------------------------------------------------
-    def apply_changelog(self, records: Iterable[RawRecord]) -> tuple[dict[str, bytes], int]:
-        """Apply changelog records to the replica; returns what the broadcast state stores
-        (item id -> ``FR1`` value, tombstones skipped) and the newest publish time."""
-        stored: dict[str, bytes] = {}
-        newest = 0
+    def apply_changelog(self, records: Iterable[RawRecord]) -> tuple[int, int]:
+        """Apply changelog records to the replica (tombstones skipped); returns how many
+        were applied and the newest publish time."""
+        applied = newest = 0
         for rec in records:
             if rec.key is None or rec.value is None:
                 continue
             try:
                 value = as_replica_value(rec.value)  # JSON where the bundler left it so
-                item_id = self.apply_stored(value)
+                self.apply_stored(value)
             except (ValueError, struct.error) as exc:
                 # Read from the start at every fresh start: a bad record must not stop the job.
                 log.warning("item changelog record at %s/%s skipped: %s", rec.partition,
                             rec.offset, exc)
                 continue
-            stored[item_id] = value
+            applied += 1
             newest = max(newest, rec.timestamp)
-        return stored, newest
+        return applied, newest
 
     def apply_stored(self, value: bytes) -> str:
         """Apply an ``FR1`` value (:mod:`flink_jobs.replica_value`); returns its item id."""

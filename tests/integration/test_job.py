@@ -199,8 +199,8 @@ FORGOTTEN = "user-1-0"
 @pytest.mark.slow
 def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> None:
     """Kill the job, start it from its latest checkpoint: user state, the item replica
-    (broadcast state) and sequence numbers carry on where they were; a user forgotten
-    before the checkpoint stays forgotten."""
+    (read back from the changelog topic) and sequence numbers carry on where they were; a
+    user forgotten before the checkpoint stays forgotten."""
     settings, overrides = job_settings(
         kafka_broker.settings, tmp_path, ["model.top_k=20", "model.exploration=0.0"])
     topics = settings.topics
@@ -236,6 +236,11 @@ def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> Non
             assert rec.seq > seq_before[user]
             top10 = [it.item_id for it in rec.items[:10]]
             assert sum(i.startswith(category) for i in top10) >= 5, (user, top10)
+        # The replica is no Flink state: the restored job read the whole catalogue back from
+        # the changelog topic (its source resumed after what it had read before).
+        refilled = [line for line in restarted.flink_log_lines() if "replica refilled" in line]
+        assert refilled and f"{topics.item_embeddings} after a restore: " \
+            f"{len(CATEGORIES) * ITEMS_PER_CATEGORY} items" in refilled[0], refilled
         restarted.assert_alive()
     finally:
         restarted.stop()

@@ -33,14 +33,15 @@ def test_the_json_record_stored_before_fr1_still_reads() -> None:
 
 @pytest.mark.parametrize(("n_neighbours", "most"), [(0, 0.35), (100, 0.6), (200, 0.6)])
 def test_the_stored_item_is_well_below_its_json_record(n_neighbours: int, most: float) -> None:
-    """Every subtask writes the whole broadcast state at every checkpoint."""
+    """Every replica reads every changelog record the bundler packed (and checkpoints of the
+    layout before held every item so)."""
     emb = published(n_neighbours)
     assert len(pack_replica_value(emb)) <= most * len(emb.to_bytes())
 
 
 def test_a_replica_applies_a_packed_record_as_it_applies_its_json() -> None:
     """The job's changelog bundler hands records over packed (FR1): the replica, its
-    co-visitation table and what the broadcast state stores come out the same as from the
+    co-visitation table and the count of records applied come out the same as from the
     record's JSON, and a broken value is skipped like a broken record."""
     from flink_jobs.bundles import RawRecord
     from flink_jobs.user_side import UserSide
@@ -53,13 +54,13 @@ def test_a_replica_applies_a_packed_record_as_it_applies_its_json() -> None:
     records = [item(40, item_id=f"item-{k}", n_events=k) for k in range(3)]
     records.append(item(0, item_id="item-new", n_events=0))
     as_json, packed = UserSide(settings()), UserSide(settings())
-    stored_json, _ = as_json.apply_changelog(
+    applied_json, _ = as_json.apply_changelog(
         [RawRecord(0, k, 1, b"k", r.to_bytes()) for k, r in enumerate(records)])
     broken = pack_replica_value(records[0])[:-3]
-    stored_packed, _ = packed.apply_changelog(
+    applied_packed, _ = packed.apply_changelog(
         [RawRecord(0, k, 1, b"k", pack_replica_value(ItemEmbedding.from_bytes(r.to_bytes())))
          for k, r in enumerate(records)] + [RawRecord(0, 9, 1, b"k", broken)])
-    assert stored_packed == stored_json and len(stored_json) == 4
+    assert applied_packed == applied_json == 4  # the broken record is skipped
     assert as_json.replica.ids == packed.replica.ids
     np.testing.assert_array_equal(as_json.replica.vectors, packed.replica.vectors)
     for r in records:
