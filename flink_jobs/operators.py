@@ -252,6 +252,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
                 self.side.apply_changelog(latest[at:at + 4096])
             log.info("replica refilled from %s after a restore: %d items, %.1f s",
                      self.changelog.topic, len(self.side.replica), time.monotonic() - started)
+            self._items_gauge.set(float(len(self.side.replica)))
 
     def _use_shard(self, shard: int) -> None:
         """Make ``shard`` the current key: the state and timers used next are its own."""
