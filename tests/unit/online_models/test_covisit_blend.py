@@ -220,11 +220,11 @@ def test_trending_items_of_the_users_latest_category_get_category_trend_and_its_
 
     rep = ItemReplica(CFG)
     for cat in ("shoes", "books"):
-        for n in range(60):
+        for n in range(120):
             rep.upsert(f"{cat}-{n}", meta={"category": cat}, ts_ms=0)
-    # Trend rises with n in both categories; shoes-59 is the most trending shoe.
+    # Trend rises with n in both categories; shoes-119 is the most trending shoe.
     for cat in ("shoes", "books"):
-        for n in range(60):
+        for n in range(120):
             rep.record_trend(rep.row(f"{cat}-{n}"), float(n + 1), 1000)
     # An older book, then a shoe: the latest category is shoes.
     user = UserState.new("u", CFG.dim, CFG.seed).replace(history=(
@@ -232,9 +232,9 @@ def test_trending_items_of_the_users_latest_category_get_category_trend_and_its_
     f = user_features(user, rep, CFG, now_ms=3000)
     trend = {rep.ids[r]: v[CATEGORY_TREND] for r, v in zip(f.rows.tolist(), f.values,
                                                              strict=True) if v[CATEGORY_TREND]}
-    assert len(trend) == 50 and all(i.startswith("shoes-") for i in trend)
-    assert trend["shoes-59"] == 1.0 and trend["shoes-58"] == 0.5
-    assert "shoes-9" not in trend  # the 51st most trending
+    assert len(trend) == 100 and all(i.startswith("shoes-") for i in trend)
+    assert trend["shoes-119"] == 1.0 and trend["shoes-118"] == 0.5
+    assert "shoes-19" not in trend  # the 101st most trending
     # shoes-40 is past the 16 never-learned shoes that new_in_category names first.
     rows = np.array([rep.row("shoes-40"), rep.row("shoes-2")])
     assert explain(user, rep, rows, f) == ["trending in shoes", "you viewed this recently"]
@@ -319,8 +319,8 @@ def test_trending_items_of_the_latest_brand_on_its_shelf_get_brand_trend_and_its
     from online_models.explain import explain
 
     rep = ItemReplica(CFG)
-    # 80 phones, every fourth of brand acme; 5 acme TVs; trend rises with n.
-    for n in range(80):
+    # 160 phones, every fourth of brand acme; 5 acme TVs; trend rises with n.
+    for n in range(160):
         rep.upsert(f"p{n}", meta={"category": "phones",
                                   "brand": "acme" if n % 4 == 0 else "zeta"}, ts_ms=0)
         rep.record_trend(rep.row(f"p{n}"), float(n + 1), 1000)
@@ -331,16 +331,16 @@ def test_trending_items_of_the_latest_brand_on_its_shelf_get_brand_trend_and_its
     f = user_features(user, rep, CFG, now_ms=3000)
     brand = {rep.ids[r]: float(v[BRAND_TREND]) for r, v in zip(f.rows.tolist(), f.values,
                                                                 strict=True) if v[BRAND_TREND]}
-    # All 20 acme phones by trend (the user's own p8 among them), no TV: another shelf.
+    # All 40 acme phones by trend (the user's own p8 among them), no TV: another shelf.
     assert sorted(brand, key=brand.__getitem__, reverse=True) == [
-        f"p{n}" for n in range(76, -1, -4)]
-    assert brand["p76"] == 1.0 and brand["p72"] == 0.5
-    # p4 is below the shelf's 50 trending phones: a candidate through its brand alone.
+        f"p{n}" for n in range(156, -1, -4)]
+    assert brand["p156"] == 1.0 and brand["p152"] == 0.5
+    # p4 is below the shelf's 100 trending phones: a candidate through its brand alone.
     p4 = f.values[f.rows.tolist().index(rep.row("p4"))]
     assert p4[CATEGORY_TREND] == 0 and p4[BRAND_TREND] > 0
-    # p52 is among them (and past the 16 never-learned phones new_in_category names first):
-    # the shelf's reason comes first.
-    rows = np.array([rep.row("p4"), rep.row("p52")])
+    # p120 is among them (and past the 16 never-learned phones new_in_category names
+    # first): the shelf's reason comes first.
+    rows = np.array([rep.row("p4"), rep.row("p120")])
     assert explain(user, rep, rows, f) == ["popular acme in phones", "trending in phones"]
 
 
