@@ -6,6 +6,8 @@ import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
 import java.util.Iterator;
 
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.StreamReadFeature;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
 
@@ -23,7 +25,11 @@ public final class ItemEmbeddingPacker {
             TITLE = 32;
     private static final int HEAD = 3 + 1 + 4 + 4 + 8 + 8 + 4 * 8 + 5 * 4;
 
-    private final ObjectMapper json = new ObjectMapper();
+    // Python writes each double's shortest repr, mostly 16-17 digits, which the JDK's parser
+    // takes through its slow big-integer path; FastDoubleParser (bundled with Flink's Jackson)
+    // gives the same correctly rounded doubles.
+    private final ObjectMapper json = new ObjectMapper(
+            JsonFactory.builder().enable(StreamReadFeature.USE_FAST_DOUBLE_PARSER).build());
 
     /** The FR1 value of a record, or null when the record is not packed. */
     public byte[] pack(byte[] value) {
