@@ -9,10 +9,16 @@ time from the job's start to the first list that reflects one of those views and
 moment the replica holds the whole catalogue (``freshrec_job_items_in_replica``), and how
 many records a reader of the changelog got at the start (the broker compacts it meanwhile).
 
+With ``--restore`` the job is then stopped with a savepoint (``freshrec run --savepoint``,
+SIGTERM) and started again from it: a restore reads each item's newest record from the
+changelog (``flink_jobs.changelog_reader``; the replica is no Flink state) before its first
+element, and the script reports the restarted job's time to its first fresh list too.
+
 Usage::
 
     .venv/bin/python -m bench.bench_recovery                 # 500k records, 2,600 items
     .venv/bin/python -m bench.bench_recovery --records 100000
+    .venv/bin/python -m bench.bench_recovery --uncompacted --restore
 
 Goal: fresh lists within 30 s with 500k changelog records.
 Prints the figures and writes ``bench/results/recovery.json``.
@@ -23,12 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import REPO_ROOT, RESULTS_DIR, say, scrape
 from devstack.kafka_broker import broker_down, broker_up
@@ -95,6 +104,48 @@ def replica_items(port: int) -> float:
     return 0.0
 
 
+GOAL_S = 30
+
+
+def verdict(seconds: float | None) -> str:
+    return "met" if seconds is not None and seconds <= GOAL_S else "NOT met"
+
+
+def until_fresh(job: subprocess.Popen, producer: Any, consumer: Any, settings: Any,
+                args: argparse.Namespace, metrics: int, log: Path,
+                result: dict[str, object]) -> tuple[float | None, float | None]:
+    """Send one view per user every second until a list reflects a view sent since ``job``
+    started and the replica holds the whole catalogue; seconds from the start to each."""
+    topics = settings.topics
+    t_start = time.monotonic()
+    start_ms = int(time.time() * 1000)
+    fresh_at = full_at = None
+    n = 0
+    while (fresh_at is None or full_at is None) and time.monotonic() - t_start < args.timeout:
+        if full_at is None and replica_items(metrics) >= args.items:
+            full_at = time.monotonic() - t_start
+        if job.poll() is not None:
+            raise RuntimeError(f"the job exited early; log in {log}")
+        now_ms = int(time.time() * 1000)
+        for u in range(args.users):
+            ev = Event(f"v{now_ms}-{u}", "view", now_ms, user_id=f"user-{u}",
+                       item_id=f"item-{(n + u) % args.items}")
+            producer.send(topics.events, key=ev.user_id.encode(), value=encode_event(ev))
+        producer.flush()
+        n += 1
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                for rec in batch:
+                    if rec.value is None or fresh_at is not None:
+                        continue
+                    listed = Recommendation.from_json(rec.value)
+                    if listed.last_event_ts >= start_ms:
+                        fresh_at = time.monotonic() - t_start
+                        result["first_list_items"] = len(listed.items)
+    return fresh_at, full_at
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=500_000)
@@ -104,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--uncompacted", action="store_true",
                     help="the broker's default segment roll: nothing is compacted before the "
                          "start, so the job reads back every record")
+    ap.add_argument("--restore", action="store_true",
+                    help="then stop the job with a savepoint and time its restore from it")
     ap.add_argument("--json", default=str(RESULTS_DIR / "recovery.json"))
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="freshrec-bench-recovery-"))
@@ -117,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "topics.recommendations=rec.recommendations",
         "topics.item_embeddings=rec.item-embeddings", "job.group_id=rec",
         f"job.checkpoint_dir={work / 'checkpoints'}", "job.starting_offsets=latest",
+        f"job.savepoint_dir={work / 'savepoints'}",
         f"job.metrics_port={metrics}",
     ]
     settings = load_settings(overrides=overrides)
@@ -144,48 +198,52 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.items, settings.model.dim), 1)
         result["records_at_start"] = count_records(settings, topics.item_embeddings)
         say(f"{result['records_at_start']:,} changelog records readable at the job's start")
-        cmd = [sys.executable, "-m", "flink_jobs.recommender_job",
-               *(a for o in overrides for a in ("--set", o))]
+        sets = [a for o in overrides for a in ("--set", o)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLINK_LOG_DIR": str(work / "logs")}
-        t_start = time.monotonic()
-        job = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, start_new_session=True,
-                               stdout=(work / "job.log").open("wb"), stderr=subprocess.STDOUT)
-        say("job started; sending one view per user every second")
         producer = kafka_config.producer(settings, acks="all", linger_ms=5)
         consumer = kafka_config.consumer(settings, topics.recommendations,
                                          auto_offset_reset="earliest",
                                          isolation_level="read_committed")
-        fresh_at = full_at = None
-        n = 0
-        while (fresh_at is None or full_at is None) and time.monotonic() - t_start < args.timeout:
-            if full_at is None and replica_items(metrics) >= args.items:
-                full_at = time.monotonic() - t_start
-            if job.poll() is not None:
-                raise RuntimeError(f"the job exited early; log in {work / 'job.log'}")
-            now_ms = int(time.time() * 1000)
-            for u in range(args.users):
-                ev = Event(f"v{n}-{u}", "view", now_ms, user_id=f"user-{u}",
-                           item_id=f"item-{(n + u) % args.items}")
-                producer.send(topics.events, key=ev.user_id.encode(), value=encode_event(ev))
-            producer.flush()
-            n += 1
-            deadline = time.monotonic() + 1.0
-            while time.monotonic() < deadline:
-                for batch in consumer.poll(timeout_ms=200).values():
-                    for rec in batch:
-                        if rec.value is None:
-                            continue
-                        if fresh_at is None:
-                            fresh_at = time.monotonic() - t_start
-                            result["first_list_items"] = len(
-                                Recommendation.from_json(rec.value).items)
+        run = [sys.executable, "-m", "freshrec.cli", *sets, "run"]
+        job = subprocess.Popen([*run, *(["--savepoint"] if args.restore else [])],
+                               cwd=REPO_ROOT, env=env, start_new_session=True,
+                               stdout=(work / "job.log").open("wb"), stderr=subprocess.STDOUT)
+        say("job started; sending one view per user every second")
+        fresh_at, full_at = until_fresh(job, producer, consumer, settings, args, metrics,
+                                        work / "job.log", result)
         result["fresh_list_after_start_s"] = None if fresh_at is None else round(fresh_at, 1)
         result["whole_catalogue_in_replica_s"] = None if full_at is None else round(full_at, 1)
-        result["goal_s"] = 30
+        result["goal_s"] = GOAL_S
         say(f"first fresh list {result['fresh_list_after_start_s']} s after the job's start, "
             f"whole catalogue in the replica after {result['whole_catalogue_in_replica_s']} s "
-            f"({args.records:,} changelog records written; goal <= 30 s: "
-            f"{'met' if fresh_at is not None and fresh_at <= 30 else 'NOT met'})")
+            f"({args.records:,} changelog records written; goal <= {GOAL_S} s: "
+            f"{verdict(fresh_at)})")
+        if args.restore and fresh_at is not None:
+            say("stopping the job with a savepoint")
+            job.send_signal(signal.SIGTERM)
+            job.wait(timeout=120)
+            found = re.search(r"stopped with savepoint (\S+)",
+                              (work / "job.log").read_text("utf-8", "replace"))
+            if found is None:
+                raise RuntimeError(f"no savepoint; log in {work / 'job.log'}")
+            say(f"restarting from {found.group(1)}")
+            job = subprocess.Popen([*run[:-1], "--set", f"job.restore_from={found.group(1)}",
+                                    "run"], cwd=REPO_ROOT, env=env, start_new_session=True,
+                                   stdout=(work / "restored.log").open("wb"),
+                                   stderr=subprocess.STDOUT)
+            fresh_at, full_at = until_fresh(job, producer, consumer, settings, args, metrics,
+                                            work / "restored.log", result)
+            result["restore_fresh_list_s"] = None if fresh_at is None else round(fresh_at, 1)
+            result["restore_whole_catalogue_s"] = (None if full_at is None
+                                                   else round(full_at, 1))
+            refilled = [line for path in sorted((work / "logs").glob("*.log"))
+                        for line in path.read_text("utf-8", "replace").splitlines()
+                        if "replica refilled" in line]
+            result["restore_refill"] = refilled[-1].split("replica refilled", 1)[1].strip() \
+                if refilled else None
+            say(f"restored from the savepoint: first fresh list {result['restore_fresh_list_s']} "
+                f"s after the restart (goal <= {GOAL_S} s: {verdict(fresh_at)}), the replica "
+                f"{result['restore_refill']}")
     finally:
         if job is not None and job.poll() is None:
             kill_tree(job.pid, what="job", log=say)
