@@ -12,7 +12,7 @@ first, newest last.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flink_jobs.bundles import RawRecord
 
@@ -26,7 +26,7 @@ class ChangelogUnreadable(RuntimeError):
 
 def read_latest(settings: Settings, topic: str, timeout_s: float = 120.0) -> list[RawRecord]:
     """Each key's newest record in ``topic``, from its start to the end offsets taken when
-    called, in offset order of those newest records per partition. Tombstones are kept
+    called, by partition and offset. Tombstones are kept
     (a deleted item stays deleted). Raises :class:`ChangelogUnreadable` naming the topic
     when the end is not reached within ``timeout_s``."""
     from kafka import TopicPartition
@@ -45,7 +45,7 @@ def read_latest(settings: Settings, topic: str, timeout_s: float = 120.0) -> lis
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         end = consumer.end_offsets(parts)
-        newest: dict[bytes | None, RawRecord] = {}
+        newest: dict[bytes | None, Any] = {}  # key -> its newest ConsumerRecord
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < end[tp] for tp in parts):
             if time.monotonic() > deadline:
@@ -53,11 +53,10 @@ def read_latest(settings: Settings, topic: str, timeout_s: float = 120.0) -> lis
                 raise ChangelogUnreadable(
                     f"item changelog topic {topic!r} not read to its end in {timeout_s:.0f} s "
                     f"(records left per partition: {behind})")
-            for records in consumer.poll(timeout_ms=500).values():
+            for records in consumer.poll(timeout_ms=500, max_records=50_000).values():
                 for r in records:
-                    newest.pop(r.key, None)  # re-inserted: the dict keeps offset order
-                    newest[r.key] = RawRecord(r.partition, r.offset, r.timestamp, r.key,
-                                              r.value)
-        return list(newest.values())
+                    newest[r.key] = r
+        kept = sorted(newest.values(), key=lambda r: (r.partition, r.offset))
+        return [RawRecord(r.partition, r.offset, r.timestamp, r.key, r.value) for r in kept]
     finally:
         consumer.close()

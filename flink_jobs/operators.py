@@ -41,7 +41,7 @@ from flink_jobs.changelog_reader import read_latest
 from flink_jobs.fault_injection import InjectedFault
 from flink_jobs.item_side import ItemSide, pack_due, pack_ids, unpack_due, unpack_ids
 from flink_jobs.metrics import JobMetrics
-from flink_jobs.native_imports import quiet_garbage_collector
+from flink_jobs.native_imports import quiet_debug_logs, quiet_garbage_collector
 from flink_jobs.replica_value import as_replica_value
 from flink_jobs.shard_keys import shard_keys
 from flink_jobs.state_cache import CachedMapState
@@ -198,6 +198,7 @@ class UserUpdate(KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         quiet_garbage_collector()
+        quiet_debug_logs()
         key = None if self.pseudonym_key_file is None else load_key(self.pseudonym_key_file)
         self.side = UserSide(self.settings, key)
         users, owed = user_state_descriptors(self.user_ttl_days)
@@ -416,6 +417,7 @@ class ItemUpdate(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         quiet_garbage_collector()
+        quiet_debug_logs()
         self.side = ItemSide(self.config, self.publish_interval_ms,
                              self.background_publish_interval_ms)
         items, seen, soon, slots = item_state_descriptors(self.dedup_window_s)

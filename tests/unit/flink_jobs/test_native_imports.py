@@ -73,3 +73,27 @@ def test_torch_and_blas_are_left_with_one_thread() -> None:
                          check=True, timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"}
                          ).stdout
     assert out.strip() == "1 [1]"
+
+
+def test_debug_records_are_dropped_before_they_are_formatted() -> None:
+    # As pemja leaves the embedded interpreter: the root logger at DEBUG, a handler that
+    # formats every record it is handed.
+    check = ("import io, logging\n"
+             "from flink_jobs.native_imports import quiet_debug_logs\n"
+             "reprs = []\n"
+             "class Response:\n"
+             "    def __repr__(self):\n"
+             "        reprs.append(1)\n"
+             "        return 'response'\n"
+             "out = io.StringIO()\n"
+             "root = logging.getLogger(); root.setLevel(logging.DEBUG)\n"
+             "root.addHandler(logging.StreamHandler(out))\n"
+             "kafka_log = logging.getLogger('kafka.net.connection')\n"
+             "kafka_log.debug('before: %r', Response())\n"
+             "quiet_debug_logs()\n"
+             "kafka_log.debug('after: %r', Response())\n"
+             "kafka_log.info('info: %s', 'kept')\n"
+             "print(len(reprs), out.getvalue().split())")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert out.strip() == "1 ['before:', 'response', 'info:', 'kept']"
