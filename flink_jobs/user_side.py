@@ -53,7 +53,7 @@ from flink_jobs.user_value import (
 from freshrec_common.privacy import pseudonymize
 from online_models.blend import (
     BlendSchedule,
-    ScoreBlend,
+    BlendSelection,
     UserFeatures,
     users_features,
 )
@@ -87,17 +87,17 @@ class UserSide:
         self.replica = ItemReplica(cfg)
         self.clusters = UserClusters(cfg.n_clusters, cfg.dim, cfg.seed, cfg.trend_half_life_s)
         self.covisit = CoVisitTable(cfg.covisit_neighbours, self.replica.table.index)
-        self.blend = ScoreBlend.initial(cfg)
+        self.blend = BlendSelection.initial(cfg)
         # It starts from sensible weights: a few hundred steps, then one chance in 32.
         self.blend_schedule = BlendSchedule(200, 32)
         # An experiment's variants: settings and score blend each; the rest is shared.
         self.experiment = settings.experiment
         self.variant_configs: dict[str | None, ModelConfig] = {None: cfg}
-        self.blends: dict[str | None, ScoreBlend] = {None: self.blend}
+        self.blends: dict[str | None, BlendSelection] = {None: self.blend}
         if self.experiment is not None:
             for name in self.experiment.names:
                 vcfg = self.variant_configs[name] = self.experiment.config(name, cfg)
-                self.blends[name] = ScoreBlend.initial(vcfg)
+                self.blends[name] = BlendSelection.initial(vcfg)
         self.rolling = PrequentialWindow(cfg.top_k)
         self.drift = DriftMonitor()
         self.loss = RollingMean(1000)

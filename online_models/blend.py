@@ -31,7 +31,11 @@ one dense pass plus a sparse bonus. The weights start at :data:`INITIAL_WEIGHTS`
 learned online as a listwise ranker: for each positive event, before it is learned, the
 softmax over the user's candidates (the top ones, a spread of the other sparse rows and the
 event's item) is pushed towards the event's item with Adagrad (:meth:`ScoreBlend.learn`), so the
-blend fits each stream without tuning by hand.
+blend fits each stream without tuning by hand. Two blends learn side by side
+(:class:`BlendSelection`): one ranks the event's item against those rows only, the other
+also against rows drawn from the whole catalogue, which lets it weigh the factorisation
+more; lists use whichever has lately listed more of the events' items in its top k. Which
+of the two ranks better depends on the log (docs/model.md): neither alone serves every one.
 
 >>> import numpy as np
 >>> b = ScoreBlend.initial(ModelConfig())
@@ -97,6 +101,11 @@ _MIN_SIMILARITY = 0.5
 _MIN_MODEL_WEIGHT = 0.01  # the dense score keeps breaking ties among sparse-less items
 _SCALE_ROWS = 512
 _BLEND_SAMPLE = 50  # sparse rows beside the top ones in a blend step
+# Catalogue rows drawn into the sampled blend's softmax, and the decay of the selection's
+# lead per blend step: it weighs the last ~1,000 steps (0.995, ~200 steps: REES46 0.0001
+# and the drift log 0.0009 lower).
+SAMPLED_DRAWS = 50
+_LEAD_DECAY = 0.999
 _MAGIC = b"FB1"
 
 
@@ -433,7 +442,7 @@ class ScoreBlend:
 
 def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
                 query: np.ndarray, scale: float, candidates: np.ndarray, item_row: int,
-                excluded: np.ndarray) -> None:
+                excluded: np.ndarray, draws: int = 0) -> None:
     """The blend's step for a user's positive event on ``item_row``, taken before the event
     is learned. The softmax runs over ``candidates`` (the rows the blend ranks highest for
     the user now), an even spread of ``_BLEND_SAMPLE`` of the user's other sparse rows
@@ -441,13 +450,22 @@ def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
     ``query`` / ``scale`` are the user's as they ranked. The spread matters where many
     items have some co-visitation: among the top rows alone, chosen for their high
     co-visitation, the taken item looks below average, and the blend learned to ignore
-    co-visitation (MovieLens 100K, docs/model.md)."""
+    co-visitation (MovieLens 100K, docs/model.md). ``draws`` rows drawn from the catalogue
+    (from the event's item and the catalogue's size: replays repeat them) join the softmax:
+    against them the taken item's factorisation score stands out, as it does not among the
+    rows the blend already ranks highest."""
     at = np.flatnonzero(~np.isin(features.rows, excluded))
     if at.shape[0] > _BLEND_SAMPLE:  # deterministic, so replays repeat
         at = at[np.linspace(0, at.shape[0] - 1, _BLEND_SAMPLE).astype(np.int64)]
     at = np.union1d(at, np.flatnonzero(features.rows == item_row))
     sparse = features.rows[at]
     rows = np.concatenate((sparse, candidates[~np.isin(candidates, sparse)]))
+    if draws:
+        n = len(replica)
+        drawn = np.random.default_rng([item_row, n]).integers(0, n, draws)
+        drawn = drawn[~replica.blocked[drawn] & ~np.isin(drawn, rows)
+                      & ~np.isin(drawn, excluded)]
+        rows = np.concatenate((rows, np.unique(drawn)))
     hit = np.flatnonzero(rows == item_row)
     if hit.shape[0]:
         target = int(hit[0])
@@ -458,6 +476,48 @@ def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
     F[: sparse.shape[0]] = features.values[at]
     F[:, MODEL] = (replica.table._data[rows] @ query + replica.static[rows]) / scale
     blend.learn(F, target)
+
+
+@dataclass(slots=True, eq=False)
+class BlendSelection:
+    """Two score blends learned on the same steps, and the one the lists use: ``ranked``
+    learns among the rows it ranks highest, ``sampled`` among those and
+    :data:`SAMPLED_DRAWS` rows drawn from the catalogue. ``lead`` counts, decayed, the
+    steps whose item ``ranked`` listed in its top k and ``sampled`` did not, less the
+    other way round; ``sampled`` serves while the lead is below zero.
+
+    >>> s = BlendSelection.initial(ModelConfig())
+    >>> s.active is s.ranked
+    True
+    >>> s.record(ranked_hit=False, sampled_hit=True)
+    >>> s.active is s.sampled, s.lead
+    (True, -1.0)
+    """
+
+    ranked: ScoreBlend
+    sampled: ScoreBlend
+    lead: float = 0.0
+
+    @classmethod
+    def initial(cls, config: ModelConfig) -> BlendSelection:
+        return cls(ScoreBlend.initial(config), ScoreBlend.initial(config))
+
+    @property
+    def active(self) -> ScoreBlend:
+        return self.sampled if self.lead < 0 else self.ranked
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The weights the lists use."""
+        return self.active.weights
+
+    def bonus(self, features: UserFeatures, scale: float) -> np.ndarray:
+        """:meth:`ScoreBlend.bonus` of the blend the lists use."""
+        return self.active.bonus(features, scale)
+
+    def record(self, ranked_hit: bool, sampled_hit: bool) -> None:
+        """Whether each blend listed a step's item in its top k."""
+        self.lead = _LEAD_DECAY * self.lead + (int(ranked_hit) - int(sampled_hit))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from online_models.ann import use_approximate
 from online_models.arrays import positions
 from online_models.blend import (
     BlendSchedule,
-    ScoreBlend,
+    BlendSelection,
     UserFeatures,
     user_features,
     users_features,
@@ -145,7 +145,7 @@ class FreshRecModel:
         self.now_ms = 0
         self.covisit = (items_of.covisit if items_of is not None
                         else CoVisitTable(self.config.covisit_neighbours, self.replica.table.index))
-        self.blend = ScoreBlend.initial(self.config)
+        self.blend = BlendSelection.initial(self.config)
         # Replays are short: the blend learns from every chance for a while.
         self._blend_schedule = BlendSchedule(5000, 2)
         # The user, time and features of the last list, for the score_items that follows it

@@ -32,6 +32,8 @@ import numpy as np
 
 from online_models.ann import approximate_top_k, synced_index
 from online_models.blend import (
+    SAMPLED_DRAWS,
+    BlendSelection,
     ScoreBlend,
     UserFeatures,
     dense_scale,
@@ -96,7 +98,7 @@ def recommend_for_user(
     now_ms: int | None = None,
     exclude: Iterable[str] = (),
     features: UserFeatures | None = None,
-    blend: ScoreBlend | None = None,
+    blend: ScoreBlend | BlendSelection | None = None,
     rng: np.random.Generator | None = None,
     reasons: bool = True,
     dense: DenseScores | None = None,
@@ -177,7 +179,7 @@ def recommend_for_users(
     k: int | None = None,
     now_ms: int = 0,
     features: Sequence[UserFeatures] | None = None,
-    blend: ScoreBlend | None = None,
+    blend: ScoreBlend | BlendSelection | None = None,
     reasons: bool = True,
     queries: Sequence[np.ndarray] | None = None,
 ) -> list[list[ScoredItem]]:
@@ -295,16 +297,20 @@ def similar_items(replica: ItemReplica, item_id: str, k: int, config: ModelConfi
 BLEND_CANDIDATES = 50  # the blend learns to rank the event's item among the top this many
 
 
-def blend_step(blend: ScoreBlend, user: UserState, replica: ItemReplica, config: ModelConfig,
-               features: UserFeatures, item_row: int, dense: DenseScores | None = None
-               ) -> None:
-    """Test the blend on a user's positive event on ``item_row`` before it is learned: rank
-    as :func:`recommend_for_user` would, then :func:`~online_models.blend.learn_blend`.
+def blend_step(blend: BlendSelection, user: UserState, replica: ItemReplica,
+               config: ModelConfig, features: UserFeatures, item_row: int,
+               dense: DenseScores | None = None) -> None:
+    """Test both blends on a user's positive event on ``item_row`` before it is learned:
+    rank as :func:`recommend_for_user` would, record which listed the item, then
+    :func:`~online_models.blend.learn_blend` each (the sampled one with its drawn rows).
     ``dense``: the user's :func:`dense_scores` as the caller already has them."""
     index = replica.table.index
     excluded = [index[i] for i in excluded_items(user, config) if i in index]
     d = dense or dense_scores(user, replica, config)
-    top, _ = select(replica, d.scores.copy(), BLEND_CANDIDATES, excluded, features.rows,
-                    blend.bonus(features, d.scale))
-    learn_blend(blend, replica, features, d.query, d.scale, top, item_row,
-                np.asarray(excluded, dtype=np.int64))
+    ex = np.asarray(excluded, dtype=np.int64)
+    tops = [select(replica, d.scores.copy(), BLEND_CANDIDATES, excluded, features.rows,
+                   b.bonus(features, d.scale))[0] for b in (blend.ranked, blend.sampled)]
+    blend.record(*(bool(np.any(top[:config.top_k] == item_row)) for top in tops))
+    learn_blend(blend.ranked, replica, features, d.query, d.scale, tops[0], item_row, ex)
+    learn_blend(blend.sampled, replica, features, d.query, d.scale, tops[1], item_row, ex,
+                SAMPLED_DRAWS)

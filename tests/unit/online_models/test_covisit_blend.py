@@ -194,7 +194,7 @@ def test_blend_keeps_co_visitation_where_many_items_have_some() -> None:
     # exp(2 * covisit): co-visitation predicts it, yet it is often outside the top rows.
     # A blend that learned only among the top rows (chosen for their high co-visitation)
     # saw the taken item below their average and drove the weight down (MovieLens 100K).
-    from online_models.blend import COVISIT, UserFeatures
+    from online_models.blend import COVISIT, BlendSelection, UserFeatures
     from online_models.scoring import blend_step
 
     rng = np.random.default_rng(3)
@@ -205,13 +205,13 @@ def test_blend_keeps_co_visitation_where_many_items_have_some() -> None:
     values = np.zeros((300, len(FEATURES)), dtype=np.float32)
     values[:, COVISIT] = np.linspace(2.0, 0.1, 300)
     feats = UserFeatures(rows, values, np.full(rows.shape[0], -1), [])
-    blend = ScoreBlend.initial(CFG)
-    start = float(blend.weights[COVISIT])
+    blend = BlendSelection.initial(CFG)
+    start = float(blend.ranked.weights[COVISIT])
     odds = np.exp(2.0 * values[:, COVISIT])
     user = UserState.new("u", CFG.dim, 0)
     for target in rng.choice(300, size=300, p=odds / odds.sum()):
         blend_step(blend, user, rep, CFG, feats, int(target))
-    assert blend.weights[COVISIT] > start + 0.5
+    assert blend.ranked.weights[COVISIT] > start + 0.5
 
 
 def test_trending_items_of_the_users_latest_category_get_category_trend_and_its_reason() -> None:
@@ -354,3 +354,53 @@ def test_no_brand_trend_where_the_latest_item_has_no_brand() -> None:
     user = UserState.new("u", CFG.dim, CFG.seed).replace(history=(("p0", 2000, 1.0, "view"),))
     f = user_features(user, rep, CFG, now_ms=3000)
     assert f.rows.shape[0] == 10 and not f.values[:, BRAND_TREND].any()
+
+
+def _selection_shop() -> tuple[ModelConfig, ItemReplica, UserState, object]:
+    """A user whose taken items (rows 302-309) the factorisation likes, below two rows it
+    likes more (300-301) and above 30 co-visited rows (0-29) and the rest of the catalogue."""
+    from online_models.blend import COVISIT, UserFeatures
+    from online_models.scoring import query_vector
+
+    cfg = CFG.replace(top_k=5)
+    rep = ItemReplica(cfg)
+    for n in range(400):
+        rep.ensure(f"i{n}")
+    user = UserState.new("u", cfg.dim, 0)
+    q = query_vector(user, rep, cfg)
+    u = q / np.linalg.norm(q)
+    vectors = rep.table._data
+    vectors[:] = -u
+    vectors[:30] = -0.1 * u
+    vectors[300:302] = 2 * u
+    vectors[302:310] = u
+    values = np.zeros((30, len(FEATURES)), dtype=np.float32)
+    values[:, COVISIT] = 1.0
+    return cfg, rep, user, UserFeatures(np.arange(30), values, np.full(30, -1), [])
+
+
+@pytest.mark.parametrize("stuck", ["ranked", "sampled", None])
+def test_the_selection_serves_the_blend_that_lists_more_of_the_taken_items(
+        stuck: str | None) -> None:
+    # Each blend is tested on every step with its own ranking; a blend that cannot learn
+    # and lists only the co-visited rows (which are never taken) falls behind the other.
+    from online_models.blend import COVISIT, MODEL, BlendSelection
+    from online_models.scoring import blend_step
+
+    cfg, rep, user, feats = _selection_shop()
+    selection = BlendSelection.initial(cfg)
+    if stuck is not None:
+        blend = getattr(selection, stuck)
+        blend.learning_rate = 0.0
+        blend.weights[COVISIT] = 50.0
+    for target in np.random.default_rng(5).integers(302, 310, size=300):
+        blend_step(selection, user, rep, cfg, feats, int(target))  # type: ignore[arg-type]
+    serving = {"ranked": selection.sampled, "sampled": selection.ranked}.get(stuck or "")
+    if serving is not None:
+        assert selection.active is serving and selection.weights is serving.weights
+        assert abs(selection.lead) > 5
+    else:  # both learn that the factorisation, not co-visitation, predicts the taken items
+        for blend in (selection.ranked, selection.sampled):
+            assert blend.weights[MODEL] > 0.3 and blend.weights[COVISIT] < 0
+        # the drawn rows make the sampled blend's steps differ
+        assert not np.array_equal(selection.ranked.weights, selection.sampled.weights)
