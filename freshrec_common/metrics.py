@@ -78,6 +78,10 @@ _JOB = [
     MetricSpec("freshrec_job_prequential_ndcg", "gauge",
                "Rolling NDCG@top_k of the last published lists (test-then-learn).", (),
                "user-update"),
+    MetricSpec("freshrec_job_blend_sampled_serving", "gauge",
+               "1 while the lists use the score blend learned against rows drawn from the "
+               "catalogue, 0 while they use the one learned among its top rows "
+               "(docs/model.md: the blend selection).", (), "user-update"),
     MetricSpec("freshrec_job_experiment_lists_total", "counter",
                "Lists published, by experiment variant (with experiments.file set).",
                ("variant",), "user-update"),
