@@ -34,8 +34,10 @@ event's item) is pushed towards the event's item with Adagrad (:meth:`ScoreBlend
 blend fits each stream without tuning by hand. Two blends learn side by side
 (:class:`BlendSelection`): one ranks the event's item against those rows only, the other
 also against rows drawn from the whole catalogue, which lets it weigh the factorisation
-more; lists use whichever has lately listed more of the events' items in its top k. Which
-of the two ranks better depends on the log (docs/model.md): neither alone serves every one.
+more, and adds an :class:`InteractionLayer` to its linear score (features weighed by each
+other: what the shelf means next to co-visitation, say); lists use whichever has lately
+listed more of the events' items in its top k. Which of the two ranks better depends on
+the log (docs/model.md): neither alone serves every one.
 
 >>> import numpy as np
 >>> b = ScoreBlend.initial(ModelConfig())
@@ -106,7 +108,10 @@ _BLEND_SAMPLE = 50  # sparse rows beside the top ones in a blend step
 # and the drift log 0.0009 lower).
 SAMPLED_DRAWS = 50
 _LEAD_DECAY = 0.999
-_MAGIC = b"FB1"
+# Hidden units of the sampled blend's interaction layer: 32 against 16, Recall@20 the same
+# to within 0.1 % on five logs, MovieLens 100K's cold users 0.5488 against 0.5467.
+INTERACTION_UNITS = 32
+_MAGIC = b"FB2"
 
 
 @dataclass(slots=True)
@@ -382,30 +387,122 @@ def dense_scale(replica: ItemReplica, query: np.ndarray) -> float:
 
 
 @dataclass(slots=True, eq=False)
+class InteractionLayer:
+    """A one-layer ReLU term over the sparse features (every feature but ``model``):
+    ``v . (relu(W x + b) - relu(b))``, zero where the features all are, so the items
+    without any keep their dense score alone and ranking stays one dense pass plus a sparse
+    bonus. It starts at zero (``v = 0``: the blend is linear until it learns otherwise) and
+    is learned with the blend's listwise steps (Adagrad); ``W`` starts at fixed random
+    values (seed 0), so replays repeat.
+
+    >>> layer = InteractionLayer.initial(4)
+    >>> x = np.array([[0.0] * 12, [1.0] + [0.0] * 11])
+    >>> layer.out(x).tolist()
+    [0.0, 0.0]
+    >>> layer.learn(x, np.array([-0.5, 0.5]), 0.1)
+    >>> out = layer.out(x)
+    >>> bool(out[1] > 0), bool(abs(out[0]) < 1e-12)
+    (True, True)
+    """
+
+    w: np.ndarray       # units x sparse features
+    b: np.ndarray       # units
+    v: np.ndarray       # units
+    acc_w: np.ndarray
+    acc_b: np.ndarray
+    acc_v: np.ndarray
+
+    @classmethod
+    def initial(cls, units: int) -> InteractionLayer:
+        n = len(FEATURES) - 1
+        w = np.random.default_rng(0).normal(0.0, 1.0 / math.sqrt(n), (units, n))
+        b = np.full(units, 0.1)
+        v = np.zeros(units)
+        return cls(w, b, v, np.full_like(w, 1e-2), np.full_like(b, 1e-2),
+                   np.full_like(v, 1e-2))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InteractionLayer) and all(
+            np.array_equal(a, b) for a, b in zip(self._arrays(), other._arrays(), strict=True))
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return self.w, self.b, self.v, self.acc_w, self.acc_b, self.acc_v
+
+    def out(self, x: np.ndarray) -> np.ndarray:
+        """The term for each row of sparse features ``x`` (rows x 12), in ``x``'s float
+        type (a list's rows are float32: 8x faster than float64 at ~15k rows)."""
+        t = x.dtype.type
+        a = x @ self.w.T.astype(t)
+        a += self.b.astype(t)
+        np.maximum(a, t(0.0), out=a)
+        return a @ self.v.astype(t) - t(np.maximum(self.b, 0.0) @ self.v)
+
+    def learn(self, x: np.ndarray, c: np.ndarray, learning_rate: float) -> None:
+        """An Adagrad step up ``sum_i c_i out(x_i)`` (``c``: the softmax's one-hot of the
+        taken row less its probabilities; they sum to zero, so ``relu(b)`` drops out)."""
+        a = x @ self.w.T + self.b
+        d = (c[:, None] * (a > 0)) * self.v  # d(sum c out) / d(W x + b), row by row
+        for param, acc, g in ((self.v, self.acc_v, c @ np.maximum(a, 0.0)),
+                              (self.w, self.acc_w, d.T @ x), (self.b, self.acc_b, d.sum(axis=0))):
+            acc += g * g
+            param += learning_rate * g / np.sqrt(acc)
+
+    def to_bytes(self) -> bytes:
+        return b"".join(a.astype(">f8").tobytes() for a in self._arrays())
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, units: int) -> InteractionLayer:
+        n = len(FEATURES) - 1
+        sizes = (units * n, units, units, units * n, units, units)
+        if len(blob) != 8 * sum(sizes):
+            raise ValueError(f"interaction layer of {units} units is {8 * sum(sizes)} bytes, "
+                             f"not {len(blob)}")
+        out, off = [], 0
+        for size in sizes:
+            out.append(np.frombuffer(blob, ">f8", size, off).astype(np.float64))
+            off += 8 * size
+        w, b, v, acc_w, acc_b, acc_v = out
+        return cls(w.reshape(units, n), b, v, acc_w.reshape(units, n), acc_b, acc_v)
+
+
+@dataclass(slots=True, eq=False)
 class ScoreBlend:
-    """Blend weights (one per feature) and their Adagrad accumulators."""
+    """Blend weights (one per feature), their Adagrad accumulators and, optionally, an
+    :class:`InteractionLayer` added to the linear score."""
 
     weights: np.ndarray
     acc: np.ndarray
     learning_rate: float
+    interactions: InteractionLayer | None = None
 
     @classmethod
-    def initial(cls, config: ModelConfig) -> ScoreBlend:
+    def initial(cls, config: ModelConfig, interaction_units: int = 0) -> ScoreBlend:
         w = np.array(INITIAL_WEIGHTS, dtype=np.float64)
         w[RECENT_POSITION], w[COLD] = config.recency_boost, config.cluster_weight
-        return cls(w, np.full(len(FEATURES), 1e-2), config.blend_learning_rate)
+        return cls(w, np.full(len(FEATURES), 1e-2), config.blend_learning_rate,
+                   InteractionLayer.initial(interaction_units) if interaction_units else None)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, ScoreBlend) and self.learning_rate == other.learning_rate
                 and np.array_equal(self.weights, other.weights)
-                and np.array_equal(self.acc, other.acc))
+                and np.array_equal(self.acc, other.acc)
+                and self.interactions == other.interactions)
+
+    def _sparse_score(self, x: np.ndarray) -> np.ndarray:
+        """The blend's score of sparse features ``x`` (every column but ``model``)."""
+        z = x @ self.weights[1:]
+        return z if self.interactions is None else z + self.interactions.out(x)
 
     def bonus(self, features: UserFeatures, scale: float) -> np.ndarray:
         """Sparse score added to the dense score at ``features.rows`` so that the sum ranks
         like the blend (the blend divided by the ``model`` weight, in dense units)."""
-        w = self.weights
-        k = scale / max(float(w[MODEL]), _MIN_MODEL_WEIGHT)
-        return ((features.values[:, 1:] @ w[1:]) * k).astype(np.float32)
+        return self.bonus_of(features.values, scale)
+
+    def bonus_of(self, values: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
+        """:meth:`bonus` of feature rows ``values``, ``scale`` one per row or for all
+        (many users' rows in one call)."""
+        k = scale / max(float(self.weights[MODEL]), _MIN_MODEL_WEIGHT)
+        return (self._sparse_score(values[:, 1:]) * k).astype(np.float32)
 
     def learn(self, candidates: np.ndarray, target: int) -> None:
         """One listwise step: ``candidates`` (rows x features, ``model`` filled) are
@@ -413,8 +510,15 @@ class ScoreBlend:
         if self.learning_rate <= 0 or candidates.shape[0] < 2:
             return
         z = candidates @ self.weights
+        layer = self.interactions
+        if layer is not None:
+            z = z + layer.out(candidates[:, 1:])
         p = np.exp(z - z.max())
         p /= p.sum()
+        if layer is not None:
+            c = -p
+            c[target] += 1.0
+            layer.learn(candidates[:, 1:], c, self.learning_rate)
         g = candidates[target] - p @ candidates
         self.acc += g * g
         self.weights += self.learning_rate * g / np.sqrt(self.acc)
@@ -423,21 +527,26 @@ class ScoreBlend:
         self.weights[MODEL] = max(self.weights[MODEL], _MIN_MODEL_WEIGHT)
 
     def to_bytes(self) -> bytes:
-        n = len(FEATURES)
-        return (_MAGIC + struct.pack(">Hd", n, self.learning_rate)
-                + self.weights.astype(">f8").tobytes() + self.acc.astype(">f8").tobytes())
+        """``FB2``, the feature count, the learning rate, the interaction layer's units (0:
+        none), the weights, their accumulators and the layer's arrays (big-endian)."""
+        n, layer = len(FEATURES), self.interactions
+        return (_MAGIC + struct.pack(">HdH", n, self.learning_rate,
+                                     0 if layer is None else layer.v.shape[0])
+                + self.weights.astype(">f8").tobytes() + self.acc.astype(">f8").tobytes()
+                + (b"" if layer is None else layer.to_bytes()))
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ScoreBlend:
         if blob[:3] != _MAGIC:
             raise ValueError(f"not a score blend (magic {blob[:3]!r})")
-        n, lr = struct.unpack_from(">Hd", blob, 3)
+        n, lr, units = struct.unpack_from(">HdH", blob, 3)
         if n != len(FEATURES):
             raise ValueError(f"score blend has {n} features; this version has {len(FEATURES)}")
-        off = 3 + struct.calcsize(">Hd")
+        off = 3 + struct.calcsize(">HdH")
         w = np.frombuffer(blob, ">f8", n, off).astype(np.float64)
         acc = np.frombuffer(blob, ">f8", n, off + 8 * n).astype(np.float64)
-        return cls(w, acc, lr)
+        layer = (InteractionLayer.from_bytes(blob[off + 16 * n:], units) if units else None)
+        return cls(w, acc, lr, layer)
 
 
 def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
@@ -482,7 +591,8 @@ def learn_blend(blend: ScoreBlend, replica: ItemReplica, features: UserFeatures,
 class BlendSelection:
     """Two score blends learned on the same steps, and the one the lists use: ``ranked``
     learns among the rows it ranks highest, ``sampled`` among those and
-    :data:`SAMPLED_DRAWS` rows drawn from the catalogue. ``lead`` counts, decayed, the
+    :data:`SAMPLED_DRAWS` rows drawn from the catalogue, with an :class:`InteractionLayer`
+    of :data:`INTERACTION_UNITS`. ``lead`` counts, decayed, the
     steps whose item ``ranked`` listed in its top k and ``sampled`` did not, less the
     other way round; ``sampled`` serves while the lead is below zero.
 
@@ -500,7 +610,8 @@ class BlendSelection:
 
     @classmethod
     def initial(cls, config: ModelConfig) -> BlendSelection:
-        return cls(ScoreBlend.initial(config), ScoreBlend.initial(config))
+        return cls(ScoreBlend.initial(config),
+                   ScoreBlend.initial(config, INTERACTION_UNITS))
 
     @property
     def active(self) -> ScoreBlend:
@@ -514,6 +625,10 @@ class BlendSelection:
     def bonus(self, features: UserFeatures, scale: float) -> np.ndarray:
         """:meth:`ScoreBlend.bonus` of the blend the lists use."""
         return self.active.bonus(features, scale)
+
+    def bonus_of(self, values: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
+        """:meth:`ScoreBlend.bonus_of` of the blend the lists use."""
+        return self.active.bonus_of(values, scale)
 
     def record(self, ranked_hit: bool, sampled_hit: bool) -> None:
         """Whether each blend listed a step's item in its top k."""

@@ -231,21 +231,24 @@ def recommend_for_users(
         else:
             spreads = [1.0] * len(chunk)
         # Every user's bonus and exclusions go in with one scatter each (a torch call per
-        # user costs more than the work at a list's few hundred sparse entries).
-        users_b, rows_b, bonus_b, users_x, rows_x = [], [], [], [], []
+        # user costs more than the work at a list's few hundred sparse entries), the bonus
+        # computed for all of them at once.
+        users_b, rows_b, values_b, scales_b, users_x, rows_x = [], [], [], [], [], []
         for j, user in enumerate(chunk):
             f = features[lo + j]
             if f.rows.size:
                 users_b.append(np.full(f.rows.shape[0], j, dtype=np.int64))
                 rows_b.append(f.rows)
-                bonus_b.append(blend.bonus(f, spreads[j] or 1.0))
+                values_b.append(f.values)
+                scales_b.append(np.full(f.rows.shape[0], spreads[j] or 1.0))
             excluded = [index[i] for i in excluded_items(user, config) if i in index]
             users_x += [j] * len(excluded)
             rows_x += excluded
         if rows_b:
+            bonus = blend.bonus_of(np.concatenate(values_b), np.concatenate(scales_b))
             scores.index_put_((torch.from_numpy(np.concatenate(users_b)),
                                torch.from_numpy(np.concatenate(rows_b))),
-                              torch.from_numpy(np.concatenate(bonus_b)), accumulate=True)
+                              torch.from_numpy(bonus), accumulate=True)
         if rows_x:
             scores[torch.tensor(users_x), torch.tensor(rows_x)] = -math.inf
         s, r = torch.topk(scores, kk, dim=1)

@@ -172,12 +172,39 @@ def test_blend_learns_that_the_next_item_follows_the_last_one() -> None:
     assert {r.reason for r in top[:2]} == {"often viewed with i3"}
 
 
-def test_blend_bytes_round_trip_and_reject_other_layouts() -> None:
-    b = ScoreBlend.initial(CFG)
+@pytest.mark.parametrize("units", [0, 8])
+def test_blend_bytes_round_trip_and_reject_other_layouts(units: int) -> None:
+    b = ScoreBlend.initial(CFG, units)
     b.learn(np.eye(len(FEATURES)), 2)
     assert ScoreBlend.from_bytes(b.to_bytes()) == b
+    assert (b.interactions is None) == (units == 0)
     with pytest.raises(ValueError, match="not a score blend"):
         ScoreBlend.from_bytes(b"XYZ" + b.to_bytes()[3:])
+    if units:
+        other = ScoreBlend.initial(CFG, units)
+        assert other != b  # the layer learned too
+        with pytest.raises(ValueError, match="interaction layer of 8 units"):
+            ScoreBlend.from_bytes(b.to_bytes()[:-8])
+
+
+def test_the_interaction_layer_ranks_what_a_linear_blend_cannot() -> None:
+    # Users take an item that is co-visited or recent, never both or neither (XOR): a
+    # linear score puts "both" above one of the two, the interaction layer learns it.
+    rows = np.zeros((4, len(FEATURES)))
+    rows[[1, 3], COVISIT_LAST] = 1.0
+    rows[[2, 3], RECENT_POSITION] = 1.0
+    blends = {units: ScoreBlend.initial(CFG, units) for units in (0, 16)}
+    for target in np.random.default_rng(1).integers(1, 3, size=3_000):
+        for blend in blends.values():
+            blend.learn(rows, int(target))
+
+    def top_two(blend: ScoreBlend) -> set[int]:
+        z = rows[:, 1:] @ blend.weights[1:] + (
+            0.0 if blend.interactions is None else blend.interactions.out(rows[:, 1:]))
+        return set(np.argsort(-z)[:2].tolist())
+
+    assert top_two(blends[16]) == {1, 2}
+    assert top_two(blends[0]) != {1, 2}
 
 
 @pytest.mark.parametrize("override", [
@@ -401,6 +428,7 @@ def test_the_selection_serves_the_blend_that_lists_more_of_the_taken_items(
         assert abs(selection.lead) > 5
     else:  # both learn that the factorisation, not co-visitation, predicts the taken items
         for blend in (selection.ranked, selection.sampled):
-            assert blend.weights[MODEL] > 0.3 and blend.weights[COVISIT] < 0
+            assert blend.weights[MODEL] > 0.3 and (blend.bonus(feats, 1.0) < 0).all()
+        assert selection.ranked.weights[COVISIT] < 0
         # the drawn rows make the sampled blend's steps differ
         assert not np.array_equal(selection.ranked.weights, selection.sampled.weights)
