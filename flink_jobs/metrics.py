@@ -30,25 +30,33 @@ class JobMetrics:
         self._group = runtime_context.get_metrics_group().add_group(GROUP)
         self._labelled: dict[tuple[str, ...], Any] = {}
 
+    def _labelled_group(self, name: str, label_values: tuple[str, ...]) -> Any:
+        group = self._group
+        for label, value in zip(JOB_METRICS[name].labels, label_values, strict=False):
+            group = group.add_group(label, value)
+        return group
+
     def counter(self, name: str, *label_values: str) -> Any:
         """A counter; with ``label_values``, one per value of the spec's (bounded) labels."""
         key = (name, *label_values)
         counter = self._labelled.get(key)
         if counter is None:
-            group = self._group
-            for label, value in zip(JOB_METRICS[name].labels, label_values, strict=False):
-                group = group.add_group(label, value)
-            counter = group.counter(_spec_name(name))
+            counter = self._labelled_group(name, label_values).counter(_spec_name(name))
             self._labelled[key] = counter
         return counter
 
-    def gauge(self, name: str) -> Any:
-        """A double gauge with ``set(value)``."""
+    def gauge(self, name: str, *label_values: str) -> Any:
+        """A double gauge with ``set(value)``; with ``label_values``, one per value of the
+        spec's labels, like :meth:`counter`."""
         from pemja import findClass  # the JVM bridge of thread mode
 
-        gauge = findClass("io.freshrec.flink.DoubleGauge")()
-        # MetricGroupImpl wraps the Java MetricGroup; register the Java gauge on it directly.
-        self._group._metrics.gauge(_spec_name(name), gauge)
+        key = (name, *label_values)
+        gauge = self._labelled.get(key)
+        if gauge is None:
+            gauge = findClass("io.freshrec.flink.DoubleGauge")()
+            # MetricGroupImpl wraps the Java MetricGroup; register the Java gauge on it.
+            self._labelled_group(name, label_values)._metrics.gauge(_spec_name(name), gauge)
+            self._labelled[key] = gauge
         return gauge
 
     def histogram(self, name: str) -> LatencyHistogram:

@@ -228,7 +228,6 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         self._hit_rate = m.gauge("freshrec_job_prequential_hit_rate")
         self._recall10 = m.gauge("freshrec_job_prequential_recall_at_10")
         self._ndcg = m.gauge("freshrec_job_prequential_ndcg")
-        self._blend_sampled = m.gauge("freshrec_job_blend_sampled_serving")
         self._event_latency = m.histogram("freshrec_job_event_to_recommendation_latency_seconds")
         self._ingest_latency = m.histogram(
             "freshrec_job_ingest_to_recommendation_latency_seconds")
@@ -378,7 +377,9 @@ class UserUpdate(KeyedBroadcastProcessFunction):
             self._users_gauge.set(float(self._n_users))
         side = self.side
         self._loss_gauge.set(side.loss.mean)
-        self._blend_sampled.set(float(side.blend.active is side.blend.sampled))
+        for variant, blend in side.serving_blends().items():
+            self.metrics.gauge("freshrec_job_blend_sampled_serving", variant).set(
+                float(blend.active is blend.sampled))
         if stats.scored:
             self._batch_size.set(float(stats.scored))
             self._hit_rate.set(side.rolling.hit_rate)

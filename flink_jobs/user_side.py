@@ -73,6 +73,7 @@ from schemas.events import Event, decode_event
 from schemas.recommendation import Recommendation, ScoredItem
 
 log = logging.getLogger(__name__)
+DEFAULT_VARIANT = "default"  # the variant label of metrics when no experiment runs
 
 class UserSide:
     """The user side of the job for one operator instance: the item replica (a cache of the
@@ -257,6 +258,13 @@ class UserSide:
         removes = [uid for uid in forgotten if uid not in to_learn]
         shards = {uid: shard_of_user[uid] for uid in (*writes, *removes)}
         return UserBundleResult(writes, removes, owed, out, stats, shards)
+
+    def serving_blends(self) -> dict[str, BlendSelection]:
+        """The blend selection of each experiment variant by name, or the one of the
+        settings as ``default`` when no experiment runs (its users' lists use it)."""
+        if self.experiment is None:
+            return {DEFAULT_VARIANT: self.blend}
+        return {name: b for name, b in self.blends.items() if name is not None}
 
     def variant_of(self, user_id: str) -> str | None:
         """The user's experiment variant (``None`` when no experiment runs)."""

@@ -81,8 +81,9 @@ _JOB = [
     MetricSpec("freshrec_job_blend_sampled_serving", "gauge",
                "1 while the lists use the score blend learned against rows drawn from the "
                "catalogue (with its interaction layer), 0 while they use the linear one "
-               "learned among its top rows (docs/model.md: the blend selection).", (),
-               "user-update"),
+               "learned among its top rows (docs/model.md: the blend selection); per "
+               "experiment variant, each of which learns its own ('default' when no "
+               "experiment runs).", ("variant",), "user-update"),
     MetricSpec("freshrec_job_experiment_lists_total", "counter",
                "Lists published, by experiment variant (with experiments.file set).",
                ("variant",), "user-update"),

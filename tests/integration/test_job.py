@@ -435,6 +435,11 @@ def test_job_experiment_variants_and_their_metrics(kafka_broker, tmp_path: Path,
 
     published = sum(values("freshrec_job_recommendations_published_total"))
     assert set(counts) == {"model", "trending"}
+    # Each variant learns its own score blends: which one its lists use, per variant.
+    blend_name = exported_names(JOB_METRICS["freshrec_job_blend_sampled_serving"])[0]
+    blends = [s for f in families for s in f.samples if s.name == blend_name]
+    assert {s.labels["variant"] for s in blends} == {"model", "trending"}
+    assert {s.value for s in blends} <= {0.0, 1.0}
     # Tests and hits are counted per user group too: each test in its user's group.
     assert {g for groups in cells.values() for g in groups if g} == \
         {str(experiment.group_of(u)) for u in all_users}

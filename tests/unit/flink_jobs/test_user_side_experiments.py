@@ -57,3 +57,17 @@ def test_user_side_lists_carry_their_variant_and_the_counts_add_up() -> None:
                                    [RECOMMENDATIONS][0][1])
     assert rec.variant is None and "variant" not in rec.to_json()
     assert not out.stats.variant_lists
+
+
+def test_each_variant_reports_the_blend_selection_its_lists_use() -> None:
+    # The blend gauge is labelled by variant: under an experiment, the variants' own
+    # selections (the settings' one serves nobody); without, the settings' one as default.
+    exp = Experiment.from_mapping({"key": "k", "variants": {
+        "control": {"share": 0.5}, "trending": {"share": 0.5, "trending_only": True}}})
+    side = UserSide(settings(experiment=exp))
+    serving = side.serving_blends()
+    assert set(serving) == {"control", "trending"}
+    assert all(serving[name] is side.blends[name] for name in serving)
+    assert side.blend not in serving.values()
+    plain = UserSide(settings())
+    assert plain.serving_blends() == {"default": plain.blend}
