@@ -75,6 +75,7 @@ from schemas.recommendation import Recommendation, ScoredItem
 log = logging.getLogger(__name__)
 DEFAULT_VARIANT = "default"  # the variant label of metrics when no experiment runs
 
+
 class UserSide:
     """The user side of the job for one operator instance: the item replica (a cache of the
     changelog, co-visitation neighbours included), the cold-start clusters, the score blend

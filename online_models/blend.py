@@ -35,8 +35,8 @@ blend fits each stream without tuning by hand. Two blends learn side by side
 (:class:`BlendSelection`): one ranks the event's item against those rows only, the other
 also against rows drawn from the whole catalogue, which lets it weigh the factorisation
 more, and adds an :class:`InteractionLayer` to its linear score (features weighed by each
-other: what the shelf means next to co-visitation, say); lists use whichever has lately
-listed more of the events' items in its top k. Which of the two ranks better depends on
+other, which a linear score cannot do); lists use whichever has lately listed more of the
+events' items in its top k. Which of the two ranks better depends on
 the log (docs/model.md): neither alone serves every one.
 
 >>> import numpy as np
@@ -397,8 +397,8 @@ class InteractionLayer:
     ``v . (relu(W x + b) - relu(b))``, zero where the features all are, so the items
     without any keep their dense score alone and ranking stays one dense pass plus a sparse
     bonus. It starts at zero (``v = 0``: the blend is linear until it learns otherwise) and
-    is learned with the blend's listwise steps (Adagrad); ``W`` starts at fixed random
-    values (seed 0), so replays repeat.
+    is learned with the blend's listwise steps (Adagrad, at ``_INTERACTION_STEP`` times the
+    blend's learning rate); ``W`` starts at fixed random values (seed 0), so replays repeat.
 
     >>> layer = InteractionLayer.initial(4)
     >>> x = np.array([[0.0] * 12, [1.0] + [0.0] * 11])
@@ -597,9 +597,9 @@ class BlendSelection:
     """Two score blends learned on the same steps, and the one the lists use: ``ranked``
     learns among the rows it ranks highest, ``sampled`` among those and
     :data:`SAMPLED_DRAWS` rows drawn from the catalogue, with an :class:`InteractionLayer`
-    of :data:`INTERACTION_UNITS`. ``lead`` counts, decayed, the
-    steps whose item ``ranked`` listed in its top k and ``sampled`` did not, less the
-    other way round; ``sampled`` serves while the lead is below zero.
+    of :data:`INTERACTION_UNITS`. ``lead`` counts, decayed, the steps whose item ``ranked``
+    listed in its top k and ``sampled`` did not, less the other way round; ``sampled``
+    serves while the lead is below zero.
 
     >>> s = BlendSelection.initial(ModelConfig())
     >>> s.active is s.ranked
