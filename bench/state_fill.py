@@ -194,7 +194,7 @@ class UserFill(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         # Exactly UserUpdate's descriptors and TTL.
-        users, _ = user_state_descriptors(self.user_ttl_days)
+        users, *_ = user_state_descriptors(self.user_ttl_days)
         self.user_state = runtime_context.get_map_state(users)
         self.factory = UserFactory(self.config, self.spec, self.dedup_window_s)
         self.filled = runtime_context.get_metrics_group().add_group("bench").counter(

@@ -8,8 +8,8 @@ integer is big-endian (Java's ``DataOutputStream``).
   record ``int32 shard, int32 partition, int64 offset, int64 timestamp, int32 key_len
   (-1: null) + key, int32 value_len (-1: null) + value``. The events' bundles hold every
   shard of one user-update subtask (the bundle is named by the lowest). A count of -1 is a
-  barrier marker (:data:`BARRIER_MARKER`): in exactly-once mode the events' bundler sends
-  one to every user shard after its buffered bundles and before each checkpoint barrier.
+  barrier marker (:data:`BARRIER_MARKER`): the events' bundler sends one to every user
+  shard after its buffered bundles and before each checkpoint barrier.
 * Shard bundle (``ShardRecordBundler``): ``int32 n``, then per payload ``int32 len + bytes``.
 * Output bundle (a Python call's one output record, split by ``KeyedRecordSplitter`` and
   ``ShardRecordSplitter``): sections of ``byte part, int32 n`` and n records; parts 0-2 are

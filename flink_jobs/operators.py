@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,15 +90,17 @@ def _ttl(ttl: Time) -> StateTtlConfig:
     )
 
 
-def user_state_descriptors(user_ttl_days: int) -> tuple[MapStateDescriptor,
-                                                        ValueStateDescriptor]:
+def user_state_descriptors(user_ttl_days: int) -> tuple[
+        MapStateDescriptor, ValueStateDescriptor, ValueStateDescriptor]:
     """user-update's keyed state per user shard: each user's packed value
-    (:mod:`flink_jobs.user_value`) by user id, and the shard's owed refreshes
-    (:func:`~flink_jobs.item_side.pack_due`)."""
+    (:mod:`flink_jobs.user_value`) by user id, the shard's owed refreshes
+    (:func:`~flink_jobs.item_side.pack_due`) and its subtask's score blends as they were at
+    the last barrier (:meth:`UserSide.kept_blends`)."""
     users = MapStateDescriptor("users", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
     users.enable_time_to_live(_ttl(Time.days(user_ttl_days)))
     owed = ValueStateDescriptor("owed-refreshes", Types.PICKLED_BYTE_ARRAY())
-    return users, owed
+    blends = ValueStateDescriptor("score-blends", Types.PICKLED_BYTE_ARRAY())
+    return users, owed, blends
 
 
 def item_state_descriptors(dedup_window_s: int
@@ -201,10 +203,12 @@ class UserUpdate(KeyedBroadcastProcessFunction):
         quiet_debug_logs()
         key = None if self.pseudonym_key_file is None else load_key(self.pseudonym_key_file)
         self.side = UserSide(self.settings, key)
-        users, owed = user_state_descriptors(self.user_ttl_days)
+        users, owed, blends = user_state_descriptors(self.user_ttl_days)
         self.users = CachedMapState(runtime_context.get_map_state(users),
                                     self.state_cache_entries, self.user_ttl_days * 86_400_000)
         self.owed = runtime_context.get_state(owed)
+        self.blends = runtime_context.get_state(blends)
+        self._blends_checked = False
         self.shard_count = ShardCount(runtime_context, "job.user_shards", self.user_shards)
         self._keys = shard_keys(self.user_shards)
         self._shard_of_key = {k: s for s, k in enumerate(self._keys)}
@@ -255,6 +259,29 @@ class UserUpdate(KeyedBroadcastProcessFunction):
                      self.changelog.topic, len(self.side.replica), time.monotonic() - started)
             self._items_gauge.set(float(len(self.side.replica)))
 
+    def _ensure_blends(self, shards: Iterable[int]) -> None:
+        # Every shard keeps its subtask's blends from each barrier's marker on, so after a
+        # restore the first of the first element's shards that has them gives them back
+        # (after a rescale, any of the old subtasks' blends serve: their weights are alike).
+        if self._blends_checked:
+            return
+        self._blends_checked = True
+        for shard in shards:
+            self._use_shard(shard)
+            blob = self.blends.value()
+            if blob is None:
+                continue
+            try:
+                restored = self.side.restore_blends(blob)
+            except ValueError as e:  # an older layout: the blends relearn, as caches would
+                log.warning("score blends in shard %d's state not restored (%s): they start "
+                            "from their initial weights", shard, e)
+                return
+            log.info("score blends restored from shard %d's state: variants %s, %d chances "
+                     "to learn taken before", shard, ", ".join(restored),
+                     self.side.blend_schedule.chances)
+            return
+
     def _use_shard(self, shard: int) -> None:
         """Make ``shard`` the current key: the state and timers used next are its own."""
         self._key_switch.setCurrentKey(self._backend, self._keys[shard])
@@ -277,16 +304,19 @@ class UserUpdate(KeyedBroadcastProcessFunction):
     def process_element(self, value: Row, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)
         if is_barrier_marker(value[1]):
-            # Exactly-once: lists owed now would commit one checkpoint later than the
-            # events they reflect, so they are scored before the barrier (one marker per
-            # shard, under its key).
+            # One marker per shard, under its key, before each barrier: the checkpoint keeps
+            # the blends, and exactly-once lists owed now would commit one checkpoint later
+            # than the events they reflect, so they are scored before the barrier.
             self.shard_count.check(ctx)
+            self._ensure_blends([value[0]])
+            self.blends.update(self.side.kept_blends())
             owed_now = list(unpack_due(self.owed.value()))
             if owed_now:
                 self.owed.clear()
                 yield from self._refresh(dict.fromkeys(owed_now, value[0]))
             return
         records = decode_record_bundle(value[1])
+        self._ensure_blends(sorted({r.shard for r in records}))
         if self._fault is not None:
             for _ in records:
                 self._applied += 1
@@ -322,9 +352,10 @@ class UserUpdate(KeyedBroadcastProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[bytes]:
         self._ensure_replica(ctx)
+        shard = self._current_shard(ctx)
+        self._ensure_blends([shard])
         due = _take_due(self.owed, timestamp, ctx, self.settings.refresh_interval_ms)
         if due:
-            shard = self._current_shard(ctx)
             yield from self._refresh(dict.fromkeys(due, shard))
             self._use_shard(shard)
 

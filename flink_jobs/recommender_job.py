@@ -101,11 +101,12 @@ def build_pipeline(env: StreamExecutionEnvironment, settings: Settings, io: JobI
     for shard, key in enumerate(user_keys):
         j_user_keys[shard] = key
     # Sharded by a hash of the user id read from the event itself, whatever the Kafka key,
-    # one bundle for all shards of a user-update subtask; exactly-once marks each barrier so
-    # owed lists commit with the events they reflect.
+    # one bundle for all shards of a user-update subtask; a marker before each barrier for
+    # every shard, at which user-update keeps its score blends in the shard's state (and
+    # scores its owed lists: exactly-once ones then commit with the events they reflect).
     events = java_operator(raw, "bundle-events", glue.RecordBundler(
         "user_id", job.user_shards, max_records, max_age, job.max_payload_bytes,
-        job.delivery == "exactly-once", False, j_user_keys, False), SHARD_BUNDLE_TYPE)
+        True, False, j_user_keys, False), SHARD_BUNDLE_TYPE)
     changelog = env.from_source(
         io.item_changelog, WatermarkStrategy.no_watermarks(), "kafka-item-embeddings",
         kafka_io.RAW_RECORD_TYPE).uid("source-item-embeddings")

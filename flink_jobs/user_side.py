@@ -55,6 +55,8 @@ from online_models.blend import (
     BlendSchedule,
     BlendSelection,
     UserFeatures,
+    pack_blends,
+    unpack_blends,
     users_features,
 )
 from online_models.bundle import BundleStep, learn_bundle
@@ -78,9 +80,9 @@ DEFAULT_VARIANT = "default"  # the variant label of metrics when no experiment r
 
 class UserSide:
     """The user side of the job for one operator instance: the item replica (a cache of the
-    changelog, co-visitation neighbours included), the cold-start clusters, the score blend
-    and the live prequential metrics (caches too: rebuilt from the changelog and relearned
-    after a restore)."""
+    changelog, co-visitation neighbours included), the cold-start clusters, the score blends
+    (kept in Flink state by the operator: :meth:`kept_blends`) and the live prequential
+    metrics (caches: rebuilt from the changelog and relearned after a restore)."""
 
     def __init__(self, settings: UserSideSettings, pseudonym_key: bytes | None = None) -> None:
         self.settings = settings
@@ -266,6 +268,30 @@ class UserSide:
         if self.experiment is None:
             return {DEFAULT_VARIANT: self.blend}
         return {name: b for name, b in self.blends.items() if name is not None}
+
+    def kept_blends(self) -> bytes:
+        """The score blends and their schedule as the operator keeps them in Flink state
+        (:func:`~online_models.blend.pack_blends`; ``""`` names the settings' own)."""
+        return pack_blends(self.blend_schedule.chances,
+                           {name or "": b for name, b in self.blends.items()})
+
+    def restore_blends(self, blob: bytes) -> list[str]:
+        """Take the blends of :meth:`kept_blends` back, at the learning rates of today's
+        settings; blends of variants the settings no longer have are left out. Returns the
+        names restored."""
+        chances, kept = unpack_blends(blob)
+        restored = []
+        for name, selection in kept.items():
+            variant = name or None
+            if variant not in self.blends:
+                continue
+            lr = self.variant_configs[variant].blend_learning_rate
+            selection.ranked.learning_rate = selection.sampled.learning_rate = lr
+            self.blends[variant] = selection
+            restored.append(name or DEFAULT_VARIANT)
+        self.blend = self.blends[None]
+        self.blend_schedule.chances = chances
+        return restored
 
     def variant_of(self, user_id: str) -> str | None:
         """The user's experiment variant (``None`` when no experiment runs)."""

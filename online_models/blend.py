@@ -58,7 +58,7 @@ from __future__ import annotations
 import itertools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +117,8 @@ INTERACTION_UNITS = 32
 # drift log 1.6 %.
 _INTERACTION_STEP = 2.0
 _MAGIC = b"FB2"
+_SELECTION_HEAD = ">dI"
+_KEPT_MAGIC = b"FS1"
 
 
 @dataclass(slots=True)
@@ -639,6 +641,22 @@ class BlendSelection:
         """Whether each blend listed a step's item in its top k."""
         self.lead = _LEAD_DECAY * self.lead + (int(ranked_hit) - int(sampled_hit))
 
+    def to_bytes(self) -> bytes:
+        """The lead, then each blend's :meth:`ScoreBlend.to_bytes`, ``ranked``'s after its
+        length (big-endian)."""
+        ranked = self.ranked.to_bytes()
+        return struct.pack(_SELECTION_HEAD, self.lead, len(ranked)) + ranked \
+            + self.sampled.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> BlendSelection:
+        head = struct.calcsize(_SELECTION_HEAD)
+        if len(blob) < head:
+            raise ValueError(f"blend selection of {len(blob)} bytes is shorter than its header")
+        lead, n = struct.unpack_from(_SELECTION_HEAD, blob)
+        ranked = ScoreBlend.from_bytes(blob[head:head + n])
+        return cls(ranked, ScoreBlend.from_bytes(blob[head + n:]), lead)
+
 
 @dataclass
 class BlendSchedule:
@@ -659,3 +677,45 @@ class BlendSchedule:
     def take(self) -> bool:
         self.chances += 1
         return self.chances <= self.warm or self.chances % self.every == 0
+
+
+def pack_blends(chances: int, selections: Mapping[str, BlendSelection]) -> bytes:
+    """What an operator keeps of its score blends (``FS1``): its :class:`BlendSchedule`'s
+    chances so far, then each variant's name (UTF-8) and :meth:`BlendSelection.to_bytes`,
+    each after its length (big-endian).
+
+    >>> s = BlendSelection.initial(ModelConfig())
+    >>> s.record(ranked_hit=False, sampled_hit=True)
+    >>> chances, back = unpack_blends(pack_blends(7, {"": s}))
+    >>> chances, back[""].lead, back[""].sampled == s.sampled
+    (7, -1.0, True)
+    """
+    parts = [_KEPT_MAGIC, struct.pack(">QH", chances, len(selections))]
+    for name, selection in selections.items():
+        encoded, blob = name.encode("utf-8"), selection.to_bytes()
+        parts += [struct.pack(">H", len(encoded)), encoded, struct.pack(">I", len(blob)), blob]
+    return b"".join(parts)
+
+
+def unpack_blends(blob: bytes) -> tuple[int, dict[str, BlendSelection]]:
+    """The chances and the selections by variant of :func:`pack_blends`."""
+    if blob[:3] != _KEPT_MAGIC:
+        raise ValueError(f"not kept score blends (magic {blob[:3]!r})")
+    try:
+        chances, count = struct.unpack_from(">QH", blob, 3)
+        off = 3 + struct.calcsize(">QH")
+        selections: dict[str, BlendSelection] = {}
+        for _ in range(count):
+            (n,) = struct.unpack_from(">H", blob, off)
+            name = blob[off + 2:off + 2 + n].decode("utf-8")
+            (size,) = struct.unpack_from(">I", blob, off + 2 + n)
+            off += 6 + n
+            if off + size > len(blob):
+                raise ValueError(f"the blends of variant {name!r} need {size} bytes, "
+                                 f"{len(blob) - off} are left")
+            selections[name] = BlendSelection.from_bytes(blob[off:off + size])
+            off += size
+    except struct.error as e:
+        raise ValueError(f"kept score blends of {len(blob)} bytes are cut short: {e}") from e
+    return chances, selections
+
