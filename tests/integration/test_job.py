@@ -240,7 +240,7 @@ def test_job_restores_state_from_checkpoint(kafka_broker, tmp_path: Path) -> Non
             assert rec.seq > seq_before[user]
             top10 = [it.item_id for it in rec.items[:10]]
             # The first lists after a restore vary with the bundles' timing (4 of 10 seen
-            # once under CI load, when the score blends were not yet kept in state).
+            # once under CI load).
             assert sum(i.startswith(category) for i in top10) >= 4, (user, top10)
         # The score blends came back from the checkpoint, with the steps they had taken.
         kept = [line for line in restarted.flink_log_lines()

@@ -27,7 +27,8 @@ def learned_side(**changes: object) -> UserSide:
 
 
 def same(a: BlendSelection, b: BlendSelection) -> bool:
-    return a.ranked == b.ranked and a.sampled == b.sampled and a.lead == b.lead
+    return (a.ranked == b.ranked and a.sampled == b.sampled
+            and (a.lead, a.steps) == (b.lead, b.steps))
 
 
 def test_kept_blends_come_back_whole() -> None:
