@@ -34,9 +34,10 @@ import org.apache.flink.util.Preconditions;
  * keyed operator shares; the Python side switches to each record's shard to use its state.
  *
  * <p>With {@code markBarriers}, every checkpoint barrier is preceded, after the buffered
- * bundles, by a marker for every shard: a bundle whose count is -1. Exactly-once output
- * becomes visible only when its checkpoint commits, so the Python side scores the lists it
- * still owes before the barrier instead of one checkpoint interval later.
+ * bundles, by a marker for every shard: a bundle whose count is -1. The Python side keeps
+ * what it must carry into the checkpoint in the shard's state then (the score blends) and
+ * scores the lists it still owes: exactly-once output becomes visible only when its
+ * checkpoint commits, and these lists commit with it instead of one interval later.
  *
  * <p>With {@code keepAcrossBarriers}, bundles being built at a barrier stay in operator state
  * instead of going out before it (see {@link ShardBundlingOperator}).
